@@ -1,0 +1,72 @@
+//! The composition root: one [`App`] holds the database, the event bus, the
+//! host ports and the per-VM locks. The GraphQL schema, the HTTP router and
+//! the tests all start from [`App::start`].
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    events::EventBus,
+    host::{
+        HostNetwork, Hypervisor,
+        dry_run::{DryRunHypervisor, DryRunNetwork},
+    },
+    vm::lock::VmLocks,
+};
+
+pub struct App {
+    pub config: Arc<Config>,
+    pub db: DatabaseConnection,
+    pub bus: Arc<EventBus>,
+    pub hypervisor: Arc<dyn Hypervisor>,
+    pub network: Arc<dyn HostNetwork>,
+    pub locks: VmLocks,
+    /// Ends the server, subscriptions and background tasks.
+    pub cancel: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("creating data directories under {dir}: {source}")]
+    Dirs {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Db(#[from] sea_orm::DbErr),
+}
+
+impl App {
+    /// Opens the database, runs migrations and picks the host ports.
+    pub async fn start(mut config: Config) -> Result<Arc<App>, StartError> {
+        let dirs_error = |source| StartError::Dirs {
+            dir: config.data_dir.clone(),
+            source,
+        };
+        crate::config::ensure_dirs(&config).map_err(dirs_error)?;
+        // Host paths handed to QEMU and qemu-img must not depend on vman's working directory.
+        let data_dir = std::fs::canonicalize(&config.data_dir).map_err(dirs_error)?;
+        config.data_dir = data_dir;
+        let db = crate::db::connect(&config.db_path()).await?;
+        crate::db::migrate(&db).await?;
+        if !config.dry_run {
+            tracing::warn!(
+                "the real QEMU and netlink ports are not built yet: host steps are planned, not executed"
+            );
+        }
+        let cancel = CancellationToken::new();
+        Ok(Arc::new(App {
+            bus: Arc::new(EventBus::new(db.clone(), cancel.clone())),
+            db,
+            hypervisor: Arc::new(DryRunHypervisor::default()),
+            network: Arc::new(DryRunNetwork::default()),
+            locks: VmLocks::new(config.limits.vm_lock_timeout),
+            config: Arc::new(config),
+            cancel,
+        }))
+    }
+}

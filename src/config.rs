@@ -1,0 +1,580 @@
+//! One typed configuration: defaults < `vman.toml` < `.env` < `VMAN_*`
+//! environment < command-line flags, validated once at start.
+//!
+//! figment keeps where every value came from, which `vman config check` prints.
+//! Environment names are the key in upper case with `VMAN_` in front; keys in
+//! a section join with `_` (`observer.interval` is `VMAN_OBSERVER_INTERVAL`).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    Figment, Metadata, Profile, Provider,
+    providers::{Env, Format, Serialized, Toml},
+    value::{Dict, Map, Value},
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Holds `vman.db`, `storage/`, `run/` and `logs/`.
+    pub data_dir: PathBuf,
+    /// Plan and record host steps without touching the host.
+    pub dry_run: bool,
+    pub log: LogConfig,
+    pub observer: ObserverConfig,
+    pub qemu: QemuConfig,
+    pub limits: Limits,
+    pub network: NetworkConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing filter directives; `RUST_LOG` wins when set.
+    pub level: String,
+    /// Rotate a log file when it reaches this many bytes.
+    pub max_bytes: u64,
+    /// How many rotated files to keep.
+    pub keep_files: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ObserverConfig {
+    /// How often the coherence sweep compares the database with the host.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// `report` records drift; `repair` also fixes what is safe to fix.
+    pub policy: DriftPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftPolicy {
+    Report,
+    Repair,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QemuConfig {
+    pub binary: PathBuf,
+    pub img_binary: PathBuf,
+    /// `auto` (kvm when /dev/kvm is usable, else tcg), `kvm` or `tcg`.
+    pub accel: Accel,
+    /// How long a graceful stop waits for the guest before escalating.
+    #[serde(with = "humantime_serde")]
+    pub stop_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_vcpus: u32,
+    pub max_memory_mib: u64,
+    pub max_disk_bytes: u64,
+    /// How long a mutation waits for another one on the same VM before `VM_BUSY`.
+    #[serde(with = "humantime_serde")]
+    pub vm_lock_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Bridges are named `<prefix><vlan>`.
+    pub bridge_prefix: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            data_dir: PathBuf::from("./vman-data"),
+            dry_run: false,
+            log: LogConfig {
+                level: "info".into(),
+                max_bytes: 10 * 1024 * 1024,
+                keep_files: 5,
+            },
+            observer: ObserverConfig {
+                interval: Duration::from_secs(5),
+                policy: DriftPolicy::Report,
+            },
+            qemu: QemuConfig {
+                binary: PathBuf::from("qemu-system-x86_64"),
+                img_binary: PathBuf::from("qemu-img"),
+                accel: Accel::Auto,
+                stop_timeout: Duration::from_secs(30),
+            },
+            limits: Limits {
+                max_vcpus: default_max_vcpus(),
+                max_memory_mib: default_max_memory_mib(),
+                max_disk_bytes: 16 << 40,
+                vm_lock_timeout: Duration::from_secs(2),
+            },
+            network: NetworkConfig {
+                bridge_prefix: "vmbr".into(),
+            },
+        }
+    }
+}
+
+fn default_max_vcpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+fn default_max_memory_mib() -> u64 {
+    // MemTotal from /proc/meminfo; a VM may not ask for more than the host has.
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(4096, |kib| kib / 1024)
+}
+
+/// Sections whose keys are joined with `_` in environment names.
+const SECTIONS: &[&str] = &["log", "observer", "qemu", "limits", "network"];
+
+fn env_key_to_path(key: &str) -> String {
+    let key = key.to_ascii_lowercase();
+    for section in SECTIONS {
+        if let Some(rest) = key.strip_prefix(section).and_then(|r| r.strip_prefix('_')) {
+            return format!("{section}.{rest}");
+        }
+    }
+    key
+}
+
+/// Values given on the command line, highest precedence.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct CliOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// `.env` entries that start with `VMAN_`, below the real environment.
+struct DotEnv {
+    path: PathBuf,
+}
+
+impl Provider for DotEnv {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!(".env file {}", self.path.display()))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        if self.path.exists() {
+            let entries = dotenvy::from_path_iter(&self.path)
+                .map_err(|e| figment::Error::from(format!("{}: {e}", self.path.display())))?;
+            for entry in entries {
+                let (key, value) = entry
+                    .map_err(|e| figment::Error::from(format!("{}: {e}", self.path.display())))?;
+                if let Some(key) = key.strip_prefix("VMAN_") {
+                    insert_path(
+                        &mut dict,
+                        &env_key_to_path(key),
+                        value.parse::<Value>().unwrap_or(Value::from(value)),
+                    );
+                }
+            }
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+fn insert_path(dict: &mut Dict, path: &str, value: Value) {
+    match path.split_once('.') {
+        Some((head, rest)) => {
+            let entry = dict
+                .entry(head.to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+        None => {
+            dict.insert(path.to_string(), value);
+        }
+    }
+}
+
+/// Where the config file and `.env` are looked for.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub config_file: PathBuf,
+    pub dotenv_file: PathBuf,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Sources {
+            config_file: PathBuf::from("vman.toml"),
+            dotenv_file: PathBuf::from(".env"),
+        }
+    }
+}
+
+/// Gives a provider the name `config check` shows as a value's source.
+struct Named<P> {
+    name: &'static str,
+    inner: P,
+}
+
+impl<P: Provider> Provider for Named<P> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        self.inner.data()
+    }
+}
+
+pub fn figment(sources: &Sources, cli: &CliOverrides) -> Figment {
+    Figment::from(Named {
+        name: "default",
+        inner: Serialized::defaults(Config::default()),
+    })
+    .merge(Toml::file(&sources.config_file))
+    .merge(DotEnv {
+        path: sources.dotenv_file.clone(),
+    })
+    .merge(
+        Env::prefixed("VMAN_")
+            .map(|k| env_key_to_path(k.as_str()).into())
+            .ignore(&["config"]),
+    )
+    .merge(Named {
+        name: "command line",
+        inner: Serialized::defaults(cli),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid config: {key} = {value}: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Extracts the config, turning figment's error into one that names the key,
+/// the bad value and where it came from.
+fn extract(figment: &Figment) -> Result<Config, ConfigError> {
+    figment.extract().map_err(|error| {
+        let Some(first) = error.clone().into_iter().next() else {
+            return ConfigError::Load(Box::new(error));
+        };
+        if first.path.is_empty() {
+            return ConfigError::Load(Box::new(error));
+        }
+        let key = first.path.join(".");
+        let value = figment
+            .find_value(&key)
+            .ok()
+            .map(|v| serde_json::to_string(&v).unwrap_or_default())
+            .unwrap_or_default();
+        let source = first
+            .metadata
+            .as_ref()
+            .map(|m| match &m.source {
+                Some(src) => format!(" (from {} {src})", m.name),
+                None => format!(" (from {})", m.name),
+            })
+            .unwrap_or_default();
+        ConfigError::Invalid {
+            key,
+            value,
+            reason: format!("{}{source}", first.kind),
+        }
+    })
+}
+
+impl Config {
+    pub fn load(sources: &Sources, cli: &CliOverrides) -> Result<Config, ConfigError> {
+        let config = extract(&figment(sources, cli))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &str, value: impl std::fmt::Debug, reason: &str) -> ConfigError {
+            ConfigError::Invalid {
+                key: key.to_string(),
+                value: format!("{value:?}"),
+                reason: reason.into(),
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(bad("data_dir", &self.data_dir, "must not be empty"));
+        }
+        if self.observer.interval < Duration::from_millis(100)
+            || self.observer.interval > Duration::from_secs(3600)
+        {
+            return Err(bad(
+                "observer.interval",
+                self.observer.interval,
+                "must be between 100ms and 1h",
+            ));
+        }
+        if self.qemu.stop_timeout.is_zero() || self.qemu.stop_timeout > Duration::from_secs(3600) {
+            return Err(bad(
+                "qemu.stop_timeout",
+                self.qemu.stop_timeout,
+                "must be between 1s and 1h",
+            ));
+        }
+        if self.limits.max_vcpus == 0 || self.limits.max_vcpus > 1024 {
+            return Err(bad(
+                "limits.max_vcpus",
+                self.limits.max_vcpus,
+                "must be between 1 and 1024",
+            ));
+        }
+        if self.limits.max_memory_mib < 16 {
+            return Err(bad(
+                "limits.max_memory_mib",
+                self.limits.max_memory_mib,
+                "must be at least 16",
+            ));
+        }
+        if self.limits.max_disk_bytes < 1 << 20 || self.limits.max_disk_bytes > 1 << 50 {
+            return Err(bad(
+                "limits.max_disk_bytes",
+                self.limits.max_disk_bytes,
+                "must be between 1 MiB and 1 PiB",
+            ));
+        }
+        if self.limits.vm_lock_timeout.is_zero()
+            || self.limits.vm_lock_timeout > Duration::from_secs(600)
+        {
+            return Err(bad(
+                "limits.vm_lock_timeout",
+                self.limits.vm_lock_timeout,
+                "must be between 1ms and 10m",
+            ));
+        }
+        if self.log.max_bytes < 4096 {
+            return Err(bad(
+                "log.max_bytes",
+                self.log.max_bytes,
+                "must be at least 4096",
+            ));
+        }
+        if self.log.keep_files == 0 {
+            return Err(bad(
+                "log.keep_files",
+                self.log.keep_files,
+                "must be at least 1",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(bad(
+                "log.level",
+                &self.log.level,
+                "is not a tracing filter (e.g. info, vman=debug)",
+            ));
+        }
+        let prefix = &self.network.bridge_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 11
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(bad(
+                "network.bridge_prefix",
+                prefix,
+                "must be 1-11 characters of a-z, 0-9 or '-' (bridge names are at most 15 characters)",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("vman.db")
+    }
+    pub fn storage_dir(&self) -> PathBuf {
+        self.data_dir.join("storage")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+
+    /// Every directory vman writes to, created on demand.
+    pub fn data_dirs(&self) -> [PathBuf; 4] {
+        [
+            self.data_dir.clone(),
+            self.storage_dir(),
+            self.run_dir(),
+            self.log_dir(),
+        ]
+    }
+
+    pub fn bridge_name(&self, vlan_id: u16) -> String {
+        format!("{}{vlan_id}", self.network.bridge_prefix)
+    }
+}
+
+/// One line per effective value with the source it came from.
+pub fn describe(sources: &Sources, cli: &CliOverrides) -> Result<String, ConfigError> {
+    let figment = figment(sources, cli);
+    let config = extract(&figment)?;
+    config.validate()?;
+    let value =
+        Value::serialize(&config).map_err(|e| Box::new(figment::Error::from(e.to_string())))?;
+    let mut lines = Vec::new();
+    collect(&figment, "", &value, &mut lines);
+    Ok(lines.join("\n"))
+}
+
+fn collect(figment: &Figment, prefix: &str, value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Dict(_, dict) => {
+            for (k, v) in dict {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                collect(figment, &path, v, out);
+            }
+        }
+        leaf => {
+            let source = figment
+                .find_metadata(prefix)
+                .map(|m| match &m.source {
+                    Some(src) => format!("{} ({src})", m.name),
+                    None => m.name.to_string(),
+                })
+                .unwrap_or_else(|| "default".into());
+            let shown = serde_json::to_string(leaf).unwrap_or_default();
+            out.push(format!("{prefix} = {shown}    # from {source}"));
+        }
+    }
+}
+
+pub fn ensure_dirs(config: &Config) -> std::io::Result<()> {
+    for dir in config.data_dirs() {
+        std::fs::create_dir_all(&dir)?;
+    }
+    set_mode(&config.run_dir(), 0o700)
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(test)]
+// figment's `Jail` returns its own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    fn with_files(toml: &str, dotenv: &str) -> (tempfile::TempDir, Sources) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vman.toml"), toml).unwrap();
+        std::fs::write(dir.path().join(".env"), dotenv).unwrap();
+        let sources = Sources {
+            config_file: dir.path().join("vman.toml"),
+            dotenv_file: dir.path().join(".env"),
+        };
+        (dir, sources)
+    }
+
+    #[test]
+    fn layers_apply_in_order_and_name_their_source() {
+        figment::Jail::expect_with(|jail| {
+            let (_dir, sources) = with_files(
+                "data_dir = \"/from/toml\"\nlisten = \"127.0.0.1:9000\"\n[observer]\ninterval = \"2s\"\n",
+                "VMAN_DATA_DIR=/from/dotenv\nVMAN_OBSERVER_INTERVAL=3s\n",
+            );
+            jail.set_env("VMAN_OBSERVER_INTERVAL", "4s");
+            let config = Config::load(&sources, &CliOverrides::default()).unwrap();
+            assert_eq!(config.data_dir, PathBuf::from("/from/dotenv"));
+            assert_eq!(config.observer.interval, Duration::from_secs(4));
+            assert_eq!(config.listen.port(), 9000);
+
+            let cli = CliOverrides {
+                data_dir: Some("/from/cli".into()),
+                ..Default::default()
+            };
+            let config = Config::load(&sources, &cli).unwrap();
+            assert_eq!(config.data_dir, PathBuf::from("/from/cli"));
+
+            let text = describe(&sources, &cli).unwrap();
+            assert!(
+                text.contains("data_dir = \"/from/cli\"    # from command line"),
+                "{text}"
+            );
+            assert!(text.contains("observer.interval = \"4s\""), "{text}");
+            assert!(
+                text.contains("# from `VMAN_` environment variable(s)")
+                    || text.contains("environment"),
+                "{text}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        figment::Jail::expect_with(|_jail| {
+            let (_dir, sources) = with_files("[observer]\ninterval = \"1ms\"\n", "");
+            let err = Config::load(&sources, &CliOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("observer.interval") && err.contains("1ms"),
+                "{err}"
+            );
+
+            let (_dir, sources) = with_files("listen = \"not an address\"\n", "");
+            let err = Config::load(&sources, &CliOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("listen") && err.contains("not an address"),
+                "{err}"
+            );
+
+            let (_dir, sources) = with_files("[qemu]\naccel = \"hvf\"\n", "");
+            let err = Config::load(&sources, &CliOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("accel") && err.contains("hvf"), "{err}");
+            Ok(())
+        });
+    }
+}

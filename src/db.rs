@@ -1,0 +1,34 @@
+//! SQLite connection with the settings a long-running server needs: WAL,
+//! synchronous NORMAL, a busy timeout, foreign keys and a real pool. sqlx's
+//! defaults differ (one writer mode, no FK by default in older versions), so
+//! every setting is explicit here.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    DatabaseConnection, SqlxSqliteConnector,
+    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+pub async fn connect(path: &Path) -> Result<DatabaseConnection, sea_orm::DbErr> {
+    let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+        .map_err(|e| sea_orm::DbErr::Custom(format!("database path {}: {e}", path.display())))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(|e| sea_orm::DbErr::Custom(format!("opening {}: {e}", path.display())))?;
+    Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
+}
+
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
+    Migrator::up(db, None).await
+}

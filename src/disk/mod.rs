@@ -1,0 +1,297 @@
+//! Disks: files in storage named from their ID. They are created and deleted
+//! through the hypervisor port (qemu-img), attached to VMs cold (recorded for
+//! the next start) or hot (plugged into the running VM).
+
+pub mod graphql;
+pub mod model;
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, ModelTrait,
+    QueryFilter, Set,
+};
+use serde_json::json;
+
+use crate::{
+    app::App,
+    error::{ApiError, ApiResult},
+    events::{EventKind, NewEvent, find_in},
+    host::{DiskSpec, VmAction},
+    operation,
+    operation::Change,
+    validate,
+    vm::{self, VmState},
+};
+pub use model::{Attachment, DiskFormat, Model as Disk};
+
+pub fn spec(app: &App, disk: &Disk) -> DiskSpec {
+    DiskSpec {
+        id: disk.id.clone(),
+        path: app
+            .config
+            .storage_dir()
+            .join(format!("{}.{}", disk.id, disk.format.qemu_name())),
+        format: disk.format,
+        size_bytes: disk.size_bytes as u64,
+        backing: None,
+    }
+}
+
+pub async fn ensure_name_free(db: &impl ConnectionTrait, name: &str) -> ApiResult<()> {
+    if model::Entity::find()
+        .filter(model::Column::Name.eq(name))
+        .one(db)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::Conflict(format!(
+            "a disk named {name:?} already exists"
+        )));
+    }
+    Ok(())
+}
+
+pub fn created_event(disk: &Disk, operation_id: Option<&str>) -> NewEvent {
+    NewEvent {
+        kind: EventKind::DiskCreated,
+        subject_id: disk.id.clone(),
+        subject_type: "Disk",
+        operation_id: operation_id.map(str::to_string),
+        payload: json!({"name": disk.name, "sizeBytes": disk.size_bytes, "format": disk.format, "vmId": disk.vm_id}),
+    }
+}
+
+pub fn deleted_event(disk: &Disk, operation_id: Option<&str>) -> NewEvent {
+    NewEvent {
+        kind: EventKind::DiskDeleted,
+        subject_id: disk.id.clone(),
+        subject_type: "Disk",
+        operation_id: operation_id.map(str::to_string),
+        payload: json!({"name": disk.name}),
+    }
+}
+
+pub fn detached_event(disk: &Disk, vm_id: &str, operation_id: Option<&str>) -> NewEvent {
+    NewEvent {
+        kind: EventKind::DiskDetached,
+        subject_id: disk.id.clone(),
+        subject_type: "Disk",
+        operation_id: operation_id.map(str::to_string),
+        payload: json!({"name": disk.name, "vmId": vm_id}),
+    }
+}
+
+pub struct CreateDisk {
+    pub name: String,
+    pub size_bytes: i64,
+    pub format: DiskFormat,
+}
+
+pub async fn create(app: &App, input: CreateDisk, dry_run: bool) -> ApiResult<Change<Disk>> {
+    validate::name("name", &input.name)?;
+    validate::size_bytes(&app.config.limits, "sizeBytes", input.size_bytes)?;
+    ensure_name_free(&app.db, &input.name).await?;
+    let now = Utc::now();
+    let disk = Disk {
+        id: uuid::Uuid::now_v7().to_string(),
+        name: input.name,
+        format: input.format,
+        size_bytes: input.size_bytes,
+        vm_id: None,
+        attachment: Attachment::Detached,
+        backing_template_id: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let action = VmAction::CreateDisk(spec(app, &disk));
+    if dry_run {
+        return Ok(Change::planned(disk, app.hypervisor.plan(&action)));
+    }
+    let op = operation::begin(app, &operation::new_id(), "CREATE_DISK", "Disk", &disk.id).await?;
+    let steps = match app.hypervisor.execute(&action).await {
+        Ok(outcome) => outcome.steps,
+        Err(e) => {
+            let e = ApiError::from(e);
+            operation::finish(app, op, &[], Some(&e)).await?;
+            return Err(e);
+        }
+    };
+    let written = async {
+        let mut w = app.bus.writer().await?;
+        ensure_name_free(w.txn(), &disk.name).await?;
+        let disk = model::ActiveModel::from(disk.clone())
+            .insert(w.txn())
+            .await?;
+        w.record(created_event(&disk, Some(&op.id))).await?;
+        w.commit().await?;
+        ApiResult::Ok(disk)
+    }
+    .await;
+    if written.is_err()
+        && let Err(undo) = app
+            .hypervisor
+            .execute(&VmAction::DeleteDisk(spec(app, &disk)))
+            .await
+    {
+        tracing::error!(error = %undo, "removing the file of a failed createDisk");
+    }
+    let op = operation::finish(app, op, &steps, written.as_ref().err()).await?;
+    Ok(Change {
+        object: written?,
+        operation: Some(op),
+        plan: steps,
+    })
+}
+
+pub async fn find_disk(app: &App, id: &str) -> ApiResult<Disk> {
+    let id = validate::id("diskId", id)?;
+    find_in::<model::Entity, _>(&app.db, "disk", &id).await
+}
+
+/// Attaches a detached disk: hot-plugged when the VM runs, recorded for the next start otherwise.
+pub async fn attach(
+    app: &App,
+    disk_id: &str,
+    vm_id: &str,
+    dry_run: bool,
+) -> ApiResult<Change<Disk>> {
+    let disk = find_disk(app, disk_id).await?;
+    let vm_id = validate::id("vmId", vm_id)?;
+    let op_id = operation::new_id();
+    let _vm_guard = app.locks.lock(&vm_id, &op_id, "ATTACH_DISK").await?;
+    let _disk_guard = app.locks.lock(&disk.id, &op_id, "ATTACH_DISK").await?;
+    let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &vm_id).await?;
+    let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk.id).await?;
+    if disk.attachment != Attachment::Detached {
+        return Err(ApiError::Conflict(format!(
+            "disk {:?} is already attached",
+            disk.name
+        )));
+    }
+    let hot = matches!(vm.state, VmState::Running | VmState::Paused);
+    if !hot && vm.state != VmState::Stopped && vm.state != VmState::Crashed {
+        return Err(ApiError::InvalidState(format!(
+            "cannot attach a disk to VM {:?} while it is {}",
+            vm.name, vm.state
+        )));
+    }
+    let action = hot.then(|| VmAction::AttachDisk {
+        vm_id: vm.id.clone(),
+        disk: spec(app, &disk),
+    });
+    let plan = action.iter().flat_map(|a| app.hypervisor.plan(a)).collect();
+    if dry_run {
+        return Ok(Change::planned(disk, plan));
+    }
+    let op = operation::begin(app, &op_id, "ATTACH_DISK", "Disk", &disk.id).await?;
+    let result = async {
+        let steps = match &action {
+            Some(action) => app.hypervisor.execute(action).await?.steps,
+            None => Vec::new(),
+        };
+        let mut w = app.bus.writer().await?;
+        let mut row = disk.clone().into_active_model();
+        row.vm_id = Set(Some(vm.id.clone()));
+        row.attachment = Set(Attachment::Attached);
+        row.updated_at = Set(Utc::now());
+        let disk = row.update(w.txn()).await?;
+        w.record(NewEvent {
+            kind: EventKind::DiskAttached,
+            subject_id: disk.id.clone(),
+            subject_type: "Disk",
+            operation_id: Some(op.id.clone()),
+            payload: json!({"name": disk.name, "vmId": vm.id, "hot": hot}),
+        })
+        .await?;
+        w.commit().await?;
+        ApiResult::Ok((disk, steps))
+    }
+    .await;
+    operation::conclude(app, op, result).await
+}
+
+/// Detaches a disk from its VM: unplugged when the VM runs, dropped from the next start otherwise.
+pub async fn detach(app: &App, disk_id: &str, dry_run: bool) -> ApiResult<Change<Disk>> {
+    let disk = find_disk(app, disk_id).await?;
+    let Some(vm_id) = disk.vm_id.clone() else {
+        return Err(ApiError::Conflict(format!(
+            "disk {:?} is not attached",
+            disk.name
+        )));
+    };
+    let op_id = operation::new_id();
+    let _vm_guard = app.locks.lock(&vm_id, &op_id, "DETACH_DISK").await?;
+    let _disk_guard = app.locks.lock(&disk.id, &op_id, "DETACH_DISK").await?;
+    let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &vm_id).await?;
+    let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk.id).await?;
+    if disk.attachment != Attachment::Attached || disk.vm_id.as_deref() != Some(vm.id.as_str()) {
+        return Err(ApiError::Conflict(format!(
+            "disk {:?} is {:?}, not attached",
+            disk.name, disk.attachment
+        )));
+    }
+    let hot = matches!(vm.state, VmState::Running | VmState::Paused);
+    if !hot && vm.state != VmState::Stopped && vm.state != VmState::Crashed {
+        return Err(ApiError::InvalidState(format!(
+            "cannot detach a disk from VM {:?} while it is {}",
+            vm.name, vm.state
+        )));
+    }
+    let action = hot.then(|| VmAction::DetachDisk {
+        vm_id: vm.id.clone(),
+        disk: spec(app, &disk),
+    });
+    let plan = action.iter().flat_map(|a| app.hypervisor.plan(a)).collect();
+    if dry_run {
+        return Ok(Change::planned(disk, plan));
+    }
+    let op = operation::begin(app, &op_id, "DETACH_DISK", "Disk", &disk.id).await?;
+    let result = async {
+        let steps = match &action {
+            Some(action) => app.hypervisor.execute(action).await?.steps,
+            None => Vec::new(),
+        };
+        let mut w = app.bus.writer().await?;
+        let mut row = disk.clone().into_active_model();
+        row.vm_id = Set(None);
+        row.attachment = Set(Attachment::Detached);
+        row.updated_at = Set(Utc::now());
+        let disk = row.update(w.txn()).await?;
+        w.record(detached_event(&disk, &vm.id, Some(&op.id)))
+            .await?;
+        w.commit().await?;
+        ApiResult::Ok((disk, steps))
+    }
+    .await;
+    operation::conclude(app, op, result).await
+}
+
+pub async fn delete(app: &App, disk_id: &str, dry_run: bool) -> ApiResult<Change<Disk>> {
+    let disk = find_disk(app, disk_id).await?;
+    let op_id = operation::new_id();
+    let _disk_guard = app.locks.lock(&disk.id, &op_id, "DELETE_DISK").await?;
+    let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk.id).await?;
+    if disk.vm_id.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "disk {:?} is attached to a VM: detach it first",
+            disk.name
+        )));
+    }
+    let action = VmAction::DeleteDisk(spec(app, &disk));
+    if dry_run {
+        return Ok(Change::planned(disk, app.hypervisor.plan(&action)));
+    }
+    let op = operation::begin(app, &op_id, "DELETE_DISK", "Disk", &disk.id).await?;
+    let result = async {
+        // The file goes first: if it cannot be removed, the row stays and says so.
+        let steps = app.hypervisor.execute(&action).await?.steps;
+        let mut w = app.bus.writer().await?;
+        disk.clone().delete(w.txn()).await?;
+        w.record(deleted_event(&disk, Some(&op.id))).await?;
+        w.commit().await?;
+        ApiResult::Ok((disk, steps))
+    }
+    .await;
+    app.locks.forget(&op.target_id);
+    operation::conclude(app, op, result).await
+}

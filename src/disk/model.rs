@@ -1,0 +1,85 @@
+use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "disks")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    #[sea_orm(unique)]
+    pub name: String,
+    pub format: DiskFormat,
+    pub size_bytes: i64,
+    pub vm_id: Option<String>,
+    pub attachment: Attachment,
+    pub backing_template_id: Option<String>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    EnumIter,
+    DeriveActiveEnum,
+    async_graphql::Enum,
+    Serialize,
+    Deserialize,
+)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum DiskFormat {
+    #[sea_orm(string_value = "QCOW2")]
+    #[graphql(name = "QCOW2")]
+    #[serde(rename = "qcow2")]
+    Qcow2,
+    #[sea_orm(string_value = "RAW")]
+    #[serde(rename = "raw")]
+    Raw,
+}
+
+impl DiskFormat {
+    /// The name QEMU and qemu-img use.
+    pub fn qemu_name(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        }
+    }
+}
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    EnumIter,
+    DeriveActiveEnum,
+    async_graphql::Enum,
+    Serialize,
+    Deserialize,
+)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Attachment {
+    /// Not part of any VM.
+    #[sea_orm(string_value = "DETACHED")]
+    Detached,
+    /// Part of a VM: plugged in while it runs, passed at its next start otherwise.
+    #[sea_orm(string_value = "ATTACHED")]
+    Attached,
+    /// Hot-plug in progress.
+    #[sea_orm(string_value = "ATTACHING")]
+    Attaching,
+    /// Unplug requested; waiting for the guest to let go.
+    #[sea_orm(string_value = "DETACHING")]
+    Detaching,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

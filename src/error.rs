@@ -1,0 +1,119 @@
+//! The one error type services return, and its stable `extensions.code`.
+//!
+//! async-graphql turns any `Display` error into a field error on `?` and drops
+//! the code, so resolvers convert explicitly with [`ResultExt::gql`].
+
+use async_graphql::ErrorExtensions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadUserInput(String),
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("VM {vm_id} is busy with operation {operation_id} ({kind})")]
+    VmBusy {
+        vm_id: String,
+        operation_id: String,
+        kind: String,
+    },
+    #[error("host error: {0}")]
+    Host(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("internal error")]
+    /// The cause is logged on the server and never shown to clients.
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadUserInput(_) => "BAD_USER_INPUT",
+            ApiError::NotFound { .. } => "NOT_FOUND",
+            ApiError::Conflict(_) => "CONFLICT",
+            ApiError::InvalidState(_) => "INVALID_STATE",
+            ApiError::VmBusy { .. } => "VM_BUSY",
+            ApiError::Host(_) => "HOST_ERROR",
+            ApiError::Timeout(_) => "TIMEOUT",
+            ApiError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn bad_input(msg: impl Into<String>) -> Self {
+        ApiError::BadUserInput(msg.into())
+    }
+
+    pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
+        ApiError::NotFound {
+            kind,
+            id: id.into(),
+        }
+    }
+
+    pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ApiError::Internal(Box::new(e))
+    }
+}
+
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<sea_orm::TransactionError<E>> for ApiError
+where
+    ApiError: From<E>,
+{
+    fn from(e: sea_orm::TransactionError<E>) -> Self {
+        match e {
+            sea_orm::TransactionError::Connection(db) => db.into(),
+            sea_orm::TransactionError::Transaction(inner) => inner.into(),
+        }
+    }
+}
+
+impl From<crate::host::HostError> for ApiError {
+    fn from(e: crate::host::HostError) -> Self {
+        match e {
+            crate::host::HostError::Timeout(what) => ApiError::Timeout(what),
+            other => ApiError::Host(other.to_string()),
+        }
+    }
+}
+
+impl ErrorExtensions for ApiError {
+    fn extend(&self) -> async_graphql::Error {
+        if let ApiError::Internal(source) = self {
+            tracing::error!(error = %source, "internal error");
+        }
+        async_graphql::Error::new(self.to_string()).extend_with(|_, ext| {
+            ext.set("code", self.code());
+            if let ApiError::VmBusy {
+                operation_id, kind, ..
+            } = self
+            {
+                ext.set("operationId", operation_id.as_str());
+                ext.set("operationKind", kind.as_str());
+            }
+        })
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Converts a service result into a GraphQL result that keeps the code.
+pub trait ResultExt<T> {
+    fn gql(self) -> async_graphql::Result<T>;
+}
+
+impl<T> ResultExt<T> for ApiResult<T> {
+    fn gql(self) -> async_graphql::Result<T> {
+        self.map_err(|e| e.extend())
+    }
+}

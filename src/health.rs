@@ -1,0 +1,81 @@
+//! Readiness checks, shared by `/readyz` and the `health` query.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::app::App;
+
+#[derive(Debug, Clone, Serialize, async_graphql::SimpleObject)]
+pub struct HealthCheck {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, async_graphql::SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// True when every check passed.
+    pub ready: bool,
+    /// Host steps are planned and recorded, not executed.
+    pub dry_run: bool,
+    pub checks: Vec<HealthCheck>,
+}
+
+pub async fn check(app: &App) -> Health {
+    let mut checks = Vec::new();
+    checks.push(match app.db.ping().await {
+        Ok(()) => ok(
+            "database",
+            format!("{} reachable", app.config.db_path().display()),
+        ),
+        Err(e) => fail("database", e.to_string()),
+    });
+    for dir in app.config.data_dirs() {
+        checks.push(writable(&dir));
+    }
+    if !app.config.dry_run {
+        for binary in [&app.config.qemu.binary, &app.config.qemu.img_binary] {
+            let name = format!("binary {}", binary.display());
+            checks.push(match which::which(binary) {
+                Ok(path) => ok(&name, format!("found at {}", path.display())),
+                Err(_) => fail(
+                    &name,
+                    "not found: install qemu-system-x86 and qemu-utils, or run with --dry-run"
+                        .into(),
+                ),
+            });
+        }
+    }
+    Health {
+        ready: checks.iter().all(|c| c.ok),
+        dry_run: app.config.dry_run,
+        checks,
+    }
+}
+
+fn writable(dir: &Path) -> HealthCheck {
+    let name = format!("writable {}", dir.display());
+    let probe = dir.join(format!(".vman-probe-{}", std::process::id()));
+    match std::fs::write(&probe, b"probe").and_then(|()| std::fs::remove_file(&probe)) {
+        Ok(()) => ok(&name, "ok".into()),
+        Err(e) => fail(&name, e.to_string()),
+    }
+}
+
+fn ok(name: &str, detail: String) -> HealthCheck {
+    HealthCheck {
+        name: name.to_string(),
+        ok: true,
+        detail,
+    }
+}
+
+fn fail(name: &str, detail: String) -> HealthCheck {
+    HealthCheck {
+        name: name.to_string(),
+        ok: false,
+        detail,
+    }
+}

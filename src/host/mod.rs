@@ -1,0 +1,231 @@
+//! Host ports: everything that touches the host sits behind these traits.
+//!
+//! One vocabulary, [`HostStep`], serves three uses: the dry-run port records
+//! it, a `dryRun: true` mutation returns it as its plan, and the real ports
+//! report the steps they executed. Services describe *what* to do with a
+//! [`HostAction`]; a port says *how* (`plan`) and does it (`execute`).
+
+pub mod dry_run;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::disk::model::DiskFormat;
+
+/// One step on the host, as plain data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "camelCase")]
+pub enum HostStep {
+    /// Run a program (qemu-img, …) to completion.
+    Exec {
+        argv: Vec<String>,
+    },
+    /// Start a QEMU process, detached from vman.
+    SpawnQemu {
+        vm_id: String,
+        argv: Vec<String>,
+    },
+    /// A QMP command sent to a running VM.
+    Qmp {
+        vm_id: String,
+        command: String,
+        #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+        arguments: serde_json::Value,
+    },
+    /// Wait for something the host reports (a QMP event, a process exit).
+    Await {
+        vm_id: String,
+        event: String,
+        timeout_ms: u64,
+    },
+    /// Send a signal to a VM's QEMU process.
+    Signal {
+        vm_id: String,
+        signal: String,
+    },
+    CreateDir {
+        path: PathBuf,
+    },
+    RemoveDir {
+        path: PathBuf,
+    },
+    RemoveFile {
+        path: PathBuf,
+    },
+    AddBridge {
+        name: String,
+    },
+    DeleteBridge {
+        name: String,
+    },
+}
+
+impl HostStep {
+    /// A one-line human summary, shown in plans.
+    pub fn summary(&self) -> String {
+        match self {
+            HostStep::Exec { argv } => format!("run {}", argv.join(" ")),
+            HostStep::SpawnQemu { vm_id, .. } => format!("spawn QEMU for VM {vm_id}"),
+            HostStep::Qmp { vm_id, command, .. } => format!("QMP {command} on VM {vm_id}"),
+            HostStep::Await {
+                vm_id,
+                event,
+                timeout_ms,
+            } => {
+                format!("wait up to {timeout_ms} ms for {event} from VM {vm_id}")
+            }
+            HostStep::Signal { vm_id, signal } => format!("send {signal} to VM {vm_id}"),
+            HostStep::CreateDir { path } => format!("create directory {}", path.display()),
+            HostStep::RemoveDir { path } => format!("remove directory {}", path.display()),
+            HostStep::RemoveFile { path } => format!("remove file {}", path.display()),
+            HostStep::AddBridge { name } => format!("add bridge {name} and set it up"),
+            HostStep::DeleteBridge { name } => format!("delete bridge {name}"),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            HostStep::Exec { .. } => "exec",
+            HostStep::SpawnQemu { .. } => "spawnQemu",
+            HostStep::Qmp { .. } => "qmp",
+            HostStep::Await { .. } => "await",
+            HostStep::Signal { .. } => "signal",
+            HostStep::CreateDir { .. } => "createDir",
+            HostStep::RemoveDir { .. } => "removeDir",
+            HostStep::RemoveFile { .. } => "removeFile",
+            HostStep::AddBridge { .. } => "addBridge",
+            HostStep::DeleteBridge { .. } => "deleteBridge",
+        }
+    }
+}
+
+/// A disk as the host sees it: a file under the storage directory.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiskSpec {
+    pub id: String,
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    pub size_bytes: u64,
+    /// Base image a qcow2 overlay is created on.
+    pub backing: Option<PathBuf>,
+}
+
+/// Direct kernel boot, from files in storage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DirectBoot {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+}
+
+/// Everything the hypervisor needs to run one VM.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VmSpec {
+    pub id: String,
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disks: Vec<DiskSpec>,
+    pub boot: Option<DirectBoot>,
+    pub run_dir: PathBuf,
+}
+
+/// How a stop should proceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StopRequest {
+    /// Skip the ACPI request and go straight to terminating QEMU.
+    pub force: bool,
+    pub timeout_ms: u64,
+}
+
+/// Which rung of the stop ladder ended the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, async_graphql::Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StopRung {
+    /// The guest shut down after an ACPI power-button press.
+    GuestShutdown,
+    /// QMP `quit` ended QEMU.
+    Quit,
+    /// QEMU was killed.
+    Kill,
+}
+
+/// What a hypervisor is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VmAction {
+    Start(VmSpec),
+    Stop {
+        vm_id: String,
+        request: StopRequest,
+    },
+    Pause {
+        vm_id: String,
+    },
+    Resume {
+        vm_id: String,
+    },
+    Reset {
+        vm_id: String,
+    },
+    CreateDisk(DiskSpec),
+    DeleteDisk(DiskSpec),
+    AttachDisk {
+        vm_id: String,
+        disk: DiskSpec,
+    },
+    DetachDisk {
+        vm_id: String,
+        disk: DiskSpec,
+    },
+    /// Remove what a stopped VM left on the host (its run directory).
+    Destroy {
+        vm_id: String,
+        run_dir: PathBuf,
+    },
+}
+
+/// What a port reports after executing an action.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    pub steps: Vec<HostStep>,
+    /// Set by a stop: which rung ended the VM.
+    pub stop_rung: Option<StopRung>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    Timeout(String),
+}
+
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// The steps `execute` would take, computed without touching the host.
+    fn plan(&self, action: &VmAction) -> Vec<HostStep>;
+    async fn execute(&self, action: &VmAction) -> Result<Outcome, HostError>;
+    /// Whether this port touches the host.
+    fn is_dry_run(&self) -> bool;
+}
+
+/// What a network port is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetworkAction {
+    CreateNetwork { bridge: String },
+    DeleteNetwork { bridge: String },
+}
+
+#[async_trait]
+pub trait HostNetwork: Send + Sync {
+    fn plan(&self, action: &NetworkAction) -> Vec<HostStep>;
+    async fn execute(&self, action: &NetworkAction) -> Result<Outcome, HostError>;
+}

@@ -1,0 +1,86 @@
+use async_graphql::{Context, ID, Object};
+use sea_orm::EntityTrait;
+
+use super::{Image, model};
+use crate::{
+    api::{
+        self,
+        pagination::{Page, id_cursor, page},
+    },
+    disk::DiskFormat,
+    error::{ApiError, ResultExt},
+    validate,
+};
+
+#[derive(Clone)]
+pub struct ImageObject(pub Image);
+
+impl ImageObject {
+    pub async fn load(
+        ctx: &Context<'_>,
+        id: Option<&str>,
+    ) -> async_graphql::Result<Option<ImageObject>> {
+        let Some(id) = id else { return Ok(None) };
+        let image = model::Entity::find_by_id(id.to_string())
+            .one(&api::app(ctx).db)
+            .await
+            .map_err(ApiError::from)
+            .gql()?;
+        Ok(image.map(ImageObject))
+    }
+}
+
+/// A file in storage that templates build on.
+#[Object(name = "Image")]
+impl ImageObject {
+    pub async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn kind(&self) -> model::ImageKind {
+        self.0.kind
+    }
+    /// Disk images only.
+    async fn format(&self) -> Option<DiskFormat> {
+        self.0.format
+    }
+    async fn size_bytes(&self) -> i64 {
+        self.0.size_bytes
+    }
+    async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.created_at
+    }
+}
+
+#[derive(Default)]
+pub struct ImageQuery;
+
+#[Object]
+impl ImageQuery {
+    async fn images(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Page<ImageObject>> {
+        let after = id_cursor(after).gql()?;
+        page(
+            &api::app(ctx).db,
+            model::Entity::find(),
+            model::Column::Id,
+            after,
+            first,
+            |i| i.id.clone(),
+            ImageObject,
+        )
+        .await
+        .gql()
+    }
+
+    async fn image(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<ImageObject>> {
+        let id = validate::id("id", &id).gql()?;
+        ImageObject::load(ctx, Some(&id)).await
+    }
+}

@@ -1,0 +1,32 @@
+use sea_orm::entity::prelude::*;
+
+/// A file imported into storage that templates build on: a base disk image,
+/// a kernel or an initrd.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "images")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    #[sea_orm(unique)]
+    pub name: String,
+    pub kind: ImageKind,
+    pub format: Option<crate::disk::model::DiskFormat>,
+    pub size_bytes: i64,
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum, async_graphql::Enum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum ImageKind {
+    #[sea_orm(string_value = "DISK")]
+    Disk,
+    #[sea_orm(string_value = "KERNEL")]
+    Kernel,
+    #[sea_orm(string_value = "INITRD")]
+    Initrd,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

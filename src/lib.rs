@@ -1,0 +1,23 @@
+//! vman: a virtual-machine manager for Linux hosts with one GraphQL API.
+//!
+//! api → services (template, vm, disk, network) → host ports → host;
+//! every change is journaled as an event and pushed to subscribers.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod disk;
+pub mod error;
+pub mod events;
+pub mod health;
+pub mod host;
+pub mod image;
+pub mod network;
+pub mod operation;
+pub mod playground;
+pub mod server;
+pub mod telemetry;
+pub mod template;
+pub mod validate;
+pub mod vm;

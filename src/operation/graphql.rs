@@ -1,0 +1,102 @@
+use async_graphql::{Context, ID, Object};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+use super::{Operation, OperationStatus, model};
+use crate::{
+    api::{
+        self, PlanStep,
+        pagination::{Page, id_cursor, page},
+    },
+    error::{ApiError, ResultExt},
+    host::HostStep,
+    validate,
+};
+
+#[derive(Clone)]
+pub struct OperationObject(pub Operation);
+
+/// One accepted request that changed (or tried to change) the host.
+#[Object(name = "Operation")]
+impl OperationObject {
+    pub async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// START_VM, STOP_VM, CREATE_DISK, …
+    async fn kind(&self) -> &str {
+        &self.0.kind
+    }
+    async fn target_id(&self) -> ID {
+        ID(self.0.target_id.clone())
+    }
+    async fn target_type(&self) -> &str {
+        &self.0.target_type
+    }
+    async fn status(&self) -> OperationStatus {
+        self.0.status
+    }
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+    /// The `extensions.code` the failure was reported with.
+    async fn error_code(&self) -> Option<&str> {
+        self.0.error_code.as_deref()
+    }
+    /// The host steps taken.
+    async fn steps(&self) -> Vec<PlanStep> {
+        let steps: Vec<HostStep> = serde_json::from_value(self.0.steps.clone()).unwrap_or_default();
+        api::plan(&steps)
+    }
+    async fn started_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.started_at
+    }
+    async fn finished_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.0.finished_at
+    }
+}
+
+#[derive(Default)]
+pub struct OperationQuery;
+
+#[Object]
+impl OperationQuery {
+    /// Operations, oldest first; `vmId` narrows to those on one VM.
+    async fn operations(
+        &self,
+        ctx: &Context<'_>,
+        vm_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Page<OperationObject>> {
+        let after = id_cursor(after).gql()?;
+        let mut select = model::Entity::find();
+        if let Some(vm_id) = vm_id {
+            let vm_id = validate::id("vmId", &vm_id).gql()?;
+            select = select.filter(model::Column::TargetId.eq(vm_id));
+        }
+        page(
+            &api::app(ctx).db,
+            select,
+            model::Column::Id,
+            after,
+            first,
+            |o| o.id.clone(),
+            OperationObject,
+        )
+        .await
+        .gql()
+    }
+
+    async fn operation(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<Option<OperationObject>> {
+        let id = validate::id("id", &id).gql()?;
+        let op = model::Entity::find_by_id(id)
+            .one(&api::app(ctx).db)
+            .await
+            .map_err(ApiError::from)
+            .gql()?;
+        Ok(op.map(OperationObject))
+    }
+}

@@ -1,0 +1,111 @@
+//! Operations: the record of each accepted request that changes the host.
+//! An operation is written RUNNING before the host is touched and finished
+//! with the steps taken and the outcome, so a failure is never silent.
+
+pub mod graphql;
+pub mod model;
+
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
+
+use crate::{
+    app::App,
+    error::{ApiError, ApiResult},
+    host::HostStep,
+};
+pub use model::{Model as Operation, OperationStatus};
+
+/// A new operation's identity, known before it is written so a lock holder can name it.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub async fn begin(
+    app: &App,
+    id: &str,
+    kind: &str,
+    target_type: &str,
+    target_id: &str,
+) -> ApiResult<Operation> {
+    let w = app.bus.writer().await?;
+    let op = model::ActiveModel {
+        id: Set(id.to_string()),
+        kind: Set(kind.to_string()),
+        target_id: Set(target_id.to_string()),
+        target_type: Set(target_type.to_string()),
+        status: Set(OperationStatus::Running),
+        error: Set(None),
+        error_code: Set(None),
+        steps: Set(serde_json::json!([])),
+        started_at: Set(Utc::now()),
+        finished_at: Set(None),
+    }
+    .insert(w.txn())
+    .await?;
+    w.commit().await?;
+    crate::telemetry::operation_started(kind);
+    Ok(op)
+}
+
+/// Records how an operation ended.
+pub async fn finish(
+    app: &App,
+    op: Operation,
+    steps: &[HostStep],
+    error: Option<&ApiError>,
+) -> ApiResult<Operation> {
+    let kind = op.kind.clone();
+    let started = op.started_at;
+    let mut row = op.into_active_model();
+    row.steps = Set(serde_json::to_value(steps).unwrap_or_default());
+    row.finished_at = Set(Some(Utc::now()));
+    match error {
+        None => row.status = Set(OperationStatus::Succeeded),
+        Some(e) => {
+            row.status = Set(OperationStatus::Failed);
+            row.error = Set(Some(e.to_string()));
+            row.error_code = Set(Some(e.code().to_string()));
+        }
+    }
+    let w = app.bus.writer().await?;
+    let op = row.update(w.txn()).await?;
+    w.commit().await?;
+    crate::telemetry::operation_finished(&kind, op.status, Utc::now() - started);
+    Ok(op)
+}
+
+/// What a mutation did (or, with dry-run, would do).
+pub struct Change<T> {
+    pub object: T,
+    pub operation: Option<Operation>,
+    pub plan: Vec<HostStep>,
+}
+
+impl<T> Change<T> {
+    pub fn planned(object: T, plan: Vec<HostStep>) -> Self {
+        Change {
+            object,
+            operation: None,
+            plan,
+        }
+    }
+}
+
+/// Finishes `op` with the result of its work and hands back the change.
+pub async fn conclude<T>(
+    app: &App,
+    op: Operation,
+    result: ApiResult<(T, Vec<HostStep>)>,
+) -> ApiResult<Change<T>> {
+    let (steps, error) = match &result {
+        Ok((_, steps)) => (steps.as_slice(), None),
+        Err(e) => (&[][..], Some(e)),
+    };
+    let op = finish(app, op, steps, error).await?;
+    let (object, steps) = result?;
+    Ok(Change {
+        object,
+        operation: Some(op),
+        plan: steps,
+    })
+}

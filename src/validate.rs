@@ -1,0 +1,176 @@
+//! Input checks shared by every service. Everything a user sends is checked
+//! here before it reaches the database or the host; failures are
+//! `BAD_USER_INPUT` naming the field and the value.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use crate::{
+    config::Limits,
+    error::{ApiError, ApiResult},
+};
+
+static NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new("^[a-z][a-z0-9-]{0,62}$").expect("name regex"));
+
+pub fn name(field: &str, value: &str) -> ApiResult<()> {
+    if NAME.is_match(value) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_input(format!(
+            "{field} {:?} is not a valid name: use 1-63 characters, a lowercase letter first, then lowercase letters, digits or '-'",
+            shorten(value)
+        )))
+    }
+}
+
+/// Parses an ID argument; a malformed ID is bad input, a well-formed unknown one is NOT_FOUND later.
+pub fn id(field: &str, value: &str) -> ApiResult<String> {
+    uuid::Uuid::parse_str(value)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| ApiError::bad_input(format!("{field} {:?} is not a valid ID", shorten(value))))
+}
+
+pub fn vcpus(limits: &Limits, value: i32) -> ApiResult<u32> {
+    if value >= 1 && value as u32 <= limits.max_vcpus {
+        Ok(value as u32)
+    } else {
+        Err(ApiError::bad_input(format!(
+            "vcpus {value} is out of range: 1 to {} on this host",
+            limits.max_vcpus
+        )))
+    }
+}
+
+pub fn memory_mib(limits: &Limits, value: i64) -> ApiResult<u64> {
+    if value >= 16 && value as u64 <= limits.max_memory_mib {
+        Ok(value as u64)
+    } else {
+        Err(ApiError::bad_input(format!(
+            "memoryMib {value} is out of range: 16 to {} on this host",
+            limits.max_memory_mib
+        )))
+    }
+}
+
+pub fn size_bytes(limits: &Limits, field: &str, value: i64) -> ApiResult<u64> {
+    const MIB: i64 = 1 << 20;
+    if value >= MIB && value as u64 <= limits.max_disk_bytes && value % 512 == 0 {
+        Ok(value as u64)
+    } else {
+        Err(ApiError::bad_input(format!(
+            "{field} {value} is out of range: a multiple of 512 from 1 MiB to {} bytes",
+            limits.max_disk_bytes
+        )))
+    }
+}
+
+pub fn vlan_id(value: i32) -> ApiResult<u16> {
+    if (1..=4094).contains(&value) {
+        Ok(value as u16)
+    } else {
+        Err(ApiError::bad_input(format!(
+            "vlanId {value} is out of range: 1 to 4094"
+        )))
+    }
+}
+
+/// Free text (descriptions): bounded, no control characters.
+pub fn text(field: &str, value: &str, max: usize) -> ApiResult<()> {
+    if value.len() > max {
+        return Err(ApiError::bad_input(format!(
+            "{field} is longer than {max} bytes"
+        )));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(ApiError::bad_input(format!(
+            "{field} contains control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A kernel command line: printable ASCII, bounded.
+pub fn cmdline(value: &str) -> ApiResult<()> {
+    if value.len() > 2048 || !value.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+        return Err(ApiError::bad_input(
+            "cmdline must be at most 2048 printable ASCII characters".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+pub fn timeout_seconds(value: i32) -> ApiResult<u64> {
+    if (1..=3600).contains(&value) {
+        Ok(value as u64)
+    } else {
+        Err(ApiError::bad_input(format!(
+            "timeoutSeconds {value} is out of range: 1 to 3600"
+        )))
+    }
+}
+
+/// Keeps error messages short when the input is huge.
+fn shorten(value: &str) -> String {
+    if value.len() <= 80 {
+        value.to_string()
+    } else {
+        let cut = (0..=80)
+            .rev()
+            .find(|i| value.is_char_boundary(*i))
+            .unwrap_or(0);
+        format!("{}…", &value[..cut])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "vm-1", &format!("a{}", "b".repeat(62))] {
+            assert!(name("name", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "1vm",
+            "Vm",
+            "vm_1",
+            "vm,if=x",
+            "../etc",
+            &format!("a{}", "b".repeat(63)),
+            "vm 1",
+            "vm\n",
+        ] {
+            assert!(name("name", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_vlans_ids() {
+        let limits = crate::config::Config::default().limits;
+        assert!(size_bytes(&limits, "sizeBytes", 0).is_err());
+        assert!(size_bytes(&limits, "sizeBytes", -512).is_err());
+        assert!(size_bytes(&limits, "sizeBytes", 10 << 50).is_err());
+        assert!(size_bytes(&limits, "sizeBytes", 1 << 30).is_ok());
+        assert!(
+            vlan_id(0).is_err()
+                && vlan_id(4095).is_err()
+                && vlan_id(1).is_ok()
+                && vlan_id(4094).is_ok()
+        );
+        assert!(id("id", "nope").is_err());
+        assert_eq!(
+            id("id", "0194F0A0-0000-7000-8000-000000000000").unwrap(),
+            "0194f0a0-0000-7000-8000-000000000000"
+        );
+        let long = "x".repeat(4096);
+        let err = name("name", &long).unwrap_err().to_string();
+        assert!(err.len() < 300, "{err}");
+    }
+}

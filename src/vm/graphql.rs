@@ -1,0 +1,297 @@
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
+use super::{CreateVm, Lifecycle, Vm, VmState, model};
+use crate::{
+    api::{
+        self, PlanStep,
+        pagination::{Page, id_cursor, page},
+    },
+    disk::graphql::DiskObject,
+    error::{ApiError, ResultExt},
+    host::StopRequest,
+    network::graphql::NicObject,
+    operation::{Change, graphql::OperationObject},
+    template::graphql::TemplateObject,
+    validate,
+};
+
+#[derive(Clone)]
+pub struct VmObject(pub Vm);
+
+/// A virtual machine.
+#[Object(name = "Vm")]
+impl VmObject {
+    pub async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn template(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<TemplateObject>> {
+        let Some(id) = &self.0.template_id else {
+            return Ok(None);
+        };
+        let template = crate::template::model::Entity::find_by_id(id.clone())
+            .one(&api::app(ctx).db)
+            .await
+            .map_err(ApiError::from)
+            .gql()?;
+        Ok(template.map(TemplateObject))
+    }
+    async fn vcpus(&self) -> i32 {
+        self.0.vcpus
+    }
+    async fn memory_mib(&self) -> i64 {
+        self.0.memory_mib
+    }
+    /// What the host was last seen doing.
+    async fn state(&self) -> VmState {
+        self.0.state
+    }
+    /// Why the VM is in its state (e.g. "guest shutdown").
+    async fn state_reason(&self) -> Option<&str> {
+        self.0.state_reason.as_deref()
+    }
+    /// What the user last asked for.
+    async fn desired_state(&self) -> VmState {
+        self.0.desired_state
+    }
+    async fn disks(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<DiskObject>> {
+        let disks = crate::disk::model::Entity::find()
+            .filter(crate::disk::model::Column::VmId.eq(&self.0.id))
+            .order_by_asc(crate::disk::model::Column::Id)
+            .all(&api::app(ctx).db)
+            .await
+            .map_err(ApiError::from)
+            .gql()?;
+        Ok(disks.into_iter().map(DiskObject).collect())
+    }
+    async fn nics(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<NicObject>> {
+        use crate::network::model::nic;
+        let nics = nic::Entity::find()
+            .filter(nic::Column::VmId.eq(&self.0.id))
+            .order_by_asc(nic::Column::Position)
+            .all(&api::app(ctx).db)
+            .await
+            .map_err(ApiError::from)
+            .gql()?;
+        Ok(nics.into_iter().map(NicObject).collect())
+    }
+    async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.updated_at
+    }
+}
+
+#[derive(InputObject)]
+pub struct CreateVmInput {
+    pub name: String,
+    /// The template by ID; or give `templateName`.
+    pub template_id: Option<ID>,
+    pub template_name: Option<String>,
+    /// Defaults to the template's; required without a template.
+    pub vcpus: Option<i32>,
+    /// Defaults to the template's; required without a template.
+    pub memory_mib: Option<i64>,
+    /// Root disk size; defaults to the template's default disk size.
+    pub disk_size_bytes: Option<i64>,
+}
+
+/// The result of a VM mutation. With `dryRun: true`, `vm` is what would be,
+/// `operation` is null and `plan` lists the host steps that would run.
+#[derive(SimpleObject)]
+pub struct VmPayload {
+    pub vm: VmObject,
+    pub operation: Option<OperationObject>,
+    pub plan: Vec<PlanStep>,
+}
+
+impl From<Change<Vm>> for VmPayload {
+    fn from(change: Change<Vm>) -> Self {
+        VmPayload {
+            vm: VmObject(change.object),
+            operation: change.operation.map(OperationObject),
+            plan: api::plan(&change.plan),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct VmQuery;
+
+#[Object]
+impl VmQuery {
+    async fn vms(
+        &self,
+        ctx: &Context<'_>,
+        state: Option<VmState>,
+        name_contains: Option<String>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Page<VmObject>> {
+        let after = id_cursor(after).gql()?;
+        let mut select = model::Entity::find();
+        if let Some(state) = state {
+            select = select.filter(model::Column::State.eq(state));
+        }
+        if let Some(part) = name_contains {
+            validate::text("nameContains", &part, 63).gql()?;
+            select = select.filter(model::Column::Name.contains(&part));
+        }
+        page(
+            &api::app(ctx).db,
+            select,
+            model::Column::Id,
+            after,
+            first,
+            |v| v.id.clone(),
+            VmObject,
+        )
+        .await
+        .gql()
+    }
+
+    /// A VM by ID or by name.
+    async fn vm(
+        &self,
+        ctx: &Context<'_>,
+        id: Option<ID>,
+        name: Option<String>,
+    ) -> async_graphql::Result<Option<VmObject>> {
+        let db = &api::app(ctx).db;
+        let found = match (id, name) {
+            (Some(id), None) => {
+                model::Entity::find_by_id(validate::id("id", &id).gql()?)
+                    .one(db)
+                    .await
+            }
+            (None, Some(name)) => {
+                model::Entity::find()
+                    .filter(model::Column::Name.eq(name))
+                    .one(db)
+                    .await
+            }
+            _ => return Err(ApiError::bad_input("give exactly one of id or name")).gql(),
+        };
+        Ok(found.map_err(ApiError::from).gql()?.map(VmObject))
+    }
+}
+
+#[derive(Default)]
+pub struct VmMutation;
+
+#[Object]
+impl VmMutation {
+    /// Creates a VM (and its root disk when the template or input asks for one). It starts STOPPED.
+    async fn create_vm(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateVmInput,
+        #[graphql(default = false)] dry_run: bool,
+    ) -> async_graphql::Result<VmPayload> {
+        let input = CreateVm {
+            name: input.name,
+            template_id: input.template_id.map(|i| i.0),
+            template_name: input.template_name,
+            vcpus: input.vcpus,
+            memory_mib: input.memory_mib,
+            disk_size_bytes: input.disk_size_bytes,
+        };
+        Ok(super::create(api::app(ctx), input, dry_run)
+            .await
+            .gql()?
+            .into())
+    }
+
+    async fn start_vm(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        #[graphql(default = false)] dry_run: bool,
+    ) -> async_graphql::Result<VmPayload> {
+        lifecycle(ctx, &id, Lifecycle::Start, dry_run).await
+    }
+
+    /// Asks the guest to power off (ACPI), waits up to `timeoutSeconds`, then ends QEMU.
+    /// `force: true` skips asking the guest.
+    async fn stop_vm(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        #[graphql(default = false)] force: bool,
+        timeout_seconds: Option<i32>,
+        #[graphql(default = false)] dry_run: bool,
+    ) -> async_graphql::Result<VmPayload> {
+        let app = api::app(ctx);
+        let timeout_ms = match timeout_seconds {
+            Some(s) => validate::timeout_seconds(s).gql()? * 1000,
+            None => app.config.qemu.stop_timeout.as_millis() as u64,
+        };
+        lifecycle(
+            ctx,
+            &id,
+            Lifecycle::Stop(StopRequest { force, timeout_ms }),
+            dry_run,
+        )
+        .await
+    }
+
+    /// A graceful stop and a start; `hard: true` resets the machine instead.
+    async fn restart_vm(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        #[graphql(default = false)] hard: bool,
+        #[graphql(default = false)] dry_run: bool,
+    ) -> async_graphql::Result<VmPayload> {
+        lifecycle(ctx, &id, Lifecycle::Restart { hard }, dry_run).await
+    }
+
+    async fn pause_vm(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        #[graphql(default = false)] dry_run: bool,
+    ) -> async_graphql::Result<VmPayload> {
+        lifecycle(ctx, &id, Lifecycle::Pause, dry_run).await
+    }
+
+    async fn resume_vm(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        #[graphql(default = false)] dry_run: bool,
+    ) -> async_graphql::Result<VmPayload> {
+        lifecycle(ctx, &id, Lifecycle::Resume, dry_run).await
+    }
+
+    /// Stops the VM if needed and deletes it. Its disks are deleted too unless
+    /// `deleteDisks: false`, which detaches and keeps them.
+    async fn delete_vm(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        #[graphql(default = true)] delete_disks: bool,
+        #[graphql(default = false)] dry_run: bool,
+    ) -> async_graphql::Result<VmPayload> {
+        Ok(super::delete(api::app(ctx), &id, delete_disks, dry_run)
+            .await
+            .gql()?
+            .into())
+    }
+}
+
+async fn lifecycle(
+    ctx: &Context<'_>,
+    id: &str,
+    request: Lifecycle,
+    dry_run: bool,
+) -> async_graphql::Result<VmPayload> {
+    Ok(super::lifecycle(api::app(ctx), id, request, dry_run)
+        .await
+        .gql()?
+        .into())
+}

@@ -1,0 +1,584 @@
+//! VMs: creation from templates, the lifecycle mutations and the one function
+//! that moves a VM between states ([`transition`]).
+//!
+//! Every lifecycle mutation takes the VM's lock, checks the state, records an
+//! operation, moves the VM to the in-between state, asks the hypervisor port,
+//! and records where it ended up. With `dry_run` it stops after the checks and
+//! returns the plan.
+
+pub mod graphql;
+pub mod lock;
+pub mod model;
+pub mod state;
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, ModelTrait,
+    QueryFilter, QueryOrder, Set,
+};
+use serde_json::json;
+
+use crate::{
+    app::App,
+    disk::{
+        self,
+        model::{self as disk_model, Attachment, DiskFormat},
+    },
+    error::{ApiError, ApiResult},
+    events::{EventKind, NewEvent, Writer, find_in},
+    host::{DirectBoot, DiskSpec, HostStep, StopRequest, StopRung, VmAction, VmSpec},
+    image::model as image,
+    operation::{self, Change},
+    template::{self, Template},
+    validate,
+};
+pub use model::Model as Vm;
+pub use state::VmState;
+
+/// Moves a VM to `to` inside a write, journaling the change.
+///
+/// The only writer of `vms.state`: it refuses what [`VmState::can_become`] refuses.
+pub async fn transition(
+    w: &mut Writer<'_>,
+    vm_id: &str,
+    to: VmState,
+    reason: &str,
+    operation_id: Option<&str>,
+) -> ApiResult<Vm> {
+    let vm = find_in::<model::Entity, _>(w.txn(), "VM", vm_id).await?;
+    let from = vm.state;
+    if !from.can_become(to) {
+        return Err(ApiError::InvalidState(format!(
+            "VM {:?} cannot go from {from} to {to}",
+            vm.name
+        )));
+    }
+    let mut row = vm.into_active_model();
+    row.state = Set(to);
+    row.state_reason = Set(Some(reason.to_string()));
+    row.updated_at = Set(Utc::now());
+    let vm = row.update(w.txn()).await?;
+    w.record(NewEvent {
+        kind: EventKind::VmStateChanged,
+        subject_id: vm.id.clone(),
+        subject_type: "Vm",
+        operation_id: operation_id.map(str::to_string),
+        payload: json!({"from": from, "to": to, "reason": reason}),
+    })
+    .await?;
+    Ok(vm)
+}
+
+/// [`transition`] in its own write.
+pub async fn set_state(
+    app: &App,
+    vm_id: &str,
+    to: VmState,
+    reason: &str,
+    operation_id: Option<&str>,
+) -> ApiResult<Vm> {
+    let mut w = app.bus.writer().await?;
+    let vm = transition(&mut w, vm_id, to, reason, operation_id).await?;
+    w.commit().await?;
+    Ok(vm)
+}
+
+async fn set_desired(app: &App, vm: &Vm, desired: VmState) -> ApiResult<()> {
+    if vm.desired_state != desired {
+        let w = app.bus.writer().await?;
+        model::ActiveModel {
+            id: Set(vm.id.clone()),
+            desired_state: Set(desired),
+            ..Default::default()
+        }
+        .update(w.txn())
+        .await?;
+        w.commit().await?;
+    }
+    Ok(())
+}
+
+pub struct CreateVm {
+    pub name: String,
+    pub template_id: Option<String>,
+    pub template_name: Option<String>,
+    pub vcpus: Option<i32>,
+    pub memory_mib: Option<i64>,
+    pub disk_size_bytes: Option<i64>,
+}
+
+pub fn run_dir(app: &App, vm_id: &str) -> PathBuf {
+    app.config.run_dir().join(vm_id)
+}
+
+fn root_disk_name(vm_name: &str) -> String {
+    format!("{vm_name}-root")
+}
+
+pub async fn create(app: &App, input: CreateVm, dry_run: bool) -> ApiResult<Change<Vm>> {
+    let limits = &app.config.limits;
+    validate::name("name", &input.name)?;
+    let template = match (&input.template_id, &input.template_name) {
+        (None, None) => None,
+        (id, name) => Some(
+            template::find(app, id.as_deref(), name.as_deref())
+                .await?
+                .ok_or_else(|| {
+                    ApiError::not_found("template", id.clone().or(name.clone()).unwrap_or_default())
+                })?,
+        ),
+    };
+    let vcpus = input
+        .vcpus
+        .or(template.as_ref().map(|t| t.vcpus))
+        .ok_or_else(|| ApiError::bad_input("vcpus is required without a template"))?;
+    let memory_mib = input
+        .memory_mib
+        .or(template.as_ref().map(|t| t.memory_mib))
+        .ok_or_else(|| ApiError::bad_input("memoryMib is required without a template"))?;
+    validate::vcpus(limits, vcpus)?;
+    validate::memory_mib(limits, memory_mib)?;
+    if let Some(size) = input.disk_size_bytes {
+        validate::size_bytes(limits, "diskSizeBytes", size)?;
+    }
+    let base_image = match template.as_ref().and_then(|t| t.base_image_id.clone()) {
+        Some(id) => Some(find_in::<image::Entity, _>(&app.db, "image", &id).await?),
+        None => None,
+    };
+    let root_size = input
+        .disk_size_bytes
+        .or(template.as_ref().and_then(|t| t.default_disk_size_bytes))
+        .or(base_image.as_ref().map(|i| i.size_bytes));
+    let vm_id = uuid::Uuid::now_v7().to_string();
+    let root = root_size.map(|size| disk_model::Model {
+        id: uuid::Uuid::now_v7().to_string(),
+        name: root_disk_name(&input.name),
+        format: DiskFormat::Qcow2,
+        size_bytes: size,
+        vm_id: Some(vm_id.clone()),
+        attachment: Attachment::Attached,
+        backing_template_id: base_image
+            .as_ref()
+            .and(template.as_ref().map(|t| t.id.clone())),
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    });
+    ensure_vm_name_free(&app.db, &input.name).await?;
+    if let Some(root) = &root {
+        disk::ensure_name_free(&app.db, &root.name).await?;
+    }
+    let now = Utc::now();
+    let vm = Vm {
+        id: vm_id.clone(),
+        name: input.name.clone(),
+        template_id: template.as_ref().map(|t| t.id.clone()),
+        vcpus,
+        memory_mib,
+        desired_state: VmState::Stopped,
+        state: VmState::Stopped,
+        state_reason: Some("created".into()),
+        created_at: now,
+        updated_at: now,
+    };
+    let action = root.as_ref().map(|root| {
+        let mut spec = disk::spec(app, root);
+        spec.backing = base_image.as_ref().map(|i| crate::image::path(app, i));
+        VmAction::CreateDisk(spec)
+    });
+    let plan = action
+        .as_ref()
+        .map(|a| app.hypervisor.plan(a))
+        .unwrap_or_default();
+    if dry_run {
+        return Ok(Change::planned(vm, plan));
+    }
+
+    let op = operation::begin(app, &operation::new_id(), "CREATE_VM", "Vm", &vm_id).await?;
+    let mut steps = Vec::new();
+    if let Some(action) = &action {
+        match app.hypervisor.execute(action).await {
+            Ok(outcome) => steps = outcome.steps,
+            Err(e) => {
+                let e = ApiError::from(e);
+                operation::finish(app, op, &steps, Some(&e)).await?;
+                return Err(e);
+            }
+        }
+    }
+    let written = async {
+        let mut w = app.bus.writer().await?;
+        ensure_vm_name_free(w.txn(), &vm.name).await?;
+        let vm = model::ActiveModel::from(vm.clone()).insert(w.txn()).await?;
+        w.record(NewEvent {
+            kind: EventKind::VmCreated,
+            subject_id: vm.id.clone(),
+            subject_type: "Vm",
+            operation_id: Some(op.id.clone()),
+            payload: json!({"name": vm.name, "templateId": vm.template_id}),
+        })
+        .await?;
+        if let Some(root) = &root {
+            disk::ensure_name_free(w.txn(), &root.name).await?;
+            let root = disk_model::ActiveModel::from(root.clone())
+                .insert(w.txn())
+                .await?;
+            w.record(disk::created_event(&root, Some(&op.id))).await?;
+        }
+        w.commit().await?;
+        ApiResult::Ok(vm)
+    }
+    .await;
+    match written {
+        Ok(vm) => {
+            let op = operation::finish(app, op, &steps, None).await?;
+            Ok(Change {
+                object: vm,
+                operation: Some(op),
+                plan: steps,
+            })
+        }
+        Err(e) => {
+            // The host side was made; take it back so nothing half-made remains.
+            if let Some(VmAction::CreateDisk(spec)) = &action
+                && let Err(undo) = app
+                    .hypervisor
+                    .execute(&VmAction::DeleteDisk(spec.clone()))
+                    .await
+            {
+                tracing::error!(error = %undo, disk = %spec.path.display(), "removing the disk of a failed createVm");
+            }
+            operation::finish(app, op, &steps, Some(&e)).await?;
+            Err(e)
+        }
+    }
+}
+
+async fn ensure_vm_name_free(db: &impl ConnectionTrait, name: &str) -> ApiResult<()> {
+    if model::Entity::find()
+        .filter(model::Column::Name.eq(name))
+        .one(db)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::Conflict(format!(
+            "a VM named {name:?} already exists"
+        )));
+    }
+    Ok(())
+}
+
+/// The host's view of a VM: its attached disks in creation order and its boot files.
+pub async fn spec(app: &App, vm: &Vm) -> ApiResult<VmSpec> {
+    let disks = disk_model::Entity::find()
+        .filter(disk_model::Column::VmId.eq(&vm.id))
+        .filter(disk_model::Column::Attachment.ne(Attachment::Detached))
+        .order_by_asc(disk_model::Column::Id)
+        .all(&app.db)
+        .await?;
+    let template: Option<Template> = match &vm.template_id {
+        Some(id) => {
+            template::model::Entity::find_by_id(id.clone())
+                .one(&app.db)
+                .await?
+        }
+        None => None,
+    };
+    let boot = match template.as_ref().and_then(|t| t.kernel_image_id.clone()) {
+        Some(kernel_id) => {
+            let template = template.as_ref().expect("template with a kernel");
+            let kernel = find_in::<image::Entity, _>(&app.db, "image", &kernel_id).await?;
+            let initrd = match &template.initrd_image_id {
+                Some(id) => Some(find_in::<image::Entity, _>(&app.db, "image", id).await?),
+                None => None,
+            };
+            Some(DirectBoot {
+                kernel: crate::image::path(app, &kernel),
+                initrd: initrd.map(|i| crate::image::path(app, &i)),
+                cmdline: template.cmdline.clone(),
+            })
+        }
+        None => None,
+    };
+    Ok(VmSpec {
+        id: vm.id.clone(),
+        name: vm.name.clone(),
+        vcpus: vm.vcpus as u32,
+        memory_mib: vm.memory_mib as u64,
+        disks: disks
+            .iter()
+            .map(|d| disk::spec(app, d))
+            .collect::<Vec<DiskSpec>>(),
+        boot,
+        run_dir: run_dir(app, &vm.id),
+    })
+}
+
+/// A lifecycle request on one VM.
+#[derive(Debug, Clone, Copy)]
+pub enum Lifecycle {
+    Start,
+    Stop(StopRequest),
+    Restart { hard: bool },
+    Pause,
+    Resume,
+}
+
+impl Lifecycle {
+    fn kind(self) -> &'static str {
+        match self {
+            Lifecycle::Start => "START_VM",
+            Lifecycle::Stop(_) => "STOP_VM",
+            Lifecycle::Restart { .. } => "RESTART_VM",
+            Lifecycle::Pause => "PAUSE_VM",
+            Lifecycle::Resume => "RESUME_VM",
+        }
+    }
+
+    /// States this request may be made in.
+    fn allowed_from(self) -> &'static [VmState] {
+        use VmState::*;
+        match self {
+            Lifecycle::Start => &[Stopped, Crashed],
+            Lifecycle::Stop(StopRequest { force: true, .. }) => {
+                &[Starting, Running, Paused, Stopping, Unknown]
+            }
+            Lifecycle::Stop(_) => &[Running, Paused],
+            Lifecycle::Restart { .. } => &[Running, Paused],
+            Lifecycle::Pause => &[Running],
+            Lifecycle::Resume => &[Paused],
+        }
+    }
+}
+
+pub async fn find_vm(app: &App, id: &str) -> ApiResult<Vm> {
+    let id = validate::id("id", id)?;
+    find_in::<model::Entity, _>(&app.db, "VM", &id).await
+}
+
+pub async fn lifecycle(
+    app: &App,
+    id: &str,
+    request: Lifecycle,
+    dry_run: bool,
+) -> ApiResult<Change<Vm>> {
+    let id = validate::id("id", id)?;
+    let op_id = operation::new_id();
+    let _guard = app.locks.lock(&id, &op_id, request.kind()).await?;
+    let vm = find_in::<model::Entity, _>(&app.db, "VM", &id).await?;
+    if !request.allowed_from().contains(&vm.state) {
+        return Err(ApiError::InvalidState(format!(
+            "cannot {} VM {:?}: it is {}",
+            request.kind().trim_end_matches("_VM").to_lowercase(),
+            vm.name,
+            vm.state
+        )));
+    }
+    let start = || async { Ok::<_, ApiError>(VmAction::Start(spec(app, &vm).await?)) };
+    let stop_action = |request| VmAction::Stop {
+        vm_id: vm.id.clone(),
+        request,
+    };
+    let graceful = StopRequest {
+        force: false,
+        timeout_ms: app.config.qemu.stop_timeout.as_millis() as u64,
+    };
+    let actions: Vec<VmAction> = match request {
+        Lifecycle::Start => vec![start().await?],
+        Lifecycle::Stop(stop) => vec![stop_action(stop)],
+        Lifecycle::Restart { hard: true } => vec![VmAction::Reset {
+            vm_id: vm.id.clone(),
+        }],
+        Lifecycle::Restart { hard: false } => vec![stop_action(graceful), start().await?],
+        Lifecycle::Pause => vec![VmAction::Pause {
+            vm_id: vm.id.clone(),
+        }],
+        Lifecycle::Resume => vec![VmAction::Resume {
+            vm_id: vm.id.clone(),
+        }],
+    };
+    if dry_run {
+        let plan = actions
+            .iter()
+            .flat_map(|a| app.hypervisor.plan(a))
+            .collect();
+        return Ok(Change::planned(vm, plan));
+    }
+
+    let op = operation::begin(app, &op_id, request.kind(), "Vm", &vm.id).await?;
+    let desired = match request {
+        Lifecycle::Stop(_) => VmState::Stopped,
+        Lifecycle::Pause => VmState::Paused,
+        _ => VmState::Running,
+    };
+    set_desired(app, &vm, desired).await?;
+    let mut steps = Vec::new();
+    let result = run_actions(app, &vm, &actions, &op.id, &mut steps).await;
+    let op = operation::finish(app, op, &steps, result.as_ref().err()).await?;
+    let vm = result?;
+    Ok(Change {
+        object: vm,
+        operation: Some(op),
+        plan: steps,
+    })
+}
+
+/// Executes actions in order, moving the VM through the in-between states.
+async fn run_actions(
+    app: &App,
+    vm: &Vm,
+    actions: &[VmAction],
+    op: &str,
+    steps: &mut Vec<HostStep>,
+) -> ApiResult<Vm> {
+    let mut current = vm.clone();
+    for action in actions {
+        let (before, after, failed): (Option<VmState>, VmState, VmState) = match action {
+            VmAction::Start(_) => (Some(VmState::Starting), VmState::Running, VmState::Stopped),
+            VmAction::Stop { .. } => (Some(VmState::Stopping), VmState::Stopped, VmState::Unknown),
+            VmAction::Pause { .. } => (None, VmState::Paused, current.state),
+            VmAction::Resume { .. } => (None, VmState::Running, current.state),
+            VmAction::Reset { .. } => (None, current.state, current.state),
+            _ => unreachable!("only lifecycle actions reach run_actions"),
+        };
+        if let Some(before) = before.filter(|b| *b != current.state) {
+            current = set_state(app, &vm.id, before, describe(action), Some(op)).await?;
+        }
+        match app.hypervisor.execute(action).await {
+            Ok(outcome) => {
+                steps.extend(outcome.steps);
+                let reason = match outcome.stop_rung {
+                    Some(StopRung::GuestShutdown) => "guest shutdown",
+                    Some(StopRung::Quit) => "stopped by QEMU quit",
+                    Some(StopRung::Kill) => "QEMU killed",
+                    None => describe(action),
+                };
+                if after != current.state {
+                    current = set_state(app, &vm.id, after, reason, Some(op)).await?;
+                }
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                if failed != current.state {
+                    set_state(
+                        app,
+                        &vm.id,
+                        failed,
+                        &format!("{} failed: {e}", describe(action)),
+                        Some(op),
+                    )
+                    .await?;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(current)
+}
+
+fn describe(action: &VmAction) -> &'static str {
+    match action {
+        VmAction::Start(_) => "start requested",
+        VmAction::Stop { request, .. } if request.force => "forced stop requested",
+        VmAction::Stop { .. } => "stop requested",
+        VmAction::Pause { .. } => "paused",
+        VmAction::Resume { .. } => "resumed",
+        VmAction::Reset { .. } => "reset",
+        _ => "host action",
+    }
+}
+
+/// Deletes a VM, stopping it first; its disks go with it unless `delete_disks` is false,
+/// in which case they are detached and kept.
+pub async fn delete(
+    app: &App,
+    id: &str,
+    delete_disks: bool,
+    dry_run: bool,
+) -> ApiResult<Change<Vm>> {
+    let id = validate::id("id", id)?;
+    let op_id = operation::new_id();
+    let guard = app.locks.lock(&id, &op_id, "DELETE_VM").await?;
+    let vm = find_in::<model::Entity, _>(&app.db, "VM", &id).await?;
+    let disks = disk_model::Entity::find()
+        .filter(disk_model::Column::VmId.eq(&id))
+        .all(&app.db)
+        .await?;
+    let mut actions = Vec::new();
+    if vm.state != VmState::Stopped && vm.state != VmState::Crashed {
+        actions.push(VmAction::Stop {
+            vm_id: id.clone(),
+            request: StopRequest {
+                force: true,
+                timeout_ms: app.config.qemu.stop_timeout.as_millis() as u64,
+            },
+        });
+    }
+    actions.push(VmAction::Destroy {
+        vm_id: id.clone(),
+        run_dir: run_dir(app, &id),
+    });
+    if delete_disks {
+        actions.extend(
+            disks
+                .iter()
+                .map(|d| VmAction::DeleteDisk(disk::spec(app, d))),
+        );
+    }
+    if dry_run {
+        let plan = actions
+            .iter()
+            .flat_map(|a| app.hypervisor.plan(a))
+            .collect();
+        return Ok(Change::planned(vm, plan));
+    }
+
+    let op = operation::begin(app, &op_id, "DELETE_VM", "Vm", &id).await?;
+    let mut steps = Vec::new();
+    let result = async {
+        for action in &actions {
+            if let VmAction::Stop { .. } = action {
+                run_actions(app, &vm, std::slice::from_ref(action), &op.id, &mut steps).await?;
+            } else {
+                steps.extend(app.hypervisor.execute(action).await?.steps);
+            }
+        }
+        let mut w = app.bus.writer().await?;
+        for d in &disks {
+            if delete_disks {
+                d.clone().delete(w.txn()).await?;
+                w.record(disk::deleted_event(d, Some(&op.id))).await?;
+            } else {
+                let mut row = d.clone().into_active_model();
+                row.vm_id = Set(None);
+                row.attachment = Set(Attachment::Detached);
+                row.updated_at = Set(Utc::now());
+                row.update(w.txn()).await?;
+                w.record(disk::detached_event(d, &id, Some(&op.id))).await?;
+            }
+        }
+        let current = find_in::<model::Entity, _>(w.txn(), "VM", &id).await?;
+        current.clone().delete(w.txn()).await?;
+        w.record(NewEvent {
+            kind: EventKind::VmDeleted,
+            subject_id: id.clone(),
+            subject_type: "Vm",
+            operation_id: Some(op.id.clone()),
+            payload: json!({"name": current.name, "deletedDisks": delete_disks}),
+        })
+        .await?;
+        w.commit().await?;
+        ApiResult::Ok(current)
+    }
+    .await;
+    let op = operation::finish(app, op, &steps, result.as_ref().err()).await?;
+    let vm = result?;
+    drop(guard);
+    app.locks.forget(&id);
+    Ok(Change {
+        object: vm,
+        operation: Some(op),
+        plan: steps,
+    })
+}

@@ -1,0 +1,141 @@
+//! The VM state machine. [`VmState::can_become`] is the only place that decides
+//! which transitions are legal; services, the observer and tests all ask it.
+//!
+//! The same type is the sea-orm column, the GraphQL enum and the event payload.
+
+use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    EnumIter,
+    DeriveActiveEnum,
+    async_graphql::Enum,
+    Serialize,
+    Deserialize,
+)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VmState {
+    #[sea_orm(string_value = "STOPPED")]
+    Stopped,
+    #[sea_orm(string_value = "STARTING")]
+    Starting,
+    #[sea_orm(string_value = "RUNNING")]
+    Running,
+    #[sea_orm(string_value = "PAUSED")]
+    Paused,
+    #[sea_orm(string_value = "STOPPING")]
+    Stopping,
+    #[sea_orm(string_value = "CRASHED")]
+    Crashed,
+    #[sea_orm(string_value = "UNKNOWN")]
+    Unknown,
+}
+
+impl VmState {
+    /// Whether a VM observed in `self` may next be observed in `next`.
+    ///
+    /// `STOPPED → STARTING → RUNNING ⇄ PAUSED`, `RUNNING|PAUSED → STOPPING → STOPPED`,
+    /// a live VM may crash or stop by itself (guest power-off), any state may
+    /// become `UNKNOWN` when the host stops answering, and `UNKNOWN` resolves to
+    /// whatever the host then shows. A state never "becomes" itself.
+    pub fn can_become(self, next: VmState) -> bool {
+        use VmState::*;
+        if self == next {
+            return false;
+        }
+        matches!(
+            (self, next),
+            (_, Unknown)
+                | (Unknown, _)
+                | (Stopped, Starting)
+                | (Starting, Running | Paused | Stopped | Crashed)
+                | (Running, Paused | Stopping | Stopped | Crashed)
+                | (Paused, Running | Stopping | Stopped | Crashed)
+                | (Stopping, Stopped | Crashed | Running)
+                | (Crashed, Starting | Stopped)
+        )
+    }
+
+    /// A QEMU process is expected to exist in this state.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Paused | VmState::Stopping
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Stopped => "STOPPED",
+            VmState::Starting => "STARTING",
+            VmState::Running => "RUNNING",
+            VmState::Paused => "PAUSED",
+            VmState::Stopping => "STOPPING",
+            VmState::Crashed => "CRASHED",
+            VmState::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VmState::{self, *};
+    use sea_orm::Iterable;
+
+    #[test]
+    fn the_documented_paths_are_legal() {
+        for (a, b) in [
+            (Stopped, Starting),
+            (Starting, Running),
+            (Running, Paused),
+            (Paused, Running),
+            (Running, Stopping),
+            (Stopping, Stopped),
+            (Running, Crashed),
+            (Paused, Crashed),
+            (Starting, Crashed),
+            (Crashed, Starting),
+            (Running, Unknown),
+            (Unknown, Running),
+        ] {
+            assert!(a.can_become(b), "{a} -> {b} should be legal");
+        }
+    }
+
+    #[test]
+    fn shortcuts_and_self_loops_are_not() {
+        for (a, b) in [
+            (Stopped, Running),
+            (Stopped, Paused),
+            (Stopped, Stopping),
+            (Crashed, Running),
+            (Stopped, Crashed),
+        ] {
+            assert!(!a.can_become(b), "{a} -> {b} should be illegal");
+        }
+        for s in VmState::iter() {
+            assert!(!s.can_become(s));
+        }
+    }
+
+    #[test]
+    fn every_state_can_be_lost_and_found() {
+        for s in VmState::iter().filter(|s| *s != Unknown) {
+            assert!(s.can_become(Unknown));
+            assert!(Unknown.can_become(s));
+        }
+    }
+}
