@@ -1,0 +1,169 @@
+//! The journal over GraphQL: a paged `events` query and two subscriptions
+//! that resume from a sequence with no gap and no repeat.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, ID, Json, Object, SimpleObject, Subscription};
+use futures_util::{Stream, StreamExt};
+use sea_orm::EntityTrait;
+
+use super::pagination::{Page, page};
+use crate::{
+    error::{ApiError, ApiResult, ResultExt},
+    events::{Event, EventKind, model},
+    vm::{VmState, graphql::VmObject},
+};
+
+#[derive(Clone)]
+pub struct EventObject(pub Arc<Event>);
+
+/// One journal entry: a state change, in the order it was committed.
+#[Object(name = "Event")]
+impl EventObject {
+    /// Strictly increasing, without gaps; pass the last one seen as `after` to resume.
+    async fn sequence(&self) -> String {
+        self.0.sequence.to_string()
+    }
+    async fn kind(&self) -> EventKind {
+        self.0.kind
+    }
+    async fn subject_id(&self) -> ID {
+        ID(self.0.subject_id.clone())
+    }
+    async fn subject_type(&self) -> &str {
+        &self.0.subject_type
+    }
+    async fn operation_id(&self) -> Option<ID> {
+        self.0.operation_id.clone().map(ID)
+    }
+    async fn payload(&self) -> Json<serde_json::Value> {
+        Json(self.0.payload.clone())
+    }
+    async fn at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.at
+    }
+}
+
+/// A VM moved from one state to another.
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct VmStateChange {
+    pub vm_id: ID,
+    pub from: VmState,
+    pub to: VmState,
+    pub reason: Option<String>,
+    pub operation_id: Option<ID>,
+    pub sequence: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+#[async_graphql::ComplexObject]
+impl VmStateChange {
+    /// The VM as it is now (null once deleted).
+    async fn vm(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<VmObject>> {
+        let app = super::app(ctx);
+        let vm = crate::vm::model::Entity::find_by_id(self.vm_id.to_string())
+            .one(&app.db)
+            .await
+            .map_err(ApiError::from)
+            .gql()?;
+        Ok(vm.map(VmObject))
+    }
+}
+
+impl VmStateChange {
+    fn from_event(event: &Event) -> Option<VmStateChange> {
+        if event.kind != EventKind::VmStateChanged {
+            return None;
+        }
+        let payload = &event.payload;
+        Some(VmStateChange {
+            vm_id: ID(event.subject_id.clone()),
+            from: serde_json::from_value(payload.get("from")?.clone()).ok()?,
+            to: serde_json::from_value(payload.get("to")?.clone()).ok()?,
+            reason: payload
+                .get("reason")
+                .and_then(|r| r.as_str())
+                .map(str::to_string),
+            operation_id: event.operation_id.clone().map(ID),
+            sequence: event.sequence.to_string(),
+            at: event.at,
+        })
+    }
+}
+
+fn parse_sequence(after: Option<String>) -> ApiResult<Option<i64>> {
+    after
+        .map(|a| {
+            a.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::bad_input(format!("after {a:?} is not an event sequence")))
+        })
+        .transpose()
+}
+
+#[derive(Default)]
+pub struct EventQuery;
+
+#[Object]
+impl EventQuery {
+    /// The journal, oldest first.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+        first: Option<i32>,
+    ) -> async_graphql::Result<Page<EventObject>> {
+        let app = super::app(ctx);
+        let after = parse_sequence(after).gql()?;
+        page(
+            &app.db,
+            model::Entity::find(),
+            model::Column::Sequence,
+            after,
+            first,
+            |e| e.sequence.to_string(),
+            |e| EventObject(Arc::new(e)),
+        )
+        .await
+        .gql()
+    }
+}
+
+#[derive(Default)]
+pub struct EventSubscription;
+
+#[Subscription]
+impl EventSubscription {
+    /// Every journal event after `after` (a sequence), then live ones. Without
+    /// `after`, only events from now on.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = EventObject> + use<>> {
+        let after = parse_sequence(after).gql()?;
+        Ok(super::app(ctx).bus.stream(after).map(EventObject))
+    }
+
+    /// State changes of one VM, or of all VMs when `vmId` is omitted. Pass
+    /// `after` (a sequence) to first receive the changes since then.
+    async fn vm_state_changed(
+        &self,
+        ctx: &Context<'_>,
+        vm_id: Option<ID>,
+        after: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = VmStateChange> + use<>> {
+        let vm_id = vm_id
+            .map(|id| crate::validate::id("vmId", &id))
+            .transpose()
+            .gql()?;
+        let after = parse_sequence(after).gql()?;
+        Ok(super::app(ctx).bus.stream(after).filter_map(move |event| {
+            let change = VmStateChange::from_event(&event)
+                .filter(|c| vm_id.as_deref().is_none_or(|id| c.vm_id.as_str() == id));
+            async move { change }
+        }))
+    }
+}

@@ -1,0 +1,89 @@
+//! The GraphQL schema: roots merged per domain, thin resolvers over the services.
+
+pub mod events;
+pub mod health;
+pub mod http;
+pub mod node;
+pub mod pagination;
+pub mod ws;
+
+use std::sync::Arc;
+
+use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SimpleObject};
+
+use crate::{app::App, host::HostStep};
+
+#[derive(MergedObject, Default)]
+pub struct Query(
+    node::NodeQuery,
+    crate::template::graphql::TemplateQuery,
+    crate::vm::graphql::VmQuery,
+    crate::disk::graphql::DiskQuery,
+    crate::network::graphql::NetworkQuery,
+    crate::image::graphql::ImageQuery,
+    crate::operation::graphql::OperationQuery,
+    events::EventQuery,
+    health::HealthQuery,
+);
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(
+    crate::template::graphql::TemplateMutation,
+    crate::vm::graphql::VmMutation,
+    crate::disk::graphql::DiskMutation,
+    crate::network::graphql::NetworkMutation,
+);
+
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(events::EventSubscription);
+
+pub type VmanSchema = Schema<Query, Mutation, Subscription>;
+
+/// The schema without app data: enough to print the SDL.
+pub fn schema_builder() -> async_graphql::SchemaBuilder<Query, Mutation, Subscription> {
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .limit_depth(16)
+    .limit_complexity(5000)
+}
+
+pub fn schema(app: Arc<App>) -> VmanSchema {
+    schema_builder().data(app).finish()
+}
+
+/// The SDL, as committed in `schema.graphql`.
+pub fn sdl() -> String {
+    schema_builder().finish().sdl()
+}
+
+pub(crate) fn app<'a>(ctx: &Context<'a>) -> &'a Arc<App> {
+    ctx.data_unchecked::<Arc<App>>()
+}
+
+/// One host step of a plan or of an operation's record.
+#[derive(SimpleObject, Clone)]
+pub struct PlanStep {
+    /// What kind of step: exec, spawnQemu, qmp, await, signal, addBridge, …
+    pub action: String,
+    /// One line a person can read.
+    pub summary: String,
+    /// The whole step as data (argv, QMP command and arguments, paths).
+    pub detail: async_graphql::Json<serde_json::Value>,
+}
+
+impl From<&HostStep> for PlanStep {
+    fn from(step: &HostStep) -> Self {
+        PlanStep {
+            action: step.name().to_string(),
+            summary: step.summary(),
+            detail: async_graphql::Json(serde_json::to_value(step).unwrap_or_default()),
+        }
+    }
+}
+
+pub fn plan(steps: &[HostStep]) -> Vec<PlanStep> {
+    steps.iter().map(PlanStep::from).collect()
+}

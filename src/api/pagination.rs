@@ -1,0 +1,72 @@
+//! Relay connections over sea-orm selects, ordered by a unique column.
+
+use async_graphql::{
+    OutputType, SimpleObject,
+    connection::{Connection, Edge, EmptyFields},
+};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Select,
+};
+
+use crate::error::{ApiError, ApiResult};
+
+#[derive(SimpleObject)]
+pub struct Totals {
+    /// How many items match, across all pages.
+    pub total_count: u64,
+}
+
+pub type Page<N> = Connection<String, N, Totals, EmptyFields>;
+
+const DEFAULT_FIRST: i32 = 50;
+const MAX_FIRST: i32 = 500;
+
+pub fn first(first: Option<i32>) -> ApiResult<u64> {
+    match first.unwrap_or(DEFAULT_FIRST) {
+        n @ 0..=MAX_FIRST => Ok(n as u64),
+        n => Err(ApiError::bad_input(format!(
+            "first {n} is out of range: 0 to {MAX_FIRST}"
+        ))),
+    }
+}
+
+/// One page of `select` after the cursor `after` (a value of `order`).
+pub async fn page<E, N, V>(
+    db: &DatabaseConnection,
+    select: Select<E>,
+    order: E::Column,
+    after: Option<V>,
+    first: Option<i32>,
+    cursor: impl Fn(&E::Model) -> String,
+    node: impl Fn(E::Model) -> N,
+) -> ApiResult<Page<N>>
+where
+    E: EntityTrait,
+    E::Model: Sync,
+    N: OutputType,
+    V: Into<sea_orm::Value>,
+{
+    let first = self::first(first)?;
+    let total_count = select.clone().count(db).await?;
+    let has_after = after.is_some();
+    let mut select = select.order_by_asc(order);
+    if let Some(after) = after {
+        select = select.filter(order.gt(after));
+    }
+    let mut rows = select.limit(first + 1).all(db).await?;
+    let has_next = rows.len() as u64 > first;
+    rows.truncate(first as usize);
+    let mut connection =
+        Connection::with_additional_fields(has_after, has_next, Totals { total_count });
+    connection.edges.extend(
+        rows.into_iter()
+            .map(|row| Edge::new(cursor(&row), node(row))),
+    );
+    Ok(connection)
+}
+
+/// Parses an ID-valued cursor.
+pub fn id_cursor(after: Option<String>) -> ApiResult<Option<String>> {
+    after.map(|a| crate::validate::id("after", &a)).transpose()
+}

@@ -1,0 +1,66 @@
+//! The HTTP router and the serve loop. `router` is what tests mount on a real
+//! port; `serve` adds the listener and graceful shutdown.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{Request, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use crate::{
+    api::{self, VmanSchema},
+    app::App,
+};
+
+#[derive(Clone)]
+struct Shared {
+    app: Arc<App>,
+    schema: VmanSchema,
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let schema = api::schema(app.clone());
+    let shared = Shared {
+        app,
+        schema: schema.clone(),
+    };
+    Router::new()
+        .route("/graphql", get(graphql).post(graphql))
+        .route("/graphql/ws", api::ws::route(schema))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(crate::playground::routes())
+        .with_state(shared)
+}
+
+async fn graphql(State(shared): State<Shared>, request: Request) -> Response {
+    api::http::graphql_http(&shared.schema, request).await
+}
+
+async fn readyz(State(shared): State<Shared>) -> Response {
+    let health = crate::health::check(&shared.app).await;
+    let status = if health.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(health)).into_response()
+}
+
+/// Binds `listen` and serves until `app.cancel` fires (SIGINT/SIGTERM in `vman serve`).
+pub async fn serve(app: Arc<App>, listen: SocketAddr) -> std::io::Result<()> {
+    serve_on(app, tokio::net::TcpListener::bind(listen).await?).await
+}
+
+/// Serves on a bound listener until `app.cancel` fires.
+pub async fn serve_on(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    tracing::info!(address = %listener.local_addr()?, "vman is serving GraphQL at /graphql");
+    let cancel = app.cancel.clone();
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}
