@@ -1,0 +1,334 @@
+//! Bad input gets a clear error with a code and changes nothing.
+
+mod common;
+
+use common::TestServer;
+use serde_json::json;
+
+#[tokio::test]
+async fn each_bad_input_gets_its_code_and_changes_nothing() {
+    let server = TestServer::start().await;
+    server.create_template("tiny").await;
+    let vm = server.create_vm("web-1", "tiny").await;
+    let disk = server
+        .ok(
+            "mutation { createDisk(input: {name: \"data\", sizeBytes: 1048576}) { disk { id } } }",
+            json!({}),
+        )
+        .await["createDisk"]["disk"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let network = server
+        .ok(
+            "mutation { createNetwork(input: {name: \"lan\", vlanId: 10}) { network { id } } }",
+            json!({}),
+        )
+        .await["createNetwork"]["network"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = server.snapshot().await;
+
+    let unknown = "01940000-0000-7000-8000-000000000000";
+    let long = "a".repeat(4096);
+    let cases: Vec<(&str, &str, serde_json::Value)> = vec![
+        // names
+        (
+            "BAD_USER_INPUT",
+            "mutation($n: String!) { createTemplate(input: {name: $n, vcpus: 1, memoryMib: 128}) { template { id } } }",
+            json!({"n": "Bad Name"}),
+        ),
+        (
+            "BAD_USER_INPUT",
+            "mutation($n: String!) { createTemplate(input: {name: $n, vcpus: 1, memoryMib: 128}) { template { id } } }",
+            json!({"n": "vm,if=none"}),
+        ),
+        (
+            "BAD_USER_INPUT",
+            "mutation($n: String!) { createTemplate(input: {name: $n, vcpus: 1, memoryMib: 128}) { template { id } } }",
+            json!({"n": "../etc"}),
+        ),
+        (
+            "BAD_USER_INPUT",
+            "mutation($n: String!) { createTemplate(input: {name: $n, vcpus: 1, memoryMib: 128}) { template { id } } }",
+            json!({"n": long}),
+        ),
+        (
+            "BAD_USER_INPUT",
+            "mutation($n: String!) { createVm(input: {name: $n, templateName: \"tiny\"}) { vm { id } } }",
+            json!({"n": ""}),
+        ),
+        // out-of-range numbers
+        (
+            "BAD_USER_INPUT",
+            "mutation { createTemplate(input: {name: \"t2\", vcpus: 0, memoryMib: 128}) { template { id } } }",
+            json!({}),
+        ),
+        (
+            "BAD_USER_INPUT",
+            "mutation { createTemplate(input: {name: \"t2\", vcpus: 100000, memoryMib: 128}) { template { id } } }",
+            json!({}),
+        ),
+        (
+            "BAD_USER_INPUT",
+            "mutation { createTemplate(input: {name: \"t2\", vcpus: 1, memoryMib: 99999999999}) { template { id } } }",
+            json!({}),
+        ),
+        (
+            "BAD_USER_INPUT",
+            "mutation { createDisk(input: {name: \"d2\", sizeBytes: 0}) { disk { id } } }",
+            json!({}),
+        ),
+        (
+            "BAD_USER_INPUT",
+            "mutation { createDisk(input: {name: \"d2\", sizeBytes: -1048576}) { disk { id } } }",
+            json!({}),
+        ),
+        (
+            "BAD_USER_INPUT",
+            "mutation { createDisk(input: {name: \"d2\", sizeBytes: 11258999068426240}) { disk { id } } }",
+            json!({}),
+        ),
+        (
+            "BAD_USER_INPUT",
+            "mutation { createNetwork(input: {name: \"n2\", vlanId: 0}) { network { id } } }",
+            json!({}),
+        ),
+        (
+            "BAD_USER_INPUT",
+            "mutation { createNetwork(input: {name: \"n2\", vlanId: 4095}) { network { id } } }",
+            json!({}),
+        ),
+        (
+            "BAD_USER_INPUT",
+            "mutation($id: ID!) { stopVm(id: $id, timeoutSeconds: 0) { vm { id } } }",
+            json!({"id": vm}),
+        ),
+        (
+            "BAD_USER_INPUT",
+            "mutation { createVm(input: {name: \"bare\"}) { vm { id } } }",
+            json!({}),
+        ),
+        (
+            "BAD_USER_INPUT",
+            "{ vms(first: 100000) { totalCount } }",
+            json!({}),
+        ),
+        // malformed and unknown IDs
+        (
+            "BAD_USER_INPUT",
+            "mutation { startVm(id: \"not-a-uuid\") { vm { id } } }",
+            json!({}),
+        ),
+        (
+            "NOT_FOUND",
+            "mutation($id: ID!) { startVm(id: $id) { vm { id } } }",
+            json!({"id": unknown}),
+        ),
+        (
+            "NOT_FOUND",
+            "mutation($id: ID!) { deleteTemplate(id: $id) { template { id } } }",
+            json!({"id": unknown}),
+        ),
+        (
+            "NOT_FOUND",
+            "mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { id } } }",
+            json!({"d": disk, "v": unknown}),
+        ),
+        (
+            "NOT_FOUND",
+            "mutation($id: ID!) { deleteNetwork(id: $id) { network { id } } }",
+            json!({"id": unknown}),
+        ),
+        (
+            "NOT_FOUND",
+            "mutation { createVm(input: {name: \"x1\", templateName: \"missing\"}) { vm { id } } }",
+            json!({}),
+        ),
+        // duplicates
+        (
+            "CONFLICT",
+            "mutation { createTemplate(input: {name: \"tiny\", vcpus: 1, memoryMib: 128}) { template { id } } }",
+            json!({}),
+        ),
+        (
+            "CONFLICT",
+            "mutation { createVm(input: {name: \"web-1\", templateName: \"tiny\"}) { vm { id } } }",
+            json!({}),
+        ),
+        (
+            "CONFLICT",
+            "mutation { createDisk(input: {name: \"data\", sizeBytes: 1048576}) { disk { id } } }",
+            json!({}),
+        ),
+        (
+            "CONFLICT",
+            "mutation { createNetwork(input: {name: \"other\", vlanId: 10}) { network { id } } }",
+            json!({}),
+        ),
+        (
+            "CONFLICT",
+            "mutation { createNetwork(input: {name: \"lan\", vlanId: 11}) { network { id } } }",
+            json!({}),
+        ),
+        // in use
+        (
+            "CONFLICT",
+            "mutation($id: ID!) { deleteTemplate(id: $id) { template { id } } }",
+            json!({"id": server.ok("{ template(name: \"tiny\") { id } }", json!({})).await["template"]["id"]}),
+        ),
+        (
+            "CONFLICT",
+            "mutation($id: ID!) { detachDisk(diskId: $id) { disk { id } } }",
+            json!({"id": disk}),
+        ),
+        // wrong states
+        (
+            "INVALID_STATE",
+            "mutation($id: ID!) { stopVm(id: $id) { vm { id } } }",
+            json!({"id": vm}),
+        ),
+        (
+            "INVALID_STATE",
+            "mutation($id: ID!) { pauseVm(id: $id) { vm { id } } }",
+            json!({"id": vm}),
+        ),
+        (
+            "INVALID_STATE",
+            "mutation($id: ID!) { resumeVm(id: $id) { vm { id } } }",
+            json!({"id": vm}),
+        ),
+        (
+            "INVALID_STATE",
+            "mutation($id: ID!) { restartVm(id: $id) { vm { id } } }",
+            json!({"id": vm}),
+        ),
+    ];
+    for (code, query, variables) in &cases {
+        assert_eq!(
+            &server.error_code(query, variables.clone()).await,
+            code,
+            "{query} with {variables}"
+        );
+    }
+    assert_eq!(
+        server.snapshot().await,
+        before,
+        "a rejected request changed something"
+    );
+
+    // Starting a running VM is INVALID_STATE, and leaves it running.
+    server
+        .ok(
+            "mutation($id: ID!) { startVm(id: $id) { vm { id } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    let running = server.snapshot().await;
+    assert_eq!(
+        server
+            .error_code(
+                "mutation($id: ID!) { startVm(id: $id) { vm { id } } }",
+                json!({"id": vm})
+            )
+            .await,
+        "INVALID_STATE"
+    );
+    // A disk attached to a running VM cannot be deleted.
+    server
+        .ok("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }", json!({"d": disk, "v": vm}))
+        .await;
+    let attached = server.snapshot().await;
+    assert_ne!(attached, running);
+    assert_eq!(
+        server
+            .error_code(
+                "mutation($id: ID!) { deleteDisk(id: $id) { disk { id } } }",
+                json!({"id": disk})
+            )
+            .await,
+        "CONFLICT"
+    );
+    assert_eq!(server.snapshot().await, attached);
+    let _ = network;
+}
+
+#[tokio::test]
+async fn a_network_with_nics_cannot_be_deleted() {
+    use sea_orm::{ActiveModelTrait, Set};
+    let server = TestServer::start().await;
+    server.create_template("tiny").await;
+    let vm = server.create_vm("web-1", "tiny").await;
+    let network = server
+        .ok("mutation { createNetwork(input: {name: \"lan\", vlanId: 10}) { network { id bridge } } }", json!({}))
+        .await["createNetwork"]["network"]
+        .clone();
+    assert_eq!(network["bridge"], "vmbr10");
+    // NICs arrive with the networking issue; write one directly to check the guard.
+    vman::network::model::nic::ActiveModel {
+        id: Set(uuid::Uuid::now_v7().to_string()),
+        vm_id: Set(vm),
+        network_id: Set(network["id"].as_str().unwrap().to_string()),
+        mac: Set("52:54:00:00:00:01".into()),
+        model: Set("virtio-net-pci".into()),
+        position: Set(0),
+        created_at: Set(chrono::Utc::now()),
+    }
+    .insert(&server.app.db)
+    .await
+    .unwrap();
+    let before = server.snapshot().await;
+    assert_eq!(
+        server
+            .error_code(
+                "mutation($id: ID!) { deleteNetwork(id: $id) { network { id } } }",
+                json!({"id": network["id"]})
+            )
+            .await,
+        "CONFLICT"
+    );
+    assert_eq!(server.snapshot().await, before);
+}
+
+#[tokio::test]
+async fn http_level_misuse_is_refused() {
+    let server = TestServer::start().await;
+    let get_mutation = server
+        .http
+        .get(&server.url)
+        .query(&[(
+            "query",
+            "mutation { createNetwork(input: {name: \"lan\", vlanId: 10}) { network { id } } }",
+        )])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_mutation.status(), 405);
+    assert_eq!(get_mutation.headers()["allow"], "POST");
+
+    let text_plain = server
+        .http
+        .post(&server.url)
+        .header("content-type", "text/plain")
+        .body("{ health { ready } }")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(text_plain.status(), 415);
+
+    let parse_error = server
+        .http
+        .post(&server.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/graphql-response+json")
+        .body(r#"{"query": "{ vms { "}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(parse_error.status(), 400);
+    let body: serde_json::Value = parse_error.json().await.unwrap();
+    assert!(body.get("data").is_none(), "{body}");
+
+    assert_eq!(server.snapshot().await["networks"]["totalCount"], 0);
+}

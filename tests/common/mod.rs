@@ -1,0 +1,230 @@
+//! Test fixtures: the real app on a temp-dir SQLite file, served on a real
+//! loopback port, with HTTP and websocket clients.
+
+#![allow(dead_code)]
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+};
+use vman::{app::App, config::Config};
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub app: Arc<App>,
+    pub url: String,
+    pub ws_url: String,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            dry_run: true,
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let app = App::start(config).await.expect("app starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(vman::server::serve_on(app.clone(), listener));
+        TestServer {
+            app,
+            url: format!("http://{addr}/graphql"),
+            ws_url: format!("ws://{addr}/graphql/ws"),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    /// POSTs a GraphQL request and returns the whole JSON response.
+    pub async fn post(&self, query: &str, variables: Value) -> Value {
+        let response = self
+            .http
+            .post(&self.url)
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await
+            .expect("POST /graphql");
+        response.json().await.expect("JSON response")
+    }
+
+    /// Runs an operation that must succeed and returns its `data`.
+    pub async fn ok(&self, query: &str, variables: Value) -> Value {
+        let response = self.post(query, variables).await;
+        assert!(
+            response.get("errors").is_none(),
+            "unexpected errors: {response:#}"
+        );
+        response["data"].clone()
+    }
+
+    /// Runs an operation that must fail and returns its first error's code.
+    pub async fn error_code(&self, query: &str, variables: Value) -> String {
+        let response = self.post(query, variables).await;
+        let error = &response["errors"][0];
+        assert!(!error.is_null(), "expected an error, got {response:#}");
+        error["extensions"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("error without a code: {response:#}"))
+            .to_string()
+    }
+
+    pub async fn create_template(&self, name: &str) -> String {
+        let data = self
+            .ok(
+                "mutation($name: String!) { createTemplate(input: {name: $name, vcpus: 1, memoryMib: 128, defaultDiskSizeBytes: 1048576}) { template { id } } }",
+                json!({"name": name}),
+            )
+            .await;
+        data["createTemplate"]["template"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn create_vm(&self, name: &str, template: &str) -> String {
+        let data = self
+            .ok(
+                "mutation($name: String!, $t: String!) { createVm(input: {name: $name, templateName: $t}) { vm { id state } } }",
+                json!({"name": name, "t": template}),
+            )
+            .await;
+        assert_eq!(data["createVm"]["vm"]["state"], "STOPPED");
+        data["createVm"]["vm"]["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn vm_state(&self, id: &str) -> String {
+        let data = self
+            .ok(
+                "query($id: ID) { vm(id: $id) { state } }",
+                json!({"id": id}),
+            )
+            .await;
+        data["vm"]["state"].as_str().unwrap().to_string()
+    }
+
+    /// Every journal event, oldest first.
+    pub async fn journal(&self) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let data = self
+                .ok(
+                    "query($after: String) { events(after: $after, first: 500) { edges { cursor node { sequence kind subjectId payload } } pageInfo { hasNextPage } } }",
+                    json!({"after": after}),
+                )
+                .await;
+            let edges = data["events"]["edges"].as_array().unwrap().clone();
+            after = edges
+                .last()
+                .map(|e| e["cursor"].as_str().unwrap().to_string());
+            events.extend(edges.into_iter().map(|e| e["node"].clone()));
+            if !data["events"]["pageInfo"]["hasNextPage"].as_bool().unwrap() {
+                return events;
+            }
+        }
+    }
+
+    /// Counts of every kind of object plus the journal head: "nothing changed" means this is equal.
+    pub async fn snapshot(&self) -> Value {
+        self.ok(
+                "{ templates { totalCount } vms { totalCount edges { node { name state vcpus memoryMib } } } disks { totalCount edges { node { name attachment sizeBytes } } } networks { totalCount } operations { totalCount } events(first: 0) { totalCount } }",
+                json!({}),
+            )
+            .await
+    }
+}
+
+/// A graphql-transport-ws client connection.
+pub struct WsClient {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> WsClient {
+        Self::connect_protocol(url, "graphql-transport-ws").await
+    }
+
+    pub async fn connect_protocol(url: &str, protocol: &str) -> WsClient {
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_str(protocol).unwrap(),
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connects");
+        let mut client = WsClient { socket };
+        client
+            .send(json!({"type": "connection_init", "payload": {}}))
+            .await;
+        let ack = client.next_message().await;
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+        client
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.socket
+            .send(Message::text(message.to_string()))
+            .await
+            .expect("ws send");
+    }
+
+    pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
+        self.send(json!({"id": id, "type": "subscribe", "payload": {"query": query, "variables": variables}}))
+            .await;
+    }
+
+    /// The next JSON message, skipping pings; fails after [`WAIT`].
+    pub async fn next_message(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("a websocket message within the wait")
+                .expect("websocket open")
+                .expect("websocket message");
+            match message {
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    if value["type"] == "ping" {
+                        self.send(json!({"type": "pong"})).await;
+                        continue;
+                    }
+                    return value;
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected websocket message {other:?}"),
+            }
+        }
+    }
+
+    /// The next `next` payload's data for subscription `id`.
+    pub async fn next_data(&mut self, id: &str) -> Value {
+        let message = self.next_message().await;
+        assert_eq!(message["type"], "next", "{message}");
+        assert_eq!(message["id"], id, "{message}");
+        assert!(message["payload"].get("errors").is_none(), "{message}");
+        message["payload"]["data"].clone()
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}

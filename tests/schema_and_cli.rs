@@ -1,0 +1,134 @@
+//! The committed SDL, the database settings and the command line.
+
+mod common;
+
+use std::process::Command;
+
+use sea_orm::{ConnectionTrait, Statement};
+
+fn vman() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vman"))
+}
+
+#[test]
+fn schema_graphql_matches_the_built_schema() {
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).unwrap();
+    let built = vman::api::sdl();
+    if std::env::var_os("UPDATE_SCHEMA").is_some() {
+        std::fs::write(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"),
+            &built,
+        )
+        .unwrap();
+        return;
+    }
+    assert!(
+        committed == built,
+        "schema.graphql is stale: run `UPDATE_SCHEMA=1 cargo test --test schema_and_cli` (or `vman schema > schema.graphql`) and review the diff"
+    );
+    let printed = vman().arg("schema").output().unwrap();
+    assert!(printed.status.success());
+    assert_eq!(String::from_utf8(printed.stdout).unwrap(), built);
+}
+
+#[tokio::test]
+async fn sqlite_is_set_up_for_a_server() {
+    let server = common::TestServer::start().await;
+    let db = &server.app.db;
+    let pragma = |name: &str| {
+        let sql = format!("PRAGMA {name}");
+        async move {
+            let row = db
+                .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get_by_index::<String>(0)
+                .or_else(|_| row.try_get_by_index::<i64>(0).map(|n| n.to_string()))
+                .unwrap()
+        }
+    };
+    assert_eq!(pragma("journal_mode").await, "wal");
+    assert_eq!(pragma("foreign_keys").await, "1");
+    assert_eq!(pragma("synchronous").await, "1", "NORMAL");
+    assert_eq!(pragma("busy_timeout").await, "5000");
+    // More than one connection: a reader is not stuck behind a writer.
+    let w = server.app.bus.writer().await.unwrap();
+    let health = server
+        .ok(
+            "{ health { ready checks { name ok } } }",
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(health["health"]["ready"], true, "{health}");
+    drop(w);
+    // Foreign keys are enforced by the database itself, not only by the services.
+    let orphan = db
+        .execute_unprepared(
+            "INSERT INTO disks (id, name, format, size_bytes, vm_id, attachment, created_at, updated_at) \
+             VALUES ('x', 'x', 'RAW', 1, 'no-such-vm', 'ATTACHED', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
+        )
+        .await;
+    assert!(orphan.is_err(), "a disk pointing at no VM was accepted");
+}
+
+#[test]
+fn migrate_creates_the_database_and_config_check_names_bad_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = vman()
+        .current_dir(dir.path())
+        .args(["migrate", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(data.join("vman.db").exists());
+    for sub in ["storage", "run", "logs"] {
+        assert!(data.join(sub).is_dir(), "{sub}");
+    }
+
+    let out = vman()
+        .current_dir(dir.path())
+        .env("VMAN_OBSERVER_INTERVAL", "3s")
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    assert!(
+        text.contains("observer.interval = \"3s\"    # from `VMAN_` environment"),
+        "{text}"
+    );
+    assert!(
+        text.contains("listen = \"127.0.0.1:8080\"    # from default"),
+        "{text}"
+    );
+
+    std::fs::write(dir.path().join("vman.toml"), "[limits]\nmax_vcpus = 0\n").unwrap();
+    let out = vman()
+        .current_dir(dir.path())
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("limits.max_vcpus") && err.contains('0'),
+        "{err}"
+    );
+
+    std::fs::write(dir.path().join("vman.toml"), "lissten = \"x\"\n").unwrap();
+    let out = vman()
+        .current_dir(dir.path())
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("lissten"));
+}
