@@ -1,0 +1,25 @@
+# The two commands of the README: `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := run
+.PHONY: run test deps lint schema
+
+# Install what is missing, build, and serve on 127.0.0.1:8080 (playground at /).
+# Runs in dry-run mode only when QEMU is truly absent.
+run: deps
+	cargo build --release
+	./target/release/vman serve $$(command -v qemu-system-x86_64 >/dev/null || echo --dry-run)
+
+# The whole test suite: format, lints, and every test (CI runs exactly this).
+test: deps lint
+	cargo test --workspace --all-targets
+
+deps:
+	./scripts/install-deps.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+# Regenerate schema.graphql after changing the schema; review the diff.
+schema:
+	cargo run --quiet -- schema > schema.graphql

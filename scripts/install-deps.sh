@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs what vman needs on a Debian 12 machine, and nothing when it is all there.
+# Used by `make run` and `make test` (and so by .ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'install-deps: %s\n' "$*"; }
+
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true; }
+
+# QEMU 7.2 from Debian 12. Some images ship a qemu-utils backport that cannot
+# live beside Debian's qemu-system-x86, so both are taken from the same release.
+need_qemu=
+for p in qemu-system-x86 qemu-utils; do
+  have_pkg "$p" || need_qemu=1
+done
+if [[ -z $need_qemu && "$(pkg_version qemu-utils)" != "$(pkg_version qemu-system-x86)" ]]; then
+  need_qemu=1
+fi
+missing=()
+[[ -n $need_qemu ]] && missing+=(qemu-system-x86/bookworm qemu-utils/bookworm)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+if ((${#missing[@]})); then
+  if [[ $(id -u) != 0 ]]; then
+    say "missing ${missing[*]}: run as root or install them" >&2
+    exit 1
+  fi
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -q -o DPkg::Lock::Timeout=600 update
+  apt-get -q -o DPkg::Lock::Timeout=600 install -y --no-install-recommends --allow-downgrades "${missing[@]}"
+fi
+
+# npm packages: reinstalled only when the lock file changed.
+npm_ci() {
+  local dir=$1 stamp="$1/node_modules/.vman-lock"
+  if [[ ! -f $stamp ]] || ! cmp -s "$dir/package-lock.json" "$stamp"; then
+    say "npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$dir/package-lock.json" "$stamp"
+  fi
+}
+npm_ci tests/js
+npm_ci playground
+
+# The playground bundle, rebuilt when its sources change.
+stamp=playground/dist/.vman-sources
+sources=$(cd playground && cat package-lock.json index.html vite.config.js src/* | sha256sum | cut -d' ' -f1)
+if [[ ! -f $stamp || "$(cat "$stamp")" != "$sources" ]]; then
+  say "building the playground"
+  (cd playground && npm run --silent build >/dev/null)
+  echo "$sources" > "$stamp"
+fi
+say "ok"
