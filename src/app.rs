@@ -13,6 +13,7 @@ use crate::{
     host::{
         HostNetwork, Hypervisor,
         dry_run::{DryRunHypervisor, DryRunNetwork},
+        qemu::{Qemu, QemuHypervisor, argv::QemuOptions},
     },
     vm::lock::VmLocks,
 };
@@ -26,6 +27,8 @@ pub struct App {
     pub locks: VmLocks,
     /// Ends the server, subscriptions and background tasks.
     pub cancel: CancellationToken,
+    /// What could not be re-adopted at start, for `health` (never silently dropped).
+    pub adoption_problems: std::sync::Mutex<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,20 +56,25 @@ impl App {
         config.data_dir = data_dir;
         let db = crate::db::connect(&config.db_path()).await?;
         crate::db::migrate(&db).await?;
-        if !config.dry_run {
-            tracing::warn!(
-                "the real QEMU and netlink ports are not built yet: host steps are planned, not executed"
-            );
-        }
+        let options = QemuOptions::from_config(&config);
+        let hypervisor: Arc<dyn Hypervisor> = if config.dry_run {
+            Arc::new(DryRunHypervisor::new(options))
+        } else {
+            tracing::info!(accel = ?options.accel, binary = %options.binary.display(), "driving QEMU");
+            Arc::new(Qemu(Arc::new(QemuHypervisor::new(options))))
+        };
         let cancel = CancellationToken::new();
-        Ok(Arc::new(App {
+        let app = Arc::new(App {
             bus: Arc::new(EventBus::new(db.clone(), cancel.clone())),
             db,
-            hypervisor: Arc::new(DryRunHypervisor::default()),
+            hypervisor,
             network: Arc::new(DryRunNetwork::default()),
             locks: VmLocks::new(config.limits.vm_lock_timeout),
             config: Arc::new(config),
             cancel,
-        }))
+            adoption_problems: Default::default(),
+        });
+        crate::vm::adopt_all(&app).await;
+        Ok(app)
     }
 }

@@ -27,6 +27,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Plan and record host steps without touching the host.
     pub dry_run: bool,
+    /// Where `importImage` may read files from (default `<data_dir>/import`).
+    pub import_dir: Option<PathBuf>,
     pub log: LogConfig,
     pub observer: ObserverConfig,
     pub qemu: QemuConfig,
@@ -106,6 +108,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
             data_dir: PathBuf::from("./vman-data"),
             dry_run: false,
+            import_dir: None,
             log: LogConfig {
                 level: "info".into(),
                 max_bytes: 10 * 1024 * 1024,
@@ -430,6 +433,11 @@ impl Config {
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("logs")
     }
+    pub fn import_dir(&self) -> PathBuf {
+        self.import_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("import"))
+    }
 
     /// Every directory vman writes to, created on demand.
     pub fn data_dirs(&self) -> [PathBuf; 4] {
@@ -485,8 +493,8 @@ fn collect(figment: &Figment, prefix: &str, value: &Value, out: &mut Vec<String>
 }
 
 pub fn ensure_dirs(config: &Config) -> std::io::Result<()> {
-    for dir in config.data_dirs() {
-        std::fs::create_dir_all(&dir)?;
+    for dir in config.data_dirs().iter().chain([&config.import_dir()]) {
+        std::fs::create_dir_all(dir)?;
     }
     set_mode(&config.run_dir(), 0o700)
 }

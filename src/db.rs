@@ -32,3 +32,19 @@ pub async fn connect(path: &Path) -> Result<DatabaseConnection, sea_orm::DbErr> 
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     Migrator::up(db, None).await
 }
+
+/// Fails with CONFLICT when a row of `E` already has `value` in `column`.
+pub async fn ensure_free<E: sea_orm::EntityTrait>(
+    db: &impl sea_orm::ConnectionTrait,
+    column: E::Column,
+    value: &str,
+    what: &str,
+) -> crate::error::ApiResult<()> {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    if E::find().filter(column.eq(value)).one(db).await?.is_some() {
+        return Err(crate::error::ApiError::Conflict(format!(
+            "{what} named {value:?} already exists"
+        )));
+    }
+    Ok(())
+}

@@ -82,6 +82,7 @@ impl From<crate::host::HostError> for ApiError {
     fn from(e: crate::host::HostError) -> Self {
         match e {
             crate::host::HostError::Timeout(what) => ApiError::Timeout(what),
+            crate::host::HostError::Rejected(why) => ApiError::BadUserInput(why),
             other => ApiError::Host(other.to_string()),
         }
     }

@@ -83,6 +83,10 @@ pub enum EventKind {
     NetworkCreated,
     #[sea_orm(string_value = "NETWORK_DELETED")]
     NetworkDeleted,
+    #[sea_orm(string_value = "IMAGE_IMPORTED")]
+    ImageImported,
+    #[sea_orm(string_value = "IMAGE_DELETED")]
+    ImageDeleted,
 }
 
 /// An event about to be journaled.

@@ -33,6 +33,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/graphql/ws", api::ws::route(schema))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(crate::playground::routes())
         .with_state(shared)
 }
@@ -49,6 +50,17 @@ async fn readyz(State(shared): State<Shared>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(health)).into_response()
+}
+
+async fn metrics(State(shared): State<Shared>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::render(&shared.app).await,
+    )
+        .into_response()
 }
 
 /// Binds `listen` and serves until `app.cancel` fires (SIGINT/SIGTERM in `vman serve`).

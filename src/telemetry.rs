@@ -5,7 +5,15 @@
 //! non-blocking writer). Metrics are recorded with the `metrics` facade; with
 //! no exporter installed the calls cost next to nothing.
 
-use std::path::Path;
+use std::{path::Path, sync::OnceLock, time::Instant};
+
+use async_graphql::{
+    Response, ServerResult, Variables,
+    extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery},
+    parser::types::{ExecutableDocument, OperationType},
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sea_orm::{EntityTrait, Iterable};
 
 use file_rotate::{ContentLimit, FileRotate, compression::Compression, suffix::AppendCount};
 use tracing_appender::non_blocking::WorkerGuard;
@@ -41,6 +49,107 @@ pub fn init_logging(config: &LogConfig, log_dir: Option<&Path>) -> Option<Worker
         .with(file)
         .try_init();
     guard
+}
+
+/// The process-wide Prometheus recorder (installed once, on first use).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ])
+            .expect("static buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!(
+                "a metrics recorder was already installed; /metrics shows only vman's own"
+            );
+        }
+        handle
+    })
+}
+
+/// The text a Prometheus scrape gets. Gauges that mirror the database are read now.
+pub async fn render(app: &crate::app::App) -> String {
+    let handle = prometheus();
+    use crate::vm::{VmState, model};
+    match model::Entity::find().all(&app.db).await {
+        Ok(vms) => {
+            for state in VmState::iter() {
+                let count = vms.iter().filter(|vm| vm.state == state).count();
+                metrics::gauge!("vman_vms", "state" => state.as_str()).set(count as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading VM states for /metrics"),
+    }
+    handle.render()
+}
+
+/// Counts GraphQL requests by operation type, with their duration.
+pub struct GraphqlMetrics;
+
+impl ExtensionFactory for GraphqlMetrics {
+    fn create(&self) -> std::sync::Arc<dyn Extension> {
+        std::sync::Arc::new(GraphqlMetricsExtension {
+            operation: std::sync::Mutex::new("unknown"),
+        })
+    }
+}
+
+struct GraphqlMetricsExtension {
+    operation: std::sync::Mutex<&'static str>,
+}
+
+#[async_trait::async_trait]
+impl Extension for GraphqlMetricsExtension {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let document = next.run(ctx, query, variables).await?;
+        let kind = match document.operations.iter().next().map(|(_, op)| op.node.ty) {
+            Some(OperationType::Query) => "query",
+            Some(OperationType::Mutation) => "mutation",
+            Some(OperationType::Subscription) => "subscription",
+            None => "unknown",
+        };
+        *self.operation.lock().expect("operation type") = kind;
+        Ok(document)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> Response {
+        let started = Instant::now();
+        let response = next.run(ctx, operation_name).await;
+        let kind = *self.operation.lock().expect("operation type");
+        let result = if response.errors.is_empty() {
+            "ok"
+        } else {
+            "error"
+        };
+        metrics::counter!("vman_graphql_requests_total", "operation" => kind, "result" => result)
+            .increment(1);
+        metrics::histogram!("vman_graphql_request_duration_seconds", "operation" => kind)
+            .record(started.elapsed().as_secs_f64());
+        response
+    }
+}
+
+pub fn qmp_command(command: &'static str, took: std::time::Duration, timed_out: bool) {
+    metrics::histogram!("vman_qmp_command_duration_seconds", "command" => command)
+        .record(took.as_secs_f64());
+    if timed_out {
+        metrics::counter!("vman_qmp_timeouts_total", "command" => command).increment(1);
+    }
 }
 
 pub fn events_published(count: usize) {

@@ -32,6 +32,7 @@ pub struct Mutation(
     crate::vm::graphql::VmMutation,
     crate::disk::graphql::DiskMutation,
     crate::network::graphql::NetworkMutation,
+    crate::image::graphql::ImageMutation,
 );
 
 #[derive(MergedSubscription, Default)]
@@ -51,7 +52,10 @@ pub fn schema_builder() -> async_graphql::SchemaBuilder<Query, Mutation, Subscri
 }
 
 pub fn schema(app: Arc<App>) -> VmanSchema {
-    schema_builder().data(app).finish()
+    schema_builder()
+        .extension(crate::telemetry::GraphqlMetrics)
+        .data(app)
+        .finish()
 }
 
 /// The SDL, as committed in `schema.graphql`.

@@ -38,17 +38,7 @@ pub fn spec(app: &App, disk: &Disk) -> DiskSpec {
 }
 
 pub async fn ensure_name_free(db: &impl ConnectionTrait, name: &str) -> ApiResult<()> {
-    if model::Entity::find()
-        .filter(model::Column::Name.eq(name))
-        .one(db)
-        .await?
-        .is_some()
-    {
-        return Err(ApiError::Conflict(format!(
-            "a disk named {name:?} already exists"
-        )));
-    }
-    Ok(())
+    crate::db::ensure_free::<model::Entity>(db, model::Column::Name, name, "a disk").await
 }
 
 pub fn created_event(disk: &Disk, operation_id: Option<&str>) -> NewEvent {
@@ -247,23 +237,110 @@ pub async fn detach(app: &App, disk_id: &str, dry_run: bool) -> ApiResult<Change
     }
     let op = operation::begin(app, &op_id, "DETACH_DISK", "Disk", &disk.id).await?;
     let result = async {
-        let steps = match &action {
-            Some(action) => app.hypervisor.execute(action).await?.steps,
-            None => Vec::new(),
+        let outcome = match &action {
+            Some(action) => app.hypervisor.execute(action).await?,
+            None => Default::default(),
         };
-        let mut w = app.bus.writer().await?;
-        let mut row = disk.clone().into_active_model();
-        row.vm_id = Set(None);
-        row.attachment = Set(Attachment::Detached);
-        row.updated_at = Set(Utc::now());
-        let disk = row.update(w.txn()).await?;
-        w.record(detached_event(&disk, &vm.id, Some(&op.id)))
-            .await?;
-        w.commit().await?;
-        ApiResult::Ok((disk, steps))
+        if outcome.detach_pending {
+            // The guest has not let go yet: the disk stays visible as DETACHING
+            // and the detach completes when it does, without holding the VM.
+            let disk =
+                set_attachment(app, &disk, Some(&vm.id), Attachment::Detaching, None).await?;
+            spawn_finish_detach(app, disk.clone(), vm.id.clone());
+            return ApiResult::Ok((disk, outcome.steps));
+        }
+        let disk = set_attachment(
+            app,
+            &disk,
+            None,
+            Attachment::Detached,
+            Some((&vm.id, &op.id)),
+        )
+        .await?;
+        ApiResult::Ok((disk, outcome.steps))
     }
     .await;
     operation::conclude(app, op, result).await
+}
+
+/// Writes a disk's attachment; `detached_from` journals a DISK_DETACHED event.
+async fn set_attachment(
+    app: &App,
+    disk: &Disk,
+    vm_id: Option<&str>,
+    attachment: Attachment,
+    detached_from: Option<(&str, &str)>,
+) -> ApiResult<Disk> {
+    let mut w = app.bus.writer().await?;
+    let mut row = disk.clone().into_active_model();
+    row.vm_id = Set(vm_id.map(str::to_string));
+    row.attachment = Set(attachment);
+    row.updated_at = Set(Utc::now());
+    let disk = row.update(w.txn()).await?;
+    if let Some((vm_id, op_id)) = detached_from {
+        w.record(detached_event(&disk, vm_id, Some(op_id))).await?;
+    }
+    w.commit().await?;
+    Ok(disk)
+}
+
+fn spawn_finish_detach(app: &App, disk: Disk, vm_id: String) {
+    let hypervisor = app.hypervisor.clone();
+    let spec = spec(app, &disk);
+    let bus = app.bus.clone();
+    let cancel = app.cancel.clone();
+    tokio::spawn(async move {
+        let finished = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = hypervisor.finish_detach(&vm_id, &spec) => r,
+        };
+        if let Err(e) = finished {
+            tracing::error!(disk = %disk.id, error = %e, "completing a detach");
+            return;
+        }
+        if let Err(e) = finish_detached_row(&bus, &disk.id, &vm_id).await {
+            tracing::error!(disk = %disk.id, error = %e, "recording a completed detach");
+        }
+    });
+}
+
+/// Marks a DETACHING disk detached, if it still is.
+async fn finish_detached_row(
+    bus: &crate::events::EventBus,
+    disk_id: &str,
+    vm_id: &str,
+) -> ApiResult<()> {
+    let mut w = bus.writer().await?;
+    let Some(disk) = model::Entity::find_by_id(disk_id.to_string())
+        .one(w.txn())
+        .await?
+    else {
+        return Ok(());
+    };
+    if disk.attachment != Attachment::Detaching {
+        return Ok(());
+    }
+    let mut row = disk.clone().into_active_model();
+    row.vm_id = Set(None);
+    row.attachment = Set(Attachment::Detached);
+    row.updated_at = Set(Utc::now());
+    let disk = row.update(w.txn()).await?;
+    w.record(detached_event(&disk, vm_id, None)).await?;
+    w.commit().await?;
+    Ok(())
+}
+
+/// A stopped VM holds no disk: those still DETACHING are detached now.
+pub async fn release_detaching(app: &App, vm_id: &str) -> ApiResult<()> {
+    let detaching = model::Entity::find()
+        .filter(model::Column::VmId.eq(vm_id))
+        .filter(model::Column::Attachment.eq(Attachment::Detaching))
+        .all(&app.db)
+        .await?;
+    for disk in detaching {
+        finish_detached_row(&app.bus, &disk.id, vm_id).await?;
+    }
+    Ok(())
 }
 
 pub async fn delete(app: &App, disk_id: &str, dry_run: bool) -> ApiResult<Change<Disk>> {

@@ -6,6 +6,7 @@
 //! [`HostAction`]; a port says *how* (`plan`) and does it (`execute`).
 
 pub mod dry_run;
+pub mod qemu;
 
 use std::path::PathBuf;
 
@@ -45,6 +46,11 @@ pub enum HostStep {
         vm_id: String,
         signal: String,
     },
+    /// Copy a file into storage (under a temporary name, renamed when complete).
+    CopyFile {
+        from: PathBuf,
+        to: PathBuf,
+    },
     CreateDir {
         path: PathBuf,
     },
@@ -78,6 +84,9 @@ impl HostStep {
             }
             HostStep::Signal { vm_id, signal } => format!("send {signal} to VM {vm_id}"),
             HostStep::CreateDir { path } => format!("create directory {}", path.display()),
+            HostStep::CopyFile { from, to } => {
+                format!("copy {} to {}", from.display(), to.display())
+            }
             HostStep::RemoveDir { path } => format!("remove directory {}", path.display()),
             HostStep::RemoveFile { path } => format!("remove file {}", path.display()),
             HostStep::AddBridge { name } => format!("add bridge {name} and set it up"),
@@ -93,6 +102,7 @@ impl HostStep {
             HostStep::Await { .. } => "await",
             HostStep::Signal { .. } => "signal",
             HostStep::CreateDir { .. } => "createDir",
+            HostStep::CopyFile { .. } => "copyFile",
             HostStep::RemoveDir { .. } => "removeDir",
             HostStep::RemoveFile { .. } => "removeFile",
             HostStep::AddBridge { .. } => "addBridge",
@@ -184,14 +194,66 @@ pub enum VmAction {
         vm_id: String,
         run_dir: PathBuf,
     },
+    /// Copy a file from the import directory into storage. A disk image is
+    /// inspected first and refused unless it is a plain qcow2 or raw file.
+    ImportImage {
+        source: PathBuf,
+        dest: PathBuf,
+        disk: bool,
+    },
+}
+
+/// What an imported file turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportedImage {
+    pub format: Option<DiskFormat>,
+    pub size_bytes: u64,
 }
 
 /// What a port reports after executing an action.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Outcome {
     pub steps: Vec<HostStep>,
-    /// Set by a stop: which rung ended the VM.
+    /// Set by a stop: which rung ended the VM (None: nothing was running).
     pub stop_rung: Option<StopRung>,
+    /// Set by a detach the guest has not acknowledged yet: finish it with
+    /// [`Hypervisor::finish_detach`].
+    pub detach_pending: bool,
+    /// Set by an image import.
+    pub image: Option<ImportedImage>,
+}
+
+/// What re-adopting a VM after a vman restart found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Adoption {
+    /// No QEMU of this VM runs.
+    NotRunning,
+    /// Its QEMU runs and answers QMP; `status` is QEMU's run state.
+    Running {
+        pid: i32,
+        status: String,
+        running: bool,
+    },
+}
+
+/// Something the host reported about a VM on its own (for the observer).
+#[derive(Debug, Clone)]
+pub enum HostEvent {
+    /// A QMP event, by name, with its data.
+    Qmp {
+        vm_id: String,
+        event: String,
+        data: serde_json::Value,
+    },
+    /// The QMP connection closed.
+    QmpClosed { vm_id: String },
+    /// The QEMU process exited; the log tails are kept for forensics.
+    Exited {
+        vm_id: String,
+        status: String,
+        qemu_log: String,
+        serial_log: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +266,9 @@ pub enum HostError {
     },
     #[error("{0}")]
     Failed(String),
+    /// The host refused what the user asked for (a bad image, say): bad input, not a host fault.
+    #[error("{0}")]
+    Rejected(String),
     #[error("{0}")]
     Timeout(String),
 }
@@ -215,6 +280,12 @@ pub trait Hypervisor: Send + Sync {
     async fn execute(&self, action: &VmAction) -> Result<Outcome, HostError>;
     /// Whether this port touches the host.
     fn is_dry_run(&self) -> bool;
+    /// Takes over a VM whose QEMU may still run from before a vman restart.
+    async fn adopt(&self, spec: &VmSpec) -> Result<Adoption, HostError>;
+    /// Completes a detach once the guest lets go of the disk (or the VM exits).
+    async fn finish_detach(&self, vm_id: &str, disk: &DiskSpec) -> Result<(), HostError>;
+    /// What the host reports on its own, from now on.
+    fn events(&self) -> tokio::sync::broadcast::Receiver<HostEvent>;
 }
 
 /// What a network port is asked to do.

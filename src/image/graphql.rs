@@ -1,14 +1,15 @@
-use async_graphql::{Context, ID, Object};
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use sea_orm::EntityTrait;
 
 use super::{Image, model};
 use crate::{
     api::{
-        self,
+        self, PlanStep,
         pagination::{Page, id_cursor, page},
     },
     disk::DiskFormat,
     error::{ApiError, ResultExt},
+    operation::{Change, graphql::OperationObject},
     validate,
 };
 
@@ -82,5 +83,66 @@ impl ImageQuery {
     async fn image(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<ImageObject>> {
         let id = validate::id("id", &id).gql()?;
         ImageObject::load(ctx, Some(&id)).await
+    }
+}
+
+#[derive(InputObject)]
+pub struct ImportImageInput {
+    pub name: String,
+    pub kind: model::ImageKind,
+    /// A file inside the configured import directory, as a relative path.
+    pub path: String,
+}
+
+/// The result of an image mutation; see `VmPayload` for `dryRun`.
+#[derive(SimpleObject)]
+pub struct ImagePayload {
+    pub image: ImageObject,
+    pub operation: Option<OperationObject>,
+    pub plan: Vec<PlanStep>,
+}
+
+impl From<Change<Image>> for ImagePayload {
+    fn from(change: Change<Image>) -> Self {
+        ImagePayload {
+            image: ImageObject(change.object),
+            operation: change.operation.map(OperationObject),
+            plan: api::plan(&change.plan),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct ImageMutation;
+
+#[Object]
+impl ImageMutation {
+    /// (Admin) Copies a file from the import directory into storage. A DISK
+    /// image must be a standalone qcow2 or raw file: no backing file, no data file.
+    async fn import_image(
+        &self,
+        ctx: &Context<'_>,
+        input: ImportImageInput,
+        #[graphql(default = false)] dry_run: bool,
+    ) -> async_graphql::Result<ImagePayload> {
+        let input = super::ImportImage {
+            name: input.name,
+            kind: input.kind,
+            path: input.path,
+        };
+        Ok(super::import(api::app(ctx), input, dry_run)
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// Fails with CONFLICT while templates use it.
+    async fn delete_image(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ImagePayload> {
+        let image = super::delete(api::app(ctx), &id).await.gql()?;
+        Ok(ImagePayload {
+            image: ImageObject(image),
+            operation: None,
+            plan: Vec::new(),
+        })
     }
 }

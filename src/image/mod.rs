@@ -1,16 +1,192 @@
-//! Images: files imported into storage that templates build on. Import
-//! arrives with the real QEMU port; here they can be listed and referenced.
+//! Images: files imported into storage that templates build on (a base disk
+//! image, a kernel, an initrd). Users name a file inside the configured import
+//! directory; vman checks it and copies it under a name of its own.
 
 pub mod graphql;
 pub mod model;
 
-pub use model::Model as Image;
+use std::path::{Component, Path, PathBuf};
 
-use std::path::PathBuf;
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, ModelTrait, PaginatorTrait, QueryFilter,
+};
+use serde_json::json;
 
-use crate::app::App;
+use crate::{
+    app::App,
+    error::{ApiError, ApiResult},
+    events::{EventKind, NewEvent, find_in},
+    host::VmAction,
+    operation::{self, Change},
+    validate,
+};
+pub use model::{ImageKind, Model as Image};
 
 /// Where an image's file lives: named from its ID, never from user input.
 pub fn path(app: &App, image: &Image) -> PathBuf {
     app.config.storage_dir().join("images").join(&image.id)
+}
+
+pub struct ImportImage {
+    pub name: String,
+    pub kind: ImageKind,
+    /// Relative to the import directory.
+    pub path: String,
+}
+
+/// Resolves a user-given relative path inside the import directory, refusing
+/// anything that would leave it (absolute paths, `..`, symlinks pointing out).
+fn resolve_import(import_dir: &Path, relative: &str) -> ApiResult<PathBuf> {
+    validate::text("path", relative, 1024)?;
+    let rel = Path::new(relative);
+    if relative.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(ApiError::bad_input(format!(
+            "path {relative:?} must be a plain relative path inside the import directory"
+        )));
+    }
+    let base = std::fs::canonicalize(import_dir)
+        .map_err(|e| ApiError::Host(format!("import directory {}: {e}", import_dir.display())))?;
+    let full = std::fs::canonicalize(base.join(rel))
+        .map_err(|_| ApiError::not_found("import file", relative))?;
+    if !full.starts_with(&base) {
+        return Err(ApiError::bad_input(format!(
+            "path {relative:?} leads outside the import directory"
+        )));
+    }
+    if !full.is_file() {
+        return Err(ApiError::bad_input(format!(
+            "path {relative:?} is not a regular file"
+        )));
+    }
+    Ok(full)
+}
+
+pub async fn import(app: &App, input: ImportImage, dry_run: bool) -> ApiResult<Change<Image>> {
+    validate::name("name", &input.name)?;
+    let source = resolve_import(&app.config.import_dir(), &input.path)?;
+    ensure_name_free(&app.db, &input.name).await?;
+    let mut image = Image {
+        id: uuid::Uuid::now_v7().to_string(),
+        name: input.name,
+        kind: input.kind,
+        format: None,
+        size_bytes: 0,
+        created_at: Utc::now(),
+    };
+    let action = VmAction::ImportImage {
+        source,
+        dest: path(app, &image),
+        disk: image.kind == ImageKind::Disk,
+    };
+    if dry_run {
+        return Ok(Change::planned(image, app.hypervisor.plan(&action)));
+    }
+    let op = operation::begin(
+        app,
+        &operation::new_id(),
+        "IMPORT_IMAGE",
+        "Image",
+        &image.id,
+    )
+    .await?;
+    let result = async {
+        let outcome = app.hypervisor.execute(&action).await?;
+        if let Some(found) = &outcome.image {
+            image.format = found.format;
+            image.size_bytes = i64::try_from(found.size_bytes).unwrap_or(i64::MAX);
+        }
+        let written = async {
+            let mut w = app.bus.writer().await?;
+            ensure_name_free(w.txn(), &image.name).await?;
+            let image = model::ActiveModel::from(image.clone()).insert(w.txn()).await?;
+            w.record(NewEvent {
+                kind: EventKind::ImageImported,
+                subject_id: image.id.clone(),
+                subject_type: "Image",
+                operation_id: Some(op.id.clone()),
+                payload: json!({"name": image.name, "kind": image.kind, "sizeBytes": image.size_bytes}),
+            })
+            .await?;
+            w.commit().await?;
+            ApiResult::Ok(image)
+        }
+        .await;
+        if written.is_err() {
+            let _ = std::fs::remove_file(path(app, &image));
+        }
+        ApiResult::Ok((written?, outcome.steps))
+    }
+    .await;
+    operation::conclude(app, op, result).await
+}
+
+async fn ensure_name_free(db: &impl sea_orm::ConnectionTrait, name: &str) -> ApiResult<()> {
+    crate::db::ensure_free::<model::Entity>(db, model::Column::Name, name, "an image").await
+}
+
+/// Deletes an image no template uses.
+pub async fn delete(app: &App, id: &str) -> ApiResult<Image> {
+    let id = validate::id("id", id)?;
+    let mut w = app.bus.writer().await?;
+    let image = find_in::<model::Entity, _>(w.txn(), "image", &id).await?;
+    use crate::template::model as t;
+    let users = t::Entity::find()
+        .filter(
+            sea_orm::Condition::any()
+                .add(t::Column::BaseImageId.eq(&id))
+                .add(t::Column::KernelImageId.eq(&id))
+                .add(t::Column::InitrdImageId.eq(&id)),
+        )
+        .count(w.txn())
+        .await?;
+    if users > 0 {
+        return Err(ApiError::Conflict(format!(
+            "image {:?} is used by {users} template(s)",
+            image.name
+        )));
+    }
+    image.clone().delete(w.txn()).await?;
+    w.record(NewEvent {
+        kind: EventKind::ImageDeleted,
+        subject_id: image.id.clone(),
+        subject_type: "Image",
+        operation_id: None,
+        payload: json!({"name": image.name}),
+    })
+    .await?;
+    w.commit().await?;
+    if let Err(e) = std::fs::remove_file(path(app, &image))
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(image = %image.id, error = %e, "removing an image file");
+    }
+    Ok(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_paths_stay_inside_the_import_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let import = dir.path().join("import");
+        std::fs::create_dir_all(import.join("sub")).unwrap();
+        std::fs::write(import.join("sub/ok.img"), b"x").unwrap();
+        std::fs::write(dir.path().join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), import.join("link")).unwrap();
+        assert!(resolve_import(&import, "sub/ok.img").is_ok());
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../secret",
+            "sub/../../secret",
+            "link",
+            "sub",
+            "missing",
+        ] {
+            assert!(resolve_import(&import, bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -256,17 +256,7 @@ pub async fn create(app: &App, input: CreateVm, dry_run: bool) -> ApiResult<Chan
 }
 
 async fn ensure_vm_name_free(db: &impl ConnectionTrait, name: &str) -> ApiResult<()> {
-    if model::Entity::find()
-        .filter(model::Column::Name.eq(name))
-        .one(db)
-        .await?
-        .is_some()
-    {
-        return Err(ApiError::Conflict(format!(
-            "a VM named {name:?} already exists"
-        )));
-    }
-    Ok(())
+    crate::db::ensure_free::<model::Entity>(db, model::Column::Name, name, "a VM").await
 }
 
 /// The host's view of a VM: its attached disks in creation order and its boot files.
@@ -448,14 +438,19 @@ async fn run_actions(
         match app.hypervisor.execute(action).await {
             Ok(outcome) => {
                 steps.extend(outcome.steps);
-                let reason = match outcome.stop_rung {
-                    Some(StopRung::GuestShutdown) => "guest shutdown",
-                    Some(StopRung::Quit) => "stopped by QEMU quit",
-                    Some(StopRung::Kill) => "QEMU killed",
-                    None => describe(action),
+                let reason = match (action, outcome.stop_rung) {
+                    (_, Some(StopRung::GuestShutdown)) => "guest shutdown",
+                    (_, Some(StopRung::Quit)) => "stopped by QEMU quit",
+                    (_, Some(StopRung::Kill)) => "QEMU killed",
+                    (VmAction::Stop { .. }, None) => "QEMU was not running",
+                    (VmAction::Start(_), _) => "started",
+                    _ => describe(action),
                 };
                 if after != current.state {
                     current = set_state(app, &vm.id, after, reason, Some(op)).await?;
+                }
+                if after == VmState::Stopped {
+                    crate::disk::release_detaching(app, &vm.id).await?;
                 }
             }
             Err(e) => {
@@ -581,4 +576,72 @@ pub async fn delete(
         operation: Some(op),
         plan: steps,
     })
+}
+
+/// After a vman restart: takes over every VM the database says is live, and
+/// sets its state from what QEMU reports. Nothing is killed or restarted; what
+/// cannot be adopted is recorded in the VM's state reason and in `health`.
+pub async fn adopt_all(app: &App) {
+    let live = match model::Entity::find()
+        .filter(model::Column::State.is_in([
+            VmState::Starting,
+            VmState::Running,
+            VmState::Paused,
+            VmState::Stopping,
+            VmState::Unknown,
+        ]))
+        .all(&app.db)
+        .await
+    {
+        Ok(vms) => vms,
+        Err(e) => {
+            tracing::error!(error = %e, "reading VMs to re-adopt");
+            return;
+        }
+    };
+    for vm in live {
+        let outcome = match spec(app, &vm).await {
+            Ok(spec) => app.hypervisor.adopt(&spec).await.map_err(ApiError::from),
+            Err(e) => Err(e),
+        };
+        let (to, reason) = match outcome {
+            Ok(crate::host::Adoption::Running {
+                pid,
+                status,
+                running,
+            }) => {
+                tracing::info!(vm = %vm.name, pid, %status, "re-adopted a running VM");
+                let to = if running {
+                    VmState::Running
+                } else {
+                    VmState::Paused
+                };
+                (
+                    to,
+                    format!("re-adopted after a vman restart (QEMU pid {pid}, {status})"),
+                )
+            }
+            Ok(crate::host::Adoption::NotRunning) => {
+                tracing::warn!(vm = %vm.name, was = %vm.state, "VM was live but its QEMU is gone");
+                (
+                    VmState::Crashed,
+                    format!("QEMU was not running when vman started (was {})", vm.state),
+                )
+            }
+            Err(e) => {
+                let problem = format!("VM {} ({}): {e}", vm.name, vm.id);
+                tracing::error!("could not re-adopt {problem}");
+                app.adoption_problems
+                    .lock()
+                    .expect("adoption problems")
+                    .push(problem);
+                (VmState::Unknown, format!("could not re-adopt: {e}"))
+            }
+        };
+        if vm.state.can_become(to)
+            && let Err(e) = set_state(app, &vm.id, to, &reason, None).await
+        {
+            tracing::error!(vm = %vm.name, error = %e, "recording re-adoption");
+        }
+    }
 }

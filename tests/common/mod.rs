@@ -110,6 +110,49 @@ impl TestServer {
         data["createVm"]["vm"]["id"].as_str().unwrap().to_string()
     }
 
+    /// A server that drives real QEMU (TCG unless `accel` says otherwise),
+    /// importing from the test guest's directory.
+    pub async fn real(accel: vman::config::Accel) -> TestServer {
+        let guest = guest_dir();
+        Self::start_with(move |c| {
+            c.dry_run = false;
+            c.qemu.accel = accel;
+            c.import_dir = Some(guest);
+        })
+        .await
+    }
+
+    /// Imports the test guest's kernel and initrd and makes a direct-boot template of them.
+    pub async fn guest_template(&self, name: &str, cmdline: &str) -> String {
+        let import = |image: &str, kind: &str, path: &str| {
+            let query = "mutation($n: String!, $k: ImageKind!, $p: String!) { importImage(input: {name: $n, kind: $k, path: $p}) { image { id } } }";
+            let vars = json!({"n": image, "k": kind, "p": path});
+            async move {
+                self.ok(query, vars).await["importImage"]["image"]["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            }
+        };
+        let kernel = import(&format!("{name}-kernel"), "KERNEL", "vmlinuz").await;
+        let initrd = import(&format!("{name}-initrd"), "INITRD", "initrd.img").await;
+        let data = self
+            .ok(
+                "mutation($n: String!, $k: ID!, $i: ID!, $c: String!) { createTemplate(input: {name: $n, vcpus: 1, memoryMib: 256, kernelImageId: $k, initrdImageId: $i, cmdline: $c}) { template { id } } }",
+                json!({"n": name, "k": kernel, "i": initrd, "c": cmdline}),
+            )
+            .await;
+        data["createTemplate"]["template"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The VM's run directory on the host.
+    pub fn run_dir(&self, vm_id: &str) -> std::path::PathBuf {
+        self.app.config.run_dir().join(vm_id)
+    }
+
     pub async fn vm_state(&self, id: &str) -> String {
         let data = self
             .ok(
@@ -227,4 +270,40 @@ impl WsClient {
     pub async fn close(mut self) {
         let _ = self.socket.close(None).await;
     }
+}
+
+/// The test guest built by `tests/guest/build.sh` (run by `make test`).
+pub fn guest_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/vman-guest");
+    assert!(
+        dir.join("vmlinuz").is_file() && dir.join("initrd.img").is_file(),
+        "the test guest is missing: run `tests/guest/build.sh` (make test does)"
+    );
+    dir
+}
+
+/// Waits until the file contains `needle` (QEMU and the guest write their logs as they go).
+pub async fn wait_for_line(path: &std::path::Path, needle: &str, within: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{needle:?} did not appear in {} within {within:?}; it holds:\n{text}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether KVM can be used here (QEMU without a guest OS runs under it).
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
 }

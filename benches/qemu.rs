@@ -1,0 +1,183 @@
+//! Issue 3's figures, measured in one run on the same QEMU:
+//! - raw `spawn → QMP running` against `startVm → RUNNING event at a websocket subscriber`;
+//! - raw `blockdev-add + device_add` against `attachDisk`.
+//!
+//! `cargo bench --bench qemu` (add `-- --rounds N`). Uses KVM when usable, else TCG; VMs have no guest OS.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestServer, WsClient};
+use serde_json::json;
+use vman::{
+    config::Accel,
+    host::{
+        DiskSpec, HostStep, VmAction, VmSpec,
+        qemu::{self, argv::QemuOptions, hotplug, process, qmp::QmpClient},
+    },
+};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn raw_start(
+    options: &QemuOptions,
+    spec: &VmSpec,
+) -> (Duration, process::QemuProcess, QmpClient) {
+    let steps = qemu::plan(options, &VmAction::Start(spec.clone()));
+    let HostStep::SpawnQemu { argv, .. } = &steps[1] else {
+        unreachable!()
+    };
+    std::fs::create_dir_all(&spec.run_dir).unwrap();
+    let started = Instant::now();
+    let process = process::spawn(argv, &spec.run_dir.join("qemu.log")).unwrap();
+    let socket = qemu::argv::qmp_socket(&spec.run_dir);
+    let qmp = loop {
+        if socket.exists()
+            && let Ok(qmp) = QmpClient::connect(&socket).await
+        {
+            break qmp;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    qmp.execute_json("cont", &serde_json::Value::Null)
+        .await
+        .unwrap();
+    assert!(qmp.status().await.unwrap().running);
+    (started.elapsed(), process, qmp)
+}
+
+#[tokio::main]
+async fn main() {
+    let rounds: usize = std::env::args()
+        .skip_while(|a| a != "--rounds")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10);
+    let accel = if common::kvm_usable() {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
+    let server = TestServer::start_with(|c| {
+        c.dry_run = false;
+        c.qemu.accel = accel;
+    })
+    .await;
+    let options = QemuOptions::from_config(&server.app.config);
+    server
+        .ok("mutation { createTemplate(input: {name: \"bench\", vcpus: 1, memoryMib: 64}) { template { id } } }", json!({}))
+        .await;
+
+    let (mut raw_start_t, mut vman_start_t, mut raw_plug_t, mut vman_plug_t) =
+        (vec![], vec![], vec![], vec![]);
+    for round in 0..rounds {
+        // Raw: the same argv vman would use, driven directly.
+        let spec = VmSpec {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: format!("raw-{round}"),
+            vcpus: 1,
+            memory_mib: 64,
+            disks: vec![],
+            boot: None,
+            run_dir: server.app.config.run_dir().join(format!("raw-{round}")),
+        };
+        let (took, process, qmp) = raw_start(&options, &spec).await;
+        raw_start_t.push(took);
+        let disk = DiskSpec {
+            id: uuid::Uuid::now_v7().to_string(),
+            path: server
+                .app
+                .config
+                .storage_dir()
+                .join(format!("raw-{round}.raw")),
+            format: vman::disk::DiskFormat::Raw,
+            size_bytes: 1 << 20,
+            backing: None,
+        };
+        std::fs::write(&disk.path, vec![0u8; 1 << 20]).unwrap();
+        let steps = hotplug::attach_disk(&spec.id, &disk, &qemu::argv::root_port_id(1));
+        let started = Instant::now();
+        for step in &steps {
+            if let HostStep::Qmp {
+                command, arguments, ..
+            } = step
+            {
+                qmp.execute_json(command, arguments).await.unwrap();
+            }
+        }
+        raw_plug_t.push(started.elapsed());
+        let _ = qmp.execute_json("quit", &serde_json::Value::Null).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), process.exited()).await;
+
+        // vman: the mutation, until the RUNNING event reaches a websocket subscriber.
+        let vm = server.create_vm(&format!("vm-{round}"), "bench").await;
+        let head = server.journal().await.last().unwrap()["sequence"].clone();
+        let mut ws = WsClient::connect(&server.ws_url).await;
+        ws.subscribe("s", "subscription($vm: ID, $after: String) { vmStateChanged(vmId: $vm, after: $after) { to } }", json!({"vm": vm, "after": head}))
+            .await;
+        let started = Instant::now();
+        let http = server.http.clone();
+        let url = server.url.clone();
+        let vm_id = vm.clone();
+        let request = tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({"query": "mutation($id: ID!) { startVm(id: $id) { vm { state } } }", "variables": {"id": vm_id}}))
+                .send()
+                .await
+                .unwrap()
+        });
+        loop {
+            if ws.next_data("s").await["vmStateChanged"]["to"] == "RUNNING" {
+                break;
+            }
+        }
+        vman_start_t.push(started.elapsed());
+        request.await.unwrap();
+        ws.close().await;
+        let disk_id = server
+            .ok("mutation($n: String!) { createDisk(input: {name: $n, sizeBytes: 1048576, format: RAW}) { disk { id } } }", json!({"n": format!("d-{round}")}))
+            .await["createDisk"]["disk"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let started = Instant::now();
+        server
+            .ok("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }", json!({"d": disk_id, "v": vm}))
+            .await;
+        vman_plug_t.push(started.elapsed());
+        server
+            .ok(
+                "mutation($id: ID!) { deleteVm(id: $id) { vm { id } } }",
+                json!({"id": vm}),
+            )
+            .await;
+    }
+    let report = |what: &str, raw: Duration, vman: Duration| {
+        println!(
+            "{what:<44} raw {:>8.1} ms   vman {:>8.1} ms   ratio {:.2}x",
+            ms(raw),
+            ms(vman),
+            vman.as_secs_f64() / raw.as_secs_f64()
+        );
+    };
+    println!("accel {accel:?}, {rounds} rounds, medians:");
+    report(
+        "spawn -> QMP running / startVm -> RUNNING event",
+        median(raw_start_t),
+        median(vman_start_t),
+    );
+    report(
+        "blockdev-add + device_add / attachDisk",
+        median(raw_plug_t),
+        median(vman_plug_t),
+    );
+}

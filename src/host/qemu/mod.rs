@@ -1,0 +1,810 @@
+//! The real hypervisor port: QEMU processes driven over QMP, disks made with qemu-img.
+//!
+//! [`plan`] turns a [`VmAction`] into the exact host steps (argv, qemu-img
+//! command, QMP sequence); the dry-run port returns the same plan, and
+//! [`QemuHypervisor`] executes it. A VM's QEMU outlives vman: on start, vman
+//! re-adopts what is running ([`QemuHypervisor::adopt`]).
+
+pub mod argv;
+pub mod hotplug;
+pub mod img;
+pub mod process;
+pub mod qmp;
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use serde_json::json;
+use tokio::sync::{Notify, broadcast};
+
+use self::{
+    argv::QemuOptions,
+    process::{ExitStatus, QemuProcess},
+    qmp::{QmpClient, QmpNotice},
+};
+use super::{
+    Adoption, DiskSpec, HostError, HostEvent, HostStep, Hypervisor, ImportedImage, Outcome,
+    StopRung, VmAction, VmSpec,
+};
+use crate::disk::model::DiskFormat;
+
+/// How long a started QEMU may take to open its QMP socket.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long QEMU may take to exit after `quit`, a guest shutdown or SIGKILL.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `detachDisk` waits for the guest before reporting the disk as DETACHING.
+const DETACH_WAIT: Duration = Duration::from_secs(3);
+
+/// The exact host steps an action takes.
+pub fn plan(options: &QemuOptions, action: &VmAction) -> Vec<HostStep> {
+    let qmp = |vm_id: &str, command: &str| HostStep::Qmp {
+        vm_id: vm_id.to_string(),
+        command: command.to_string(),
+        arguments: serde_json::Value::Null,
+    };
+    match action {
+        VmAction::Start(spec) => vec![
+            HostStep::CreateDir {
+                path: spec.run_dir.clone(),
+            },
+            HostStep::SpawnQemu {
+                vm_id: spec.id.clone(),
+                argv: argv::argv(spec, options),
+            },
+            qmp(&spec.id, "cont"),
+        ],
+        VmAction::Stop { vm_id, request } => {
+            let mut steps = Vec::new();
+            if !request.force {
+                steps.push(qmp(vm_id, "system_powerdown"));
+                steps.push(HostStep::Await {
+                    vm_id: vm_id.clone(),
+                    event: "SHUTDOWN".into(),
+                    timeout_ms: request.timeout_ms,
+                });
+            }
+            steps.push(qmp(vm_id, "quit"));
+            steps.push(HostStep::Signal {
+                vm_id: vm_id.clone(),
+                signal: "SIGKILL (if QEMU is still running)".into(),
+            });
+            steps
+        }
+        VmAction::Pause { vm_id } => vec![qmp(vm_id, "stop")],
+        VmAction::Resume { vm_id } => vec![qmp(vm_id, "cont")],
+        VmAction::Reset { vm_id } => vec![qmp(vm_id, "system_reset")],
+        VmAction::CreateDisk(disk) => vec![HostStep::Exec {
+            argv: img::create_argv(&options.img_binary, disk, &img::partial_path(disk)),
+        }],
+        VmAction::DeleteDisk(disk) => vec![HostStep::RemoveFile {
+            path: disk.path.clone(),
+        }],
+        VmAction::AttachDisk { vm_id, disk } => {
+            hotplug::attach_disk(vm_id, disk, &argv::root_port_id(1))
+        }
+        VmAction::DetachDisk { vm_id, disk } => {
+            let (unplug, release) = hotplug::detach_disk(vm_id, disk);
+            let mut steps = unplug;
+            steps.push(HostStep::Await {
+                vm_id: vm_id.clone(),
+                event: "DEVICE_DELETED".into(),
+                timeout_ms: DETACH_WAIT.as_millis() as u64,
+            });
+            steps.extend(release);
+            steps
+        }
+        VmAction::Destroy { run_dir, .. } => vec![HostStep::RemoveDir {
+            path: run_dir.clone(),
+        }],
+        VmAction::ImportImage { source, dest, disk } => {
+            let mut steps = Vec::new();
+            if *disk {
+                steps.push(HostStep::Exec {
+                    argv: img::info_argv(&options.img_binary, source),
+                });
+            }
+            steps.push(HostStep::CopyFile {
+                from: source.clone(),
+                to: dest.clone(),
+            });
+            steps
+        }
+    }
+}
+
+/// What the watchers of one VM have seen.
+#[derive(Default)]
+struct Seen {
+    shutdown: bool,
+    exited: Option<ExitStatus>,
+    qmp_closed: bool,
+    deleted_devices: HashSet<String>,
+}
+
+/// A QEMU vman owns: its process, its QMP connection and what they reported.
+struct RunningVm {
+    vm_id: String,
+    run_dir: PathBuf,
+    process: QemuProcess,
+    qmp: QmpClient,
+    /// Root ports a hot-plugged disk may use (cold disks took the first ones).
+    ports: u32,
+    seen: Mutex<Seen>,
+    changed: Notify,
+}
+
+impl RunningVm {
+    /// Waits until `done` holds or `timeout` passes; true when it held.
+    async fn wait(&self, timeout: Duration, done: impl Fn(&Seen) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if done(&self.seen.lock().expect("vm watch")) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return done(&self.seen.lock().expect("vm watch"));
+            }
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Seen)) {
+        f(&mut self.seen.lock().expect("vm watch"));
+        self.changed.notify_waiters();
+    }
+}
+
+pub struct QemuHypervisor {
+    options: QemuOptions,
+    vms: Mutex<HashMap<String, Arc<RunningVm>>>,
+    events: broadcast::Sender<HostEvent>,
+}
+
+impl QemuHypervisor {
+    pub fn new(options: QemuOptions) -> Self {
+        let (events, _) = broadcast::channel(256);
+        QemuHypervisor {
+            options,
+            vms: Mutex::new(HashMap::new()),
+            events,
+        }
+    }
+
+    fn get(&self, vm_id: &str) -> Option<Arc<RunningVm>> {
+        self.vms.lock().expect("vm map").get(vm_id).cloned()
+    }
+
+    fn running(&self, vm_id: &str) -> Result<Arc<RunningVm>, HostError> {
+        self.get(vm_id)
+            .ok_or_else(|| HostError::Failed(format!("VM {vm_id} has no QEMU process")))
+    }
+
+    /// Registers a VM and starts the tasks that watch its QMP events and its process.
+    fn track(self: &Arc<Self>, vm: RunningVm) -> Arc<RunningVm> {
+        let vm = Arc::new(vm);
+        self.vms
+            .lock()
+            .expect("vm map")
+            .insert(vm.vm_id.clone(), vm.clone());
+        let mut notices = vm.qmp.notices();
+        let watched = vm.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            loop {
+                match notices.recv().await {
+                    Ok(QmpNotice::Event(event)) => {
+                        let (name, data) = event_parts(&event);
+                        match &event {
+                            qapi::qmp::Event::SHUTDOWN { .. } => {
+                                watched.update(|s| s.shutdown = true)
+                            }
+                            qapi::qmp::Event::DEVICE_DELETED { data, .. } => {
+                                if let Some(device) = &data.device {
+                                    let device = device.clone();
+                                    watched.update(|s| {
+                                        s.deleted_devices.insert(device);
+                                    });
+                                }
+                            }
+                            _ => {}
+                        }
+                        let _ = events.send(HostEvent::Qmp {
+                            vm_id: watched.vm_id.clone(),
+                            event: name,
+                            data,
+                        });
+                    }
+                    Ok(QmpNotice::Closed) | Err(broadcast::error::RecvError::Closed) => {
+                        watched.update(|s| s.qmp_closed = true);
+                        let _ = events.send(HostEvent::QmpClosed {
+                            vm_id: watched.vm_id.clone(),
+                        });
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(vm = %watched.vm_id, missed = n, "QMP events were dropped");
+                    }
+                }
+            }
+        });
+        let watched = vm.clone();
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let status = watched.process.exited().await;
+            watched.update(|s| s.exited = Some(status.clone()));
+            if let Some(this) = this.upgrade() {
+                this.vms.lock().expect("vm map").remove(&watched.vm_id);
+                let _ = this.events.send(HostEvent::Exited {
+                    vm_id: watched.vm_id.clone(),
+                    status: status.to_string(),
+                    qemu_log: process::tail(&argv::qemu_log(&watched.run_dir), 20),
+                    serial_log: process::tail(&argv::serial_log(&watched.run_dir), 20),
+                });
+            }
+        });
+        vm
+    }
+
+    async fn start(self: &Arc<Self>, spec: &VmSpec) -> Result<Outcome, HostError> {
+        if let Some(vm) = self.get(&spec.id) {
+            if !vm.process.has_exited() {
+                return Err(HostError::Failed(format!(
+                    "VM {} already has a QEMU process (pid {})",
+                    spec.id, vm.process.pid
+                )));
+            }
+        }
+        let steps = plan(&self.options, &VmAction::Start(spec.clone()));
+        prepare_run_dir(&spec.run_dir)?;
+        let HostStep::SpawnQemu { argv, .. } = &steps[1] else {
+            unreachable!("plan(Start) spawns QEMU second")
+        };
+        let log = argv::qemu_log(&spec.run_dir);
+        let process = process::spawn(argv, &log).map_err(|source| HostError::Io {
+            what: format!("starting {}", self.options.binary.display()),
+            source,
+        })?;
+        let socket = argv::qmp_socket(&spec.run_dir);
+        let qmp = match connect_when_ready(&process, &socket, &log).await {
+            Ok(qmp) => qmp,
+            Err(e) => {
+                let _ = process.kill();
+                let _ = tokio::time::timeout(EXIT_TIMEOUT, process.exited()).await;
+                return Err(e);
+            }
+        };
+        restrict(&socket, 0o600);
+        let vm = self.track(RunningVm {
+            vm_id: spec.id.clone(),
+            run_dir: spec.run_dir.clone(),
+            process,
+            qmp,
+            ports: argv::root_ports(spec, &self.options),
+            seen: Mutex::default(),
+            changed: Notify::new(),
+        });
+        if let Err(e) = vm
+            .qmp
+            .execute(qapi::qmp::cont {}, qmp::COMMAND_TIMEOUT)
+            .await
+        {
+            let _ = vm.process.kill();
+            return Err(e);
+        }
+        Ok(Outcome {
+            steps,
+            ..Default::default()
+        })
+    }
+
+    async fn stop(
+        &self,
+        vm_id: &str,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<Outcome, HostError> {
+        let Some(vm) = self.get(vm_id) else {
+            // Nothing runs: the VM is already stopped.
+            return Ok(Outcome::default());
+        };
+        let mut steps = Vec::new();
+        let gone = |s: &Seen| s.exited.is_some();
+        let mut rung = None;
+        if !force {
+            steps.push(step_qmp(vm_id, "system_powerdown"));
+            match vm
+                .qmp
+                .execute(qapi::qmp::system_powerdown {}, qmp::COMMAND_TIMEOUT)
+                .await
+            {
+                Ok(_) => {
+                    if vm.wait(timeout, |s| s.shutdown || s.exited.is_some()).await
+                        && vm.wait(EXIT_TIMEOUT, gone).await
+                    {
+                        rung = Some(StopRung::GuestShutdown);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(vm = vm_id, error = %e, "system_powerdown failed; quitting QEMU")
+                }
+            }
+        }
+        if rung.is_none() {
+            steps.push(step_qmp(vm_id, "quit"));
+            // A reply or EOF: either way QEMU is on its way out.
+            let _ = vm
+                .qmp
+                .execute(qapi::qmp::quit {}, qmp::COMMAND_TIMEOUT)
+                .await;
+            if vm.wait(EXIT_TIMEOUT, gone).await {
+                rung = Some(StopRung::Quit);
+            }
+        }
+        if rung.is_none() {
+            steps.push(HostStep::Signal {
+                vm_id: vm_id.to_string(),
+                signal: "SIGKILL".into(),
+            });
+            vm.process.kill().map_err(|source| HostError::Io {
+                what: format!("killing QEMU of VM {vm_id}"),
+                source,
+            })?;
+            if !vm.wait(EXIT_TIMEOUT, gone).await {
+                return Err(HostError::Timeout(format!(
+                    "QEMU of VM {vm_id} (pid {}) did not exit after SIGKILL",
+                    vm.process.pid
+                )));
+            }
+            rung = Some(StopRung::Kill);
+        }
+        self.vms.lock().expect("vm map").remove(vm_id);
+        for file in [argv::qmp_socket(&vm.run_dir), argv::pid_file(&vm.run_dir)] {
+            let _ = std::fs::remove_file(file);
+        }
+        Ok(Outcome {
+            steps,
+            stop_rung: rung,
+            ..Default::default()
+        })
+    }
+
+    async fn attach_disk(&self, vm_id: &str, disk: &DiskSpec) -> Result<Outcome, HostError> {
+        let vm = self.running(vm_id)?;
+        // The port is found by trying: QEMU knows which are taken, even for a
+        // VM vman adopted after a restart.
+        let mut last_error = None;
+        for port in 1..=vm.ports {
+            let steps = hotplug::attach_disk(vm_id, disk, &argv::root_port_id(port));
+            let (nodes, device) = steps.split_at(steps.len() - 1);
+            if port == 1 {
+                run_steps(&vm.qmp, nodes).await?;
+            }
+            match run_steps(&vm.qmp, device).await {
+                Ok(()) => {
+                    let mut done = nodes.to_vec();
+                    done.extend_from_slice(device);
+                    return Ok(Outcome {
+                        steps: done,
+                        ..Default::default()
+                    });
+                }
+                Err(HostError::Failed(message))
+                    if message.contains("in use")
+                        || message.contains("not available")
+                        || message.contains("occupied") =>
+                {
+                    last_error = Some(message);
+                }
+                Err(e) => {
+                    release_nodes(&vm.qmp, vm_id, disk).await;
+                    return Err(e);
+                }
+            }
+        }
+        release_nodes(&vm.qmp, vm_id, disk).await;
+        Err(HostError::Failed(format!(
+            "no free hot-plug port on VM {vm_id} ({} ports): {}",
+            vm.ports,
+            last_error.unwrap_or_default()
+        )))
+    }
+
+    async fn detach_disk(&self, vm_id: &str, disk: &DiskSpec) -> Result<Outcome, HostError> {
+        let vm = self.running(vm_id)?;
+        let (unplug, _) = hotplug::detach_disk(vm_id, disk);
+        run_steps(&vm.qmp, &unplug).await?;
+        let device = argv::device_id(&disk.id);
+        let deleted = vm
+            .wait(DETACH_WAIT, |s| {
+                s.deleted_devices.contains(&device) || s.exited.is_some()
+            })
+            .await;
+        if !deleted {
+            return Ok(Outcome {
+                steps: unplug,
+                detach_pending: true,
+                ..Default::default()
+            });
+        }
+        let mut steps = unplug;
+        steps.extend(self.release_disk(&vm, disk).await?);
+        Ok(Outcome {
+            steps,
+            ..Default::default()
+        })
+    }
+
+    async fn release_disk(
+        &self,
+        vm: &RunningVm,
+        disk: &DiskSpec,
+    ) -> Result<Vec<HostStep>, HostError> {
+        let (_, release) = hotplug::detach_disk(&vm.vm_id, disk);
+        if vm.seen.lock().expect("vm watch").exited.is_none() {
+            run_steps(&vm.qmp, &release).await?;
+        }
+        Ok(release)
+    }
+
+    async fn adopt_vm(self: &Arc<Self>, spec: &VmSpec) -> Result<Adoption, HostError> {
+        if self.get(&spec.id).is_some() {
+            return Err(HostError::Failed(format!(
+                "VM {} is already tracked",
+                spec.id
+            )));
+        }
+        let Some(pid) = process::read_pidfile(&argv::pid_file(&spec.run_dir)) else {
+            return Ok(Adoption::NotRunning);
+        };
+        if !process::is_alive(pid) {
+            return Ok(Adoption::NotRunning);
+        }
+        if !process::is_qemu_of(pid, &spec.id) {
+            return Err(HostError::Failed(format!(
+                "pid {pid} in {} is not the QEMU of VM {} (its command line lacks -uuid {}); left alone",
+                argv::pid_file(&spec.run_dir).display(),
+                spec.id,
+                spec.id
+            )));
+        }
+        let process = QemuProcess::open(pid, false).map_err(|source| HostError::Io {
+            what: format!("opening a pidfd for pid {pid}"),
+            source,
+        })?;
+        let qmp = QmpClient::connect(&argv::qmp_socket(&spec.run_dir)).await?;
+        let status = qmp.status().await?;
+        self.track(RunningVm {
+            vm_id: spec.id.clone(),
+            run_dir: spec.run_dir.clone(),
+            process,
+            qmp,
+            ports: argv::root_ports(spec, &self.options),
+            seen: Mutex::default(),
+            changed: Notify::new(),
+        });
+        Ok(Adoption::Running {
+            pid,
+            status: run_state_name(&status.status),
+            running: status.running,
+        })
+    }
+}
+
+fn step_qmp(vm_id: &str, command: &str) -> HostStep {
+    HostStep::Qmp {
+        vm_id: vm_id.to_string(),
+        command: command.to_string(),
+        arguments: serde_json::Value::Null,
+    }
+}
+
+fn run_state_name(state: &qapi::qmp::RunState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{state:?}"))
+}
+
+fn event_parts(event: &qapi::qmp::Event) -> (String, serde_json::Value) {
+    let value = serde_json::to_value(event).unwrap_or_default();
+    let name = value
+        .get("event")
+        .and_then(|n| n.as_str())
+        .unwrap_or("UNKNOWN")
+        .to_string();
+    (name, value.get("data").cloned().unwrap_or(json!({})))
+}
+
+async fn run_steps(qmp: &QmpClient, steps: &[HostStep]) -> Result<(), HostError> {
+    for step in steps {
+        if let HostStep::Qmp {
+            command, arguments, ..
+        } = step
+        {
+            qmp.execute_json(command, arguments).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Best effort: removes the block nodes of a disk whose device_add failed.
+async fn release_nodes(qmp: &QmpClient, vm_id: &str, disk: &DiskSpec) {
+    let (_, release) = hotplug::detach_disk(vm_id, disk);
+    for step in &release {
+        if let HostStep::Qmp {
+            command, arguments, ..
+        } = step
+            && let Err(e) = qmp.execute_json(command, arguments).await
+        {
+            tracing::warn!(vm = vm_id, error = %e, "releasing block nodes after a failed hot-plug");
+        }
+    }
+}
+
+fn prepare_run_dir(run_dir: &Path) -> Result<(), HostError> {
+    let io = |what: &str| {
+        let what = format!("{what} {}", run_dir.display());
+        move |source| HostError::Io { what, source }
+    };
+    std::fs::create_dir_all(run_dir).map_err(io("creating"))?;
+    restrict(run_dir, 0o700);
+    for stale in [argv::qmp_socket(run_dir), argv::pid_file(run_dir)] {
+        match std::fs::remove_file(&stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("cleaning")(e)),
+        }
+    }
+    Ok(())
+}
+
+fn restrict(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        tracing::warn!(path = %path.display(), error = %e, "restricting permissions");
+    }
+}
+
+/// Waits for QEMU to open its QMP socket, failing early (with its log) if it exits.
+async fn connect_when_ready(
+    process: &QemuProcess,
+    socket: &Path,
+    log: &Path,
+) -> Result<QmpClient, HostError> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        if process.has_exited() {
+            return Err(HostError::Failed(format!(
+                "QEMU exited during start: {}",
+                process::tail(log, 10)
+            )));
+        }
+        if socket.exists() {
+            match QmpClient::connect(socket).await {
+                Ok(qmp) => return Ok(qmp),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => {}
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(HostError::Timeout(format!(
+                "QEMU did not open {} within {START_TIMEOUT:?}",
+                socket.display()
+            )));
+        }
+        // QEMU creates the socket within milliseconds of starting; poll briefly.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Arc wrapper so the trait can hand `self: &Arc<Self>` to the tracking tasks.
+pub struct Qemu(pub Arc<QemuHypervisor>);
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    fn plan(&self, action: &VmAction) -> Vec<HostStep> {
+        plan(&self.0.options, action)
+    }
+
+    async fn execute(&self, action: &VmAction) -> Result<Outcome, HostError> {
+        let hv = &self.0;
+        match action {
+            VmAction::Start(spec) => hv.start(spec).await,
+            VmAction::Stop { vm_id, request } => {
+                hv.stop(
+                    vm_id,
+                    request.force,
+                    Duration::from_millis(request.timeout_ms),
+                )
+                .await
+            }
+            VmAction::Pause { vm_id } | VmAction::Resume { vm_id } | VmAction::Reset { vm_id } => {
+                let vm = hv.running(vm_id)?;
+                let steps = plan(&hv.options, action);
+                run_steps(&vm.qmp, &steps).await?;
+                Ok(Outcome {
+                    steps,
+                    ..Default::default()
+                })
+            }
+            VmAction::CreateDisk(disk) => {
+                let steps = plan(&hv.options, action);
+                create_disk(&steps, disk).await?;
+                Ok(Outcome {
+                    steps,
+                    ..Default::default()
+                })
+            }
+            VmAction::DeleteDisk(disk) => {
+                match std::fs::remove_file(&disk.path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(HostError::Io {
+                            what: format!("removing {}", disk.path.display()),
+                            source,
+                        });
+                    }
+                }
+                Ok(Outcome {
+                    steps: plan(&hv.options, action),
+                    ..Default::default()
+                })
+            }
+            VmAction::ImportImage { source, dest, disk } => {
+                let image = import_image(&hv.options, source, dest, *disk).await?;
+                Ok(Outcome {
+                    steps: plan(&hv.options, action),
+                    image: Some(image),
+                    ..Default::default()
+                })
+            }
+            VmAction::AttachDisk { vm_id, disk } => hv.attach_disk(vm_id, disk).await,
+            VmAction::DetachDisk { vm_id, disk } => hv.detach_disk(vm_id, disk).await,
+            VmAction::Destroy { vm_id, run_dir } => {
+                if hv.get(vm_id).is_some() {
+                    return Err(HostError::Failed(format!(
+                        "VM {vm_id} still runs; stop it first"
+                    )));
+                }
+                match std::fs::remove_dir_all(run_dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(HostError::Io {
+                            what: format!("removing {}", run_dir.display()),
+                            source,
+                        });
+                    }
+                }
+                Ok(Outcome {
+                    steps: plan(&hv.options, action),
+                    ..Default::default()
+                })
+            }
+        }
+    }
+
+    fn is_dry_run(&self) -> bool {
+        false
+    }
+
+    async fn adopt(&self, spec: &VmSpec) -> Result<Adoption, HostError> {
+        self.0.adopt_vm(spec).await
+    }
+
+    async fn finish_detach(&self, vm_id: &str, disk: &DiskSpec) -> Result<(), HostError> {
+        let Some(vm) = self.0.get(vm_id) else {
+            // QEMU is gone, and the disk with it.
+            return Ok(());
+        };
+        let device = argv::device_id(&disk.id);
+        // Bounded by the VM's life: an exit ends the wait too.
+        while !vm
+            .wait(Duration::from_secs(3600), |s| {
+                s.deleted_devices.contains(&device) || s.exited.is_some()
+            })
+            .await
+        {}
+        self.0.release_disk(&vm, disk).await.map(|_| ())
+    }
+
+    fn events(&self) -> broadcast::Receiver<HostEvent> {
+        self.0.events.subscribe()
+    }
+}
+
+async fn create_disk(steps: &[HostStep], disk: &DiskSpec) -> Result<(), HostError> {
+    let [HostStep::Exec { argv }] = steps else {
+        unreachable!("plan(CreateDisk) is one qemu-img run")
+    };
+    if disk.path.exists() {
+        return Err(HostError::Failed(format!(
+            "{} already exists",
+            disk.path.display()
+        )));
+    }
+    let partial = img::partial_path(disk);
+    let _ = std::fs::remove_file(&partial);
+    let result = img::run(argv).await.and_then(|_| {
+        std::fs::rename(&partial, &disk.path).map_err(|source| HostError::Io {
+            what: format!("renaming {} into place", partial.display()),
+            source,
+        })
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+/// Checks and copies an image into storage. A disk image must be a plain
+/// qcow2 or raw file: one that names a backing file or an external data file
+/// could make QEMU open any host file, so it is refused.
+async fn import_image(
+    options: &QemuOptions,
+    source: &Path,
+    dest: &Path,
+    disk: bool,
+) -> Result<ImportedImage, HostError> {
+    let format = if disk {
+        let info = img::info(&options.img_binary, source).await?;
+        if let Some(backing) = &info.backing_filename {
+            return Err(HostError::Rejected(format!(
+                "the image names a backing file ({backing}); import a standalone image"
+            )));
+        }
+        if let Some(data_file) = info.data_file() {
+            return Err(HostError::Rejected(format!(
+                "the image names an external data file ({data_file})"
+            )));
+        }
+        Some(match info.format.as_str() {
+            "qcow2" => DiskFormat::Qcow2,
+            "raw" => DiskFormat::Raw,
+            other => {
+                return Err(HostError::Rejected(format!(
+                    "unsupported image format {other:?}: use qcow2 or raw"
+                )));
+            }
+        })
+    } else {
+        None
+    };
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| HostError::Io {
+            what: format!("creating {}", parent.display()),
+            source,
+        })?;
+    }
+    let mut partial = dest.as_os_str().to_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let (from, to) = (source.to_path_buf(), partial.clone());
+    let copied = tokio::task::spawn_blocking(move || std::fs::copy(from, to))
+        .await
+        .map_err(|e| HostError::Failed(format!("copy task: {e}")))?;
+    let size_bytes = match copied.and_then(|_| std::fs::rename(&partial, dest)) {
+        Ok(()) => std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0),
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(HostError::Io {
+                what: format!("copying {} into storage", source.display()),
+                source: e,
+            });
+        }
+    };
+    let size_bytes = match format {
+        // A disk's size is its virtual size, which is what a VM sees.
+        Some(_) => img::info(&options.img_binary, dest).await?.virtual_size,
+        None => size_bytes,
+    };
+    Ok(ImportedImage { format, size_bytes })
+}

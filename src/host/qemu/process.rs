@@ -1,0 +1,254 @@
+//! QEMU processes: started detached from vman, watched through a pidfd.
+//!
+//! Each QEMU runs in its own session (`setsid`), so signals to vman's process
+//! group and vman's own death never reach it. Liveness is judged by pidfd
+//! readiness (or `/proc/<pid>/stat` for a zombie), never by `kill(pid, 0)`:
+//! an orphaned QEMU that died may linger unreaped for a while.
+
+use std::{
+    fs::File,
+    io,
+    os::{
+        fd::{AsFd, AsRawFd, OwnedFd},
+        unix::process::CommandExt,
+    },
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+use tokio::io::unix::AsyncFd;
+
+/// How a watched process ended, when vman could learn it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+    /// Not vman's child (adopted after a restart): the kernel reports the
+    /// status to its real parent, not to us.
+    Unknown,
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s} ({})", signal_name(*s)),
+            ExitStatus::Unknown => f.write_str("exit status unknown (not vman's child)"),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGINT => "SIGINT",
+        libc::SIGBUS => "SIGBUS",
+        _ => "other",
+    }
+}
+
+/// A QEMU process vman started or adopted.
+pub struct QemuProcess {
+    pub pid: i32,
+    pidfd: AsyncFd<OwnedFd>,
+    /// Whether vman is the parent (and so can collect the exit status).
+    own_child: bool,
+}
+
+/// Starts `argv` in its own session with stdout and stderr appended to `log`.
+pub fn spawn(argv: &[String], log: &Path) -> io::Result<QemuProcess> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| io::Error::other("empty argv"))?;
+    let log_file = File::options().create(true).append(true).open(log)?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    let pid = child.id() as i32;
+    // The Child handle is dropped: reaping happens through the pidfd.
+    drop(child);
+    QemuProcess::open(pid, true)
+}
+
+impl QemuProcess {
+    /// Watches an existing process. `own_child` is false for adopted ones.
+    pub fn open(pid: i32, own_child: bool) -> io::Result<QemuProcess> {
+        let pid_t =
+            Pid::from_raw(pid).ok_or_else(|| io::Error::other(format!("invalid pid {pid}")))?;
+        let fd = pidfd_open(pid_t, PidfdFlags::NONBLOCK)?;
+        // SAFETY: the AsyncFd owns the pidfd, so it stays open while registered.
+        let pidfd = unsafe { AsyncFd::register(fd)? };
+        Ok(QemuProcess {
+            pid,
+            pidfd,
+            own_child,
+        })
+    }
+
+    /// Resolves when the process has exited, with its status when known. Reaps our own children.
+    pub async fn exited(&self) -> ExitStatus {
+        loop {
+            match self.pidfd.readable().await {
+                Ok(mut guard) => {
+                    guard.retain_ready();
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(pid = self.pid, error = %e, "waiting on a pidfd failed; polling /proc instead");
+                    while is_alive(self.pid) {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    break;
+                }
+            }
+        }
+        if self.own_child {
+            self.reap()
+        } else {
+            ExitStatus::Unknown
+        }
+    }
+
+    /// Whether the process has exited (non-blocking).
+    pub fn has_exited(&self) -> bool {
+        let fd = self.pidfd.get_ref().as_fd();
+        let mut poll = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        matches!(rustix::event::poll(&mut poll, None.as_ref()), Ok(n) if n > 0)
+    }
+
+    fn reap(&self) -> ExitStatus {
+        // waitid(P_PIDFD, …, WEXITED) collects our child's status without racing on its pid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                self.pidfd.get_ref().as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            )
+        };
+        if rc != 0 {
+            return ExitStatus::Unknown;
+        }
+        // SAFETY: waitid filled a CLD_* siginfo.
+        let status = unsafe { info.si_status() };
+        match info.si_code {
+            libc::CLD_EXITED => ExitStatus::Code(status),
+            libc::CLD_KILLED | libc::CLD_DUMPED => ExitStatus::Signal(status),
+            _ => ExitStatus::Unknown,
+        }
+    }
+
+    pub fn kill(&self) -> io::Result<()> {
+        match pidfd_send_signal(self.pidfd.get_ref(), Signal::KILL) {
+            Ok(()) => Ok(()),
+            // Already gone is what we wanted.
+            Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Alive means: the process exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may contain spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Whether `pid` is the QEMU of VM `vm_id`: its command line carries `-uuid <vm_id>`.
+pub fn is_qemu_of(pid: i32, vm_id: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2)
+        .any(|pair| pair[0] == b"-uuid" && pair[1] == vm_id.as_bytes())
+}
+
+/// Reads a pidfile QEMU wrote.
+pub fn read_pidfile(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The last `lines` lines of a log file (for error messages and crash forensics).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_spawned_process_is_watched_reaped_and_its_signal_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let process = spawn(&["sleep".into(), "30".into()], &log).unwrap();
+        assert!(is_alive(process.pid));
+        assert!(!process.has_exited());
+        // In its own session, not vman's.
+        let sid = unsafe { libc::getsid(process.pid) };
+        assert_eq!(sid, process.pid);
+        process.kill().unwrap();
+        let status = tokio::time::timeout(std::time::Duration::from_secs(5), process.exited())
+            .await
+            .unwrap();
+        assert_eq!(status, ExitStatus::Signal(libc::SIGKILL));
+        assert!(!is_alive(process.pid));
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_logs_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let process = spawn(
+            &[
+                "sh".into(),
+                "-c".into(),
+                "echo one; echo two >&2; exit 3".into(),
+            ],
+            &log,
+        )
+        .unwrap();
+        assert_eq!(process.exited().await, ExitStatus::Code(3));
+        assert_eq!(tail(&log, 1), "two");
+        assert_eq!(tail(&log, 5), "one\ntwo");
+    }
+
+    #[test]
+    fn qemu_identity_is_read_from_the_command_line() {
+        let me = std::process::id() as i32;
+        assert!(!is_qemu_of(me, "0194f0a0-0000-7000-8000-000000000000"));
+        assert!(is_alive(me));
+        assert!(!is_alive(i32::MAX));
+    }
+}

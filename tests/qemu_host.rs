@@ -1,0 +1,411 @@
+//! Real QEMU without a guest OS: lifecycle, process ownership, re-adoption
+//! after vman is killed, and hostile inputs.
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{TestServer, kvm_usable};
+use serde_json::json;
+use vman::config::Accel;
+
+fn accel() -> Accel {
+    if kvm_usable() {
+        Accel::Kvm
+    } else {
+        println!("/dev/kvm is not usable here: running the bare VM under TCG");
+        Accel::Tcg
+    }
+}
+
+fn pid_of(server: &TestServer, vm: &str) -> i32 {
+    std::fs::read_to_string(server.run_dir(vm).join("qemu.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn alive(pid: i32) -> bool {
+    vman::host::qemu::process::is_alive(pid)
+}
+
+#[tokio::test]
+async fn a_bare_vm_starts_stops_by_force_and_leaves_nothing_behind() {
+    let server = TestServer::real(accel()).await;
+    server.create_template("bare").await;
+    let vm = server.create_vm("bare-1", "bare").await;
+    let started = server
+        .ok(
+            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(started["startVm"]["vm"]["state"], "RUNNING");
+    let pid = pid_of(&server, &vm);
+    assert!(alive(pid));
+    // QEMU runs in its own session, so a signal to vman's group never reaches it.
+    assert_eq!(unsafe { libc::getsid(pid) }, pid);
+
+    // Pause and resume go to QEMU.
+    let paused = server
+        .ok(
+            "mutation($id: ID!) { pauseVm(id: $id) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(paused["pauseVm"]["vm"]["state"], "PAUSED");
+    let resumed = server
+        .ok(
+            "mutation($id: ID!) { resumeVm(id: $id) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(resumed["resumeVm"]["vm"]["state"], "RUNNING");
+
+    let stopped = server
+        .ok(
+            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state stateReason } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(stopped["stopVm"]["vm"]["state"], "STOPPED");
+    assert_eq!(
+        stopped["stopVm"]["vm"]["stateReason"],
+        "stopped by QEMU quit"
+    );
+    assert!(!alive(pid));
+
+    let root_disk = server
+        .ok(
+            "query($id: ID) { vm(id: $id) { disks { id } } }",
+            json!({"id": vm}),
+        )
+        .await["vm"]["disks"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let disk_file = server
+        .app
+        .config
+        .storage_dir()
+        .join(format!("{root_disk}.qcow2"));
+    assert!(disk_file.is_file(), "the root disk was made with qemu-img");
+    server
+        .ok(
+            "mutation($id: ID!) { deleteVm(id: $id) { vm { id } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert!(!server.run_dir(&vm).exists(), "the run dir is gone");
+    assert!(!disk_file.exists(), "owned disks are deleted with the VM");
+}
+
+#[tokio::test]
+async fn a_graceful_stop_of_a_vm_without_an_os_escalates_to_quit() {
+    let server = TestServer::real(accel()).await;
+    server.create_template("bare").await;
+    let vm = server.create_vm("bare-2", "bare").await;
+    server
+        .ok(
+            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    let stopped = server
+        .ok("mutation($id: ID!) { stopVm(id: $id, timeoutSeconds: 1) { vm { state stateReason } operation { steps { action } } } }", json!({"id": vm}))
+        .await;
+    assert_eq!(stopped["stopVm"]["vm"]["state"], "STOPPED");
+    // No OS answers the ACPI button, so the ladder went on to `quit`.
+    assert_eq!(
+        stopped["stopVm"]["vm"]["stateReason"],
+        "stopped by QEMU quit"
+    );
+}
+
+#[tokio::test]
+async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_blocked() {
+    let server = TestServer::real(accel()).await;
+    server.create_template("bare").await;
+    let vm = server.create_vm("bare-3", "bare").await;
+    server
+        .ok(
+            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    let disk = server
+        .ok("mutation { createDisk(input: {name: \"extra\", sizeBytes: 1048576, format: RAW}) { disk { id } } }", json!({}))
+        .await["createDisk"]["disk"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let attached = server
+        .ok("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }", json!({"d": disk, "v": vm}))
+        .await;
+    assert_eq!(attached["attachDisk"]["disk"]["attachment"], "ATTACHED");
+    let detached = server
+        .ok(
+            "mutation($d: ID!) { detachDisk(diskId: $d) { disk { attachment } } }",
+            json!({"d": disk}),
+        )
+        .await;
+    assert_eq!(
+        detached["detachDisk"]["disk"]["attachment"], "DETACHING",
+        "no guest acknowledges device_del"
+    );
+    // The VM is not held: other operations go on.
+    let paused = server
+        .ok(
+            "mutation($id: ID!) { pauseVm(id: $id) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(paused["pauseVm"]["vm"]["state"], "PAUSED");
+    // Stopping the VM releases the disk.
+    server
+        .ok(
+            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    let disk_now = server
+        .ok(
+            "query($id: ID) { disk(id: $id) { attachment vm { id } } }",
+            json!({"id": disk}),
+        )
+        .await;
+    assert_eq!(disk_now["disk"]["attachment"], "DETACHED");
+    assert!(disk_now["disk"]["vm"].is_null());
+}
+
+/// A `vman serve` process of its own, so it can be SIGKILLed.
+struct VmanProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl VmanProcess {
+    fn start(data: &std::path::Path, port: u16) -> VmanProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_vman"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data)
+            .env("VMAN_QEMU_ACCEL", if kvm_usable() { "kvm" } else { "tcg" })
+            .env("VMAN_LOG_LEVEL", "warn")
+            .spawn()
+            .unwrap();
+        VmanProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}/graphql"),
+        }
+    }
+
+    async fn ready(&self, http: &reqwest::Client) {
+        let readyz = self.url.replace("/graphql", "/readyz");
+        for _ in 0..500 {
+            if let Ok(r) = http.get(&readyz).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("vman did not become ready");
+    }
+
+    async fn gql(
+        &self,
+        http: &reqwest::Client,
+        query: &str,
+        variables: serde_json::Value,
+    ) -> serde_json::Value {
+        let r: serde_json::Value = http
+            .post(&self.url)
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(r.get("errors").is_none(), "{r}");
+        r["data"].clone()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn killing_vman_stops_no_vm_and_a_restarted_vman_adopts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = reqwest::Client::new();
+    let mut vman = VmanProcess::start(&data, free_port());
+    vman.ready(&http).await;
+    vman.gql(&http, "mutation { createTemplate(input: {name: \"bare\", vcpus: 1, memoryMib: 64}) { template { id } } }", json!({}))
+        .await;
+    let mut vms = Vec::new();
+    for name in ["keep-1", "keep-2"] {
+        let data = vman
+            .gql(&http, "mutation($n: String!) { createVm(input: {name: $n, templateName: \"bare\"}) { vm { id } } }", json!({"n": name}))
+            .await;
+        let id = data["createVm"]["vm"]["id"].as_str().unwrap().to_string();
+        let started = vman
+            .gql(
+                &http,
+                "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+                json!({"id": id}),
+            )
+            .await;
+        assert_eq!(started["startVm"]["vm"]["state"], "RUNNING");
+        vms.push(id);
+    }
+    let pid = |id: &str| -> i32 {
+        std::fs::read_to_string(data.join("run").join(id).join("qemu.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let pids: Vec<i32> = vms.iter().map(|id| pid(id)).collect();
+
+    vman.child.kill().unwrap(); // SIGKILL
+    vman.child.wait().unwrap();
+    for p in &pids {
+        assert!(alive(*p), "QEMU {p} died with vman");
+    }
+
+    let vman = VmanProcess::start(&data, free_port());
+    vman.ready(&http).await;
+    for (id, old_pid) in vms.iter().zip(&pids) {
+        let data = vman
+            .gql(
+                &http,
+                "query($id: ID) { vm(id: $id) { state stateReason } }",
+                json!({"id": id}),
+            )
+            .await;
+        assert_eq!(data["vm"]["state"], "RUNNING", "{data}");
+        assert!(
+            data["vm"]["stateReason"]
+                .as_str()
+                .unwrap()
+                .contains("re-adopted"),
+            "{data}"
+        );
+        assert_eq!(pid(id), *old_pid, "nothing was restarted");
+        let stopped = vman
+            .gql(
+                &http,
+                "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
+                json!({"id": id}),
+            )
+            .await;
+        assert_eq!(stopped["stopVm"]["vm"]["state"], "STOPPED");
+        assert!(!alive(*old_pid));
+    }
+    let mut vman = vman;
+    vman.child.kill().unwrap();
+    vman.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn hostile_inputs_are_rejected_and_change_nothing() {
+    let server = TestServer::real(accel()).await;
+    // An image whose qcow2 header names /etc/passwd as its backing file.
+    let import = server.app.config.import_dir();
+    let evil = tempfile::Builder::new()
+        .suffix(".qcow2")
+        .tempfile_in(&import)
+        .unwrap();
+    let status = Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            "/etc/passwd",
+        ])
+        .arg(evil.path())
+        .arg("1M")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let evil_name = evil
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let before = server.snapshot().await;
+    let long = "x".repeat(4096);
+    let cases = [
+        (
+            "mutation($p: String!) { importImage(input: {name: \"evil\", kind: DISK, path: $p}) { image { id } } }",
+            json!({"p": evil_name}),
+        ),
+        (
+            "mutation($p: String!) { importImage(input: {name: \"evil\", kind: DISK, path: $p}) { image { id } } }",
+            json!({"p": "../vman.db"}),
+        ),
+        (
+            "mutation($p: String!) { importImage(input: {name: \"evil\", kind: KERNEL, path: $p}) { image { id } } }",
+            json!({"p": "/etc/passwd"}),
+        ),
+        (
+            "mutation($p: String!) { importImage(input: {name: \"evil\", kind: KERNEL, path: $p}) { image { id } } }",
+            json!({"p": long}),
+        ),
+        (
+            "mutation($n: String!) { createDisk(input: {name: $n, sizeBytes: 1048576}) { disk { id } } }",
+            json!({"n": "a,file=/etc/passwd"}),
+        ),
+        (
+            "mutation($n: String!) { createDisk(input: {name: $n, sizeBytes: 1048576}) { disk { id } } }",
+            json!({"n": "..%2fetc"}),
+        ),
+        (
+            "mutation($n: String!) { createDisk(input: {name: $n, sizeBytes: 1048576}) { disk { id } } }",
+            json!({"n": long}),
+        ),
+        (
+            "mutation { createDisk(input: {name: \"zero\", sizeBytes: 0}) { disk { id } } }",
+            json!({}),
+        ),
+        (
+            "mutation { createDisk(input: {name: \"huge\", sizeBytes: 11258999068426240}) { disk { id } } }",
+            json!({}),
+        ),
+        (
+            "mutation($c: String!) { createTemplate(input: {name: \"t\", vcpus: 1, memoryMib: 64, cmdline: $c}) { template { id } } }",
+            json!({"c": "console=ttyS0"}),
+        ),
+    ];
+    for (query, vars) in &cases {
+        assert_eq!(
+            server.error_code(query, vars.clone()).await,
+            "BAD_USER_INPUT",
+            "{query} {vars}"
+        );
+    }
+    assert_eq!(server.snapshot().await, before);
+    let images: Vec<_> = std::fs::read_dir(server.app.config.storage_dir().join("images"))
+        .unwrap()
+        .collect();
+    assert!(images.is_empty(), "nothing was copied into storage");
+}
