@@ -6,6 +6,7 @@
 //! [`HostAction`]; a port says *how* (`plan`) and does it (`execute`).
 
 pub mod dry_run;
+pub mod qemu;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,2 @@
+pub mod argv;
+pub mod hotplug;
