@@ -1,15 +1,41 @@
-//! The QEMU command line as a pure function of a VM's spec.
+//! The QEMU command line of one VM, as a pure function of its [`VmSpec`].
 //!
-//! Every string that reaches an option value and is not a fixed keyword goes
-//! through [`escape`] (QEMU splits option values on commas; `,,` is a literal
-//! comma). Disks are `-blockdev` nodes with an explicit driver on every node,
-//! so QEMU never probes a format. Cold-plugged disks sit on the first root
-//! ports; [`QemuOptions::spare_root_ports`] more stay free for hot-plug.
+//! Owns the argv, the names of the files in a VM's run directory and the ids
+//! QEMU knows a VM's parts by (root ports, block nodes, devices), so the
+//! hot-plug sequences in [`super::hotplug`] and the command line cannot drift
+//! apart. It never touches the host: the hypervisor spawns what this returns.
+//!
+//! Quoting. QEMU splits option values (`key=value,key=value`) on `,` and reads
+//! `,,` as a literal comma; `=` inside a value needs nothing. Every value that
+//! comes from a name, an id or a path goes through [`escape`]. Arguments QEMU
+//! takes whole — `-uuid`, `-pidfile`, `-kernel`, `-initrd`, `-append` — are
+//! passed as they are: escaping them would change the file name or the kernel
+//! command line (checked on QEMU 7.2: `-kernel 'a,,b'` opens `a,,b`).
+//!
+//! Disks. Each disk is two `-blockdev` nodes with an explicit driver (a `file`
+//! node and a `qcow2`/`raw` node on it), so QEMU never probes a format, plus a
+//! `virtio-blk-pci` device on its own PCIe root port (q35 has no hot-plug on
+//! `pcie.0` itself).
+//!
+//! Root ports. A VM gets `disks + spare_root_ports` ports, `rp1`, `rp2`, …
+//! (chassis and slot equal the index). The cold-plugged disks take the first
+//! ones in spec order; [`spare_root_ports`] lists the rest, the hot-plug
+//! targets, so a VM always starts with `spare_root_ports` free ports however
+//! many disks it has. QEMU 7.2 fits at most [`MAX_ROOT_PORTS`] on `pcie.0`.
 
 use std::path::{Path, PathBuf};
 
-use crate::{config::Config, host::VmSpec};
+use crate::host::{DiskSpec, VmSpec};
 
+/// Root ports that fit on q35's `pcie.0` next to its built-in devices when
+/// QEMU places them (QEMU 7.2 with `-nodefaults`: the 31st is refused with
+/// "no slot/function available").
+pub const MAX_ROOT_PORTS: u32 = 30;
+
+/// QEMU 7.2 refuses block node names of 32 bytes or more ("Node name too long").
+const NODE_NAME_MAX: usize = 31;
+
+/// The accelerator, already resolved (no "try KVM, fall back" here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
     Kvm,
@@ -17,6 +43,7 @@ pub enum Accel {
 }
 
 impl Accel {
+    /// The name `-accel` takes.
     pub fn as_str(self) -> &'static str {
         match self {
             Accel::Kvm => "kvm",
@@ -25,25 +52,30 @@ impl Accel {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Host-wide settings the command line depends on (from the config).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuOptions {
+    /// Becomes `argv[0]`.
     pub binary: PathBuf,
+    /// qemu-img, for disks and image checks.
     pub img_binary: PathBuf,
     pub accel: Accel,
-    /// Root ports left free for hot-plugged disks.
+    /// Empty root ports every VM starts with, for hot-plugging disks.
     pub spare_root_ports: u32,
 }
 
 impl QemuOptions {
-    pub fn from_config(config: &Config) -> QemuOptions {
+    /// The options a config asks for; `accel = "auto"` is KVM when usable, else TCG.
+    pub fn from_config(config: &crate::config::Config) -> QemuOptions {
+        use crate::config::Accel as Asked;
         QemuOptions {
             binary: config.qemu.binary.clone(),
             img_binary: config.qemu.img_binary.clone(),
             accel: match config.qemu.accel {
-                crate::config::Accel::Kvm => Accel::Kvm,
-                crate::config::Accel::Tcg => Accel::Tcg,
-                crate::config::Accel::Auto if kvm_usable() => Accel::Kvm,
-                crate::config::Accel::Auto => Accel::Tcg,
+                Asked::Kvm => Accel::Kvm,
+                Asked::Tcg => Accel::Tcg,
+                Asked::Auto if kvm_usable() => Accel::Kvm,
+                Asked::Auto => Accel::Tcg,
             },
             spare_root_ports: 4,
         }
@@ -59,121 +91,246 @@ pub fn kvm_usable() -> bool {
         .is_ok()
 }
 
-/// QEMU option-value escaping: a comma is written twice.
-pub fn escape(value: &str) -> String {
-    value.replace(',', ",,")
+/// How many root ports a VM has: one per cold-plugged disk plus the spare ones.
+pub fn root_ports(spec: &VmSpec, opts: &QemuOptions) -> u32 {
+    spec.disks.len() as u32 + opts.spare_root_ports
 }
 
-fn path(p: &Path) -> String {
-    escape(&p.display().to_string())
+/// The whole command line; `argv[0]` is the binary.
+///
+/// The VM starts paused (`-S`): vman connects to QMP, then sends `cont`.
+/// QEMU's stderr is not redirected here; the spawner sends it to [`qemu_log`].
+pub fn argv(spec: &VmSpec, opts: &QemuOptions) -> Vec<String> {
+    let run = &spec.run_dir;
+    let mut args = Args(vec![opts.binary.display().to_string()]);
+
+    args.option("-name", format!("guest={}", escape(&spec.name)));
+    args.option("-uuid", &spec.id);
+    args.option("-machine", "q35");
+    args.option("-accel", opts.accel.as_str());
+    if opts.accel == Accel::Kvm {
+        // The default CPU model (qemu64) hides most of the host's features;
+        // under TCG the default is the safe choice.
+        args.option("-cpu", "host");
+    }
+    args.option("-m", spec.memory_mib.to_string());
+    args.option("-smp", spec.vcpus.to_string());
+    args.flags(&["-nodefaults", "-no-user-config", "-display", "none", "-S"]);
+    // spawn=deny: QEMU may not fork, so a tap netdev must use script=no.
+    args.option(
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    );
+    args.option(
+        "-chardev",
+        format!(
+            "socket,id=qmp,path={},server=on,wait=off",
+            escape_path(&qmp_socket(run))
+        ),
+    );
+    args.option("-mon", "chardev=qmp,mode=control");
+    args.option("-pidfile", pid_file(run).display().to_string());
+    args.option(
+        "-chardev",
+        format!("file,id=serial0,path={}", escape_path(&serial_log(run))),
+    );
+    args.option("-serial", "chardev:serial0");
+
+    let ports = spec.disks.len() as u32 + opts.spare_root_ports;
+    for index in 1..=ports {
+        args.option(
+            "-device",
+            format!(
+                "pcie-root-port,id={},chassis={index},bus=pcie.0,slot={index}",
+                root_port_id(index)
+            ),
+        );
+    }
+    for (disk, index) in spec.disks.iter().zip(1..) {
+        args.option("-blockdev", file_node_props(disk).option_value());
+        args.option("-blockdev", format_node_props(disk).option_value());
+        let port = root_port_id(index);
+        args.option("-device", device_props(disk, &port).device_option_value());
+    }
+
+    if let Some(boot) = &spec.boot {
+        args.option("-kernel", boot.kernel.display().to_string());
+        if let Some(initrd) = &boot.initrd {
+            args.option("-initrd", initrd.display().to_string());
+        }
+        if let Some(cmdline) = &boot.cmdline {
+            args.option("-append", cmdline);
+        }
+    }
+    args.0
 }
 
+struct Args(Vec<String>);
+
+impl Args {
+    fn option(&mut self, option: &str, value: impl Into<String>) {
+        self.0.push(option.to_string());
+        self.0.push(value.into());
+    }
+
+    fn flags(&mut self, flags: &[&str]) {
+        self.0.extend(flags.iter().map(|flag| flag.to_string()));
+    }
+}
+
+/// The ids of the root ports left free for hot-plug when the VM starts.
+pub fn spare_root_ports(spec: &VmSpec, opts: &QemuOptions) -> Vec<String> {
+    let first = spec.disks.len() as u32 + 1;
+    (first..first + opts.spare_root_ports)
+        .map(root_port_id)
+        .collect()
+}
+
+/// The VM's QMP socket. QEMU refuses a Unix socket path of 108 bytes or
+/// more, so `<data_dir>/run/<uuid>/qmp.sock` bounds `data_dir` to 57 bytes.
 pub fn qmp_socket(run_dir: &Path) -> PathBuf {
     run_dir.join("qmp.sock")
 }
+
+/// Written by QEMU once it runs, removed by QEMU when it exits.
 pub fn pid_file(run_dir: &Path) -> PathBuf {
     run_dir.join("qemu.pid")
 }
+
+/// The guest's first serial port (ttyS0); QEMU truncates it at every start.
 pub fn serial_log(run_dir: &Path) -> PathBuf {
     run_dir.join("serial.log")
 }
+
+/// QEMU's own stdout and stderr, redirected by the spawner.
 pub fn qemu_log(run_dir: &Path) -> PathBuf {
     run_dir.join("qemu.log")
 }
 
-/// Root ports are numbered from 1.
+/// A root port's device id; `index` counts from 1.
 pub fn root_port_id(index: u32) -> String {
     format!("rp{index}")
 }
-pub fn file_node(disk_id: &str) -> String {
-    format!("file-{disk_id}")
-}
+
+/// The format (`qcow2`/`raw`) node of a disk: what its device's `drive=` names.
 pub fn disk_node(disk_id: &str) -> String {
-    format!("disk-{disk_id}")
+    node_name("disk-", disk_id)
 }
+
+/// The protocol (`file`) node under a disk's format node.
+pub fn file_node(disk_id: &str) -> String {
+    node_name("file-", disk_id)
+}
+
+/// A disk's `virtio-blk-pci` device id: the one `device_del` and the
+/// `DEVICE_DELETED` event name.
 pub fn device_id(disk_id: &str) -> String {
     format!("dev-{disk_id}")
 }
 
-/// How many root ports a VM gets: one per cold disk plus the spare ones.
-pub fn root_ports(spec: &VmSpec, options: &QemuOptions) -> u32 {
-    spec.disks.len() as u32 + options.spare_root_ports
+/// An option value with every `,` doubled, as QEMU's option parsers expect.
+pub fn escape(value: &str) -> String {
+    value.replace(',', ",,")
 }
 
-pub fn argv(spec: &VmSpec, options: &QemuOptions) -> Vec<String> {
-    let run = &spec.run_dir;
-    let mut argv: Vec<String> = vec![options.binary.display().to_string()];
-    let mut push = |items: &[&str]| argv.extend(items.iter().map(|s| s.to_string()));
-    push(&["-machine", &format!("q35,accel={}", options.accel.as_str())]);
-    push(&["-m", &spec.memory_mib.to_string()]);
-    push(&["-smp", &spec.vcpus.to_string()]);
-    push(&["-uuid", &spec.id]);
-    push(&["-name", &format!("guest={}", escape(&spec.name))]);
-    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
-    // Paused until vman has connected QMP and sent `cont`.
-    push(&["-S"]);
-    push(&[
-        "-sandbox",
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-    ]);
-    push(&[
-        "-chardev",
-        &format!(
-            "socket,id=qmp,path={},server=on,wait=off",
-            path(&qmp_socket(run))
-        ),
-        "-mon",
-        "chardev=qmp,mode=control",
-    ]);
-    push(&["-pidfile", &pid_file(run).display().to_string()]);
-    push(&[
-        "-chardev",
-        &format!("file,id=serial0,path={}", path(&serial_log(run))),
-        "-serial",
-        "chardev:serial0",
-    ]);
-    for port in 1..=root_ports(spec, options) {
-        push(&[
-            "-device",
-            &format!(
-                "pcie-root-port,id={},chassis={port},bus=pcie.0",
-                root_port_id(port)
-            ),
-        ]);
+fn escape_path(path: &Path) -> String {
+    escape(&path.display().to_string())
+}
+
+/// A node name that fits QEMU's limit: a UUID with a 5-byte prefix is 41
+/// bytes, so the id keeps its last 26 characters without dashes — the random
+/// tail of a v7 UUID, which still reads as the end of the disk's id.
+fn node_name(prefix: &str, disk_id: &str) -> String {
+    let compact: Vec<char> = disk_id.chars().filter(|c| *c != '-').collect();
+    let keep = NODE_NAME_MAX - prefix.len();
+    let tail: String = compact[compact.len().saturating_sub(keep)..]
+        .iter()
+        .collect();
+    format!("{prefix}{tail}")
+}
+
+/// The properties of one QEMU object, in order. Rendered as a command-line
+/// option value or as QMP arguments, so cold and hot plug use the same ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Props(Vec<(&'static str, String)>);
+
+impl Props {
+    /// `key=value,…` with each value escaped.
+    pub(crate) fn option_value(&self) -> String {
+        self.0
+            .iter()
+            .map(|(key, value)| format!("{key}={}", escape(value)))
+            .collect::<Vec<_>>()
+            .join(",")
     }
-    for (index, disk) in spec.disks.iter().enumerate() {
-        push(&[
-            "-blockdev",
-            &format!(
-                "driver=file,filename={},node-name={},discard=unmap",
-                path(&disk.path),
-                file_node(&disk.id)
-            ),
-            "-blockdev",
-            &format!(
-                "driver={},file={},node-name={}",
-                disk.format.qemu_name(),
-                file_node(&disk.id),
-                disk_node(&disk.id)
-            ),
-            "-device",
-            &format!(
-                "virtio-blk-pci,drive={},id={},bus={}",
-                disk_node(&disk.id),
-                device_id(&disk.id),
-                root_port_id(index as u32 + 1)
-            ),
-        ]);
-    }
-    if let Some(boot) = &spec.boot {
-        // -kernel/-initrd take a plain path (not an option string); -append is one argument.
-        push(&["-kernel", &boot.kernel.display().to_string()]);
-        if let Some(initrd) = &boot.initrd {
-            push(&["-initrd", &initrd.display().to_string()]);
-        }
-        if let Some(cmdline) = &boot.cmdline {
-            push(&["-append", cmdline]);
+
+    /// `-device`'s usual spelling: the driver first, without its key.
+    pub(crate) fn device_option_value(&self) -> String {
+        match self.0.split_first() {
+            Some((("driver", driver), rest)) => {
+                let mut value = escape(driver);
+                for (key, val) in rest {
+                    value.push_str(&format!(",{key}={}", escape(val)));
+                }
+                value
+            }
+            _ => self.option_value(),
         }
     }
-    argv
+
+    /// A JSON object of strings; JSON needs no escaping.
+    pub(crate) fn qmp_arguments(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.0
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.clone().into()))
+                .collect(),
+        )
+    }
+}
+
+pub(crate) fn file_node_props(disk: &DiskSpec) -> Props {
+    Props(vec![
+        ("driver", "file".into()),
+        ("filename", disk.path.display().to_string()),
+        ("node-name", file_node(&disk.id)),
+    ])
+}
+
+pub(crate) fn format_node_props(disk: &DiskSpec) -> Props {
+    Props(vec![
+        ("driver", disk.format.qemu_name().into()),
+        ("file", file_node(&disk.id)),
+        ("node-name", disk_node(&disk.id)),
+    ])
+}
+
+pub(crate) fn device_props(disk: &DiskSpec, port: &str) -> Props {
+    Props(vec![
+        ("driver", "virtio-blk-pci".into()),
+        ("drive", disk_node(&disk.id)),
+        ("id", device_id(&disk.id)),
+        ("bus", port.into()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_doubles_every_comma_and_nothing_else() {
+        assert_eq!(escape("a,b,,c=d e"), "a,,b,,,,c=d e");
+        assert_eq!(escape(""), "");
+    }
+
+    #[test]
+    fn node_names_fit_qemu_and_keep_the_uuid_tail() {
+        let id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(disk_node(id), "disk-b2c3d47e5f8a9b0c1d2e3f4a5b");
+        assert_eq!(file_node(id), "file-b2c3d47e5f8a9b0c1d2e3f4a5b");
+        assert_eq!(disk_node(id).len(), NODE_NAME_MAX);
+        assert_eq!(disk_node("short"), "disk-short");
+        assert_eq!(device_id(id), format!("dev-{id}"));
+    }
 }
