@@ -34,6 +34,7 @@ pub struct Config {
     pub qemu: QemuConfig,
     pub limits: Limits,
     pub network: NetworkConfig,
+    pub websocket: WebsocketConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -102,6 +103,28 @@ pub struct NetworkConfig {
     pub bridge_prefix: String,
 }
 
+/// The `/graphql/ws` endpoint (see `api::ws`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebsocketConfig {
+    /// How long a new socket may wait before sending `connection_init`.
+    #[serde(with = "humantime_serde")]
+    pub init_timeout: Duration,
+    /// How often the server sends `ping` (graphql-transport-ws) or `ka`
+    /// (graphql-ws), so idle sockets survive proxies.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Operations one connection may run at once.
+    pub max_subscriptions: usize,
+    /// Results queued per connection for a client that reads slower than
+    /// they come.
+    pub outgoing_buffer: usize,
+    /// How long a result may wait for room in a full outgoing buffer before
+    /// its subscription ends with a "lagged" error.
+    #[serde(with = "humantime_serde")]
+    pub lag_timeout: Duration,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -133,6 +156,13 @@ impl Default for Config {
             network: NetworkConfig {
                 bridge_prefix: "vmbr".into(),
             },
+            websocket: WebsocketConfig {
+                init_timeout: Duration::from_secs(10),
+                keepalive_interval: Duration::from_secs(15),
+                max_subscriptions: 100,
+                outgoing_buffer: 256,
+                lag_timeout: Duration::from_secs(5),
+            },
         }
     }
 }
@@ -154,7 +184,7 @@ fn default_max_memory_mib() -> u64 {
 }
 
 /// Sections whose keys are joined with `_` in environment names.
-const SECTIONS: &[&str] = &["log", "observer", "qemu", "limits", "network"];
+const SECTIONS: &[&str] = &["log", "observer", "qemu", "limits", "network", "websocket"];
 
 fn env_key_to_path(key: &str) -> String {
     let key = key.to_ascii_lowercase();
@@ -418,6 +448,45 @@ impl Config {
                 "must be 1-11 characters of a-z, 0-9 or '-' (bridge names are at most 15 characters)",
             ));
         }
+        let ws = &self.websocket;
+        if ws.init_timeout < Duration::from_millis(10) || ws.init_timeout > Duration::from_secs(600)
+        {
+            return Err(bad(
+                "websocket.init_timeout",
+                ws.init_timeout,
+                "must be between 10ms and 10m",
+            ));
+        }
+        if ws.keepalive_interval < Duration::from_millis(10)
+            || ws.keepalive_interval > Duration::from_secs(3600)
+        {
+            return Err(bad(
+                "websocket.keepalive_interval",
+                ws.keepalive_interval,
+                "must be between 10ms and 1h",
+            ));
+        }
+        if ws.max_subscriptions == 0 || ws.max_subscriptions > 10_000 {
+            return Err(bad(
+                "websocket.max_subscriptions",
+                ws.max_subscriptions,
+                "must be between 1 and 10000",
+            ));
+        }
+        if ws.outgoing_buffer == 0 || ws.outgoing_buffer > 65_536 {
+            return Err(bad(
+                "websocket.outgoing_buffer",
+                ws.outgoing_buffer,
+                "must be between 1 and 65536",
+            ));
+        }
+        if ws.lag_timeout < Duration::from_millis(10) || ws.lag_timeout > Duration::from_secs(600) {
+            return Err(bad(
+                "websocket.lag_timeout",
+                ws.lag_timeout,
+                "must be between 10ms and 10m",
+            ));
+        }
         Ok(())
     }
 
@@ -552,6 +621,29 @@ mod tests {
                     || text.contains("environment"),
                 "{text}"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn websocket_settings_have_their_own_section() {
+        figment::Jail::expect_with(|jail| {
+            let (_dir, sources) = with_files(
+                "[websocket]\ninit_timeout = \"3s\"\nmax_subscriptions = 7\n",
+                "",
+            );
+            jail.set_env("VMAN_WEBSOCKET_LAG_TIMEOUT", "250ms");
+            let config = Config::load(&sources, &CliOverrides::default()).unwrap();
+            assert_eq!(config.websocket.init_timeout, Duration::from_secs(3));
+            assert_eq!(config.websocket.max_subscriptions, 7);
+            assert_eq!(config.websocket.lag_timeout, Duration::from_millis(250));
+            assert_eq!(config.websocket.keepalive_interval, Duration::from_secs(15));
+
+            let (_dir, sources) = with_files("[websocket]\noutgoing_buffer = 0\n", "");
+            let err = Config::load(&sources, &CliOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("websocket.outgoing_buffer"), "{err}");
             Ok(())
         });
     }

@@ -24,13 +24,15 @@ struct Shared {
 
 pub fn router(app: Arc<App>) -> Router {
     let schema = api::schema(app.clone());
-    let shared = Shared {
-        app,
-        schema: schema.clone(),
-    };
+    let ws = api::ws::route(
+        schema.clone(),
+        app.config.websocket.clone(),
+        app.cancel.clone(),
+    );
+    let shared = Shared { app, schema };
     Router::new()
         .route("/graphql", get(graphql).post(graphql))
-        .route("/graphql/ws", api::ws::route(schema))
+        .route("/graphql/ws", ws)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
