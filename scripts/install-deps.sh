@@ -22,6 +22,8 @@ missing=()
 [[ -n $need_qemu ]] && missing+=(qemu-system-x86/bookworm qemu-utils/bookworm)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+# Headless Chromium for tests/playground_browser.rs (driven by playwright-core).
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
 if ((${#missing[@]})); then
   if [[ $(id -u) != 0 ]]; then
     say "missing ${missing[*]}: run as root or install them" >&2
