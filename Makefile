@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` and `make test`.
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
-.PHONY: run test deps lint schema
+.PHONY: run test deps guest lint schema
 
 # Install what is missing, build, and serve on 127.0.0.1:8080 (playground at /).
 # Runs in dry-run mode only when QEMU is truly absent.
@@ -9,12 +9,18 @@ run: deps
 	cargo build --release
 	./target/release/vman serve $$(command -v qemu-system-x86_64 >/dev/null || echo --dry-run)
 
-# The whole test suite: format, lints, and every test (CI runs exactly this).
-test: deps lint
+# The whole test suite: format, lints, and every test, real QEMU and real
+# guests included (CI runs exactly this). Slow real-guest tests run alone with
+# `cargo test --test qemu_guest`.
+test: deps guest lint
 	cargo test --workspace --all-targets
 
 deps:
 	./scripts/install-deps.sh
+
+# The tiny Linux guest the real-QEMU tests boot (target/vman-guest).
+guest:
+	./tests/guest/build.sh
 
 lint:
 	cargo fmt --all -- --check

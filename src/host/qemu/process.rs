@@ -133,7 +133,8 @@ impl QemuProcess {
             &fd,
             rustix::event::PollFlags::IN,
         )];
-        matches!(rustix::event::poll(&mut poll, None.as_ref()), Ok(n) if n > 0)
+        let now = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+        matches!(rustix::event::poll(&mut poll, Some(&now)), Ok(n) if n > 0)
     }
 
     fn reap(&self) -> ExitStatus {
