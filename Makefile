@@ -13,7 +13,7 @@ run: deps
 # guests included (CI runs exactly this). Slow real-guest tests run alone with
 # `cargo test --test qemu_guest`.
 test: deps guest lint
-	cargo test --workspace --all-targets
+	cargo test --workspace --lib --bins --tests --no-fail-fast
 
 deps:
 	./scripts/install-deps.sh

@@ -509,10 +509,11 @@ impl Config {
     }
 
     /// Every directory vman writes to, created on demand.
-    pub fn data_dirs(&self) -> [PathBuf; 4] {
+    pub fn data_dirs(&self) -> [PathBuf; 5] {
         [
             self.data_dir.clone(),
             self.storage_dir(),
+            self.storage_dir().join("images"),
             self.run_dir(),
             self.log_dir(),
         ]

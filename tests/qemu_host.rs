@@ -183,6 +183,15 @@ async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_
 struct VmanProcess {
     child: std::process::Child,
     url: String,
+    run_dir: std::path::PathBuf,
+}
+
+impl Drop for VmanProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        common::kill_vms_under(&self.run_dir);
+    }
 }
 
 impl VmanProcess {
@@ -202,6 +211,7 @@ impl VmanProcess {
         VmanProcess {
             child,
             url: format!("http://127.0.0.1:{port}/graphql"),
+            run_dir: data.join("run"),
         }
     }
 
@@ -282,11 +292,15 @@ async fn killing_vman_stops_no_vm_and_a_restarted_vman_adopts_them() {
 
     vman.child.kill().unwrap(); // SIGKILL
     vman.child.wait().unwrap();
+    // Only vman died: keep the VMs this guard would otherwise end.
+    let run_dir = std::mem::take(&mut vman.run_dir);
+    drop(vman);
     for p in &pids {
         assert!(alive(*p), "QEMU {p} died with vman");
     }
 
     let vman = VmanProcess::start(&data, free_port());
+    assert_eq!(vman.run_dir, run_dir);
     vman.ready(&http).await;
     for (id, old_pid) in vms.iter().zip(&pids) {
         let data = vman
@@ -315,14 +329,16 @@ async fn killing_vman_stops_no_vm_and_a_restarted_vman_adopts_them() {
         assert_eq!(stopped["stopVm"]["vm"]["state"], "STOPPED");
         assert!(!alive(*old_pid));
     }
-    let mut vman = vman;
-    vman.child.kill().unwrap();
-    vman.child.wait().unwrap();
 }
 
 #[tokio::test]
 async fn hostile_inputs_are_rejected_and_change_nothing() {
-    let server = TestServer::real(accel()).await;
+    // Its own import directory (under the temp data dir), not the test guest's.
+    let server = TestServer::start_with(|c| {
+        c.dry_run = false;
+        c.qemu.accel = accel();
+    })
+    .await;
     // An image whose qcow2 header names /etc/passwd as its backing file.
     let import = server.app.config.import_dir();
     let evil = tempfile::Builder::new()

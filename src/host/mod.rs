@@ -194,6 +194,12 @@ pub enum VmAction {
         vm_id: String,
         run_dir: PathBuf,
     },
+    /// Read what a file to import is; a disk image is refused unless it is a
+    /// plain qcow2 or raw file. Reads only.
+    InspectImage {
+        source: PathBuf,
+        disk: bool,
+    },
     /// Copy a file from the import directory into storage. A disk image is
     /// inspected first and refused unless it is a plain qcow2 or raw file.
     ImportImage {

@@ -74,13 +74,23 @@ pub async fn import(app: &App, input: ImportImage, dry_run: bool) -> ApiResult<C
         size_bytes: 0,
         created_at: Utc::now(),
     };
+    // Inspect before anything is recorded: a refused image changes nothing.
+    let inspect = VmAction::InspectImage {
+        source: source.clone(),
+        disk: image.kind == ImageKind::Disk,
+    };
+    let mut plan = app.hypervisor.plan(&inspect);
+    if !dry_run {
+        app.hypervisor.execute(&inspect).await?;
+    }
     let action = VmAction::ImportImage {
         source,
         dest: path(app, &image),
         disk: image.kind == ImageKind::Disk,
     };
     if dry_run {
-        return Ok(Change::planned(image, app.hypervisor.plan(&action)));
+        plan.extend(app.hypervisor.plan(&action));
+        return Ok(Change::planned(image, plan));
     }
     let op = operation::begin(
         app,

@@ -85,6 +85,20 @@ pub async fn set_state(
     Ok(vm)
 }
 
+async fn set_reason(app: &App, vm_id: &str, reason: &str) -> ApiResult<()> {
+    let w = app.bus.writer().await?;
+    model::ActiveModel {
+        id: Set(vm_id.to_string()),
+        state_reason: Set(Some(reason.to_string())),
+        updated_at: Set(Utc::now()),
+        ..Default::default()
+    }
+    .update(w.txn())
+    .await?;
+    w.commit().await?;
+    Ok(())
+}
+
 async fn set_desired(app: &App, vm: &Vm, desired: VmState) -> ApiResult<()> {
     if vm.desired_state != desired {
         let w = app.bus.writer().await?;
@@ -638,9 +652,14 @@ pub async fn adopt_all(app: &App) {
                 (VmState::Unknown, format!("could not re-adopt: {e}"))
             }
         };
-        if vm.state.can_become(to)
-            && let Err(e) = set_state(app, &vm.id, to, &reason, None).await
-        {
+        let recorded = if vm.state.can_become(to) {
+            set_state(app, &vm.id, to, &reason, None).await.map(|_| ())
+        } else {
+            // Same state as before the restart: no state change to journal, but
+            // the reason says the VM was taken over.
+            set_reason(app, &vm.id, &reason).await
+        };
+        if let Err(e) = recorded {
             tracing::error!(vm = %vm.name, error = %e, "recording re-adoption");
         }
     }

@@ -195,6 +195,28 @@ impl TestServer {
     }
 }
 
+impl Drop for TestServer {
+    /// QEMU outlives vman by design, so a test (even a failed one) ends its own VMs.
+    fn drop(&mut self) {
+        kill_vms_under(&self.app.config.run_dir());
+    }
+}
+
+/// Kills every QEMU whose pidfile is under `run_dir` and whose command line names that VM.
+pub fn kill_vms_under(run_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let vm_id = entry.file_name().to_string_lossy().to_string();
+        if let Some(pid) = vman::host::qemu::process::read_pidfile(&entry.path().join("qemu.pid"))
+            && vman::host::qemu::process::is_qemu_of(pid, &vm_id)
+        {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 /// A graphql-transport-ws client connection.
 pub struct WsClient {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,

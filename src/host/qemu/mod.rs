@@ -101,6 +101,12 @@ pub fn plan(options: &QemuOptions, action: &VmAction) -> Vec<HostStep> {
         VmAction::Destroy { run_dir, .. } => vec![HostStep::RemoveDir {
             path: run_dir.clone(),
         }],
+        VmAction::InspectImage { source, disk } => match disk {
+            true => vec![HostStep::Exec {
+                argv: img::info_argv(&options.img_binary, source),
+            }],
+            false => Vec::new(),
+        },
         VmAction::ImportImage { source, dest, disk } => {
             let mut steps = Vec::new();
             if *disk {
@@ -201,7 +207,7 @@ impl QemuHypervisor {
                 match notices.recv().await {
                     Ok(QmpNotice::Event(event)) => {
                         let (name, data) = event_parts(&event);
-                        match &event {
+                        match event.as_ref() {
                             qapi::qmp::Event::SHUTDOWN { .. } => {
                                 watched.update(|s| s.shutdown = true)
                             }
@@ -253,13 +259,13 @@ impl QemuHypervisor {
     }
 
     async fn start(self: &Arc<Self>, spec: &VmSpec) -> Result<Outcome, HostError> {
-        if let Some(vm) = self.get(&spec.id) {
-            if !vm.process.has_exited() {
-                return Err(HostError::Failed(format!(
-                    "VM {} already has a QEMU process (pid {})",
-                    spec.id, vm.process.pid
-                )));
-            }
+        if let Some(vm) = self.get(&spec.id)
+            && !vm.process.has_exited()
+        {
+            return Err(HostError::Failed(format!(
+                "VM {} already has a QEMU process (pid {})",
+                spec.id, vm.process.pid
+            )));
         }
         let steps = plan(&self.options, &VmAction::Start(spec.clone()));
         prepare_run_dir(&spec.run_dir)?;
@@ -658,6 +664,18 @@ impl Hypervisor for Qemu {
                     ..Default::default()
                 })
             }
+            VmAction::InspectImage { source, disk } => {
+                let format = match disk {
+                    true => Some(inspect_disk_image(&hv.options, source).await?),
+                    false => None,
+                };
+                let size_bytes = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
+                Ok(Outcome {
+                    steps: plan(&hv.options, action),
+                    image: Some(ImportedImage { format, size_bytes }),
+                    ..Default::default()
+                })
+            }
             VmAction::ImportImage { source, dest, disk } => {
                 let image = import_image(&hv.options, source, dest, *disk).await?;
                 Ok(Outcome {
@@ -745,7 +763,30 @@ async fn create_disk(steps: &[HostStep], disk: &DiskSpec) -> Result<(), HostErro
     result
 }
 
-/// Checks and copies an image into storage. A disk image must be a plain
+/// A disk image must be a plain qcow2 or raw file: one that names a backing
+/// file or an external data file could make QEMU open any host file.
+async fn inspect_disk_image(options: &QemuOptions, source: &Path) -> Result<DiskFormat, HostError> {
+    let info = img::info(&options.img_binary, source).await?;
+    if let Some(backing) = &info.backing_filename {
+        return Err(HostError::Rejected(format!(
+            "the image names a backing file ({backing}); import a standalone image"
+        )));
+    }
+    if let Some(data_file) = info.data_file() {
+        return Err(HostError::Rejected(format!(
+            "the image names an external data file ({data_file})"
+        )));
+    }
+    match info.format.as_str() {
+        "qcow2" => Ok(DiskFormat::Qcow2),
+        "raw" => Ok(DiskFormat::Raw),
+        other => Err(HostError::Rejected(format!(
+            "unsupported image format {other:?}: use qcow2 or raw"
+        ))),
+    }
+}
+
+/// Checks and copies an image into storage (checked again: the file may have changed). A disk image must be a plain
 /// qcow2 or raw file: one that names a backing file or an external data file
 /// could make QEMU open any host file, so it is refused.
 async fn import_image(

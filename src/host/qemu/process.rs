@@ -104,19 +104,16 @@ impl QemuProcess {
 
     /// Resolves when the process has exited, with its status when known. Reaps our own children.
     pub async fn exited(&self) -> ExitStatus {
-        loop {
-            match self.pidfd.readable().await {
-                Ok(mut guard) => {
-                    guard.retain_ready();
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(pid = self.pid, error = %e, "waiting on a pidfd failed; polling /proc instead");
-                    while is_alive(self.pid) {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                    break;
-                }
+        // A pidfd becomes readable once, when the process exits.
+        if let Err(e) = self
+            .pidfd
+            .readable()
+            .await
+            .map(|mut guard| guard.retain_ready())
+        {
+            tracing::warn!(pid = self.pid, error = %e, "waiting on a pidfd failed; polling /proc instead");
+            while is_alive(self.pid) {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
         if self.own_child {
@@ -133,7 +130,10 @@ impl QemuProcess {
             &fd,
             rustix::event::PollFlags::IN,
         )];
-        let now = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+        let now = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         matches!(rustix::event::poll(&mut poll, Some(&now)), Ok(n) if n > 0)
     }
 

@@ -28,7 +28,7 @@ type Writer = QmpStreamTokio<WriteHalf<UnixStream>>;
 /// What a VM's QMP connection reports.
 #[derive(Debug, Clone)]
 pub enum QmpNotice {
-    Event(qmp::Event),
+    Event(Box<qmp::Event>),
     /// The connection ended (QEMU exited or closed it).
     Closed,
 }
@@ -57,7 +57,7 @@ impl QmpClient {
             while let Some(event) = events.next().await {
                 match event {
                     Ok(event) => {
-                        let _ = sender.send(QmpNotice::Event(event));
+                        let _ = sender.send(QmpNotice::Event(Box::new(event)));
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "QMP stream error");
