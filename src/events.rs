@@ -79,6 +79,8 @@ pub enum EventKind {
     DiskDetached,
     #[sea_orm(string_value = "DISK_DELETED")]
     DiskDeleted,
+    #[sea_orm(string_value = "DISK_RESIZED")]
+    DiskResized,
     #[sea_orm(string_value = "NETWORK_CREATED")]
     NetworkCreated,
     #[sea_orm(string_value = "NETWORK_DELETED")]

@@ -21,6 +21,9 @@ pub struct Health {
     /// Host steps are planned and recorded, not executed.
     pub dry_run: bool,
     pub checks: Vec<HealthCheck>,
+    /// What could not be re-adopted at start (VMs, orphan run directories).
+    /// Reported, never silently dropped; it does not make vman unready.
+    pub adoption_problems: Vec<String>,
 }
 
 pub async fn check(app: &App) -> Health {
@@ -52,6 +55,11 @@ pub async fn check(app: &App) -> Health {
         ready: checks.iter().all(|c| c.ok),
         dry_run: app.config.dry_run,
         checks,
+        adoption_problems: app
+            .adoption_problems
+            .lock()
+            .expect("adoption problems")
+            .clone(),
     }
 }
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::TestServer;
+use common::{TestServer, WsClient};
 use serde_json::json;
 
 async fn scrape(server: &TestServer) -> prometheus_parse::Scrape {
@@ -53,7 +53,16 @@ async fn counters_move_after_a_scenario() {
         )
         .await;
     server.ok("{ vms { totalCount } }", json!({})).await;
+    let mut ws = WsClient::connect(&server.ws_url).await;
+    ws.subscribe(
+        "s",
+        "subscription { events(after: \"0\") { sequence } }",
+        json!({}),
+    )
+    .await;
+    ws.next_data("s").await;
     let after = scrape(&server).await;
+    ws.close().await;
 
     let moved = |name: &str, labels: &[(&str, &str)]| {
         value(&after, name, labels) - value(&before, name, labels)
@@ -68,6 +77,8 @@ async fn counters_move_after_a_scenario() {
     );
     assert!(moved("vman_events_published_total", &[]) >= 4.0);
     assert!(value(&after, "vman_vms", &[("state", "RUNNING")]) >= 1.0);
+    assert!(value(&after, "vman_websocket_connections", &[]) >= 1.0);
+    assert!(value(&after, "vman_websocket_operations", &[]) >= 1.0);
     assert!(
         after
             .samples

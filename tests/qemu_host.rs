@@ -144,6 +144,32 @@ async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_
         .ok("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }", json!({"d": disk, "v": vm}))
         .await;
     assert_eq!(attached["attachDisk"]["disk"]["attachment"], "ATTACHED");
+    // A disk of a running VM grows live (block_resize); it never shrinks.
+    let grown = server
+        .ok("mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 2097152) { disk { sizeBytes } plan { summary } } }", json!({"d": disk}))
+        .await;
+    assert_eq!(grown["resizeDisk"]["disk"]["sizeBytes"], 2097152);
+    assert!(
+        grown["resizeDisk"]["plan"][0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("block_resize")
+    );
+    assert_eq!(
+        std::fs::metadata(server.app.config.storage_dir().join(format!("{disk}.raw")))
+            .unwrap()
+            .len(),
+        2097152
+    );
+    assert_eq!(
+        server
+            .error_code(
+                "mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 1048576) { disk { id } } }",
+                json!({"d": disk})
+            )
+            .await,
+        "BAD_USER_INPUT"
+    );
     let detached = server
         .ok(
             "mutation($d: ID!) { detachDisk(diskId: $d) { disk { attachment } } }",
@@ -177,6 +203,16 @@ async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_
         .await;
     assert_eq!(disk_now["disk"]["attachment"], "DETACHED");
     assert!(disk_now["disk"]["vm"].is_null());
+    // A detached disk grows with qemu-img.
+    server
+        .ok("mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 4194304) { disk { sizeBytes } } }", json!({"d": disk}))
+        .await;
+    assert_eq!(
+        std::fs::metadata(server.app.config.storage_dir().join(format!("{disk}.raw")))
+            .unwrap()
+            .len(),
+        4194304
+    );
 }
 
 /// A `vman serve` process of its own, so it can be SIGKILLed.
@@ -299,9 +335,21 @@ async fn killing_vman_stops_no_vm_and_a_restarted_vman_adopts_them() {
         assert!(alive(*p), "QEMU {p} died with vman");
     }
 
+    // A run directory no VM owns is reported after the restart, and left alone.
+    let stray = run_dir.join("01940000-0000-7000-8000-0000000000aa");
+    std::fs::create_dir_all(&stray).unwrap();
     let vman = VmanProcess::start(&data, free_port());
     assert_eq!(vman.run_dir, run_dir);
     vman.ready(&http).await;
+    let health = vman
+        .gql(&http, "{ health { adoptionProblems } }", json!({}))
+        .await;
+    let problems = health["health"]["adoptionProblems"].to_string();
+    assert!(
+        problems.contains("01940000-0000-7000-8000-0000000000aa"),
+        "{problems}"
+    );
+    assert!(stray.is_dir());
     for (id, old_pid) in vms.iter().zip(&pids) {
         let data = vman
             .gql(

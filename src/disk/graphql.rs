@@ -200,6 +200,20 @@ impl DiskMutation {
             .into())
     }
 
+    /// Grows a disk (live when its VM runs); a smaller size is BAD_USER_INPUT.
+    async fn resize_disk(
+        &self,
+        ctx: &Context<'_>,
+        disk_id: ID,
+        size_bytes: i64,
+        #[graphql(default = false)] dry_run: bool,
+    ) -> async_graphql::Result<DiskPayload> {
+        Ok(super::resize(api::app(ctx), &disk_id, size_bytes, dry_run)
+            .await
+            .gql()?
+            .into())
+    }
+
     /// Deletes a detached disk and its file; an attached disk is CONFLICT.
     async fn delete_disk(
         &self,

@@ -372,3 +372,73 @@ pub async fn delete(app: &App, disk_id: &str, dry_run: bool) -> ApiResult<Change
     app.locks.forget(&op.target_id);
     operation::conclude(app, op, result).await
 }
+
+/// Grows a disk (never shrinks: that would cut a guest's filesystem). A disk
+/// of a running VM grows live with `block_resize`; otherwise with qemu-img.
+pub async fn resize(
+    app: &App,
+    disk_id: &str,
+    size_bytes: i64,
+    dry_run: bool,
+) -> ApiResult<Change<Disk>> {
+    let disk = find_disk(app, disk_id).await?;
+    let size = validate::size_bytes(&app.config.limits, "sizeBytes", size_bytes)?;
+    let op_id = operation::new_id();
+    let _vm_guard = match &disk.vm_id {
+        Some(vm_id) => Some(app.locks.lock(vm_id, &op_id, "RESIZE_DISK").await?),
+        None => None,
+    };
+    let _disk_guard = app.locks.lock(&disk.id, &op_id, "RESIZE_DISK").await?;
+    let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk.id).await?;
+    if size <= disk.size_bytes as u64 {
+        return Err(ApiError::bad_input(format!(
+            "sizeBytes {size} must be larger than the disk's {} bytes: disks only grow",
+            disk.size_bytes
+        )));
+    }
+    let running_vm = match &disk.vm_id {
+        Some(vm_id) => {
+            let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", vm_id).await?;
+            match vm.state {
+                VmState::Running | VmState::Paused => Some(vm.id),
+                VmState::Stopped | VmState::Crashed => None,
+                other => {
+                    return Err(ApiError::InvalidState(format!(
+                        "cannot resize a disk of VM {:?} while it is {other}",
+                        vm.name
+                    )));
+                }
+            }
+        }
+        None => None,
+    };
+    let action = VmAction::ResizeDisk {
+        running_vm,
+        disk: spec(app, &disk),
+        size_bytes: size,
+    };
+    if dry_run {
+        return Ok(Change::planned(disk, app.hypervisor.plan(&action)));
+    }
+    let op = operation::begin(app, &op_id, "RESIZE_DISK", "Disk", &disk.id).await?;
+    let result = async {
+        let steps = app.hypervisor.execute(&action).await?.steps;
+        let mut w = app.bus.writer().await?;
+        let mut row = disk.clone().into_active_model();
+        row.size_bytes = Set(size as i64);
+        row.updated_at = Set(Utc::now());
+        let resized = row.update(w.txn()).await?;
+        w.record(NewEvent {
+            kind: EventKind::DiskResized,
+            subject_id: resized.id.clone(),
+            subject_type: "Disk",
+            operation_id: Some(op.id.clone()),
+            payload: json!({"name": resized.name, "from": disk.size_bytes, "to": resized.size_bytes}),
+        })
+        .await?;
+        w.commit().await?;
+        ApiResult::Ok((resized, steps))
+    }
+    .await;
+    operation::conclude(app, op, result).await
+}

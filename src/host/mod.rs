@@ -194,6 +194,12 @@ pub enum VmAction {
         vm_id: String,
         run_dir: PathBuf,
     },
+    /// Grow a disk: `block_resize` when a running VM has it, `qemu-img resize` otherwise.
+    ResizeDisk {
+        running_vm: Option<String>,
+        disk: DiskSpec,
+        size_bytes: u64,
+    },
     /// Read what a file to import is; a disk image is refused unless it is a
     /// plain qcow2 or raw file. Reads only.
     InspectImage {

@@ -469,6 +469,12 @@ async fn run_actions(
             }
             Err(e) => {
                 let e = ApiError::from(e);
+                // A QEMU that does not answer leaves the VM's real state unknown.
+                let failed = if matches!(e, ApiError::Timeout(_)) {
+                    VmState::Unknown
+                } else {
+                    failed
+                };
                 if failed != current.state {
                     set_state(
                         app,
@@ -596,6 +602,7 @@ pub async fn delete(
 /// sets its state from what QEMU reports. Nothing is killed or restarted; what
 /// cannot be adopted is recorded in the VM's state reason and in `health`.
 pub async fn adopt_all(app: &App) {
+    report_orphan_run_dirs(app).await;
     let live = match model::Entity::find()
         .filter(model::Column::State.is_in([
             VmState::Starting,
@@ -661,6 +668,31 @@ pub async fn adopt_all(app: &App) {
         };
         if let Err(e) = recorded {
             tracing::error!(vm = %vm.name, error = %e, "recording re-adoption");
+        }
+    }
+}
+
+/// Run directories with no VM row: reported, never removed (a QEMU may still use one).
+async fn report_orphan_run_dirs(app: &App) {
+    let Ok(entries) = std::fs::read_dir(app.config.run_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        match model::Entity::find_by_id(name.clone()).one(&app.db).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let problem = format!(
+                    "run directory {} belongs to no VM; left alone",
+                    entry.path().display()
+                );
+                tracing::warn!("{problem}");
+                app.adoption_problems
+                    .lock()
+                    .expect("adoption problems")
+                    .push(problem);
+            }
+            Err(e) => tracing::error!(error = %e, "checking run directories"),
         }
     }
 }

@@ -144,6 +144,7 @@ impl<E: Executor> Endpoint<E> {
     }
 
     async fn serve(self: Arc<Self>, socket: WebSocket, protocol: Protocol) {
+        let _connected = Live::new("vman_websocket_connections");
         let (sink, incoming) = socket.split();
         let (queue, queued) = mpsc::channel(self.settings.outgoing_buffer + CONTROL_HEADROOM);
         let (close_tx, close_rx) = oneshot::channel();
@@ -172,6 +173,22 @@ impl<E: Executor> Endpoint<E> {
         {
             tracing::warn!("websocket writer did not finish in time");
         }
+    }
+}
+
+/// Counts something live in a gauge for as long as it exists.
+struct Live(&'static str);
+
+impl Live {
+    fn new(gauge: &'static str) -> Live {
+        metrics::gauge!(gauge).increment(1.0);
+        Live(gauge)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        metrics::gauge!(self.0).decrement(1.0);
     }
 }
 
@@ -427,11 +444,16 @@ impl<E: Executor> Connection<'_, E> {
             );
             return self.send_error(&id, error).await;
         }
+        // The gauge goes down when the stream is dropped, however it ends.
+        let active = Live::new("vman_websocket_operations");
         let stream = self
             .endpoint
             .executor
             .execute_stream(request, Some(session))
-            .map(Some)
+            .map(move |item| {
+                let _ = &active;
+                Some(item)
+            })
             .chain(futures_util::stream::once(async { None }))
             .boxed();
         self.operations.insert(id.clone(), stream);

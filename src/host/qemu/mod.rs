@@ -101,6 +101,30 @@ pub fn plan(options: &QemuOptions, action: &VmAction) -> Vec<HostStep> {
         VmAction::Destroy { run_dir, .. } => vec![HostStep::RemoveDir {
             path: run_dir.clone(),
         }],
+        VmAction::ResizeDisk {
+            running_vm: Some(vm_id),
+            disk,
+            size_bytes,
+        } => vec![HostStep::Qmp {
+            vm_id: vm_id.clone(),
+            command: "block_resize".into(),
+            arguments: json!({"node-name": argv::disk_node(&disk.id), "size": size_bytes}),
+        }],
+        VmAction::ResizeDisk {
+            running_vm: None,
+            disk,
+            size_bytes,
+        } => vec![HostStep::Exec {
+            argv: vec![
+                options.img_binary.display().to_string(),
+                "resize".into(),
+                "-q".into(),
+                "-f".into(),
+                disk.format.qemu_name().into(),
+                disk.path.display().to_string(),
+                size_bytes.to_string(),
+            ],
+        }],
         VmAction::InspectImage { source, disk } => match disk {
             true => vec![HostStep::Exec {
                 argv: img::info_argv(&options.img_binary, source),
@@ -681,6 +705,23 @@ impl Hypervisor for Qemu {
                 Ok(Outcome {
                     steps: plan(&hv.options, action),
                     image: Some(image),
+                    ..Default::default()
+                })
+            }
+            VmAction::ResizeDisk { running_vm, .. } => {
+                let steps = plan(&hv.options, action);
+                match running_vm {
+                    Some(vm_id) => run_steps(&hv.running(vm_id)?.qmp, &steps).await?,
+                    None => {
+                        for step in &steps {
+                            if let HostStep::Exec { argv } = step {
+                                img::run(argv).await?;
+                            }
+                        }
+                    }
+                }
+                Ok(Outcome {
+                    steps,
                     ..Default::default()
                 })
             }
