@@ -61,12 +61,7 @@ pub struct VmStateChange {
 impl VmStateChange {
     /// The VM as it is now (null once deleted).
     async fn vm(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<VmObject>> {
-        let app = super::app(ctx);
-        let vm = crate::vm::model::Entity::find_by_id(self.vm_id.to_string())
-            .one(&app.db)
-            .await
-            .map_err(ApiError::from)
-            .gql()?;
+        let vm = super::load::<crate::vm::model::Entity>(ctx, Some(self.vm_id.as_str())).await?;
         Ok(vm.map(VmObject))
     }
 }

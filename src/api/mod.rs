@@ -10,8 +10,13 @@ pub mod ws;
 use std::sync::Arc;
 
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SimpleObject};
+use sea_orm::{ColumnTrait, EntityTrait, PrimaryKeyTrait, QueryFilter};
 
-use crate::{app::App, host::HostStep};
+use crate::{
+    app::App,
+    error::{ApiError, ResultExt},
+    host::HostStep,
+};
 
 #[derive(MergedObject, Default)]
 pub struct Query(
@@ -65,6 +70,47 @@ pub fn sdl() -> String {
 
 pub(crate) fn app<'a>(ctx: &Context<'a>) -> &'a Arc<App> {
     ctx.data_unchecked::<Arc<App>>()
+}
+
+/// Loads a related row by its ID (a foreign key the caller holds); None stays None.
+pub(crate) async fn load<E>(
+    ctx: &Context<'_>,
+    id: Option<&str>,
+) -> async_graphql::Result<Option<E::Model>>
+where
+    E: EntityTrait,
+    E::PrimaryKey: PrimaryKeyTrait<ValueType = String>,
+{
+    let Some(id) = id else { return Ok(None) };
+    E::find_by_id(id.to_string())
+        .one(&app(ctx).db)
+        .await
+        .map_err(ApiError::from)
+        .gql()
+}
+
+/// The `thing(id: …, name: …)` lookup: exactly one of the two.
+pub(crate) async fn by_id_or_name<E>(
+    ctx: &Context<'_>,
+    id: Option<async_graphql::ID>,
+    name: Option<String>,
+    name_column: E::Column,
+) -> async_graphql::Result<Option<E::Model>>
+where
+    E: EntityTrait,
+    E::PrimaryKey: PrimaryKeyTrait<ValueType = String>,
+{
+    let db = &app(ctx).db;
+    let found = match (id, name) {
+        (Some(id), None) => {
+            E::find_by_id(crate::validate::id("id", &id).gql()?)
+                .one(db)
+                .await
+        }
+        (None, Some(name)) => E::find().filter(name_column.eq(name)).one(db).await,
+        _ => return Err(ApiError::bad_input("give exactly one of id or name")).gql(),
+    };
+    found.map_err(ApiError::from).gql()
 }
 
 /// One host step of a plan or of an operation's record.

@@ -7,7 +7,7 @@ use crate::{
         self, PlanStep,
         pagination::{Page, id_cursor, page},
     },
-    error::{ApiError, ResultExt},
+    error::ResultExt,
     operation::{Change, graphql::OperationObject},
     template::graphql::TemplateObject,
     validate,
@@ -36,14 +36,7 @@ impl DiskObject {
         self.0.attachment
     }
     async fn vm(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<VmObject>> {
-        let Some(id) = &self.0.vm_id else {
-            return Ok(None);
-        };
-        let vm = crate::vm::model::Entity::find_by_id(id.clone())
-            .one(&api::app(ctx).db)
-            .await
-            .map_err(ApiError::from)
-            .gql()?;
+        let vm = api::load::<crate::vm::model::Entity>(ctx, self.0.vm_id.as_deref()).await?;
         Ok(vm.map(VmObject))
     }
     /// The template whose base image this disk is an overlay of.
@@ -51,14 +44,9 @@ impl DiskObject {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<TemplateObject>> {
-        let Some(id) = &self.0.backing_template_id else {
-            return Ok(None);
-        };
-        let template = crate::template::model::Entity::find_by_id(id.clone())
-            .one(&api::app(ctx).db)
-            .await
-            .map_err(ApiError::from)
-            .gql()?;
+        let template =
+            api::load::<crate::template::model::Entity>(ctx, self.0.backing_template_id.as_deref())
+                .await?;
         Ok(template.map(TemplateObject))
     }
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
@@ -133,22 +121,8 @@ impl DiskQuery {
         id: Option<ID>,
         name: Option<String>,
     ) -> async_graphql::Result<Option<DiskObject>> {
-        let db = &api::app(ctx).db;
-        let found = match (id, name) {
-            (Some(id), None) => {
-                model::Entity::find_by_id(validate::id("id", &id).gql()?)
-                    .one(db)
-                    .await
-            }
-            (None, Some(name)) => {
-                model::Entity::find()
-                    .filter(model::Column::Name.eq(name))
-                    .one(db)
-                    .await
-            }
-            _ => return Err(ApiError::bad_input("give exactly one of id or name")).gql(),
-        };
-        Ok(found.map_err(ApiError::from).gql()?.map(DiskObject))
+        let found = api::by_id_or_name::<model::Entity>(ctx, id, name, model::Column::Name).await?;
+        Ok(found.map(DiskObject))
     }
 }
 

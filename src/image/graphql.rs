@@ -8,7 +8,7 @@ use crate::{
         pagination::{Page, id_cursor, page},
     },
     disk::DiskFormat,
-    error::{ApiError, ResultExt},
+    error::ResultExt,
     operation::{Change, graphql::OperationObject},
     validate,
 };
@@ -21,13 +21,7 @@ impl ImageObject {
         ctx: &Context<'_>,
         id: Option<&str>,
     ) -> async_graphql::Result<Option<ImageObject>> {
-        let Some(id) = id else { return Ok(None) };
-        let image = model::Entity::find_by_id(id.to_string())
-            .one(&api::app(ctx).db)
-            .await
-            .map_err(ApiError::from)
-            .gql()?;
-        Ok(image.map(ImageObject))
+        Ok(api::load::<model::Entity>(ctx, id).await?.map(ImageObject))
     }
 }
 

@@ -9,7 +9,6 @@ use crate::{
     },
     error::{ApiError, ResultExt},
     operation::{Change, graphql::OperationObject},
-    validate,
     vm::graphql::VmObject,
 };
 
@@ -66,19 +65,11 @@ impl NicObject {
         self.0.position
     }
     async fn vm(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<VmObject>> {
-        let vm = crate::vm::model::Entity::find_by_id(self.0.vm_id.clone())
-            .one(&api::app(ctx).db)
-            .await
-            .map_err(ApiError::from)
-            .gql()?;
+        let vm = api::load::<crate::vm::model::Entity>(ctx, Some(&self.0.vm_id)).await?;
         Ok(vm.map(VmObject))
     }
     async fn network(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<NetworkObject>> {
-        let network = model::Entity::find_by_id(self.0.network_id.clone())
-            .one(&api::app(ctx).db)
-            .await
-            .map_err(ApiError::from)
-            .gql()?;
+        let network = api::load::<model::Entity>(ctx, Some(&self.0.network_id)).await?;
         Ok(network.map(NetworkObject))
     }
 }
@@ -140,22 +131,8 @@ impl NetworkQuery {
         id: Option<ID>,
         name: Option<String>,
     ) -> async_graphql::Result<Option<NetworkObject>> {
-        let db = &api::app(ctx).db;
-        let found = match (id, name) {
-            (Some(id), None) => {
-                model::Entity::find_by_id(validate::id("id", &id).gql()?)
-                    .one(db)
-                    .await
-            }
-            (None, Some(name)) => {
-                model::Entity::find()
-                    .filter(model::Column::Name.eq(name))
-                    .one(db)
-                    .await
-            }
-            _ => return Err(ApiError::bad_input("give exactly one of id or name")).gql(),
-        };
-        Ok(found.map_err(ApiError::from).gql()?.map(NetworkObject))
+        let found = api::by_id_or_name::<model::Entity>(ctx, id, name, model::Column::Name).await?;
+        Ok(found.map(NetworkObject))
     }
 }
 

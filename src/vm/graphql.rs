@@ -29,14 +29,8 @@ impl VmObject {
         &self.0.name
     }
     async fn template(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<TemplateObject>> {
-        let Some(id) = &self.0.template_id else {
-            return Ok(None);
-        };
-        let template = crate::template::model::Entity::find_by_id(id.clone())
-            .one(&api::app(ctx).db)
-            .await
-            .map_err(ApiError::from)
-            .gql()?;
+        let template =
+            api::load::<crate::template::model::Entity>(ctx, self.0.template_id.as_deref()).await?;
         Ok(template.map(TemplateObject))
     }
     async fn vcpus(&self) -> i32 {
@@ -161,22 +155,8 @@ impl VmQuery {
         id: Option<ID>,
         name: Option<String>,
     ) -> async_graphql::Result<Option<VmObject>> {
-        let db = &api::app(ctx).db;
-        let found = match (id, name) {
-            (Some(id), None) => {
-                model::Entity::find_by_id(validate::id("id", &id).gql()?)
-                    .one(db)
-                    .await
-            }
-            (None, Some(name)) => {
-                model::Entity::find()
-                    .filter(model::Column::Name.eq(name))
-                    .one(db)
-                    .await
-            }
-            _ => return Err(ApiError::bad_input("give exactly one of id or name")).gql(),
-        };
-        Ok(found.map_err(ApiError::from).gql()?.map(VmObject))
+        let found = api::by_id_or_name::<model::Entity>(ctx, id, name, model::Column::Name).await?;
+        Ok(found.map(VmObject))
     }
 }
 
