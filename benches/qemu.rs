@@ -79,6 +79,7 @@ async fn main() {
 
     let (mut raw_start_t, mut vman_start_t, mut raw_plug_t, mut vman_plug_t) =
         (vec![], vec![], vec![], vec![]);
+    let mut floor_t = vec![];
     for round in 0..rounds {
         // Raw: the same argv vman would use, driven directly.
         let spec = VmSpec {
@@ -154,6 +155,12 @@ async fn main() {
             .ok("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }", json!({"d": disk_id, "v": vm}))
             .await;
         vman_plug_t.push(started.elapsed());
+        // The floor: the same request path with no host step and no write.
+        let started = Instant::now();
+        server
+            .ok("mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 2097152, dryRun: true) { plan { action } } }", json!({"d": disk_id}))
+            .await;
+        floor_t.push(started.elapsed());
         server
             .ok(
                 "mutation($id: ID!) { deleteVm(id: $id) { vm { id } } }",
@@ -179,5 +186,10 @@ async fn main() {
         "blockdev-add + device_add / attachDisk",
         median(raw_plug_t),
         median(vman_plug_t),
+    );
+    println!(
+        "{:<44} {:>8.1} ms (HTTP + GraphQL + locks + reads; no host step, no write)",
+        "API floor: resizeDisk(dryRun) round trip",
+        ms(median(floor_t))
     );
 }
