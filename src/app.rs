@@ -74,6 +74,8 @@ impl App {
             cancel,
             adoption_problems: Default::default(),
         });
+        // Watch first, so nothing the host reports during re-adoption is missed.
+        crate::observer::spawn(app.clone());
         crate::vm::adopt_all(&app).await;
         Ok(app)
     }

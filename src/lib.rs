@@ -14,6 +14,7 @@ pub mod health;
 pub mod host;
 pub mod image;
 pub mod network;
+pub mod observer;
 pub mod operation;
 pub mod playground;
 pub mod server;

@@ -473,3 +473,54 @@ async fn hostile_inputs_are_rejected_and_change_nothing() {
         .collect();
     assert!(images.is_empty(), "nothing was copied into storage");
 }
+
+#[tokio::test]
+async fn a_qemu_killed_behind_vmans_back_is_a_crash_pushed_to_subscribers() {
+    let server = TestServer::real(accel()).await;
+    server.create_template("bare").await;
+    let vm = server.create_vm("victim", "bare").await;
+    server
+        .ok(
+            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    let head = server.journal().await.last().unwrap()["sequence"].clone();
+    let mut ws = common::WsClient::connect(&server.ws_url).await;
+    ws.subscribe(
+        "s",
+        "subscription($vm: ID, $after: String) { vmStateChanged(vmId: $vm, after: $after) { from to reason sequence } }",
+        json!({"vm": vm, "after": head}),
+    )
+    .await;
+    let pid = pid_of(&server, &vm);
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let change = ws.next_data("s").await["vmStateChanged"].clone();
+    assert_eq!(
+        (change["from"].as_str(), change["to"].as_str()),
+        (Some("RUNNING"), Some("CRASHED")),
+        "{change}"
+    );
+    assert!(
+        change["reason"].as_str().unwrap().contains("SIGKILL"),
+        "{change}"
+    );
+    // The journal keeps the forensics.
+    let crash = server
+        .journal()
+        .await
+        .into_iter()
+        .find(|e| e["sequence"] == change["sequence"])
+        .unwrap();
+    assert_eq!(crash["payload"]["detail"]["exit"], "signal 9 (SIGKILL)");
+    assert!(crash["payload"]["detail"].get("qemuLog").is_some());
+    // A crashed VM starts again.
+    let started = server
+        .ok(
+            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(started["startVm"]["vm"]["state"], "RUNNING");
+    ws.close().await;
+}

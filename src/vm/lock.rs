@@ -79,6 +79,12 @@ impl VmLocks {
         }
     }
 
+    /// The operation holding a VM's lock, if any (id, kind).
+    pub fn holder(&self, vm_id: &str) -> Option<(String, String)> {
+        let slot = self.slots.lock().expect("vm locks").get(vm_id).cloned()?;
+        slot.holder.lock().expect("vm lock holder").clone()
+    }
+
     /// Forgets a deleted VM's slot.
     pub fn forget(&self, vm_id: &str) {
         self.slots.lock().expect("vm locks").remove(vm_id);

@@ -39,7 +39,9 @@ pub use state::VmState;
 
 /// Moves a VM to `to` inside a write, journaling the change.
 ///
-/// The only writer of `vms.state`: it refuses what [`VmState::can_become`] refuses.
+/// The only writer of `vms.state`: it refuses what [`VmState::can_become`]
+/// refuses. A VM already in `to` is left as it is (no event): the observer
+/// and a mutation may both see the same change, and the first one records it.
 pub async fn transition(
     w: &mut Writer<'_>,
     vm_id: &str,
@@ -47,8 +49,23 @@ pub async fn transition(
     reason: &str,
     operation_id: Option<&str>,
 ) -> ApiResult<Vm> {
+    transition_with(w, vm_id, to, reason, operation_id, serde_json::Value::Null).await
+}
+
+/// [`transition`] with more facts in the event payload (e.g. crash forensics).
+pub async fn transition_with(
+    w: &mut Writer<'_>,
+    vm_id: &str,
+    to: VmState,
+    reason: &str,
+    operation_id: Option<&str>,
+    detail: serde_json::Value,
+) -> ApiResult<Vm> {
     let vm = find_in::<model::Entity, _>(w.txn(), "VM", vm_id).await?;
     let from = vm.state;
+    if from == to {
+        return Ok(vm);
+    }
     if !from.can_become(to) {
         return Err(ApiError::InvalidState(format!(
             "VM {:?} cannot go from {from} to {to}",
@@ -65,7 +82,13 @@ pub async fn transition(
         subject_id: vm.id.clone(),
         subject_type: "Vm",
         operation_id: operation_id.map(str::to_string),
-        payload: json!({"from": from, "to": to, "reason": reason}),
+        payload: {
+            let mut payload = json!({"from": from, "to": to, "reason": reason});
+            if !detail.is_null() {
+                payload["detail"] = detail;
+            }
+            payload
+        },
     })
     .await?;
     Ok(vm)

@@ -1,0 +1,141 @@
+//! The observer: keeps each VM's observed state in step with what the host
+//! reports on its own, at once — a QEMU that exits (pidfd), a guest that shuts
+//! down, a VM paused or resumed behind vman's back.
+//!
+//! What a mutation does, the mutation records (with its operation id); the
+//! observer records what nobody asked for. So it leaves a VM alone while a
+//! lifecycle mutation holds it, except for an exit nobody requested: that is a
+//! crash, and it is recorded with the exit status and the last log lines.
+//!
+//! Not here yet: the periodic coherence sweep (dead processes found by
+//! polling, orphans, missing disk files and bridges, a QMP that went silent).
+
+use std::{collections::HashSet, sync::Arc};
+
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::{
+    app::App,
+    host::HostEvent,
+    vm::{self, VmState},
+};
+
+/// Starts watching the hypervisor's events until `app.cancel` fires.
+pub fn spawn(app: Arc<App>) -> tokio::task::JoinHandle<()> {
+    let mut events = app.hypervisor.events();
+    tokio::spawn(async move {
+        // VMs whose guest announced a shutdown: their exit is not a crash.
+        let mut shutting_down = HashSet::new();
+        loop {
+            let event = tokio::select! {
+                _ = app.cancel.cancelled() => return,
+                event = events.recv() => event,
+            };
+            match event {
+                Ok(event) => {
+                    if let Err(e) = handle(&app, &mut shutting_down, event).await {
+                        tracing::error!(error = %e, "observer: recording a host event");
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "observer: host events were dropped");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+async fn handle(
+    app: &App,
+    shutting_down: &mut HashSet<String>,
+    event: HostEvent,
+) -> crate::error::ApiResult<()> {
+    match event {
+        HostEvent::Qmp { vm_id, event, data } => {
+            if event == "SHUTDOWN" {
+                shutting_down.insert(vm_id.clone());
+            }
+            // A mutation in flight records its own changes, with its operation id.
+            if app.locks.holder(&vm_id).is_some() {
+                return Ok(());
+            }
+            let Some(vm) = current(app, &vm_id).await? else {
+                return Ok(());
+            };
+            match (event.as_str(), vm.state) {
+                ("STOP", VmState::Running) => {
+                    let reason = format!(
+                        "paused by QEMU ({})",
+                        data.get("reason")
+                            .and_then(|r| r.as_str())
+                            .unwrap_or("STOP event")
+                    );
+                    vm::set_state(app, &vm_id, VmState::Paused, &reason, None).await?;
+                }
+                ("RESUME", VmState::Paused | VmState::Unknown) => {
+                    vm::set_state(
+                        app,
+                        &vm_id,
+                        VmState::Running,
+                        "resumed by QEMU (RESUME event)",
+                        None,
+                    )
+                    .await?;
+                }
+                _ => {}
+            }
+        }
+        HostEvent::QmpClosed { .. } => {
+            // An exit follows within milliseconds when QEMU died; a QMP that
+            // closes while QEMU lives is for the coherence sweep to judge.
+        }
+        HostEvent::Exited {
+            vm_id,
+            status,
+            qemu_log,
+            serial_log,
+        } => {
+            let shut_down = shutting_down.remove(&vm_id);
+            let Some(vm) = current(app, &vm_id).await? else {
+                return Ok(());
+            };
+            // A requested stop or a start in progress is recorded by its mutation.
+            let in_hand = matches!(vm.state, VmState::Starting | VmState::Stopping)
+                || vm.desired_state == VmState::Stopped;
+            let was_live = vm.state.is_live() || vm.state == VmState::Unknown;
+            if in_hand || !was_live {
+                return Ok(());
+            }
+            let (to, reason) = if shut_down {
+                (VmState::Stopped, "guest powered off".to_string())
+            } else {
+                (
+                    VmState::Crashed,
+                    format!("QEMU exited unexpectedly: {status}"),
+                )
+            };
+            let mut w = app.bus.writer().await?;
+            vm::transition_with(
+                &mut w,
+                &vm_id,
+                to,
+                &reason,
+                None,
+                json!({"exit": status, "qemuLog": qemu_log, "serialLog": serial_log}),
+            )
+            .await?;
+            w.commit().await?;
+            crate::disk::release_detaching(app, &vm_id).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn current(app: &App, vm_id: &str) -> crate::error::ApiResult<Option<vm::Vm>> {
+    use sea_orm::EntityTrait;
+    Ok(vm::model::Entity::find_by_id(vm_id.to_string())
+        .one(&app.db)
+        .await?)
+}
