@@ -193,11 +193,12 @@ pub async fn attach(
             payload: json!({"name": disk.name, "vmId": vm.id, "hot": hot}),
         })
         .await?;
+        let done = operation::finish_in(&w, op.clone(), &steps, None).await?;
         w.commit().await?;
-        ApiResult::Ok((disk, steps))
+        ApiResult::Ok((disk, steps, done))
     }
     .await;
-    operation::conclude(app, op, result).await
+    operation::conclude_done(app, op, result).await
 }
 
 /// Detaches a disk from its VM: unplugged when the VM runs, dropped from the next start otherwise.

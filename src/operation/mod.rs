@@ -47,9 +47,23 @@ pub async fn begin(
     Ok(op)
 }
 
-/// Records how an operation ended.
+/// Records how an operation ended, in its own write.
 pub async fn finish(
     app: &App,
+    op: Operation,
+    steps: &[HostStep],
+    error: Option<&ApiError>,
+) -> ApiResult<Operation> {
+    let w = app.bus.writer().await?;
+    let op = finish_in(&w, op, steps, error).await?;
+    w.commit().await?;
+    Ok(op)
+}
+
+/// Records how an operation ended inside the write that makes its change, so
+/// the change and "succeeded" commit together (and cost one write, not two).
+pub async fn finish_in(
+    w: &crate::events::Writer<'_>,
     op: Operation,
     steps: &[HostStep],
     error: Option<&ApiError>,
@@ -67,9 +81,7 @@ pub async fn finish(
             row.error_code = Set(Some(e.code().to_string()));
         }
     }
-    let w = app.bus.writer().await?;
     let op = row.update(w.txn()).await?;
-    w.commit().await?;
     crate::telemetry::operation_finished(&kind, op.status, Utc::now() - started);
     Ok(op)
 }
@@ -87,6 +99,26 @@ impl<T> Change<T> {
             object,
             operation: None,
             plan,
+        }
+    }
+}
+
+/// Hands back the change of work whose write already finished `op` (see
+/// [`finish_in`]); a failure is recorded now.
+pub async fn conclude_done<T>(
+    app: &App,
+    op: Operation,
+    result: ApiResult<(T, Vec<HostStep>, Operation)>,
+) -> ApiResult<Change<T>> {
+    match result {
+        Ok((object, plan, done)) => Ok(Change {
+            object,
+            operation: Some(done),
+            plan,
+        }),
+        Err(e) => {
+            finish(app, op, &[], Some(&e)).await?;
+            Err(e)
         }
     }
 }
