@@ -44,6 +44,17 @@ pub enum StartError {
 }
 
 impl App {
+    /// Opens the database and applies migrations; touches no VM (for `vman migrate`).
+    pub async fn migrate(config: &Config) -> Result<(), StartError> {
+        crate::config::ensure_dirs(config).map_err(|source| StartError::Dirs {
+            dir: config.data_dir.clone(),
+            source,
+        })?;
+        let db = crate::db::connect(&config.db_path()).await?;
+        crate::db::migrate(&db).await?;
+        Ok(())
+    }
+
     /// Opens the database, runs migrations and picks the host ports.
     pub async fn start(mut config: Config) -> Result<Arc<App>, StartError> {
         let dirs_error = |source| StartError::Dirs {
@@ -74,9 +85,16 @@ impl App {
             cancel,
             adoption_problems: Default::default(),
         });
+        // Metrics count from the start, not from the first scrape.
+        crate::telemetry::prometheus();
         // Watch first, so nothing the host reports during re-adoption is missed.
         crate::observer::spawn(app.clone());
-        crate::vm::adopt_all(&app).await;
+        if app.hypervisor.is_dry_run() {
+            // A dry run sees no host: it must not judge the VMs a real vman runs.
+            tracing::info!("dry-run: VMs are not re-adopted and their states are left as they are");
+        } else {
+            crate::vm::adopt_all(&app).await;
+        }
         Ok(app)
     }
 }

@@ -128,6 +128,18 @@ fn run(sources: &Sources, overrides: &CliOverrides, serve: bool) -> ExitCode {
         let _log_guard =
             vman::telemetry::init_logging(&config.log, serve.then(|| config.log_dir()).as_deref());
         let listen = config.listen;
+        if !serve {
+            return match vman::app::App::migrate(&config).await {
+                Ok(()) => {
+                    println!("migrations applied");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vman: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         let app = match vman::app::App::start(config).await {
             Ok(app) => app,
             Err(e) => {
@@ -136,10 +148,6 @@ fn run(sources: &Sources, overrides: &CliOverrides, serve: bool) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if !serve {
-            println!("migrations applied");
-            return ExitCode::SUCCESS;
-        }
         let cancel = app.cancel.clone();
         tokio::spawn(async move {
             shutdown_signal().await;

@@ -332,3 +332,30 @@ async fn http_level_misuse_is_refused() {
 
     assert_eq!(server.snapshot().await["networks"]["totalCount"], 0);
 }
+
+#[tokio::test]
+async fn sizes_beyond_32_bits_pass_as_variables() {
+    let server = TestServer::start().await;
+    let ten_gib: i64 = 10 << 30;
+    let data = server
+        .ok(
+            "mutation($s: Bytes!) { createDisk(input: {name: \"big\", sizeBytes: $s}) { disk { sizeBytes } } }",
+            json!({"s": ten_gib}),
+        )
+        .await;
+    assert_eq!(data["createDisk"]["disk"]["sizeBytes"], ten_gib);
+    // As a string too, for clients whose numbers are 32-bit.
+    let data = server
+        .ok(
+            "mutation($s: Bytes!) { createDisk(input: {name: \"big2\", sizeBytes: $s}) { disk { sizeBytes } } }",
+            json!({"s": ten_gib.to_string()}),
+        )
+        .await;
+    assert_eq!(data["createDisk"]["disk"]["sizeBytes"], ten_gib);
+    assert_eq!(
+        server
+            .error_code("mutation($s: Bytes!) { createDisk(input: {name: \"neg\", sizeBytes: $s}) { disk { id } } }", json!({"s": -1}))
+            .await,
+        "BAD_USER_INPUT"
+    );
+}

@@ -524,3 +524,75 @@ async fn a_qemu_killed_behind_vmans_back_is_a_crash_pushed_to_subscribers() {
     assert_eq!(started["startVm"]["vm"]["state"], "RUNNING");
     ws.close().await;
 }
+
+#[tokio::test]
+async fn a_vm_from_a_base_image_gets_a_qcow2_overlay_of_it() {
+    let server = TestServer::start_with(|c| {
+        c.dry_run = false;
+        c.qemu.accel = accel();
+    })
+    .await;
+    std::fs::write(
+        server.app.config.import_dir().join("base.raw"),
+        vec![0u8; 2 << 20],
+    )
+    .unwrap();
+    let image = server
+        .ok("mutation { importImage(input: {name: \"base\", kind: DISK, path: \"base.raw\"}) { image { id format sizeBytes } } }", json!({}))
+        .await["importImage"]["image"]
+        .clone();
+    assert_eq!(image["format"], "RAW");
+    assert_eq!(image["sizeBytes"], 2 << 20);
+    server
+        .ok(
+            "mutation($b: ID!) { createTemplate(input: {name: \"based\", vcpus: 1, memoryMib: 64, baseImageId: $b}) { template { id } } }",
+            json!({"b": image["id"]}),
+        )
+        .await;
+    let vm = server.create_vm("overlaid", "based").await;
+    let disk = server
+        .ok(
+            "query($id: ID) { vm(id: $id) { disks { id sizeBytes backingTemplate { name } } } }",
+            json!({"id": vm}),
+        )
+        .await["vm"]["disks"][0]
+        .clone();
+    assert_eq!(disk["backingTemplate"]["name"], "based");
+    assert_eq!(
+        disk["sizeBytes"],
+        2 << 20,
+        "the overlay is as large as its base"
+    );
+    let overlay = server
+        .app
+        .config
+        .storage_dir()
+        .join(format!("{}.qcow2", disk["id"].as_str().unwrap()));
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["backing-filename-format"], "raw");
+    assert!(
+        info["backing-filename"]
+            .as_str()
+            .unwrap()
+            .ends_with(image["id"].as_str().unwrap())
+    );
+    let started = server
+        .ok(
+            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(started["startVm"]["vm"]["state"], "RUNNING");
+    server
+        .ok(
+            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+}

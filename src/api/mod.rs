@@ -113,6 +113,31 @@ where
     found.map_err(ApiError::from).gql()
 }
 
+/// A size in bytes. GraphQL's `Int` is 32-bit, too small for disks, so sizes
+/// have their own scalar: an integer (as a JSON number, exact up to 2^53, or
+/// a decimal string). Ranges are checked by the services, with a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bytes(pub i64);
+
+#[async_graphql::Scalar(name = "Bytes")]
+impl async_graphql::ScalarType for Bytes {
+    fn parse(value: async_graphql::Value) -> async_graphql::InputValueResult<Self> {
+        match &value {
+            async_graphql::Value::Number(n) => n.as_i64().map(Bytes).ok_or_else(|| {
+                async_graphql::InputValueError::custom("a size in bytes is a whole number")
+            }),
+            async_graphql::Value::String(s) => s.parse().map(Bytes).map_err(|_| {
+                async_graphql::InputValueError::custom("a size in bytes is a whole number")
+            }),
+            _ => Err(async_graphql::InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> async_graphql::Value {
+        async_graphql::Value::Number(self.0.into())
+    }
+}
+
 /// One host step of a plan or of an operation's record.
 #[derive(SimpleObject, Clone)]
 pub struct PlanStep {

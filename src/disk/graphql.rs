@@ -29,8 +29,8 @@ impl DiskObject {
     async fn format(&self) -> DiskFormat {
         self.0.format
     }
-    async fn size_bytes(&self) -> i64 {
-        self.0.size_bytes
+    async fn size_bytes(&self) -> api::Bytes {
+        api::Bytes(self.0.size_bytes)
     }
     async fn attachment(&self) -> Attachment {
         self.0.attachment
@@ -60,7 +60,7 @@ impl DiskObject {
 #[derive(InputObject)]
 pub struct CreateDiskInput {
     pub name: String,
-    pub size_bytes: i64,
+    pub size_bytes: api::Bytes,
     #[graphql(default_with = "DiskFormat::Qcow2")]
     pub format: DiskFormat,
 }
@@ -139,7 +139,7 @@ impl DiskMutation {
     ) -> async_graphql::Result<DiskPayload> {
         let input = CreateDisk {
             name: input.name,
-            size_bytes: input.size_bytes,
+            size_bytes: input.size_bytes.0,
             format: input.format,
         };
         Ok(super::create(api::app(ctx), input, dry_run)
@@ -179,13 +179,15 @@ impl DiskMutation {
         &self,
         ctx: &Context<'_>,
         disk_id: ID,
-        size_bytes: i64,
+        size_bytes: api::Bytes,
         #[graphql(default = false)] dry_run: bool,
     ) -> async_graphql::Result<DiskPayload> {
-        Ok(super::resize(api::app(ctx), &disk_id, size_bytes, dry_run)
-            .await
-            .gql()?
-            .into())
+        Ok(
+            super::resize(api::app(ctx), &disk_id, size_bytes.0, dry_run)
+                .await
+                .gql()?
+                .into(),
+        )
     }
 
     /// Deletes a detached disk and its file; an attached disk is CONFLICT.

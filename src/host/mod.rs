@@ -119,7 +119,14 @@ pub struct DiskSpec {
     pub format: DiskFormat,
     pub size_bytes: u64,
     /// Base image a qcow2 overlay is created on.
-    pub backing: Option<PathBuf>,
+    pub backing: Option<Backing>,
+}
+
+/// The base image a qcow2 overlay is created on, with its format (never probed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Backing {
+    pub path: PathBuf,
+    pub format: DiskFormat,
 }
 
 /// Direct kernel boot, from files in storage.

@@ -41,8 +41,8 @@ impl ImageObject {
     async fn format(&self) -> Option<DiskFormat> {
         self.0.format
     }
-    async fn size_bytes(&self) -> i64 {
-        self.0.size_bytes
+    async fn size_bytes(&self) -> api::Bytes {
+        api::Bytes(self.0.size_bytes)
     }
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at

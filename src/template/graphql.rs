@@ -47,8 +47,8 @@ impl TemplateObject {
     async fn cmdline(&self) -> Option<&str> {
         self.0.cmdline.as_deref()
     }
-    async fn default_disk_size_bytes(&self) -> Option<i64> {
-        self.0.default_disk_size_bytes
+    async fn default_disk_size_bytes(&self) -> Option<api::Bytes> {
+        self.0.default_disk_size_bytes.map(api::Bytes)
     }
     /// VMs made from this template.
     async fn vms(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<VmObject>> {
@@ -84,7 +84,7 @@ pub struct CreateTemplateInput {
     /// Kernel command line for direct boot.
     pub cmdline: Option<String>,
     /// Size of the root disk a VM gets when it does not ask for one.
-    pub default_disk_size_bytes: Option<i64>,
+    pub default_disk_size_bytes: Option<api::Bytes>,
 }
 
 #[derive(SimpleObject)]
@@ -159,7 +159,7 @@ impl TemplateMutation {
                 kernel_image_id: input.kernel_image_id.map(|i| i.0),
                 initrd_image_id: input.initrd_image_id.map(|i| i.0),
                 cmdline: input.cmdline,
-                default_disk_size_bytes: input.default_disk_size_bytes,
+                default_disk_size_bytes: input.default_disk_size_bytes.map(|b| b.0),
             },
         )
         .await

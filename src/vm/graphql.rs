@@ -91,7 +91,7 @@ pub struct CreateVmInput {
     /// Defaults to the template's; required without a template.
     pub memory_mib: Option<i64>,
     /// Root disk size; defaults to the template's default disk size.
-    pub disk_size_bytes: Option<i64>,
+    pub disk_size_bytes: Option<api::Bytes>,
 }
 
 /// The result of a VM mutation. With `dryRun: true`, `vm` is what would be,
@@ -178,7 +178,7 @@ impl VmMutation {
             template_name: input.template_name,
             vcpus: input.vcpus,
             memory_mib: input.memory_mib,
-            disk_size_bytes: input.disk_size_bytes,
+            disk_size_bytes: input.disk_size_bytes.map(|b| b.0),
         };
         Ok(super::create(api::app(ctx), input, dry_run)
             .await

@@ -221,7 +221,10 @@ pub async fn create(app: &App, input: CreateVm, dry_run: bool) -> ApiResult<Chan
     };
     let action = root.as_ref().map(|root| {
         let mut spec = disk::spec(app, root);
-        spec.backing = base_image.as_ref().map(|i| crate::image::path(app, i));
+        spec.backing = base_image.as_ref().map(|i| crate::host::Backing {
+            path: crate::image::path(app, i),
+            format: i.format.unwrap_or(DiskFormat::Qcow2),
+        });
         VmAction::CreateDisk(spec)
     });
     let plan = action

@@ -41,7 +41,7 @@ pub enum VmState {
 impl VmState {
     /// Whether a VM observed in `self` may next be observed in `next`.
     ///
-    /// `STOPPED → STARTING → RUNNING ⇄ PAUSED`, `RUNNING|PAUSED → STOPPING → STOPPED`,
+    /// `STOPPED → STARTING → RUNNING ⇄ PAUSED`, `STARTING|RUNNING|PAUSED → STOPPING → STOPPED`,
     /// a live VM may crash or stop by itself (guest power-off), any state may
     /// become `UNKNOWN` when the host stops answering, and `UNKNOWN` resolves to
     /// whatever the host then shows. A state never "becomes" itself.
@@ -55,7 +55,7 @@ impl VmState {
             (_, Unknown)
                 | (Unknown, _)
                 | (Stopped, Starting)
-                | (Starting, Running | Paused | Stopped | Crashed)
+                | (Starting, Running | Paused | Stopping | Stopped | Crashed)
                 | (Running, Paused | Stopping | Stopped | Crashed)
                 | (Paused, Running | Stopping | Stopped | Crashed)
                 | (Stopping, Stopped | Crashed | Running)

@@ -23,9 +23,9 @@ pub fn create_argv(qemu_img: &Path, disk: &DiskSpec, target: &Path) -> Vec<Strin
         // An explicit backing format: qemu-img never probes.
         argv.extend([
             "-b".into(),
-            base.display().to_string(),
+            base.path.display().to_string(),
             "-F".into(),
-            "qcow2".into(),
+            base.format.qemu_name().into(),
         ]);
     }
     argv.extend([target.display().to_string(), disk.size_bytes.to_string()]);

@@ -827,39 +827,15 @@ async fn inspect_disk_image(options: &QemuOptions, source: &Path) -> Result<Disk
     }
 }
 
-/// Checks and copies an image into storage (checked again: the file may have changed). A disk image must be a plain
-/// qcow2 or raw file: one that names a backing file or an external data file
-/// could make QEMU open any host file, so it is refused.
+/// Copies an image into storage under a temporary name, checks the copy (the
+/// file QEMU will open, not the source, which could change meanwhile) and
+/// renames it into place. Nothing is left behind on failure.
 async fn import_image(
     options: &QemuOptions,
     source: &Path,
     dest: &Path,
     disk: bool,
 ) -> Result<ImportedImage, HostError> {
-    let format = if disk {
-        let info = img::info(&options.img_binary, source).await?;
-        if let Some(backing) = &info.backing_filename {
-            return Err(HostError::Rejected(format!(
-                "the image names a backing file ({backing}); import a standalone image"
-            )));
-        }
-        if let Some(data_file) = info.data_file() {
-            return Err(HostError::Rejected(format!(
-                "the image names an external data file ({data_file})"
-            )));
-        }
-        Some(match info.format.as_str() {
-            "qcow2" => DiskFormat::Qcow2,
-            "raw" => DiskFormat::Raw,
-            other => {
-                return Err(HostError::Rejected(format!(
-                    "unsupported image format {other:?}: use qcow2 or raw"
-                )));
-            }
-        })
-    } else {
-        None
-    };
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(|source| HostError::Io {
             what: format!("creating {}", parent.display()),
@@ -872,21 +848,35 @@ async fn import_image(
     let (from, to) = (source.to_path_buf(), partial.clone());
     let copied = tokio::task::spawn_blocking(move || std::fs::copy(from, to))
         .await
-        .map_err(|e| HostError::Failed(format!("copy task: {e}")))?;
-    let size_bytes = match copied.and_then(|_| std::fs::rename(&partial, dest)) {
-        Ok(()) => std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0),
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(HostError::Io {
+        .map_err(|e| HostError::Failed(format!("copy task: {e}")))
+        .and_then(|r| {
+            r.map_err(|e| HostError::Io {
                 what: format!("copying {} into storage", source.display()),
                 source: e,
-            });
-        }
-    };
-    let size_bytes = match format {
-        // A disk's size is its virtual size, which is what a VM sees.
-        Some(_) => img::info(&options.img_binary, dest).await?.virtual_size,
-        None => size_bytes,
-    };
-    Ok(ImportedImage { format, size_bytes })
+            })
+        });
+    let checked = async {
+        let bytes = copied?;
+        let image = match disk {
+            true => ImportedImage {
+                format: Some(inspect_disk_image(options, &partial).await?),
+                // A disk's size is its virtual size, which is what a VM sees.
+                size_bytes: img::info(&options.img_binary, &partial).await?.virtual_size,
+            },
+            false => ImportedImage {
+                format: None,
+                size_bytes: bytes,
+            },
+        };
+        std::fs::rename(&partial, dest).map_err(|e| HostError::Io {
+            what: format!("moving {} into place", dest.display()),
+            source: e,
+        })?;
+        Ok(image)
+    }
+    .await;
+    if checked.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    checked
 }
