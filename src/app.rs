@@ -29,6 +29,7 @@ pub struct App {
     pub cancel: CancellationToken,
     /// What could not be re-adopted at start, for `health` (never silently dropped).
     pub adoption_problems: std::sync::Mutex<Vec<String>>,
+    _lock: DataDirLock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,43 @@ pub enum StartError {
     },
     #[error("database: {0}")]
     Db(#[from] sea_orm::DbErr),
+    #[error("{0}")]
+    Locked(String),
+}
+
+/// Holds `<data_dir>/vman.lock` for the life of a serving vman: two vman
+/// processes driving the same VMs would fight over them.
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    fn take(config: &Config) -> Result<DataDirLock, StartError> {
+        use std::io::Write;
+        let path = config.data_dir.join("vman.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .read(true)
+            .open(&path)
+            .map_err(|source| StartError::Dirs {
+                dir: path.clone(),
+                source,
+            })?;
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(StartError::Locked(format!(
+                "another vman (pid {}) serves {}; stop it first",
+                holder.trim(),
+                config.data_dir.display()
+            )));
+        }
+        // Who holds it, for the message above.
+        let _ = file.set_len(0);
+        let _ = write!(file, "{}", std::process::id());
+        Ok(DataDirLock { _file: file })
+    }
 }
 
 impl App {
@@ -65,6 +103,7 @@ impl App {
         // Host paths handed to QEMU and qemu-img must not depend on vman's working directory.
         let data_dir = std::fs::canonicalize(&config.data_dir).map_err(dirs_error)?;
         config.data_dir = data_dir;
+        let lock = DataDirLock::take(&config)?;
         let db = crate::db::connect(&config.db_path()).await?;
         crate::db::migrate(&db).await?;
         let options = QemuOptions::from_config(&config);
@@ -84,6 +123,7 @@ impl App {
             config: Arc::new(config),
             cancel,
             adoption_problems: Default::default(),
+            _lock: lock,
         });
         // Metrics count from the start, not from the first scrape.
         crate::telemetry::prometheus();

@@ -132,3 +132,19 @@ fn migrate_creates_the_database_and_config_check_names_bad_values() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8(out.stderr).unwrap().contains("lissten"));
 }
+
+#[tokio::test]
+async fn a_second_vman_on_the_same_data_dir_is_refused() {
+    let server = common::TestServer::start().await;
+    let mut config = (*server.app.config).clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let second = vman::app::App::start(config).await;
+    let error = second
+        .err()
+        .expect("the second start must fail")
+        .to_string();
+    assert!(
+        error.contains("another vman") && error.contains(&std::process::id().to_string()),
+        "{error}"
+    );
+}
