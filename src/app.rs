@@ -118,7 +118,7 @@ impl App {
             bus: Arc::new(EventBus::new(db.clone(), cancel.clone())),
             db,
             hypervisor,
-            network: Arc::new(DryRunNetwork::default()),
+            network: Arc::new(DryRunNetwork),
             locks: VmLocks::new(config.limits.vm_lock_timeout),
             config: Arc::new(config),
             cancel,

@@ -1,8 +1,7 @@
-//! Dry-run ports: they compute the same plan the real ports follow and record
-//! it, touching nothing. They back `--dry-run`, `dryRun: true` and the logic
-//! tests; no host feature is tested on them alone.
-
-use std::sync::Mutex;
+//! Dry-run ports: they compute the same plan the real ports follow and log
+//! it, touching nothing (each operation also keeps its steps in the
+//! database). They back `--dry-run`, `dryRun: true` and the logic tests; no
+//! host feature is tested on them alone.
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
@@ -12,10 +11,9 @@ use super::{
     Outcome, StopRung, VmAction, VmSpec, qemu::argv::QemuOptions,
 };
 
-/// Records every executed action's plan in order.
 pub struct DryRunHypervisor {
     options: QemuOptions,
-    log: Mutex<Vec<HostStep>>,
+    /// Never sent on: a dry run observes no host.
     events: broadcast::Sender<HostEvent>,
 }
 
@@ -23,14 +21,14 @@ impl DryRunHypervisor {
     pub fn new(options: QemuOptions) -> Self {
         DryRunHypervisor {
             options,
-            log: Mutex::new(Vec::new()),
             events: broadcast::channel(1).0,
         }
     }
+}
 
-    /// The steps executed so far.
-    pub fn recorded(&self) -> Vec<HostStep> {
-        self.log.lock().expect("dry-run log").clone()
+fn log_steps(steps: &[HostStep]) {
+    for step in steps {
+        tracing::info!("dry-run: would {}", step.summary());
     }
 }
 
@@ -42,10 +40,7 @@ impl Hypervisor for DryRunHypervisor {
 
     async fn execute(&self, action: &VmAction) -> Result<Outcome, HostError> {
         let steps = self.plan(action);
-        self.log
-            .lock()
-            .expect("dry-run log")
-            .extend(steps.iter().cloned());
+        log_steps(&steps);
         let stop_rung = match action {
             VmAction::Stop { request, .. } => Some(if request.force {
                 StopRung::Quit
@@ -79,9 +74,7 @@ impl Hypervisor for DryRunHypervisor {
 }
 
 #[derive(Default)]
-pub struct DryRunNetwork {
-    log: Mutex<Vec<HostStep>>,
-}
+pub struct DryRunNetwork;
 
 pub fn plan_network_action(action: &NetworkAction) -> Vec<HostStep> {
     match action {
@@ -102,10 +95,7 @@ impl HostNetwork for DryRunNetwork {
 
     async fn execute(&self, action: &NetworkAction) -> Result<Outcome, HostError> {
         let steps = self.plan(action);
-        self.log
-            .lock()
-            .expect("dry-run log")
-            .extend(steps.iter().cloned());
+        log_steps(&steps);
         Ok(Outcome {
             steps,
             ..Default::default()

@@ -382,11 +382,6 @@ impl Lifecycle {
     }
 }
 
-pub async fn find_vm(app: &App, id: &str) -> ApiResult<Vm> {
-    let id = validate::id("id", id)?;
-    find_in::<model::Entity, _>(&app.db, "VM", &id).await
-}
-
 pub async fn lifecycle(
     app: &App,
     id: &str,
