@@ -42,8 +42,27 @@ pub enum StartError {
     },
     #[error("database: {0}")]
     Db(#[from] sea_orm::DbErr),
+    /// The data directory cannot be used (another vman holds it, or it is unfit).
     #[error("{0}")]
     Locked(String),
+}
+
+/// QEMU refuses a Unix socket path of 108 bytes or more, and every VM's QMP
+/// socket is `<data_dir>/run/<uuid>/qmp.sock`: a data dir too long for that
+/// is refused at start, not at the first `startVm`.
+fn check_socket_room(config: &Config) -> Result<(), StartError> {
+    const SUN_PATH_MAX: usize = 107;
+    let example =
+        crate::host::qemu::argv::qmp_socket(&config.run_dir().join(uuid::Uuid::nil().to_string()));
+    let len = example.as_os_str().len();
+    if len > SUN_PATH_MAX {
+        return Err(StartError::Locked(format!(
+            "data_dir {} is too long: QMP sockets under it would be {len} bytes, QEMU allows {SUN_PATH_MAX}; use a data_dir of at most {} bytes",
+            config.data_dir.display(),
+            config.data_dir.as_os_str().len() - (len - SUN_PATH_MAX)
+        )));
+    }
+    Ok(())
 }
 
 /// Holds `<data_dir>/vman.lock` for the life of a serving vman: two vman
@@ -103,6 +122,7 @@ impl App {
         // Host paths handed to QEMU and qemu-img must not depend on vman's working directory.
         let data_dir = std::fs::canonicalize(&config.data_dir).map_err(dirs_error)?;
         config.data_dir = data_dir;
+        check_socket_room(&config)?;
         let lock = DataDirLock::take(&config)?;
         let db = crate::db::connect(&config.db_path()).await?;
         crate::db::migrate(&db).await?;

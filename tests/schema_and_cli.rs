@@ -148,3 +148,23 @@ async fn a_second_vman_on_the_same_data_dir_is_refused() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_data_dir_too_long_for_qmp_sockets_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("d".repeat(80));
+    let config = vman::config::Config {
+        data_dir: long,
+        dry_run: true,
+        ..Default::default()
+    };
+    let error = vman::app::App::start(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("too long") && error.contains("107"),
+        "{error}"
+    );
+}
