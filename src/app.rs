@@ -29,6 +29,8 @@ pub struct App {
     pub cancel: CancellationToken,
     /// What could not be re-adopted at start, for `health` (never silently dropped).
     pub adoption_problems: std::sync::Mutex<Vec<String>>,
+    /// One coherence sweep at a time (periodic or asked for).
+    pub sweep_lock: tokio::sync::Mutex<()>,
     _lock: DataDirLock,
 }
 
@@ -143,6 +145,7 @@ impl App {
             config: Arc::new(config),
             cancel,
             adoption_problems: Default::default(),
+            sweep_lock: Default::default(),
             _lock: lock,
         });
         // Metrics count from the start, not from the first scrape.
@@ -154,6 +157,8 @@ impl App {
             tracing::info!("dry-run: VMs are not re-adopted and their states are left as they are");
         } else {
             crate::vm::adopt_all(&app).await;
+            // The sweep judges the host only once vman has taken over what runs.
+            crate::observer::spawn_sweeps(app.clone());
         }
         Ok(app)
     }

@@ -56,6 +56,10 @@ pub struct ObserverConfig {
     pub interval: Duration,
     /// `report` records drift; `repair` also fixes what is safe to fix.
     pub policy: DriftPolicy,
+    /// How long the sweep waits for one VM's QEMU to answer before it calls
+    /// the VM `UNKNOWN` (QMP silent). The other VMs are probed meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -140,6 +144,7 @@ impl Default for Config {
             observer: ObserverConfig {
                 interval: Duration::from_secs(5),
                 policy: DriftPolicy::Report,
+                probe_timeout: Duration::from_secs(2),
             },
             qemu: QemuConfig {
                 binary: PathBuf::from("qemu-system-x86_64"),
@@ -375,6 +380,15 @@ impl Config {
                 "observer.interval",
                 self.observer.interval,
                 "must be between 100ms and 1h",
+            ));
+        }
+        if self.observer.probe_timeout < Duration::from_millis(10)
+            || self.observer.probe_timeout > Duration::from_secs(60)
+        {
+            return Err(bad(
+                "observer.probe_timeout",
+                self.observer.probe_timeout,
+                "must be between 10ms and 60s",
             ));
         }
         if self.qemu.stop_timeout.is_zero() || self.qemu.stop_timeout > Duration::from_secs(3600) {

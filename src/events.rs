@@ -89,6 +89,12 @@ pub enum EventKind {
     ImageImported,
     #[sea_orm(string_value = "IMAGE_DELETED")]
     ImageDeleted,
+    /// The coherence sweep found a drift (the payload is the issue).
+    #[sea_orm(string_value = "COHERENCE_ISSUE_OPENED")]
+    CoherenceIssueOpened,
+    /// A drift is gone, or was repaired (the payload's `action` says which).
+    #[sea_orm(string_value = "COHERENCE_ISSUE_RESOLVED")]
+    CoherenceIssueResolved,
 }
 
 /// An event about to be journaled.

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod app;
+pub mod coherence;
 pub mod config;
 pub mod db;
 pub mod disk;

@@ -84,6 +84,22 @@ pub async fn render(app: &crate::app::App) -> String {
         }
         Err(e) => tracing::warn!(error = %e, "reading VM states for /metrics"),
     }
+    use crate::coherence::{CoherenceKind, model as issues};
+    use sea_orm::{ColumnTrait, QueryFilter};
+    match issues::Entity::find()
+        .filter(issues::Column::ResolvedAt.is_null())
+        .all(&app.db)
+        .await
+    {
+        Ok(open) => {
+            for kind in CoherenceKind::iter() {
+                let count = open.iter().filter(|issue| issue.kind == kind).count();
+                metrics::gauge!("vman_coherence_open_issues", "kind" => kind.as_str())
+                    .set(count as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading coherence issues for /metrics"),
+    }
     handle.render()
 }
 
@@ -173,6 +189,22 @@ pub fn operation_finished(kind: &str, status: OperationStatus, took: chrono::Tim
         .increment(1);
     metrics::histogram!("vman_operation_duration_seconds", "kind" => kind.to_string())
         .record(took.num_microseconds().unwrap_or(0) as f64 / 1e6);
+}
+
+pub fn coherence_finding(kind: &'static str) {
+    metrics::counter!("vman_coherence_findings_total", "kind" => kind).increment(1);
+}
+
+pub fn coherence_sweep(took: std::time::Duration, failed: bool) {
+    metrics::counter!("vman_coherence_sweeps_total").increment(1);
+    metrics::histogram!("vman_coherence_sweep_duration_seconds").record(took.as_secs_f64());
+    if failed {
+        metrics::counter!("vman_coherence_sweeps_failed_total").increment(1);
+    }
+}
+
+pub fn coherence_repair(kind: &'static str) {
+    metrics::counter!("vman_coherence_repairs_total", "kind" => kind).increment(1);
 }
 
 #[cfg(test)]

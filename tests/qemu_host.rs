@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
-use common::{TestServer, kvm_usable};
+use common::{TestServer, VmanProcess, free_port, kvm_usable};
 use serde_json::json;
 use vman::config::Accel;
 
@@ -213,83 +213,6 @@ async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_
             .len(),
         4194304
     );
-}
-
-/// A `vman serve` process of its own, so it can be SIGKILLed.
-struct VmanProcess {
-    child: std::process::Child,
-    url: String,
-    run_dir: std::path::PathBuf,
-}
-
-impl Drop for VmanProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        common::kill_vms_under(&self.run_dir);
-    }
-}
-
-impl VmanProcess {
-    fn start(data: &std::path::Path, port: u16) -> VmanProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_vman"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(data)
-            .env("VMAN_QEMU_ACCEL", if kvm_usable() { "kvm" } else { "tcg" })
-            .env("VMAN_LOG_LEVEL", "warn")
-            .spawn()
-            .unwrap();
-        VmanProcess {
-            child,
-            url: format!("http://127.0.0.1:{port}/graphql"),
-            run_dir: data.join("run"),
-        }
-    }
-
-    async fn ready(&self, http: &reqwest::Client) {
-        let readyz = self.url.replace("/graphql", "/readyz");
-        for _ in 0..500 {
-            if let Ok(r) = http.get(&readyz).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("vman did not become ready");
-    }
-
-    async fn gql(
-        &self,
-        http: &reqwest::Client,
-        query: &str,
-        variables: serde_json::Value,
-    ) -> serde_json::Value {
-        let r: serde_json::Value = http
-            .post(&self.url)
-            .json(&json!({"query": query, "variables": variables}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert!(r.get("errors").is_none(), "{r}");
-        r["data"].clone()
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -87,7 +87,7 @@ impl VmStateChange {
     }
 }
 
-fn parse_sequence(after: Option<String>) -> ApiResult<Option<i64>> {
+pub(crate) fn parse_sequence(after: Option<String>) -> ApiResult<Option<i64>> {
     after
         .map(|a| {
             a.parse::<i64>()

@@ -27,6 +27,7 @@ pub struct Query(
     crate::network::graphql::NetworkQuery,
     crate::image::graphql::ImageQuery,
     crate::operation::graphql::OperationQuery,
+    crate::coherence::graphql::CoherenceQuery,
     events::EventQuery,
     health::HealthQuery,
 );
@@ -38,10 +39,14 @@ pub struct Mutation(
     crate::disk::graphql::DiskMutation,
     crate::network::graphql::NetworkMutation,
     crate::image::graphql::ImageMutation,
+    crate::coherence::graphql::CoherenceMutation,
 );
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(events::EventSubscription);
+pub struct Subscription(
+    events::EventSubscription,
+    crate::coherence::graphql::CoherenceSubscription,
+);
 
 pub type VmanSchema = Schema<Query, Mutation, Subscription>;
 

@@ -3,18 +3,29 @@
 //! database). They back `--dry-run`, `dryRun: true` and the logic tests; no
 //! host feature is tested on them alone.
 
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::Mutex,
+    time::Duration,
+};
+
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::{
-    Adoption, DiskSpec, HostError, HostEvent, HostNetwork, HostStep, Hypervisor, NetworkAction,
-    Outcome, StopRung, VmAction, VmSpec, qemu::argv::QemuOptions,
+    Adoption, DiskSeen, DiskSpec, HostError, HostEvent, HostNetwork, HostStep, Hypervisor,
+    NetworkAction, OrphanSeen, Outcome, ProbeTarget, ProcessSeen, QmpSeen, StopRung, VmAction,
+    VmProbe, VmSpec, qemu::argv::QemuOptions,
 };
 
 pub struct DryRunHypervisor {
     options: QemuOptions,
     /// Never sent on: a dry run observes no host.
     events: broadcast::Sender<HostEvent>,
+    /// The VMs it pretends to run (id → running, not paused): synthetic
+    /// processes the coherence sweep probes like real ones.
+    running: Mutex<HashMap<String, bool>>,
 }
 
 impl DryRunHypervisor {
@@ -22,6 +33,26 @@ impl DryRunHypervisor {
         DryRunHypervisor {
             options,
             events: broadcast::channel(1).0,
+            running: Mutex::default(),
+        }
+    }
+
+    fn pretend(&self, action: &VmAction) {
+        let mut running = self.running.lock().expect("dry-run VMs");
+        match action {
+            VmAction::Start(spec) => {
+                running.insert(spec.id.clone(), true);
+            }
+            VmAction::Stop { vm_id, .. } => {
+                running.remove(vm_id);
+            }
+            VmAction::Pause { vm_id } => {
+                running.entry(vm_id.clone()).and_modify(|r| *r = false);
+            }
+            VmAction::Resume { vm_id } => {
+                running.entry(vm_id.clone()).and_modify(|r| *r = true);
+            }
+            _ => {}
         }
     }
 }
@@ -41,6 +72,7 @@ impl Hypervisor for DryRunHypervisor {
     async fn execute(&self, action: &VmAction) -> Result<Outcome, HostError> {
         let steps = self.plan(action);
         log_steps(&steps);
+        self.pretend(action);
         let stop_rung = match action {
             VmAction::Stop { request, .. } => Some(if request.force {
                 StopRung::Quit
@@ -70,6 +102,33 @@ impl Hypervisor for DryRunHypervisor {
 
     fn events(&self) -> broadcast::Receiver<HostEvent> {
         self.events.subscribe()
+    }
+
+    async fn probe(&self, target: &ProbeTarget, _timeout: Duration) -> VmProbe {
+        match self.running.lock().expect("dry-run VMs").get(&target.vm_id) {
+            Some(&running) => VmProbe {
+                process: ProcessSeen::Tracked { pid: 0 },
+                qmp: Some(QmpSeen::Status {
+                    status: if running { "running" } else { "paused" }.into(),
+                    running,
+                }),
+                disks: None,
+            },
+            None => VmProbe {
+                process: ProcessSeen::Absent,
+                qmp: None,
+                disks: None,
+            },
+        }
+    }
+
+    async fn inspect_disk(&self, _disk: &DiskSpec) -> Option<DiskSeen> {
+        // A dry run creates no files: there is nothing to compare.
+        None
+    }
+
+    async fn orphans(&self, _run_root: &Path, _known: &HashSet<String>) -> Vec<OrphanSeen> {
+        Vec::new()
     }
 }
 

@@ -275,6 +275,67 @@ pub enum HostEvent {
     },
 }
 
+/// One VM the coherence sweep asks a hypervisor about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeTarget {
+    pub vm_id: String,
+    pub run_dir: PathBuf,
+}
+
+/// What the host shows of one VM, read for the coherence sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmProbe {
+    pub process: ProcessSeen,
+    /// QEMU's answer to `query-status` (only for a QEMU vman tracks).
+    pub qmp: Option<QmpSeen>,
+    /// The disks (by disk id) QEMU has a device for, per `query-block`
+    /// (only when QMP answered).
+    pub disks: Option<Vec<String>>,
+}
+
+/// Whether a QEMU of the VM runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProcessSeen {
+    /// A QEMU vman tracks (started or re-adopted): its pidfd reports its exit.
+    Tracked { pid: i32 },
+    /// This VM's QEMU runs (its pidfile and its `-uuid` agree) but vman does
+    /// not track it: started by hand, or not re-adopted.
+    Untracked { pid: i32 },
+    /// The tracked QEMU exited moments ago: the observer's push path records
+    /// that exit, with its forensics; the sweep leaves it alone.
+    JustExited,
+    /// No QEMU of this VM runs.
+    Absent,
+}
+
+/// What QMP said when asked for the run state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QmpSeen {
+    Status {
+        status: String,
+        running: bool,
+    },
+    /// No reply within the probe's timeout (a stopped or hung QEMU).
+    Silent,
+    Failed(String),
+}
+
+/// What a disk's file looks like on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiskSeen {
+    Missing,
+    Present { format: String, virtual_size: u64 },
+    Unreadable(String),
+}
+
+/// A run directory that belongs to no VM vman knows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrphanSeen {
+    pub run_dir: PathBuf,
+    /// A live QEMU whose pidfile is in that directory.
+    pub qemu_pid: Option<i32>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error("{what}: {source}")]
@@ -305,6 +366,17 @@ pub trait Hypervisor: Send + Sync {
     async fn finish_detach(&self, vm_id: &str, disk: &DiskSpec) -> Result<(), HostError>;
     /// What the host reports on its own, from now on.
     fn events(&self) -> tokio::sync::broadcast::Receiver<HostEvent>;
+    /// Reads what the host shows of one VM; never waits longer than `timeout`
+    /// on QEMU. Reads only.
+    async fn probe(&self, target: &ProbeTarget, timeout: std::time::Duration) -> VmProbe;
+    /// Reads a disk's file (`None`: this port cannot tell). Reads only.
+    async fn inspect_disk(&self, disk: &DiskSpec) -> Option<DiskSeen>;
+    /// Run directories under `run_root` whose name is not in `known`. Reads only.
+    async fn orphans(
+        &self,
+        run_root: &std::path::Path,
+        known: &std::collections::HashSet<String>,
+    ) -> Vec<OrphanSeen>;
 }
 
 /// What a network port is asked to do.

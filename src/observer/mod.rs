@@ -7,8 +7,11 @@
 //! lifecycle mutation holds it, except for an exit nobody requested: that is a
 //! crash, and it is recorded with the exit status and the last log lines.
 //!
-//! Not here yet: the periodic coherence sweep (dead processes found by
-//! polling, orphans, missing disk files and bridges, a QMP that went silent).
+//! Behind it runs the periodic coherence sweep ([`sweep`]): what the push
+//! path cannot see (a QMP gone silent, orphans, disk files, a QEMU of a
+//! stopped VM) it finds by comparing the database with the host.
+
+pub mod sweep;
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -42,6 +45,35 @@ pub fn spawn(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                     tracing::warn!(missed, "observer: host events were dropped");
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+/// Runs the coherence sweep every `observer.interval` until `app.cancel` fires.
+pub fn spawn_sweeps(app: Arc<App>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(app.config.observer.interval);
+        // A slow sweep delays the next one; sweeps never pile up.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                _ = app.cancel.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match sweep::sweep(&app).await {
+                Ok(report) => {
+                    if !report.opened.is_empty() || !report.resolved.is_empty() {
+                        tracing::info!(
+                            opened = report.opened.len(),
+                            resolved = report.resolved.len(),
+                            took_ms = report.took.as_millis() as u64,
+                            "coherence sweep"
+                        );
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "coherence sweep failed"),
             }
         }
     })

@@ -51,6 +51,15 @@ impl VmObject {
     async fn desired_state(&self) -> VmState {
         self.0.desired_state
     }
+    /// Drifts the coherence sweep found for this VM, oldest first; `open: true`
+    /// for the current ones only.
+    async fn coherence_issues(
+        &self,
+        ctx: &Context<'_>,
+        open: Option<bool>,
+    ) -> async_graphql::Result<Vec<crate::coherence::graphql::CoherenceIssueObject>> {
+        crate::coherence::graphql::of_vm(ctx, &self.0.id, open).await
+    }
     async fn disks(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<DiskObject>> {
         let disks = crate::disk::model::Entity::find()
             .filter(crate::disk::model::Column::VmId.eq(&self.0.id))

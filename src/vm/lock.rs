@@ -79,6 +79,25 @@ impl VmLocks {
         }
     }
 
+    /// Takes a VM's lock only if nobody holds it (the observer never queues
+    /// behind a mutation).
+    pub fn try_lock(&self, vm_id: &str, operation_id: &str, kind: &str) -> Option<VmGuard> {
+        let slot = self
+            .slots
+            .lock()
+            .expect("vm locks")
+            .entry(vm_id.to_string())
+            .or_default()
+            .clone();
+        let guard = slot.mutex.clone().try_lock_owned().ok()?;
+        *slot.holder.lock().expect("vm lock holder") =
+            Some((operation_id.to_string(), kind.to_string()));
+        Some(VmGuard {
+            slot,
+            _guard: guard,
+        })
+    }
+
     /// The operation holding a VM's lock, if any (id, kind).
     pub fn holder(&self, vm_id: &str) -> Option<(String, String)> {
         let slot = self.slots.lock().expect("vm locks").get(vm_id).cloned()?;

@@ -329,3 +329,86 @@ pub fn kvm_usable() -> bool {
         .open("/dev/kvm")
         .is_ok()
 }
+
+/// A `vman serve` process of its own, so it can be SIGKILLed.
+pub struct VmanProcess {
+    pub child: std::process::Child,
+    pub url: String,
+    pub run_dir: std::path::PathBuf,
+}
+
+impl Drop for VmanProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        kill_vms_under(&self.run_dir);
+    }
+}
+
+impl VmanProcess {
+    pub fn start(data: &std::path::Path, port: u16) -> VmanProcess {
+        Self::start_with_env(data, port, &[])
+    }
+
+    /// Starts `vman serve` with more `VMAN_*` settings.
+    pub fn start_with_env(data: &std::path::Path, port: u16, env: &[(&str, &str)]) -> VmanProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vman"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data)
+            .env("VMAN_QEMU_ACCEL", if kvm_usable() { "kvm" } else { "tcg" })
+            .env("VMAN_LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
+            .spawn()
+            .unwrap();
+        VmanProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}/graphql"),
+            run_dir: data.join("run"),
+        }
+    }
+
+    pub async fn ready(&self, http: &reqwest::Client) {
+        let readyz = self.url.replace("/graphql", "/readyz");
+        for _ in 0..500 {
+            if let Ok(r) = http.get(&readyz).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("vman did not become ready");
+    }
+
+    pub async fn gql(
+        &self,
+        http: &reqwest::Client,
+        query: &str,
+        variables: serde_json::Value,
+    ) -> serde_json::Value {
+        let r: serde_json::Value = http
+            .post(&self.url)
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(r.get("errors").is_none(), "{r}");
+        r["data"].clone()
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

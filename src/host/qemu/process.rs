@@ -193,6 +193,25 @@ pub fn is_qemu_of(pid: i32, vm_id: &str) -> bool {
 }
 
 /// Reads a pidfile QEMU wrote.
+/// Whether a live process is a QEMU whose command line names `path` (its
+/// pidfile or QMP socket in a run directory, say).
+pub fn is_qemu_using(pid: i32, path: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmdline.split(|b| *b == 0);
+    let is_qemu = args
+        .next()
+        .and_then(|argv0| argv0.rsplit(|b| *b == b'/').next())
+        .is_some_and(|name| name.starts_with(b"qemu"));
+    let needle = path.as_os_str().as_encoded_bytes();
+    is_qemu
+        && args.any(|arg| {
+            arg.windows(needle.len().max(1))
+                .any(|window| window == needle)
+        })
+}
+
 pub fn read_pidfile(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }

@@ -5,8 +5,21 @@
 //! broadcast to whoever watches that VM. Every command has a timeout: a QEMU
 //! that stops answering fails that command with `Timeout`, never stalls
 //! anything else.
+//!
+//! A command that timed out is not abandoned: qapi matches replies to
+//! commands by position (QEMU does not offer out-of-band ids on this
+//! monitor), so a dropped command would leave its reply to the next one. Each
+//! command runs in its own task until QEMU answers it or the connection ends;
+//! only the caller stops waiting.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use qapi::{
@@ -36,6 +49,8 @@ pub enum QmpNotice {
 pub struct QmpClient {
     service: QapiService<Writer>,
     notices: broadcast::Sender<QmpNotice>,
+    /// A `query-status` QEMU has not answered yet (asked by [`QmpClient::probe_status`]).
+    status_pending: Arc<AtomicBool>,
 }
 
 impl QmpClient {
@@ -67,7 +82,11 @@ impl QmpClient {
             }
             let _ = sender.send(QmpNotice::Closed);
         });
-        Ok(QmpClient { service, notices })
+        Ok(QmpClient {
+            service,
+            notices,
+            status_pending: Arc::default(),
+        })
     }
 
     /// Events and connection loss, from now on.
@@ -78,24 +97,33 @@ impl QmpClient {
     /// Runs a typed command with a timeout.
     pub async fn execute<C>(&self, command: C, timeout: Duration) -> Result<C::Ok, HostError>
     where
-        C: qapi::Command + qapi::qmp::QmpCommand,
+        C: qapi::Command + qapi::qmp::QmpCommand + Send + 'static,
+        C::Ok: Send + 'static,
     {
         let name = C::NAME;
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(timeout, self.service.execute(command)).await;
+        // Runs to its reply even if this caller stops waiting (see the module docs).
+        let command = tokio::spawn(self.service.execute(command));
+        let result = tokio::time::timeout(timeout, command).await;
         crate::telemetry::qmp_command(name, started.elapsed(), result.is_err());
+        let result = match result {
+            Err(_) => {
+                return Err(HostError::Timeout(format!(
+                    "QMP {name} got no reply within {timeout:?}"
+                )));
+            }
+            Ok(Err(join)) => return Err(HostError::Failed(format!("QMP {name}: {join}"))),
+            Ok(Ok(result)) => result,
+        };
         match result {
-            Err(_) => Err(HostError::Timeout(format!(
-                "QMP {name} got no reply within {timeout:?}"
-            ))),
-            Ok(Err(qapi::ExecuteError::Qapi(e))) => {
+            Err(qapi::ExecuteError::Qapi(e)) => {
                 Err(HostError::Failed(format!("QMP {name}: {}", e.desc)))
             }
-            Ok(Err(qapi::ExecuteError::Io(e))) => Err(HostError::Io {
+            Err(qapi::ExecuteError::Io(e)) => Err(HostError::Io {
                 what: format!("QMP {name}"),
                 source: e,
             }),
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(reply) => Ok(reply),
         }
     }
 
@@ -138,8 +166,8 @@ impl QmpClient {
         timeout: Duration,
     ) -> Result<serde_json::Value, HostError>
     where
-        C: qapi::Command + qapi::qmp::QmpCommand + DeserializeOwned,
-        C::Ok: Serialize,
+        C: qapi::Command + qapi::qmp::QmpCommand + DeserializeOwned + Send + 'static,
+        C::Ok: Serialize + Send + 'static,
     {
         let command: C = serde_json::from_value(arguments)
             .map_err(|e| HostError::Failed(format!("QMP {} arguments: {e}", C::NAME)))?;
@@ -150,5 +178,30 @@ impl QmpClient {
     /// The run state QEMU reports.
     pub async fn status(&self) -> Result<qmp::StatusInfo, HostError> {
         self.execute(qmp::query_status {}, STATUS_TIMEOUT).await
+    }
+
+    /// The run state, for the coherence sweep: while QEMU has not answered the
+    /// previous probe, it is still silent and no new query piles up behind it.
+    pub async fn probe_status(&self, timeout: Duration) -> Result<qmp::StatusInfo, HostError> {
+        if self.status_pending.swap(true, Ordering::AcqRel) {
+            return Err(HostError::Timeout(
+                "QMP has not answered the previous query-status".into(),
+            ));
+        }
+        let pending = self.status_pending.clone();
+        let query = self.service.execute(qmp::query_status {});
+        let command = tokio::spawn(async move {
+            let result = query.await;
+            pending.store(false, Ordering::Release);
+            result
+        });
+        match tokio::time::timeout(timeout, command).await {
+            Err(_) => Err(HostError::Timeout(format!(
+                "QMP query-status got no reply within {timeout:?}"
+            ))),
+            Ok(Err(join)) => Err(HostError::Failed(format!("QMP query-status: {join}"))),
+            Ok(Ok(Err(e))) => Err(HostError::Failed(format!("QMP query-status: {e}"))),
+            Ok(Ok(Ok(status))) => Ok(status),
+        }
     }
 }

@@ -1,0 +1,231 @@
+use std::sync::Arc;
+
+use async_graphql::{Context, Enum, ID, Object, SimpleObject, Subscription};
+use futures_util::{Stream, StreamExt};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
+use super::{CoherenceIssue, CoherenceKind, model};
+use crate::{
+    api::{
+        self,
+        pagination::{Page, id_cursor, page},
+    },
+    error::{ApiError, ResultExt},
+    events::{Event, EventKind},
+    observer::sweep::SweepReport,
+    vm::graphql::VmObject,
+};
+
+#[derive(Clone)]
+pub struct CoherenceIssueObject(pub CoherenceIssue);
+
+/// A difference between what the database says and what the host shows,
+/// found by the observer's coherence sweep.
+#[Object(name = "CoherenceIssue")]
+impl CoherenceIssueObject {
+    pub async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn kind(&self) -> CoherenceKind {
+        self.0.kind
+    }
+    /// `Vm`, `Disk`, `Network` or `RunDir`.
+    async fn subject_type(&self) -> &str {
+        &self.0.subject_type
+    }
+    /// The subject's ID (a run directory's path for `RunDir`).
+    async fn subject_id(&self) -> &str {
+        &self.0.subject_id
+    }
+    /// The VM concerned, if any (null once deleted).
+    async fn vm(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<VmObject>> {
+        let vm = api::load::<crate::vm::model::Entity>(ctx, self.0.vm_id.as_deref()).await?;
+        Ok(vm.map(VmObject))
+    }
+    /// What the database says.
+    async fn expected(&self) -> &str {
+        &self.0.expected
+    }
+    /// What the host shows.
+    async fn observed(&self) -> &str {
+        &self.0.observed
+    }
+    async fn detected_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.detected_at
+    }
+    /// Null while the drift lasts.
+    async fn resolved_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.0.resolved_at
+    }
+    async fn open(&self) -> bool {
+        self.0.resolved_at.is_none()
+    }
+    /// What vman did about it (under `observer.policy = "repair"`), or why it resolved.
+    async fn action(&self) -> Option<&str> {
+        self.0.action.as_deref()
+    }
+}
+
+/// What one coherence sweep did.
+#[derive(SimpleObject)]
+pub struct SweepReportObject {
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub took_ms: f64,
+    pub vms_checked: i32,
+    /// VMs left alone: an operation in flight, starting or stopping.
+    pub vms_skipped: i32,
+    pub disks_checked: i32,
+    /// Every drift this sweep saw, open or just repaired.
+    pub findings: Vec<CoherenceIssueObject>,
+    /// Issues this sweep opened.
+    pub opened: Vec<CoherenceIssueObject>,
+    /// Issues this sweep resolved (gone, or repaired).
+    pub resolved: Vec<CoherenceIssueObject>,
+}
+
+impl From<SweepReport> for SweepReportObject {
+    fn from(report: SweepReport) -> Self {
+        let objects =
+            |issues: Vec<CoherenceIssue>| issues.into_iter().map(CoherenceIssueObject).collect();
+        SweepReportObject {
+            started_at: report.started_at,
+            took_ms: report.took.as_secs_f64() * 1000.0,
+            vms_checked: report.vms_checked as i32,
+            vms_skipped: report.vms_skipped as i32,
+            disks_checked: report.disks_checked as i32,
+            findings: objects(report.findings),
+            opened: objects(report.opened),
+            resolved: objects(report.resolved),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct CoherenceQuery;
+
+#[Object]
+impl CoherenceQuery {
+    /// Coherence issues, oldest first; `open: true` for the current ones only.
+    async fn coherence_issues(
+        &self,
+        ctx: &Context<'_>,
+        open: Option<bool>,
+        after: Option<String>,
+        first: Option<i32>,
+    ) -> async_graphql::Result<Page<CoherenceIssueObject>> {
+        let after = id_cursor(after).gql()?;
+        page(
+            &api::app(ctx).db,
+            filter_open(model::Entity::find(), open),
+            model::Column::Id,
+            after,
+            first,
+            |issue| issue.id.clone(),
+            CoherenceIssueObject,
+        )
+        .await
+        .gql()
+    }
+}
+
+pub fn filter_open(
+    select: sea_orm::Select<model::Entity>,
+    open: Option<bool>,
+) -> sea_orm::Select<model::Entity> {
+    match open {
+        Some(true) => select.filter(model::Column::ResolvedAt.is_null()),
+        Some(false) => select.filter(model::Column::ResolvedAt.is_not_null()),
+        None => select,
+    }
+}
+
+/// A VM's coherence issues, oldest first.
+pub async fn of_vm(
+    ctx: &Context<'_>,
+    vm_id: &str,
+    open: Option<bool>,
+) -> async_graphql::Result<Vec<CoherenceIssueObject>> {
+    let issues = filter_open(
+        model::Entity::find().filter(model::Column::VmId.eq(vm_id)),
+        open,
+    )
+    .order_by_asc(model::Column::Id)
+    .all(&api::app(ctx).db)
+    .await
+    .map_err(ApiError::from)
+    .gql()?;
+    Ok(issues.into_iter().map(CoherenceIssueObject).collect())
+}
+
+#[derive(Default)]
+pub struct CoherenceMutation;
+
+#[Object]
+impl CoherenceMutation {
+    /// Runs a coherence sweep now (after any sweep already running) and
+    /// returns what it found. Under `observer.policy = "repair"` it repairs
+    /// what is safe, as the periodic sweep does.
+    async fn run_coherence_sweep(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<SweepReportObject> {
+        let report = crate::observer::sweep::sweep(api::app(ctx)).await.gql()?;
+        Ok(report.into())
+    }
+}
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub enum IssueChange {
+    Opened,
+    Resolved,
+}
+
+/// An issue opened or resolved, in journal order.
+#[derive(SimpleObject)]
+pub struct CoherenceIssueChange {
+    pub change: IssueChange,
+    pub issue: CoherenceIssueObject,
+    /// The journal sequence; pass it as `after` to resume.
+    pub sequence: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl CoherenceIssueChange {
+    fn from_event(event: &Event) -> Option<CoherenceIssueChange> {
+        let change = match event.kind {
+            EventKind::CoherenceIssueOpened => IssueChange::Opened,
+            EventKind::CoherenceIssueResolved => IssueChange::Resolved,
+            _ => return None,
+        };
+        let issue: CoherenceIssue = serde_json::from_value(event.payload.clone()).ok()?;
+        Some(CoherenceIssueChange {
+            change,
+            issue: CoherenceIssueObject(issue),
+            sequence: event.sequence.to_string(),
+            at: event.at,
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct CoherenceSubscription;
+
+#[Subscription]
+impl CoherenceSubscription {
+    /// Coherence issues as they open and resolve. Pass `after` (a journal
+    /// sequence) to first receive the changes since then.
+    async fn coherence_issues(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = CoherenceIssueChange> + use<>> {
+        let after = api::events::parse_sequence(after).gql()?;
+        Ok(api::app(ctx)
+            .bus
+            .stream(after)
+            .filter_map(|event: Arc<Event>| {
+                let change = CoherenceIssueChange::from_event(&event);
+                async move { change }
+            }))
+    }
+}

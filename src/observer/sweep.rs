@@ -1,0 +1,766 @@
+//! The coherence sweep: the safety net behind the push path.
+//!
+//! Every `observer.interval` (and on `runCoherenceSweep`) it reads the
+//! database once, asks the host about every VM at the same time (each probe
+//! bounded by `observer.probe_timeout`), compares, and records each drift as
+//! a [`CoherenceIssue`](crate::coherence::CoherenceIssue).
+//!
+//! - A VM or disk with an operation in flight, or a VM starting or stopping,
+//!   is skipped: no false drift mid-start.
+//! - An exit the push path is about to record is left to it (with its
+//!   forensics), so no work is done twice.
+//! - What the sweep *observes* it always records: a VM whose QMP is silent is
+//!   `UNKNOWN`, and it leaves `UNKNOWN` as soon as QMP answers again.
+//! - What it would *change* is a repair, done only under `policy = "repair"`:
+//!   mark a dead VM `CRASHED`, re-sync the state from QMP, re-adopt a QEMU of
+//!   a known VM. It never deletes a disk or kills a process.
+//!
+//! Findings are rechecked inside the write: a VM whose row changed, or that a
+//! mutation took, since the probe is left for the next sweep.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::{StreamExt, stream};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+use crate::{
+    app::App,
+    coherence::{self, Area, CoherenceIssue, CoherenceKind, Finding},
+    config::DriftPolicy,
+    disk::{self, Attachment, Disk},
+    error::{ApiError, ApiResult},
+    events::Writer,
+    host::{Adoption, DiskSeen, ProbeTarget, ProcessSeen, QmpSeen, VmProbe},
+    operation::{OperationStatus, model as operations},
+    vm::{self, Vm, VmState},
+};
+
+/// How many VMs are probed at the same time.
+const PROBES_IN_FLIGHT: usize = 64;
+/// How many disk files are read at the same time (a changed qcow2 runs qemu-img).
+const DISK_READS_IN_FLIGHT: usize = 8;
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default)]
+pub struct SweepReport {
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub took: Duration,
+    pub vms_checked: usize,
+    /// VMs left alone: an operation in flight, or starting/stopping.
+    pub vms_skipped: usize,
+    pub disks_checked: usize,
+    /// Every drift this sweep saw (issues opened now or before).
+    pub findings: Vec<CoherenceIssue>,
+    pub opened: Vec<CoherenceIssue>,
+    pub resolved: Vec<CoherenceIssue>,
+}
+
+/// What the sweep will change if the policy allows.
+#[derive(Debug, Clone, PartialEq)]
+enum Repair {
+    /// The VM's QEMU is gone: mark it crashed.
+    MarkCrashed,
+    /// Take the state QMP reports.
+    SyncState(VmState),
+    /// Track this VM's running QEMU again.
+    Adopt { pid: i32 },
+}
+
+#[derive(Debug, Clone)]
+struct Drift {
+    finding: Finding,
+    repair: Option<Repair>,
+}
+
+/// A state the sweep records whatever the policy: what it observed.
+#[derive(Debug, Clone)]
+struct Observation {
+    vm_id: String,
+    to: VmState,
+    reason: String,
+}
+
+/// What was looked at, so that only issues whose subject was checked again
+/// are resolved (a skipped VM keeps its open issues).
+#[derive(Default)]
+struct Checked {
+    /// VMs whose process was probed.
+    vms: HashSet<String>,
+    /// VMs whose QEMU's disks are known (listed by QMP, or no QEMU runs).
+    vm_disks: HashSet<String>,
+    disk_files: HashSet<String>,
+    orphans: bool,
+}
+
+impl Checked {
+    fn covers(&self, issue: &CoherenceIssue) -> bool {
+        match issue.kind.area() {
+            Area::Process => self.vms.contains(&issue.subject_id),
+            Area::DiskFile => self.disk_files.contains(&issue.subject_id),
+            Area::DiskInQemu => issue
+                .vm_id
+                .as_ref()
+                .is_some_and(|vm| self.vm_disks.contains(vm)),
+            Area::Orphans => self.orphans,
+            Area::Links => false,
+        }
+    }
+}
+
+/// One snapshot of what the database says.
+struct Snapshot {
+    vms: Vec<Vm>,
+    disks: Vec<Disk>,
+    /// Targets of operations still running.
+    busy: HashSet<String>,
+}
+
+async fn snapshot(app: &App) -> ApiResult<Snapshot> {
+    let vms = vm::model::Entity::find().all(&app.db).await?;
+    let disks = disk::model::Entity::find().all(&app.db).await?;
+    let busy = operations::Entity::find()
+        .filter(
+            operations::Column::Status.is_in([OperationStatus::Pending, OperationStatus::Running]),
+        )
+        .all(&app.db)
+        .await?
+        .into_iter()
+        .map(|op| op.target_id)
+        .collect();
+    Ok(Snapshot { vms, disks, busy })
+}
+
+/// Runs one sweep now (after any sweep already running).
+pub async fn sweep(app: &Arc<App>) -> ApiResult<SweepReport> {
+    let _one_at_a_time = app.sweep_lock.lock().await;
+    let started = Instant::now();
+    let result = run(app).await;
+    crate::telemetry::coherence_sweep(started.elapsed(), result.is_err());
+    result.map(|mut report| {
+        report.took = started.elapsed();
+        report
+    })
+}
+
+async fn run(app: &Arc<App>) -> ApiResult<SweepReport> {
+    let started_at = chrono::Utc::now();
+    let timeout = app.config.observer.probe_timeout;
+    let snap = snapshot(app).await?;
+    let mut checked = Checked::default();
+    let mut drifts = Vec::new();
+    let mut observations = Vec::new();
+
+    // VMs: every probe at once, each bounded.
+    let skip = |vm: &Vm| {
+        matches!(vm.state, VmState::Starting | VmState::Stopping)
+            || snap.busy.contains(&vm.id)
+            || app.locks.holder(&vm.id).is_some()
+    };
+    let (to_probe, skipped): (Vec<&Vm>, Vec<&Vm>) = snap.vms.iter().partition(|vm| !skip(vm));
+    let skipped_ids: HashSet<&str> = skipped.iter().map(|vm| vm.id.as_str()).collect();
+    let targets: Vec<ProbeTarget> = to_probe
+        .iter()
+        .map(|vm| ProbeTarget {
+            vm_id: vm.id.clone(),
+            run_dir: vm::run_dir(app, &vm.id),
+        })
+        .collect();
+    let hypervisor = app.hypervisor.clone();
+    let probed: HashMap<String, VmProbe> = stream::iter(targets)
+        .map(move |target: ProbeTarget| {
+            let hypervisor = hypervisor.clone();
+            async move {
+                // Two QMP round trips at most, each bounded by `timeout`.
+                let probe = tokio::time::timeout(timeout * 3, hypervisor.probe(&target, timeout))
+                    .await
+                    .unwrap_or(VmProbe {
+                        process: ProcessSeen::Absent,
+                        qmp: Some(QmpSeen::Silent),
+                        disks: None,
+                    });
+                (target.vm_id, probe)
+            }
+        })
+        .buffer_unordered(PROBES_IN_FLIGHT)
+        .collect()
+        .await;
+    let probes: Vec<(&Vm, &VmProbe)> = to_probe
+        .iter()
+        .filter_map(|vm| Some((*vm, probed.get(&vm.id)?)))
+        .collect();
+    let disks_by_id: HashMap<&str, &Disk> = snap.disks.iter().map(|d| (d.id.as_str(), d)).collect();
+    for &(vm, probe) in &probes {
+        if probe.process == ProcessSeen::JustExited {
+            continue;
+        }
+        checked.vms.insert(vm.id.clone());
+        judge_vm(vm, probe, timeout, &mut drifts, &mut observations);
+        // Which disks the running QEMU has, against the database.
+        let disks_known = match (&probe.process, &probe.disks) {
+            (ProcessSeen::Absent, _) => Some(Vec::new()),
+            (ProcessSeen::Tracked { .. }, Some(disks)) => Some(disks.clone()),
+            _ => None,
+        };
+        if let Some(in_qemu) = disks_known {
+            checked.vm_disks.insert(vm.id.clone());
+            judge_vm_disks(vm, probe, &in_qemu, &snap.disks, &disks_by_id, &mut drifts);
+        }
+    }
+
+    // Disk files: skipped with their VM, or with an operation on them.
+    let to_inspect: Vec<&Disk> = snap
+        .disks
+        .iter()
+        .filter(|d| {
+            !snap.busy.contains(&d.id)
+                && d.vm_id
+                    .as_deref()
+                    .is_none_or(|vm| !skipped_ids.contains(vm) && !snap.busy.contains(vm))
+        })
+        .collect();
+    let specs: Vec<(String, crate::host::DiskSpec)> = to_inspect
+        .iter()
+        .map(|d| (d.id.clone(), disk::spec(app, d)))
+        .collect();
+    let hypervisor = app.hypervisor.clone();
+    let seen: HashMap<String, Option<DiskSeen>> = stream::iter(specs)
+        .map(move |(id, spec)| {
+            let hypervisor = hypervisor.clone();
+            async move { (id, hypervisor.inspect_disk(&spec).await) }
+        })
+        .buffer_unordered(DISK_READS_IN_FLIGHT)
+        .collect()
+        .await;
+    let inspected: Vec<(&Disk, Option<DiskSeen>)> = to_inspect
+        .iter()
+        .map(|d| (*d, seen.get(&d.id).cloned().flatten()))
+        .collect();
+    let mut disks_checked = 0;
+    for (d, seen) in inspected {
+        let Some(seen) = seen else { continue };
+        disks_checked += 1;
+        checked.disk_files.insert(d.id.clone());
+        judge_disk_file(app, d, &seen, &mut drifts);
+    }
+
+    // Run directories nobody owns.
+    let known: HashSet<String> = snap.vms.iter().map(|vm| vm.id.clone()).collect();
+    for orphan in app.hypervisor.orphans(&app.config.run_dir(), &known).await {
+        let dir = orphan.run_dir.display().to_string();
+        drifts.push(Drift {
+            finding: Finding {
+                kind: CoherenceKind::OrphanRunDir,
+                subject_type: "RunDir",
+                subject_id: dir.clone(),
+                vm_id: None,
+                expected: "every run directory belongs to a VM".into(),
+                observed: format!("{dir} belongs to no VM (left alone)"),
+            },
+            repair: None,
+        });
+        if let Some(pid) = orphan.qemu_pid {
+            drifts.push(Drift {
+                finding: Finding {
+                    kind: CoherenceKind::OrphanProcess,
+                    subject_type: "RunDir",
+                    subject_id: dir.clone(),
+                    vm_id: None,
+                    expected: "every QEMU belongs to a VM".into(),
+                    observed: format!(
+                        "QEMU pid {pid} runs from {dir}, which belongs to no VM (left alone)"
+                    ),
+                },
+                repair: None,
+            });
+        }
+    }
+    checked.orphans = true;
+
+    let policy = match app.hypervisor.is_dry_run() {
+        // A dry run changes nothing it only imagines.
+        true => DriftPolicy::Report,
+        false => app.config.observer.policy,
+    };
+    let adoptions = match policy {
+        DriftPolicy::Repair => adopt(app, &drifts).await,
+        DriftPolicy::Report => HashMap::new(),
+    };
+    let snapshot_vms: HashMap<&str, &Vm> = snap.vms.iter().map(|vm| (vm.id.as_str(), vm)).collect();
+    let known_disks: HashSet<&str> = snap.disks.iter().map(|d| d.id.as_str()).collect();
+    let mut report = record(
+        app,
+        policy,
+        drifts,
+        observations,
+        adoptions,
+        &snapshot_vms,
+        &known_disks,
+        &checked,
+    )
+    .await?;
+    report.started_at = started_at;
+    report.vms_checked = checked.vms.len();
+    report.vms_skipped = skipped_ids.len() + probes.len() - checked.vms.len();
+    report.disks_checked = disks_checked;
+    Ok(report)
+}
+
+fn qmp_state(running: bool) -> VmState {
+    if running {
+        VmState::Running
+    } else {
+        VmState::Paused
+    }
+}
+
+fn judge_vm(
+    vm: &Vm,
+    probe: &VmProbe,
+    timeout: Duration,
+    drifts: &mut Vec<Drift>,
+    observations: &mut Vec<Observation>,
+) {
+    let live = matches!(
+        vm.state,
+        VmState::Running | VmState::Paused | VmState::Unknown
+    );
+    let finding = |kind, expected: String, observed: String| Finding {
+        kind,
+        subject_type: "Vm",
+        subject_id: vm.id.clone(),
+        vm_id: Some(vm.id.clone()),
+        expected,
+        observed,
+    };
+    match &probe.process {
+        ProcessSeen::JustExited => {}
+        ProcessSeen::Absent if live => drifts.push(Drift {
+            finding: finding(
+                CoherenceKind::ProcessMissing,
+                format!("a QEMU process ({})", vm.state),
+                "no QEMU process".into(),
+            ),
+            repair: Some(Repair::MarkCrashed),
+        }),
+        ProcessSeen::Absent => {}
+        ProcessSeen::Untracked { pid } => {
+            let (kind, expected) = match live {
+                true => (
+                    CoherenceKind::UntrackedProcess,
+                    "vman watches the VM's QEMU".to_string(),
+                ),
+                false => (
+                    CoherenceKind::UnexpectedProcess,
+                    format!("no QEMU process ({})", vm.state),
+                ),
+            };
+            drifts.push(Drift {
+                finding: finding(
+                    kind,
+                    expected,
+                    format!("QEMU pid {pid} of this VM runs, not watched by vman"),
+                ),
+                repair: Some(Repair::Adopt { pid: *pid }),
+            });
+        }
+        ProcessSeen::Tracked { pid } => match &probe.qmp {
+            Some(QmpSeen::Silent) | Some(QmpSeen::Failed(_)) | None => {
+                let observed = match &probe.qmp {
+                    Some(QmpSeen::Failed(e)) => format!("query-status failed: {e}"),
+                    _ => format!("no reply to query-status within {timeout:?} (QEMU pid {pid})"),
+                };
+                drifts.push(Drift {
+                    finding: finding(
+                        CoherenceKind::QmpSilent,
+                        format!("QMP answers within {timeout:?}"),
+                        observed.clone(),
+                    ),
+                    repair: None,
+                });
+                if vm.state != VmState::Unknown {
+                    observations.push(Observation {
+                        vm_id: vm.id.clone(),
+                        to: VmState::Unknown,
+                        reason: format!("QMP silent: {observed}"),
+                    });
+                }
+            }
+            Some(QmpSeen::Status { status, running }) => {
+                let seen = qmp_state(*running);
+                match vm.state {
+                    // Not knowing ends as soon as QEMU answers: an observation.
+                    VmState::Unknown => observations.push(Observation {
+                        vm_id: vm.id.clone(),
+                        to: seen,
+                        reason: format!("QMP answers again (status {status})"),
+                    }),
+                    state if state == seen => {}
+                    VmState::Running | VmState::Paused => drifts.push(Drift {
+                        finding: finding(
+                            CoherenceKind::StatusMismatch,
+                            vm.state.to_string(),
+                            format!("QMP status {status}"),
+                        ),
+                        repair: Some(Repair::SyncState(seen)),
+                    }),
+                    _ => drifts.push(Drift {
+                        finding: finding(
+                            CoherenceKind::UnexpectedProcess,
+                            format!("no QEMU process ({})", vm.state),
+                            format!("QEMU pid {pid} runs (QMP status {status})"),
+                        ),
+                        repair: Some(Repair::SyncState(seen)),
+                    }),
+                }
+            }
+        },
+    }
+}
+
+fn judge_vm_disks(
+    vm: &Vm,
+    probe: &VmProbe,
+    in_qemu: &[String],
+    disks: &[Disk],
+    by_id: &HashMap<&str, &Disk>,
+    drifts: &mut Vec<Drift>,
+) {
+    let running = matches!(probe.process, ProcessSeen::Tracked { .. });
+    if running {
+        for d in disks.iter().filter(|d| {
+            d.vm_id.as_deref() == Some(vm.id.as_str()) && d.attachment == Attachment::Attached
+        }) {
+            if !in_qemu.contains(&d.id) {
+                drifts.push(Drift {
+                    finding: Finding {
+                        kind: CoherenceKind::DiskNotInQemu,
+                        subject_type: "Disk",
+                        subject_id: d.id.clone(),
+                        vm_id: Some(vm.id.clone()),
+                        expected: format!("disk {:?} attached to the running VM", d.name),
+                        observed: "QEMU has no device for it (query-block)".into(),
+                    },
+                    repair: None,
+                });
+            }
+        }
+    }
+    for id in in_qemu {
+        let ours = by_id.get(id.as_str()).is_some_and(|d| {
+            d.vm_id.as_deref() == Some(vm.id.as_str())
+                && matches!(d.attachment, Attachment::Attached | Attachment::Detaching)
+        });
+        if !ours {
+            let expected = match by_id.get(id.as_str()) {
+                Some(d) => format!(
+                    "disk {:?} is {} in the database",
+                    d.name,
+                    attachment_name(d)
+                ),
+                None => "no such disk in the database".into(),
+            };
+            drifts.push(Drift {
+                finding: Finding {
+                    kind: CoherenceKind::DiskUnexpectedInQemu,
+                    subject_type: "Disk",
+                    subject_id: id.clone(),
+                    vm_id: Some(vm.id.clone()),
+                    expected,
+                    observed: "the VM's QEMU has a device for it (query-block)".into(),
+                },
+                repair: None,
+            });
+        }
+    }
+}
+
+fn attachment_name(d: &Disk) -> String {
+    match (&d.attachment, &d.vm_id) {
+        (Attachment::Detached, _) | (_, None) => "detached".into(),
+        (_, Some(vm)) => format!("attached to VM {vm}"),
+    }
+}
+
+fn judge_disk_file(app: &App, d: &Disk, seen: &DiskSeen, drifts: &mut Vec<Drift>) {
+    let path = disk::spec(app, d).path.display().to_string();
+    let finding = |kind, expected: String, observed: String| Drift {
+        finding: Finding {
+            kind,
+            subject_type: "Disk",
+            subject_id: d.id.clone(),
+            vm_id: d.vm_id.clone(),
+            expected,
+            observed,
+        },
+        // A user's disk is never touched: report only.
+        repair: None,
+    };
+    match seen {
+        DiskSeen::Missing => drifts.push(finding(
+            CoherenceKind::DiskFileMissing,
+            format!("file {path}"),
+            "no such file".into(),
+        )),
+        DiskSeen::Unreadable(e) => drifts.push(finding(
+            CoherenceKind::DiskFileUnreadable,
+            format!("a readable disk image at {path}"),
+            e.clone(),
+        )),
+        DiskSeen::Present {
+            format,
+            virtual_size,
+        } => {
+            if format != d.format.qemu_name() {
+                drifts.push(finding(
+                    CoherenceKind::DiskFormatMismatch,
+                    format!("format {}", d.format.qemu_name()),
+                    format!("format {format} (qemu-img info)"),
+                ));
+            }
+            if *virtual_size != d.size_bytes as u64 {
+                drifts.push(finding(
+                    CoherenceKind::DiskSizeMismatch,
+                    format!("{} bytes", d.size_bytes),
+                    format!("{virtual_size} bytes"),
+                ));
+            }
+        }
+    }
+}
+
+/// Re-adopts the QEMU of known VMs (repair policy): a host step, taken
+/// before the write, under the VM's lock (never waiting for it).
+async fn adopt(app: &Arc<App>, drifts: &[Drift]) -> HashMap<String, Result<Adoption, String>> {
+    let mut done = HashMap::new();
+    for drift in drifts {
+        let Some(Repair::Adopt { pid }) = drift.repair else {
+            continue;
+        };
+        let vm_id = &drift.finding.subject_id;
+        let Some(_guard) = app
+            .locks
+            .try_lock(vm_id, "coherence-sweep", "COHERENCE_REPAIR")
+        else {
+            continue;
+        };
+        let result = async {
+            let vm = vm::model::Entity::find_by_id(vm_id.clone())
+                .one(&app.db)
+                .await?
+                .ok_or_else(|| ApiError::not_found("VM", vm_id))?;
+            let spec = vm::spec(app, &vm).await?;
+            Ok::<_, ApiError>(app.hypervisor.adopt(&spec).await?)
+        }
+        .await
+        .map_err(|e| format!("re-adopting QEMU pid {pid} failed: {e}"));
+        done.insert(vm_id.clone(), result);
+    }
+    done
+}
+
+/// Moves a VM to `to`, through `UNKNOWN` when the state machine has no direct edge.
+async fn move_to(w: &mut Writer<'_>, vm_id: &str, to: VmState, reason: &str) -> ApiResult<()> {
+    let vm = crate::events::find_in::<vm::model::Entity, _>(w.txn(), "VM", vm_id).await?;
+    if vm.state != to && !vm.state.can_become(to) {
+        vm::transition(w, vm_id, VmState::Unknown, reason, None).await?;
+    }
+    vm::transition(w, vm_id, to, reason, None).await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    app: &App,
+    policy: DriftPolicy,
+    drifts: Vec<Drift>,
+    observations: Vec<Observation>,
+    adoptions: HashMap<String, Result<Adoption, String>>,
+    snapshot_vms: &HashMap<&str, &Vm>,
+    known_disks: &HashSet<&str>,
+    checked: &Checked,
+) -> ApiResult<SweepReport> {
+    let mut report = SweepReport::default();
+    let mut w = app.bus.writer().await?;
+
+    // A VM that changed, or that a mutation took, since the probe: its
+    // findings are stale; the next sweep looks again.
+    let involved: Vec<String> = drifts
+        .iter()
+        .filter_map(|d| d.finding.vm_id.clone())
+        .chain(observations.iter().map(|o| o.vm_id.clone()))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let now: HashMap<String, Vm> = vm::model::Entity::find()
+        .filter(vm::model::Column::Id.is_in(involved.clone()))
+        .all(w.txn())
+        .await?
+        .into_iter()
+        .map(|vm| (vm.id.clone(), vm))
+        .collect();
+    let stale: HashSet<String> = involved
+        .into_iter()
+        .filter(|id| {
+            let unchanged = match (snapshot_vms.get(id.as_str()), now.get(id)) {
+                (Some(before), Some(after)) => {
+                    before.state == after.state && before.updated_at == after.updated_at
+                }
+                _ => false,
+            };
+            let taken = app
+                .locks
+                .holder(id)
+                .is_some_and(|(op, _)| op != "coherence-sweep");
+            !unchanged || taken
+        })
+        .collect();
+    let fresh = |vm_id: &Option<String>| vm_id.as_ref().is_none_or(|id| !stale.contains(id));
+
+    let open: Vec<CoherenceIssue> = coherence::model::Entity::find()
+        .filter(coherence::model::Column::ResolvedAt.is_null())
+        .all(w.txn())
+        .await?;
+    let mut open_by_key: HashMap<(CoherenceKind, String), CoherenceIssue> = open
+        .into_iter()
+        .map(|issue| ((issue.kind, issue.subject_id.clone()), issue))
+        .collect();
+
+    for observation in observations.iter().filter(|o| !stale.contains(&o.vm_id)) {
+        vm::transition(
+            &mut w,
+            &observation.vm_id,
+            observation.to,
+            &observation.reason,
+            None,
+        )
+        .await?;
+    }
+
+    let mut seen_keys = HashSet::new();
+    for drift in drifts.into_iter().filter(|d| fresh(&d.finding.vm_id)) {
+        let key = (drift.finding.kind, drift.finding.subject_id.clone());
+        if !seen_keys.insert(key.clone()) {
+            continue;
+        }
+        let issue = match open_by_key.remove(&key) {
+            Some(issue) => issue,
+            None => {
+                let issue = coherence::open(&mut w, &drift.finding).await?;
+                report.opened.push(issue.clone());
+                issue
+            }
+        };
+        let repaired = match (policy, &drift.repair) {
+            (DriftPolicy::Repair, Some(repair)) => {
+                apply(
+                    &mut w,
+                    &drift.finding,
+                    repair,
+                    adoptions.get(&drift.finding.subject_id),
+                )
+                .await?
+            }
+            _ => None,
+        };
+        match repaired {
+            Some(action) => {
+                crate::telemetry::coherence_repair(drift.finding.kind.as_str());
+                let issue = coherence::resolve(&mut w, issue, &action).await?;
+                report.findings.push(issue.clone());
+                report.resolved.push(issue);
+            }
+            None => report.findings.push(issue),
+        }
+    }
+
+    // Whatever was looked at again and is no longer there is resolved.
+    for (_, issue) in open_by_key {
+        let gone = match issue.subject_type.as_str() {
+            "Vm" => !snapshot_vms.contains_key(issue.subject_id.as_str()),
+            "Disk" if issue.kind.area() == Area::DiskFile => {
+                !known_disks.contains(issue.subject_id.as_str())
+            }
+            _ => false,
+        };
+        if stale.contains(issue.vm_id.as_deref().unwrap_or_default()) && !gone {
+            continue;
+        }
+        let action = if gone {
+            "its subject no longer exists"
+        } else if checked.covers(&issue) {
+            "no longer seen"
+        } else {
+            continue;
+        };
+        report
+            .resolved
+            .push(coherence::resolve(&mut w, issue, action).await?);
+    }
+    w.commit().await?;
+    Ok(report)
+}
+
+/// Applies one repair inside the write; the action taken, or None when it
+/// could not be done (the issue then stays open).
+async fn apply(
+    w: &mut Writer<'_>,
+    finding: &Finding,
+    repair: &Repair,
+    adoption: Option<&Result<Adoption, String>>,
+) -> ApiResult<Option<String>> {
+    let vm_id = &finding.subject_id;
+    Ok(match repair {
+        Repair::MarkCrashed => {
+            move_to(
+                w,
+                vm_id,
+                VmState::Crashed,
+                "repaired by the coherence sweep: its QEMU is gone",
+            )
+            .await?;
+            Some("marked the VM CRASHED".into())
+        }
+        Repair::SyncState(to) => {
+            move_to(
+                w,
+                vm_id,
+                *to,
+                &format!("repaired by the coherence sweep: state re-synced from QMP ({to})"),
+            )
+            .await?;
+            Some(format!("set the VM's state to {to}, as QMP reports"))
+        }
+        Repair::Adopt { pid } => match adoption {
+            Some(Ok(Adoption::Running {
+                pid,
+                status,
+                running,
+            })) => {
+                let to = qmp_state(*running);
+                move_to(
+                    w,
+                    vm_id,
+                    to,
+                    &format!(
+                        "repaired by the coherence sweep: re-adopted QEMU pid {pid} ({status})"
+                    ),
+                )
+                .await?;
+                Some(format!("re-adopted QEMU pid {pid}; the VM is {to}"))
+            }
+            Some(Ok(Adoption::NotRunning)) => {
+                tracing::info!(vm = %vm_id, pid, "the QEMU to re-adopt is gone");
+                None
+            }
+            Some(Err(e)) => {
+                tracing::debug!(vm = %vm_id, "{e}");
+                None
+            }
+            None => None,
+        },
+    })
+}
