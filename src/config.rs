@@ -101,6 +101,10 @@ pub struct Limits {
 pub struct NetworkConfig {
     /// Bridges are named `<prefix><vlan>`.
     pub bridge_prefix: String,
+    /// The host interface whose `<uplink>.<vlan>` VLAN links join the bridges
+    /// of networks created without their own uplink; unset: isolated bridges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
 }
 
 /// The `/graphql/ws` endpoint (see `api::ws`).
@@ -155,6 +159,7 @@ impl Default for Config {
             },
             network: NetworkConfig {
                 bridge_prefix: "vmbr".into(),
+                uplink: None,
             },
             websocket: WebsocketConfig {
                 init_timeout: Duration::from_secs(10),
@@ -447,6 +452,11 @@ impl Config {
                 prefix,
                 "must be 1-11 characters of a-z, 0-9 or '-' (bridge names are at most 15 characters)",
             ));
+        }
+        if let Some(uplink) = &self.network.uplink
+            && let Err(reason) = crate::validate::uplink_name(uplink)
+        {
+            return Err(bad("network.uplink", uplink, &reason));
         }
         let ws = &self.websocket;
         if ws.init_timeout < Duration::from_millis(10) || ws.init_timeout > Duration::from_secs(600)
