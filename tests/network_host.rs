@@ -302,3 +302,133 @@ async fn bridges_vlan_links_and_bad_inputs_on_real_netlink() {
         .unwrap();
     assert!(sys_link(&tap).is_none());
 }
+
+fn actions(steps: &Value) -> Vec<String> {
+    steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| match s["action"].as_str().unwrap() {
+            "qmp" => format!("qmp {}", s["detail"]["command"].as_str().unwrap()),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// A VM's taps exist exactly while it runs: made before QEMU starts, hot-plugged
+/// NICs get theirs, a stop removes them, a detach the guest does not acknowledge
+/// (no guest OS here) leaves the NIC DETACHING until the VM stops.
+#[tokio::test]
+async fn taps_follow_the_vm_through_start_hot_plug_and_stop() {
+    if !netns::enter("taps_follow_the_vm_through_start_hot_plug_and_stop") {
+        return;
+    }
+    let server = real_server().await;
+    let net = create_network(&server, "ten", 10).await;
+    server.create_template("bare").await;
+    let vm = server.create_vm("vm-a", "bare").await;
+    const ATTACH: &str = "mutation($v: ID!, $n: ID!, $m: String) { attachNic(vmId: $v, networkId: $n, mac: $m) { nic { id tap mac attachment } plan { action detail } operation { status } } }";
+    let cold = server
+        .ok(
+            ATTACH,
+            json!({"v": vm, "n": net["id"], "m": "02:AA:00:00:00:01"}),
+        )
+        .await["attachNic"]
+        .clone();
+    assert_eq!(cold["nic"]["mac"], "02:aa:00:00:00:01");
+    let tap0 = cold["nic"]["tap"].as_str().unwrap().to_string();
+
+    let started = server
+        .ok(
+            "mutation($id: ID!) { startVm(id: $id) { vm { state } operation { steps { action detail } } } }",
+            json!({"id": vm}),
+        )
+        .await["startVm"]
+        .clone();
+    assert_eq!(started["vm"]["state"], "RUNNING");
+    let steps = &started["operation"]["steps"];
+    assert_eq!(
+        actions(steps)[..5],
+        ["addTap", "setMaster", "setUp", "createDir", "spawnQemu"]
+    );
+    let argv: Vec<String> = serde_json::from_value(steps[4]["detail"]["argv"].clone()).unwrap();
+    let netdev = argv.iter().position(|a| a == "-netdev").expect("-netdev");
+    assert!(argv[netdev + 1].contains(&format!("ifname={tap0},script=no,downscript=no")));
+    assert!(
+        argv.iter()
+            .any(|a| a.starts_with("virtio-net-pci,") && a.contains("mac=02:aa:00:00:00:01"))
+    );
+    let link = sys_link(&tap0).expect("the tap exists while the VM runs");
+    assert!(link.is_tap() && link.up && link.alias == "vman", "{link:?}");
+    assert_eq!(link.master.as_deref(), Some("vmbr10"));
+
+    // Hot-plug: a tap, then netdev_add + device_add on a free root port.
+    let hot = server.ok(ATTACH, json!({"v": vm, "n": net["id"]})).await["attachNic"].clone();
+    assert_eq!(hot["operation"]["status"], "SUCCEEDED", "{hot:#}");
+    assert_eq!(
+        actions(&hot["plan"]),
+        [
+            "addTap",
+            "setMaster",
+            "setUp",
+            "qmp netdev_add",
+            "qmp device_add"
+        ]
+    );
+    let tap1 = hot["nic"]["tap"].as_str().unwrap().to_string();
+    assert_ne!(tap0, tap1);
+    assert_eq!(sys_link(&tap1).unwrap().master.as_deref(), Some("vmbr10"));
+
+    // No guest OS: device_del is never acknowledged, the NIC waits as DETACHING.
+    let detached = server
+        .ok(
+            "mutation($id: ID!) { detachNic(nicId: $id) { nic { attachment } plan { action } } }",
+            json!({"id": hot["nic"]["id"]}),
+        )
+        .await["detachNic"]
+        .clone();
+    assert_eq!(detached["nic"]["attachment"], "DETACHING", "{detached:#}");
+    assert!(sys_link(&tap1).is_some(), "QEMU may still use it");
+
+    let stopped = server
+        .ok(
+            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state nics { id } } operation { steps { action } } } }",
+            json!({"id": vm}),
+        )
+        .await["stopVm"]
+        .clone();
+    assert_eq!(stopped["vm"]["state"], "STOPPED");
+    assert!(sys_link(&tap0).is_none() && sys_link(&tap1).is_none());
+    assert_eq!(stopped["vm"]["nics"], json!([{"id": cold["nic"]["id"]}]));
+    let kinds: Vec<String> = server
+        .journal()
+        .await
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .filter(|k| k.starts_with("NIC_"))
+        .collect();
+    assert_eq!(kinds, ["NIC_ATTACHED", "NIC_ATTACHED", "NIC_DETACHED"]);
+
+    // The next start makes the tap again; deleting the VM removes it and its NICs.
+    server
+        .ok(
+            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert!(sys_link(&tap0).unwrap().up);
+    server
+        .ok(
+            "mutation($id: ID!) { deleteVm(id: $id) { vm { id } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert!(sys_link(&tap0).is_none());
+    server
+        .ok(
+            "mutation($id: ID!) { deleteNetwork(id: $id) { network { id } } }",
+            json!({"id": net["id"]}),
+        )
+        .await;
+    assert!(sys_link("vmbr10").is_none());
+}
