@@ -113,7 +113,8 @@ impl NicObject {
     async fn tap(&self) -> String {
         super::nic::spec_tap(&self.0)
     }
-    /// ATTACHED, or DETACHING while a live unplug waits for the guest.
+    /// ATTACHED; DETACHING while a live unplug waits for the guest; DETACHED
+    /// only in the payload of a completed `detachNic` (the NIC is gone).
     async fn attachment(&self) -> crate::disk::Attachment {
         self.0.attachment
     }

@@ -368,8 +368,11 @@ pub async fn detach(app: &App, nic_id: &str, dry_run: bool) -> ApiResult<Change<
             return ApiResult::Ok((nic, steps));
         }
         steps.extend(app.network.execute(&remove_tap).await?.steps);
-        let forgotten = forget(app, &nic.id, Some(&op.id)).await?;
-        ApiResult::Ok((forgotten.unwrap_or(nic.clone()), steps))
+        let mut gone = forget(app, &nic.id, Some(&op.id))
+            .await?
+            .unwrap_or(nic.clone());
+        gone.attachment = Attachment::Detached;
+        ApiResult::Ok((gone, steps))
     }
     .await;
     operation::conclude(app, op, result).await
