@@ -432,3 +432,156 @@ async fn taps_follow_the_vm_through_start_hot_plug_and_stop() {
         .await;
     assert!(sys_link("vmbr10").is_none());
 }
+
+/// `vman serve` as a process of its own (in the test's namespace), so it can be SIGKILLed.
+struct VmanProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for VmanProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl VmanProcess {
+    async fn start(data: &std::path::Path, http: &reqwest::Client) -> VmanProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vman"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data)
+            .env("VMAN_QEMU_ACCEL", accel_name())
+            .env("VMAN_LOG_LEVEL", "warn")
+            .spawn()
+            .unwrap();
+        let vman = VmanProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}/graphql"),
+        };
+        let readyz = vman.url.replace("/graphql", "/readyz");
+        for _ in 0..500 {
+            if let Ok(r) = http.get(&readyz).send().await
+                && r.status().is_success()
+            {
+                return vman;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("vman did not become ready");
+    }
+
+    async fn gql(&self, http: &reqwest::Client, query: &str, variables: Value) -> Value {
+        let r: Value = http
+            .post(&self.url)
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(r.get("errors").is_none(), "{r}");
+        r["data"].clone()
+    }
+}
+
+fn accel_name() -> &'static str {
+    match accel() {
+        Accel::Kvm => "kvm",
+        _ => "tcg",
+    }
+}
+
+/// A vman restart re-adopts a running VM and leaves its tap exactly as it
+/// was (same link, still on the bridge); the stop after it removes the tap.
+#[tokio::test]
+async fn a_vman_restart_leaves_running_vms_taps_alone() {
+    if !netns::enter("a_vman_restart_leaves_running_vms_taps_alone") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = reqwest::Client::new();
+    let vman = VmanProcess::start(&data, &http).await;
+    let net = vman
+        .gql(
+            &http,
+            "mutation { createNetwork(input: {name: \"ten\", vlanId: 10}) { network { id } } }",
+            json!({}),
+        )
+        .await["createNetwork"]["network"]["id"]
+        .clone();
+    vman.gql(&http, "mutation { createTemplate(input: {name: \"bare\", vcpus: 1, memoryMib: 64}) { template { id } } }", json!({}))
+        .await;
+    let vm = vman
+        .gql(
+            &http,
+            "mutation { createVm(input: {name: \"keep\", templateName: \"bare\"}) { vm { id } } }",
+            json!({}),
+        )
+        .await["createVm"]["vm"]["id"]
+        .clone();
+    let tap = vman
+        .gql(
+            &http,
+            "mutation($v: ID!, $n: ID!) { attachNic(vmId: $v, networkId: $n) { nic { tap } } }",
+            json!({"v": vm, "n": net}),
+        )
+        .await["attachNic"]["nic"]["tap"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    vman.gql(
+        &http,
+        "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+        json!({"id": vm}),
+    )
+    .await;
+    let before = sys_link(&tap).expect("the tap exists");
+    let run_dir = data.join("run");
+
+    let mut vman = vman;
+    vman.child.kill().unwrap(); // SIGKILL: vman only, not its VMs
+    vman.child.wait().unwrap();
+    drop(vman);
+    assert_eq!(
+        sys_link(&tap),
+        Some(before.clone()),
+        "the tap outlives vman"
+    );
+
+    let vman = VmanProcess::start(&data, &http).await;
+    let state = vman
+        .gql(
+            &http,
+            "query($id: ID) { vm(id: $id) { state stateReason } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(state["vm"]["state"], "RUNNING", "{state}");
+    assert_eq!(
+        sys_link(&tap),
+        Some(before),
+        "re-adoption left the tap alone"
+    );
+    vman.gql(
+        &http,
+        "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
+        json!({"id": vm}),
+    )
+    .await;
+    assert!(sys_link(&tap).is_none(), "the stop removed the tap");
+    drop(vman);
+    common::kill_vms_under(&run_dir);
+}

@@ -6,7 +6,9 @@
 
 use std::process::Command;
 
-const INSIDE: &str = "VMAN_IN_NETNS";
+// Not `VMAN_…`: vman refuses unknown `VMAN_*` variables, and its child
+// processes inherit this one.
+const INSIDE: &str = "TEST_IN_OWN_NETNS";
 
 /// True inside the test's own namespace (run the body); false outside, after
 /// the copy inside has run (it must have passed) or after printing why it
