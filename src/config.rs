@@ -103,7 +103,6 @@ pub struct NetworkConfig {
     pub bridge_prefix: String,
     /// The host interface whose `<uplink>.<vlan>` VLAN links join the bridges
     /// of networks created without their own uplink; unset: isolated bridges.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<String>,
 }
 
@@ -685,6 +684,15 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("accel") && err.contains("hvf"), "{err}");
+
+            let (_dir, sources) = with_files("[network]\nuplink = \"eth0.10\"\n", "");
+            let err = Config::load(&sources, &CliOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("network.uplink") && err.contains("eth0.10"),
+                "{err}"
+            );
             Ok(())
         });
     }
