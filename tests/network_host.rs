@@ -338,6 +338,19 @@ async fn taps_follow_the_vm_through_start_hot_plug_and_stop() {
     assert_eq!(cold["nic"]["mac"], "02:aa:00:00:00:01");
     let tap0 = cold["nic"]["tap"].as_str().unwrap().to_string();
 
+    // The start's plan makes the tap first; a dry run makes nothing.
+    let planned = server
+        .ok(
+            "mutation($id: ID!) { startVm(id: $id, dryRun: true) { plan { action detail } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(
+        actions(&planned["startVm"]["plan"])[..4],
+        ["addTap", "setMaster", "setUp", "createDir"]
+    );
+    assert!(sys_link(&tap0).is_none());
+
     let started = server
         .ok(
             "mutation($id: ID!) { startVm(id: $id) { vm { state } operation { steps { action detail } } } }",
