@@ -88,6 +88,7 @@ async fn main() {
             vcpus: 1,
             memory_mib: 64,
             disks: vec![],
+            nics: vec![],
             boot: None,
             run_dir: server.app.config.run_dir().join(format!("raw-{round}")),
         };

@@ -13,6 +13,7 @@ use crate::{
     host::{
         HostNetwork, Hypervisor,
         dry_run::{DryRunHypervisor, DryRunNetwork},
+        net::NetlinkNetwork,
         qemu::{Qemu, QemuHypervisor, argv::QemuOptions},
     },
     vm::lock::VmLocks,
@@ -47,6 +48,9 @@ pub enum StartError {
     /// The data directory cannot be used (another vman holds it, or it is unfit).
     #[error("{0}")]
     Locked(String),
+    /// The network port could not start (no netlink socket).
+    #[error("network port: {0}")]
+    Network(#[source] crate::host::HostError),
 }
 
 /// QEMU refuses a Unix socket path of 108 bytes or more, and every VM's QMP
@@ -135,12 +139,17 @@ impl App {
             tracing::info!(accel = ?options.accel, binary = %options.binary.display(), "driving QEMU");
             Arc::new(Qemu(Arc::new(QemuHypervisor::new(options))))
         };
+        let network: Arc<dyn HostNetwork> = if config.dry_run {
+            Arc::new(DryRunNetwork::new())
+        } else {
+            Arc::new(NetlinkNetwork::start().await.map_err(StartError::Network)?)
+        };
         let cancel = CancellationToken::new();
         let app = Arc::new(App {
             bus: Arc::new(EventBus::new(db.clone(), cancel.clone())),
             db,
             hypervisor,
-            network: Arc::new(DryRunNetwork),
+            network,
             locks: VmLocks::new(config.limits.vm_lock_timeout),
             config: Arc::new(config),
             cancel,

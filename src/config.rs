@@ -105,6 +105,9 @@ pub struct Limits {
 pub struct NetworkConfig {
     /// Bridges are named `<prefix><vlan>`.
     pub bridge_prefix: String,
+    /// The host interface whose `<uplink>.<vlan>` VLAN links join the bridges
+    /// of networks created without their own uplink; unset: isolated bridges.
+    pub uplink: Option<String>,
 }
 
 /// The `/graphql/ws` endpoint (see `api::ws`).
@@ -160,6 +163,7 @@ impl Default for Config {
             },
             network: NetworkConfig {
                 bridge_prefix: "vmbr".into(),
+                uplink: None,
             },
             websocket: WebsocketConfig {
                 init_timeout: Duration::from_secs(10),
@@ -462,6 +466,11 @@ impl Config {
                 "must be 1-11 characters of a-z, 0-9 or '-' (bridge names are at most 15 characters)",
             ));
         }
+        if let Some(uplink) = &self.network.uplink
+            && let Err(reason) = crate::validate::uplink_name(uplink)
+        {
+            return Err(bad("network.uplink", uplink, &reason));
+        }
         let ws = &self.websocket;
         if ws.init_timeout < Duration::from_millis(10) || ws.init_timeout > Duration::from_secs(600)
         {
@@ -689,6 +698,15 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("accel") && err.contains("hvf"), "{err}");
+
+            let (_dir, sources) = with_files("[network]\nuplink = \"eth0.10\"\n", "");
+            let err = Config::load(&sources, &CliOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("network.uplink") && err.contains("eth0.10"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -85,6 +85,10 @@ pub enum EventKind {
     NetworkCreated,
     #[sea_orm(string_value = "NETWORK_DELETED")]
     NetworkDeleted,
+    #[sea_orm(string_value = "NIC_ATTACHED")]
+    NicAttached,
+    #[sea_orm(string_value = "NIC_DETACHED")]
+    NicDetached,
     #[sea_orm(string_value = "IMAGE_IMPORTED")]
     ImageImported,
     #[sea_orm(string_value = "IMAGE_DELETED")]

@@ -21,6 +21,11 @@ pub struct Health {
     /// Host steps are planned and recorded, not executed.
     pub dry_run: bool,
     pub checks: Vec<HealthCheck>,
+    /// What the host's networking can do (probed at start): VLAN links are
+    /// needed only by networks with an uplink, taps by NICs. An unsupported
+    /// capability does not make vman unready; the features that need it fail
+    /// with HOST_ERROR naming it.
+    pub network: crate::host::NetworkCapabilities,
     /// What could not be re-adopted at start (VMs, orphan run directories).
     /// Reported, never silently dropped; it does not make vman unready.
     pub adoption_problems: Vec<String>,
@@ -51,8 +56,27 @@ pub async fn check(app: &App) -> Health {
             });
         }
     }
+    let network = app.network.capabilities();
+    let describe = |c: &crate::host::Capability| match c.supported {
+        true => "supported".to_string(),
+        false => format!("unsupported ({})", c.detail),
+    };
+    checks.push(ok(
+        "network capabilities",
+        format!(
+            "{}; VLAN links: {}; taps: {}",
+            if app.config.dry_run {
+                "dry run"
+            } else {
+                "netlink"
+            },
+            describe(&network.vlan_links),
+            describe(&network.taps)
+        ),
+    ));
     Health {
         ready: checks.iter().all(|c| c.ok),
+        network,
         dry_run: app.config.dry_run,
         checks,
         adoption_problems: app

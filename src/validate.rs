@@ -76,6 +76,58 @@ pub fn vlan_id(value: i32) -> ApiResult<u16> {
     }
 }
 
+/// An uplink: a host interface name, short enough that `<uplink>.<vlan>`
+/// fits the kernel's 15 bytes. Err is the reason, for the caller to wrap.
+pub fn uplink_name(value: &str) -> Result<(), String> {
+    static IFNAME: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new("^[A-Za-z0-9][A-Za-z0-9_-]{0,9}$").expect("ifname regex"));
+    if IFNAME.is_match(value) {
+        Ok(())
+    } else {
+        Err("must be an interface name of 1-10 characters of letters, digits, '_' or '-' (its VLAN link <uplink>.<vlan> must fit 15 bytes)".into())
+    }
+}
+
+pub fn uplink(value: &str) -> ApiResult<()> {
+    uplink_name(value)
+        .map_err(|reason| ApiError::bad_input(format!("uplink {:?} {reason}", shorten(value))))
+}
+
+/// A MAC address: six hex pairs joined by `:`, unicast, not all zeros.
+/// Returns it in lower case.
+pub fn mac(value: &str) -> ApiResult<String> {
+    static MAC: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new("^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$").expect("mac regex"));
+    let bad = |why: &str| ApiError::bad_input(format!("mac {:?} {why}", shorten(value)));
+    if !MAC.is_match(value) {
+        return Err(bad("is not a MAC address: use six hex pairs joined by ':'"));
+    }
+    let mac = value.to_ascii_lowercase();
+    let first = u8::from_str_radix(&mac[..2], 16).expect("checked hex");
+    if first & 1 == 1 {
+        return Err(bad("is a multicast address: a NIC needs a unicast one"));
+    }
+    if mac == "00:00:00:00:00:00" {
+        return Err(bad("is all zeros"));
+    }
+    Ok(mac)
+}
+
+/// The NIC device models vman offers (each hot-pluggable on a PCIe root port).
+pub const NIC_MODELS: &[&str] = &["virtio-net-pci", "e1000e"];
+
+pub fn nic_model(value: &str) -> ApiResult<()> {
+    if NIC_MODELS.contains(&value) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_input(format!(
+            "model {:?} is not offered: use one of {}",
+            shorten(value),
+            NIC_MODELS.join(", ")
+        )))
+    }
+}
+
 /// Free text (descriptions): bounded, no control characters.
 pub fn text(field: &str, value: &str, max: usize) -> ApiResult<()> {
     if value.len() > max {
@@ -165,6 +217,21 @@ mod tests {
                 && vlan_id(4094).is_ok()
         );
         assert!(id("id", "nope").is_err());
+        assert_eq!(mac("02:AB:cd:00:00:01").unwrap(), "02:ab:cd:00:00:01");
+        for bad in [
+            "",
+            "02:ab:cd:00:00",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+            "02-ab-cd-00-00-01",
+            "02:ab:cd:00:00:01,x",
+        ] {
+            assert!(mac(bad).is_err(), "{bad:?}");
+        }
+        assert!(uplink("eth0").is_ok() && uplink("enp0s31f6").is_ok());
+        for bad in ["", "eth0.10", "a b", "../x", "abcdefghijk", "-x"] {
+            assert!(uplink(bad).is_err(), "{bad:?}");
+        }
         assert_eq!(
             id("id", "0194F0A0-0000-7000-8000-000000000000").unwrap(),
             "0194f0a0-0000-7000-8000-000000000000"

@@ -256,7 +256,6 @@ async fn each_bad_input_gets_its_code_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_network_with_nics_cannot_be_deleted() {
-    use sea_orm::{ActiveModelTrait, Set};
     let server = TestServer::start().await;
     server.create_template("tiny").await;
     let vm = server.create_vm("web-1", "tiny").await;
@@ -265,19 +264,12 @@ async fn a_network_with_nics_cannot_be_deleted() {
         .await["createNetwork"]["network"]
         .clone();
     assert_eq!(network["bridge"], "vmbr10");
-    // NICs arrive with the networking issue; write one directly to check the guard.
-    vman::network::model::nic::ActiveModel {
-        id: Set(uuid::Uuid::now_v7().to_string()),
-        vm_id: Set(vm),
-        network_id: Set(network["id"].as_str().unwrap().to_string()),
-        mac: Set("52:54:00:00:00:01".into()),
-        model: Set("virtio-net-pci".into()),
-        position: Set(0),
-        created_at: Set(chrono::Utc::now()),
-    }
-    .insert(&server.app.db)
-    .await
-    .unwrap();
+    server
+        .ok(
+            "mutation($v: ID!, $n: ID!) { attachNic(vmId: $v, networkId: $n) { nic { id } } }",
+            json!({"v": vm, "n": network["id"]}),
+        )
+        .await;
     let before = server.snapshot().await;
     assert_eq!(
         server

@@ -18,13 +18,13 @@ use serde_json::{Value, json};
 use vman::{
     disk::DiskFormat,
     host::{
-        DirectBoot, DiskSpec, HostStep, VmSpec,
+        DirectBoot, DiskSpec, HostStep, NicSpec, VmSpec,
         qemu::{
             argv::{
                 Accel, QemuOptions, argv, device_id, disk_node, escape, file_node, pid_file,
                 qemu_log, qmp_socket, serial_log, spare_root_ports,
             },
-            hotplug::{attach_disk, detach_disk},
+            hotplug::{attach_disk, attach_nic, detach_disk, detach_nic},
         },
     },
 };
@@ -65,8 +65,22 @@ fn vm(data: &str, name: &str) -> VmSpec {
         vcpus: 1,
         memory_mib: 256,
         disks: vec![],
+        nics: vec![],
         boot: None,
         run_dir: PathBuf::from(format!("{data}/run/{VM_ID}")),
+    }
+}
+
+const NIC_A: &str = "0190a1b4-0000-7aaa-8aaa-aaaaaaaaaaaa";
+const NIC_B: &str = "0190a1b4-0001-7bbb-8bbb-bbbbbbbbbbbb";
+
+fn nic(id: &str, mac: &str, model: &str, tap: &str, bridge: &str) -> NicSpec {
+    NicSpec {
+        id: id.into(),
+        mac: mac.into(),
+        model: model.into(),
+        tap: tap.into(),
+        bridge: bridge.into(),
     }
 }
 
@@ -164,6 +178,66 @@ fn golden_disks() {
         ..vm(DATA, "with-disks")
     };
     check_args("disks", &spec, &options(Accel::Tcg, 2));
+}
+
+/// NICs take the root ports after the disks'; the spare ports follow.
+#[test]
+fn golden_nics() {
+    let spec = VmSpec {
+        disks: vec![disk(DATA, DISK_A, DiskFormat::Qcow2)],
+        nics: vec![
+            nic(
+                NIC_A,
+                "02:00:00:00:00:0a",
+                "virtio-net-pci",
+                "vt0123456789a0",
+                "vmbr10",
+            ),
+            nic(
+                NIC_B,
+                "02:00:00:00:00:0b",
+                "e1000e",
+                "vt0123456789a1",
+                "vmbr20",
+            ),
+        ],
+        ..vm(DATA, "with-nics")
+    };
+    check_args("nics", &spec, &options(Accel::Tcg, 1));
+}
+
+#[test]
+fn golden_attach_nic() {
+    let steps = attach_nic(
+        VM_ID,
+        &nic(
+            NIC_A,
+            "02:00:00:00:00:0a",
+            "virtio-net-pci",
+            "vt0123456789a0",
+            "vmbr10",
+        ),
+        "rp2",
+    );
+    check_qmp("attach_nic", &serde_json::to_value(steps).unwrap());
+}
+
+#[test]
+fn golden_detach_nic() {
+    let (unplug, release) = detach_nic(
+        VM_ID,
+        &nic(
+            NIC_A,
+            "02:00:00:00:00:0a",
+            "virtio-net-pci",
+            "vt0123456789a0",
+            "vmbr10",
+        ),
+    );
+    check_qmp(
+        "detach_nic",
+        &json!({ "unplug": unplug, "afterDeviceDeleted": release }),
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_initial;
 mod m20261126_000002_coherence_issues;
+mod m20261126_000003_networks_on_host;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261126_000001_initial::Migration),
             Box::new(m20261126_000002_coherence_issues::Migration),
+            Box::new(m20261126_000003_networks_on_host::Migration),
         ]
     }
 }

@@ -14,9 +14,10 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::{
-    Adoption, DiskSeen, DiskSpec, HostError, HostEvent, HostNetwork, HostStep, Hypervisor,
-    NetworkAction, OrphanSeen, Outcome, ProbeTarget, ProcessSeen, QmpSeen, StopRung, VmAction,
-    VmProbe, VmSpec, qemu::argv::QemuOptions,
+    Adoption, Capability, DiskSeen, DiskSpec, HostError, HostEvent, HostNetwork, HostStep,
+    Hypervisor, LinkSeen, NetworkAction, NetworkCapabilities, NicSpec, OrphanSeen, Outcome,
+    ProbeTarget, ProcessSeen, QmpSeen, StopRung, VmAction, VmProbe, VmSpec,
+    qemu::argv::QemuOptions,
 };
 
 pub struct DryRunHypervisor {
@@ -100,6 +101,10 @@ impl Hypervisor for DryRunHypervisor {
         Ok(())
     }
 
+    async fn finish_detach_nic(&self, _vm_id: &str, _nic: &NicSpec) -> Result<(), HostError> {
+        Ok(())
+    }
+
     fn events(&self) -> broadcast::Receiver<HostEvent> {
         self.events.subscribe()
     }
@@ -132,32 +137,84 @@ impl Hypervisor for DryRunHypervisor {
     }
 }
 
+/// Plans like the netlink port and keeps only what it would have made (the
+/// links its own actions created and not yet deleted): that is what `links`
+/// reports, so the coherence sweep of a dry run sees its own network.
 #[derive(Default)]
-pub struct DryRunNetwork;
+pub struct DryRunNetwork {
+    believed: std::sync::Mutex<HashMap<String, LinkSeen>>,
+}
 
-pub fn plan_network_action(action: &NetworkAction) -> Vec<HostStep> {
-    match action {
-        NetworkAction::CreateNetwork { bridge } => vec![HostStep::AddBridge {
-            name: bridge.clone(),
-        }],
-        NetworkAction::DeleteNetwork { bridge } => vec![HostStep::DeleteBridge {
-            name: bridge.clone(),
-        }],
+impl DryRunNetwork {
+    pub fn new() -> Self {
+        Self::default()
     }
 }
 
 #[async_trait]
 impl HostNetwork for DryRunNetwork {
     fn plan(&self, action: &NetworkAction) -> Vec<HostStep> {
-        plan_network_action(action)
+        super::net::plan::plan(action)
     }
 
     async fn execute(&self, action: &NetworkAction) -> Result<Outcome, HostError> {
         let steps = self.plan(action);
         log_steps(&steps);
+        let mut believed = self.believed.lock().expect("dry-run links");
+        for step in &steps {
+            let owned = |kind: &str| LinkSeen {
+                kind: Some(kind.into()),
+                owned: true,
+                ..Default::default()
+            };
+            match step {
+                HostStep::AddBridge { name } => {
+                    believed
+                        .entry(name.clone())
+                        .or_insert_with(|| owned("bridge"));
+                }
+                HostStep::AddVlanLink { name, .. } => {
+                    believed
+                        .entry(name.clone())
+                        .or_insert_with(|| owned("vlan"));
+                }
+                HostStep::AddTap { name } => {
+                    believed.entry(name.clone()).or_insert_with(|| owned("tun"));
+                }
+                HostStep::SetMaster { name, master } => {
+                    if let Some(link) = believed.get_mut(name) {
+                        link.master = Some(master.clone());
+                    }
+                }
+                HostStep::SetUp { name } => {
+                    if let Some(link) = believed.get_mut(name) {
+                        link.up = true;
+                    }
+                }
+                HostStep::DeleteLink { name } => {
+                    believed.remove(name);
+                }
+                _ => {}
+            }
+        }
         Ok(Outcome {
             steps,
             ..Default::default()
         })
+    }
+
+    async fn links(&self) -> Result<HashMap<String, LinkSeen>, HostError> {
+        Ok(self.believed.lock().expect("dry-run links").clone())
+    }
+
+    fn capabilities(&self) -> NetworkCapabilities {
+        let assumed = Capability {
+            supported: true,
+            detail: "dry run: not probed, assumed".into(),
+        };
+        NetworkCapabilities {
+            vlan_links: assumed.clone(),
+            taps: assumed,
+        }
     }
 }

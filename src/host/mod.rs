@@ -6,9 +6,10 @@
 //! [`HostAction`]; a port says *how* (`plan`) and does it (`execute`).
 
 pub mod dry_run;
+pub mod net;
 pub mod qemu;
 
-use std::path::PathBuf;
+use std::{collections::HashMap, path::PathBuf};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -60,10 +61,32 @@ pub enum HostStep {
     RemoveFile {
         path: PathBuf,
     },
+    /// Create a bridge, marked as vman's; a bridge vman made before is kept.
     AddBridge {
         name: String,
     },
-    DeleteBridge {
+    /// Create the 802.1Q link `name` on `parent` (`<uplink>.<vlan>`), marked as vman's.
+    AddVlanLink {
+        name: String,
+        parent: String,
+        vlan_id: u16,
+    },
+    /// Create a persistent tap (`TUNSETIFF` + `TUNSETPERSIST`), marked as vman's.
+    AddTap {
+        name: String,
+    },
+    /// Enslave a vman link to a bridge.
+    SetMaster {
+        name: String,
+        master: String,
+    },
+    /// Set a vman link up.
+    SetUp {
+        name: String,
+    },
+    /// Delete a link vman made; a missing one is fine, another's is refused.
+    #[serde(alias = "deleteBridge")]
+    DeleteLink {
         name: String,
     },
 }
@@ -89,8 +112,18 @@ impl HostStep {
             }
             HostStep::RemoveDir { path } => format!("remove directory {}", path.display()),
             HostStep::RemoveFile { path } => format!("remove file {}", path.display()),
-            HostStep::AddBridge { name } => format!("add bridge {name} and set it up"),
-            HostStep::DeleteBridge { name } => format!("delete bridge {name}"),
+            HostStep::AddBridge { name } => format!("add bridge {name} (kept if vman's exists)"),
+            HostStep::AddVlanLink {
+                name,
+                parent,
+                vlan_id,
+            } => format!("add VLAN {vlan_id} link {name} on {parent} (kept if vman's exists)"),
+            HostStep::AddTap { name } => {
+                format!("add persistent tap {name} (kept if vman's exists)")
+            }
+            HostStep::SetMaster { name, master } => format!("enslave {name} to bridge {master}"),
+            HostStep::SetUp { name } => format!("set {name} up"),
+            HostStep::DeleteLink { name } => format!("delete link {name} (if present)"),
         }
     }
 
@@ -106,7 +139,11 @@ impl HostStep {
             HostStep::RemoveDir { .. } => "removeDir",
             HostStep::RemoveFile { .. } => "removeFile",
             HostStep::AddBridge { .. } => "addBridge",
-            HostStep::DeleteBridge { .. } => "deleteBridge",
+            HostStep::AddVlanLink { .. } => "addVlanLink",
+            HostStep::AddTap { .. } => "addTap",
+            HostStep::SetMaster { .. } => "setMaster",
+            HostStep::SetUp { .. } => "setUp",
+            HostStep::DeleteLink { .. } => "deleteLink",
         }
     }
 }
@@ -137,6 +174,20 @@ pub struct DirectBoot {
     pub cmdline: Option<String>,
 }
 
+/// A NIC as the host sees it: a tap on a bridge, and a device in QEMU.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NicSpec {
+    pub id: String,
+    /// `aa:bb:cc:dd:ee:ff`, lower case, already validated.
+    pub mac: String,
+    /// The QEMU device model (`virtio-net-pci`, `e1000e`), already validated.
+    pub model: String,
+    /// The tap QEMU opens (made by the network port before QEMU needs it).
+    pub tap: String,
+    /// The bridge the tap is enslaved to.
+    pub bridge: String,
+}
+
 /// Everything the hypervisor needs to run one VM.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VmSpec {
@@ -145,6 +196,8 @@ pub struct VmSpec {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disks: Vec<DiskSpec>,
+    /// In NIC position order; their taps must exist before the start.
+    pub nics: Vec<NicSpec>,
     pub boot: Option<DirectBoot>,
     pub run_dir: PathBuf,
 }
@@ -195,6 +248,17 @@ pub enum VmAction {
     DetachDisk {
         vm_id: String,
         disk: DiskSpec,
+    },
+    /// Hot-plug a NIC whose tap exists: `netdev_add` + `device_add` on a free root port.
+    AttachNic {
+        vm_id: String,
+        nic: NicSpec,
+    },
+    /// Unplug a NIC: `device_del`, wait for `DEVICE_DELETED`, `netdev_del`
+    /// (the tap is the network port's to remove).
+    DetachNic {
+        vm_id: String,
+        nic: NicSpec,
     },
     /// Remove what a stopped VM left on the host (its run directory).
     Destroy {
@@ -364,6 +428,8 @@ pub trait Hypervisor: Send + Sync {
     async fn adopt(&self, spec: &VmSpec) -> Result<Adoption, HostError>;
     /// Completes a detach once the guest lets go of the disk (or the VM exits).
     async fn finish_detach(&self, vm_id: &str, disk: &DiskSpec) -> Result<(), HostError>;
+    /// Completes a NIC detach once the guest lets go of it (or the VM exits): `netdev_del`.
+    async fn finish_detach_nic(&self, vm_id: &str, nic: &NicSpec) -> Result<(), HostError>;
     /// What the host reports on its own, from now on.
     fn events(&self) -> tokio::sync::broadcast::Receiver<HostEvent>;
     /// Reads what the host shows of one VM; never waits longer than `timeout`
@@ -379,15 +445,85 @@ pub trait Hypervisor: Send + Sync {
     ) -> Vec<OrphanSeen>;
 }
 
-/// What a network port is asked to do.
+/// What a network port is asked to do. Every action is idempotent, so the
+/// coherence sweep can repeat one to repair what drifted.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NetworkAction {
-    CreateNetwork { bridge: String },
-    DeleteNetwork { bridge: String },
+    /// Ensure the bridge exists and is up; with `vlan_link`, ensure the uplink's
+    /// VLAN link exists, is enslaved to the bridge and is up. Succeeds when
+    /// vman's bridge already exists (repair).
+    CreateNetwork {
+        bridge: String,
+        vlan_link: Option<VlanLink>,
+    },
+    /// Delete the VLAN link (if any), then the bridge; missing ones are fine.
+    DeleteNetwork {
+        bridge: String,
+        vlan_link: Option<String>,
+    },
+    /// Ensure a persistent tap exists, is enslaved to `bridge` and is up
+    /// (create if missing: NIC start, hot-plug and repair).
+    EnsureTap { tap: String, bridge: String },
+    /// Delete a tap vman made; a missing one is fine.
+    DeleteTap { tap: String },
+}
+
+/// An 802.1Q link `<parent>.<vlan_id>` on an uplink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VlanLink {
+    pub name: String,
+    pub parent: String,
+    pub vlan_id: u16,
+}
+
+impl VlanLink {
+    pub fn new(parent: &str, vlan_id: u16) -> VlanLink {
+        VlanLink {
+            name: format!("{parent}.{vlan_id}"),
+            parent: parent.to_string(),
+            vlan_id,
+        }
+    }
+}
+
+/// One link as a netlink dump shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LinkSeen {
+    /// `IFF_UP` is set (administratively up).
+    pub up: bool,
+    /// The bridge (or other controller) it is enslaved to.
+    pub master: Option<String>,
+    /// `bridge`, `vlan`, `tun`, `veth`, … (None for links without a kind, like `lo`).
+    pub kind: Option<String>,
+    /// vman made it (its alias is [`net::OWNER_ALIAS`]); vman changes no other link.
+    pub owned: bool,
+}
+
+/// Whether the host can do one thing vman may need, and why (not).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, async_graphql::SimpleObject)]
+pub struct Capability {
+    pub supported: bool,
+    /// How it was found out; for an unsupported one, the error the kernel gave.
+    pub detail: String,
+}
+
+/// What the network port found the host can do, probed once at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, async_graphql::SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkCapabilities {
+    /// 802.1Q VLAN links (`<uplink>.<vlan>`): needed by networks with an uplink.
+    pub vlan_links: Capability,
+    /// Persistent taps through `/dev/net/tun`: needed by every NIC.
+    pub taps: Capability,
 }
 
 #[async_trait]
 pub trait HostNetwork: Send + Sync {
+    /// The steps `execute` would take, computed without touching the host.
     fn plan(&self, action: &NetworkAction) -> Vec<HostStep>;
     async fn execute(&self, action: &NetworkAction) -> Result<Outcome, HostError>;
+    /// Every link, by name, from ONE netlink dump (the dry run: what it believes exists).
+    async fn links(&self) -> Result<HashMap<String, LinkSeen>, HostError>;
+    /// What the host can do, as probed at start.
+    fn capabilities(&self) -> NetworkCapabilities;
 }

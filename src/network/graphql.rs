@@ -1,7 +1,7 @@
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use super::{CreateNetwork, Network, Nic, model};
+use super::{CreateNetwork, Network, Nic, model, nic::AttachNic};
 use crate::{
     api::{
         self, PlanStep,
@@ -30,6 +30,50 @@ impl NetworkObject {
     /// The host bridge, named from the VLAN (`vmbr<vlanId>` by default).
     async fn bridge(&self) -> &str {
         &self.0.bridge
+    }
+    /// The host interface whose VLAN link joins the bridge; null: an isolated bridge.
+    async fn uplink(&self) -> Option<&str> {
+        self.0.uplink.as_deref()
+    }
+    /// `<uplink>.<vlanId>`, the 802.1Q link vman made on the uplink; null without an uplink.
+    async fn vlan_link(&self) -> Option<String> {
+        super::vlan_link(&self.0).map(|l| l.name)
+    }
+    /// What the host shows of this network now (one netlink dump).
+    async fn status(&self, ctx: &Context<'_>) -> async_graphql::Result<NetworkStatus> {
+        let app = api::app(ctx);
+        let links = app.network.links().await.map_err(ApiError::from).gql()?;
+        let bridge = links.get(&self.0.bridge);
+        let mut problems = Vec::new();
+        match bridge {
+            None => problems.push(format!("bridge {} does not exist", self.0.bridge)),
+            Some(b) if !b.up => problems.push(format!("bridge {} is down", self.0.bridge)),
+            Some(_) => {}
+        }
+        let vlan_link_ready = super::vlan_link(&self.0).map(|link| {
+            let seen = links.get(&link.name);
+            let ready = seen.is_some_and(|l| l.up && l.master.as_deref() == Some(&self.0.bridge));
+            if !ready {
+                problems.push(format!(
+                    "VLAN link {} is {}",
+                    link.name,
+                    match seen {
+                        None => "missing",
+                        Some(l) if l.master.as_deref() != Some(&self.0.bridge) =>
+                            "not on the bridge",
+                        Some(_) => "down",
+                    }
+                ));
+            }
+            ready
+        });
+        Ok(NetworkStatus {
+            bridge_exists: bridge.is_some(),
+            bridge_up: bridge.is_some_and(|b| b.up),
+            vlan_link_ready,
+            vlan_links: app.network.capabilities().vlan_links,
+            problems,
+        })
     }
     async fn nics(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<NicObject>> {
         let nics = model::nic::Entity::find()
@@ -61,8 +105,18 @@ impl NicObject {
     async fn model(&self) -> &str {
         &self.0.model
     }
+    /// Order among the VM's NICs (0 first); part of the tap's name.
     async fn position(&self) -> i32 {
         self.0.position
+    }
+    /// The host tap QEMU uses for this NIC (present while the VM runs).
+    async fn tap(&self) -> String {
+        super::nic::spec_tap(&self.0)
+    }
+    /// ATTACHED; DETACHING while a live unplug waits for the guest; DETACHED
+    /// only in the payload of a completed `detachNic` (the NIC is gone).
+    async fn attachment(&self) -> crate::disk::Attachment {
+        self.0.attachment
     }
     async fn vm(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<VmObject>> {
         let vm = api::load::<crate::vm::model::Entity>(ctx, Some(&self.0.vm_id)).await?;
@@ -74,11 +128,47 @@ impl NicObject {
     }
 }
 
+/// What the host shows of a network.
+#[derive(SimpleObject)]
+pub struct NetworkStatus {
+    pub bridge_exists: bool,
+    pub bridge_up: bool,
+    /// With an uplink: its VLAN link exists, is up and is on the bridge. Null without one.
+    pub vlan_link_ready: Option<bool>,
+    /// Whether this host can make VLAN links (probed at start), and why (not).
+    pub vlan_links: crate::host::Capability,
+    /// What is wrong, in words; empty when the network is as vman made it.
+    pub problems: Vec<String>,
+}
+
 #[derive(InputObject)]
 pub struct CreateNetworkInput {
     pub name: String,
     /// 1 to 4094, unique.
     pub vlan_id: i32,
+    /// A host interface (at most 10 characters) whose `<uplink>.<vlanId>`
+    /// VLAN link joins the bridge. Defaults to `network.uplink`; `""` asks for
+    /// none (an isolated bridge). Needs 802.1Q support (see `health`).
+    pub uplink: Option<String>,
+}
+
+/// The result of a NIC mutation; see `VmPayload` for `dryRun`. After
+/// `detachNic` the NIC is gone (or DETACHING while the guest lets go).
+#[derive(SimpleObject)]
+pub struct NicPayload {
+    pub nic: NicObject,
+    pub operation: Option<OperationObject>,
+    pub plan: Vec<PlanStep>,
+}
+
+impl From<Change<Nic>> for NicPayload {
+    fn from(change: Change<Nic>) -> Self {
+        NicPayload {
+            nic: NicObject(change.object),
+            operation: change.operation.map(OperationObject),
+            plan: api::plan(&change.plan),
+        }
+    }
 }
 
 /// The result of a network mutation; see `VmPayload` for `dryRun`.
@@ -150,6 +240,7 @@ impl NetworkMutation {
         let input = CreateNetwork {
             name: input.name,
             vlan_id: input.vlan_id,
+            uplink: input.uplink,
         };
         Ok(super::create(api::app(ctx), input, dry_run)
             .await
@@ -165,6 +256,44 @@ impl NetworkMutation {
         #[graphql(default = false)] dry_run: bool,
     ) -> async_graphql::Result<NetworkPayload> {
         Ok(super::delete(api::app(ctx), &id, dry_run)
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// A new NIC on a network: hot-plugged (tap, `netdev_add`, `device_add`)
+    /// into a running VM, used from the next start otherwise. `mac` defaults
+    /// to a generated locally administered one; `model` to `virtio-net-pci`
+    /// (or `e1000e`).
+    async fn attach_nic(
+        &self,
+        ctx: &Context<'_>,
+        vm_id: ID,
+        network_id: ID,
+        mac: Option<String>,
+        model: Option<String>,
+        #[graphql(default = false)] dry_run: bool,
+    ) -> async_graphql::Result<NicPayload> {
+        let input = AttachNic {
+            vm_id: vm_id.0,
+            network_id: network_id.0,
+            mac,
+            model,
+        };
+        Ok(super::nic::attach(api::app(ctx), input, dry_run)
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// Removes a NIC: unplugged from a running VM, its tap deleted.
+    async fn detach_nic(
+        &self,
+        ctx: &Context<'_>,
+        nic_id: ID,
+        #[graphql(default = false)] dry_run: bool,
+    ) -> async_graphql::Result<NicPayload> {
+        Ok(super::nic::detach(api::app(ctx), &nic_id, dry_run)
             .await
             .gql()?
             .into())

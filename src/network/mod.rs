@@ -1,7 +1,14 @@
-//! Networks: a VLAN id and the bridge that carries it on this host.
+//! Networks: a VLAN id and the bridge that carries it on this host, joined by
+//! the uplink's `<uplink>.<vlan>` link when the network has an uplink; and
+//! NICs ([`nic`]): a tap per NIC on its network's bridge.
+//!
+//! Interface names are always generated (bridge from the VLAN, VLAN link from
+//! the uplink, tap from the VM and NIC position); the only name a user gives
+//! is an uplink, which must exist and which vman only reads.
 
 pub mod graphql;
 pub mod model;
+pub mod nic;
 
 use chrono::Utc;
 use sea_orm::{
@@ -14,15 +21,42 @@ use crate::{
     app::App,
     error::{ApiError, ApiResult},
     events::{EventKind, NewEvent, find_in},
-    host::NetworkAction,
+    host::{NetworkAction, VlanLink},
     operation::{self, Change},
     validate,
 };
 pub use model::{Model as Network, nic::Model as Nic};
+pub use nic::{release_taps, tap_name};
 
 pub struct CreateNetwork {
     pub name: String,
     pub vlan_id: i32,
+    /// Overrides `network.uplink`; `Some("")` asks for no uplink.
+    pub uplink: Option<String>,
+}
+
+/// The network's VLAN link on its uplink, if it has one.
+pub fn vlan_link(network: &Network) -> Option<VlanLink> {
+    network
+        .uplink
+        .as_deref()
+        .map(|uplink| VlanLink::new(uplink, network.vlan_id as u16))
+}
+
+/// What makes (or repairs) a network on the host: the bridge, up, and the
+/// VLAN link enslaved to it. Idempotent: the coherence sweep repeats it.
+pub fn ensure_action(network: &Network) -> NetworkAction {
+    NetworkAction::CreateNetwork {
+        bridge: network.bridge.clone(),
+        vlan_link: vlan_link(network),
+    }
+}
+
+fn delete_action(network: &Network) -> NetworkAction {
+    NetworkAction::DeleteNetwork {
+        bridge: network.bridge.clone(),
+        vlan_link: vlan_link(network).map(|l| l.name),
+    }
 }
 
 async fn ensure_free(db: &impl ConnectionTrait, name: &str, vlan_id: i32) -> ApiResult<()> {
@@ -49,20 +83,65 @@ async fn ensure_free(db: &impl ConnectionTrait, name: &str, vlan_id: i32) -> Api
     Ok(())
 }
 
+/// An uplink must exist, must not be a link vman made (a bridge, a tap, a
+/// VLAN link) and the host must be able to make VLAN links on it.
+async fn check_uplink(app: &App, uplink: &str) -> ApiResult<()> {
+    validate::uplink(uplink)?;
+    let bridges: Vec<String> = model::Entity::find()
+        .all(&app.db)
+        .await?
+        .into_iter()
+        .map(|n| n.bridge)
+        .collect();
+    let links = app.network.links().await?;
+    match links.get(uplink) {
+        None => {
+            return Err(ApiError::bad_input(format!(
+                "uplink {uplink:?} does not exist on this host"
+            )));
+        }
+        Some(link) if link.owned || bridges.iter().any(|b| b == uplink) => {
+            return Err(ApiError::bad_input(format!(
+                "uplink {uplink:?} is a {} vman made; an uplink must be a host interface",
+                link.kind.as_deref().unwrap_or("link")
+            )));
+        }
+        Some(_) => {}
+    }
+    let vlan = app.network.capabilities().vlan_links;
+    if !vlan.supported {
+        return Err(ApiError::Host(format!(
+            "this host cannot create 802.1Q VLAN links, which an uplink needs (capability vlanLinks: {}); create the network without an uplink",
+            vlan.detail
+        )));
+    }
+    Ok(())
+}
+
 pub async fn create(app: &App, input: CreateNetwork, dry_run: bool) -> ApiResult<Change<Network>> {
     validate::name("name", &input.name)?;
     let vlan = validate::vlan_id(input.vlan_id)?;
+    let uplink = match input.uplink {
+        Some(uplink) if uplink.is_empty() => None,
+        Some(uplink) => Some(uplink),
+        None => app.config.network.uplink.clone(),
+    };
+    if let Some(uplink) = &uplink {
+        validate::uplink(uplink)?;
+    }
     ensure_free(&app.db, &input.name, input.vlan_id).await?;
+    if let Some(uplink) = &uplink {
+        check_uplink(app, uplink).await?;
+    }
     let network = Network {
         id: uuid::Uuid::now_v7().to_string(),
         name: input.name,
         vlan_id: input.vlan_id,
         bridge: app.config.bridge_name(vlan),
+        uplink,
         created_at: Utc::now(),
     };
-    let action = NetworkAction::CreateNetwork {
-        bridge: network.bridge.clone(),
-    };
+    let action = ensure_action(&network);
     if dry_run {
         return Ok(Change::planned(network, app.network.plan(&action)));
     }
@@ -75,32 +154,33 @@ pub async fn create(app: &App, input: CreateNetwork, dry_run: bool) -> ApiResult
     )
     .await?;
     let result = async {
-        let steps = app.network.execute(&action).await?.steps;
-        let written = async {
-            let mut w = app.bus.writer().await?;
-            ensure_free(w.txn(), &network.name, network.vlan_id).await?;
-            let network = model::ActiveModel::from(network.clone()).insert(w.txn()).await?;
-            w.record(NewEvent {
-                kind: EventKind::NetworkCreated,
-                subject_id: network.id.clone(),
-                subject_type: "Network",
-                operation_id: Some(op.id.clone()),
-                payload: json!({"name": network.name, "vlanId": network.vlan_id, "bridge": network.bridge}),
-            })
-            .await?;
-            w.commit().await?;
-            ApiResult::Ok(network)
-        }
-        .await;
+        let made = app.network.execute(&action).await;
+        let written = match made {
+            Ok(outcome) => async {
+                let mut w = app.bus.writer().await?;
+                ensure_free(w.txn(), &network.name, network.vlan_id).await?;
+                let network = model::ActiveModel::from(network.clone()).insert(w.txn()).await?;
+                w.record(NewEvent {
+                    kind: EventKind::NetworkCreated,
+                    subject_id: network.id.clone(),
+                    subject_type: "Network",
+                    operation_id: Some(op.id.clone()),
+                    payload: json!({"name": network.name, "vlanId": network.vlan_id, "bridge": network.bridge, "uplink": network.uplink}),
+                })
+                .await?;
+                w.commit().await?;
+                ApiResult::Ok((network, outcome.steps))
+            }
+            .await,
+            Err(e) => Err(e.into()),
+        };
         if written.is_err() {
-            let undo = NetworkAction::DeleteNetwork {
-                bridge: network.bridge.clone(),
-            };
-            if let Err(e) = app.network.execute(&undo).await {
-                tracing::error!(error = %e, bridge = %network.bridge, "removing the bridge of a failed createNetwork");
+            // Take back what was made (only vman's links: another's is refused).
+            if let Err(e) = app.network.execute(&delete_action(&network)).await {
+                tracing::error!(error = %e, bridge = %network.bridge, "removing the links of a failed createNetwork");
             }
         }
-        ApiResult::Ok((written?, steps))
+        written
     }
     .await;
     operation::conclude(app, op, result).await
@@ -119,16 +199,25 @@ pub async fn delete(app: &App, id: &str, dry_run: bool) -> ApiResult<Change<Netw
             network.name
         )));
     }
-    let action = NetworkAction::DeleteNetwork {
-        bridge: network.bridge.clone(),
-    };
+    let action = delete_action(&network);
     if dry_run {
         return Ok(Change::planned(network, app.network.plan(&action)));
     }
     let op = operation::begin(app, &operation::new_id(), "DELETE_NETWORK", "Network", &id).await?;
     let result = async {
-        let steps = app.network.execute(&action).await?.steps;
         let mut w = app.bus.writer().await?;
+        // Under the write lock: a NIC attached meanwhile keeps the network.
+        let nics = model::nic::Entity::find()
+            .filter(model::nic::Column::NetworkId.eq(&id))
+            .count(w.txn())
+            .await?;
+        if nics > 0 {
+            return Err(ApiError::Conflict(format!(
+                "network {:?} is used by {nics} NIC(s)",
+                network.name
+            )));
+        }
+        let steps = app.network.execute(&action).await?.steps;
         network.clone().delete(w.txn()).await?;
         w.record(NewEvent {
             kind: EventKind::NetworkDeleted,

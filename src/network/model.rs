@@ -11,6 +11,8 @@ pub struct Model {
     pub vlan_id: i32,
     #[sea_orm(unique)]
     pub bridge: String,
+    /// The host interface whose `<uplink>.<vlan>` link joins the bridge; None: isolated.
+    pub uplink: Option<String>,
     pub created_at: DateTimeUtc,
 }
 
@@ -21,6 +23,8 @@ impl ActiveModelBehavior for ActiveModel {}
 
 pub mod nic {
     use sea_orm::entity::prelude::*;
+
+    pub use crate::disk::model::Attachment;
 
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "nics")]
@@ -33,6 +37,11 @@ pub mod nic {
         pub mac: String,
         pub model: String,
         pub position: i32,
+        /// The host tap, named from the VM and the position (see `network::tap_name`).
+        #[sea_orm(unique)]
+        pub tap: Option<String>,
+        /// `ATTACHED`, or `DETACHING` while a live unplug waits for the guest.
+        pub attachment: Attachment,
         pub created_at: DateTimeUtc,
     }
 

@@ -160,6 +160,7 @@ async fn handle(
             .await?;
             w.commit().await?;
             crate::disk::release_detaching(app, &vm_id).await?;
+            crate::network::release_taps(app, &vm_id).await?;
         }
     }
     Ok(())

@@ -34,7 +34,10 @@ use crate::{
     disk::{self, Attachment, Disk},
     error::{ApiError, ApiResult},
     events::Writer,
-    host::{Adoption, DiskSeen, ProbeTarget, ProcessSeen, QmpSeen, VmProbe},
+    host::{
+        Adoption, DiskSeen, LinkSeen, NetworkAction, ProbeTarget, ProcessSeen, QmpSeen, VmProbe,
+    },
+    network::{self, Network, Nic, model::nic::Attachment as NicAttachment},
     operation::{OperationStatus, model as operations},
     vm::{self, Vm, VmState},
 };
@@ -68,6 +71,10 @@ enum Repair {
     SyncState(VmState),
     /// Track this VM's running QEMU again.
     Adopt { pid: i32 },
+    /// Make the network's bridge (and VLAN link) exist and be up again.
+    EnsureNetwork,
+    /// Make a running NIC's tap exist on its bridge again.
+    EnsureTap { tap: String, bridge: String },
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +101,8 @@ struct Checked {
     vm_disks: HashSet<String>,
     disk_files: HashSet<String>,
     orphans: bool,
+    /// Networks and NICs whose links were compared.
+    links: HashSet<String>,
 }
 
 impl Checked {
@@ -106,7 +115,7 @@ impl Checked {
                 .as_ref()
                 .is_some_and(|vm| self.vm_disks.contains(vm)),
             Area::Orphans => self.orphans,
-            Area::Links => false,
+            Area::Links => self.links.contains(&issue.subject_id),
         }
     }
 }
@@ -115,6 +124,8 @@ impl Checked {
 struct Snapshot {
     vms: Vec<Vm>,
     disks: Vec<Disk>,
+    networks: Vec<Network>,
+    nics: Vec<Nic>,
     /// Targets of operations still running.
     busy: HashSet<String>,
 }
@@ -122,6 +133,8 @@ struct Snapshot {
 async fn snapshot(app: &App) -> ApiResult<Snapshot> {
     let vms = vm::model::Entity::find().all(&app.db).await?;
     let disks = disk::model::Entity::find().all(&app.db).await?;
+    let networks = network::model::Entity::find().all(&app.db).await?;
+    let nics = network::model::nic::Entity::find().all(&app.db).await?;
     let busy = operations::Entity::find()
         .filter(
             operations::Column::Status.is_in([OperationStatus::Pending, OperationStatus::Running]),
@@ -131,7 +144,13 @@ async fn snapshot(app: &App) -> ApiResult<Snapshot> {
         .into_iter()
         .map(|op| op.target_id)
         .collect();
-    Ok(Snapshot { vms, disks, busy })
+    Ok(Snapshot {
+        vms,
+        disks,
+        networks,
+        nics,
+        busy,
+    })
 }
 
 /// Runs one sweep now (after any sweep already running).
@@ -280,13 +299,28 @@ async fn run(app: &Arc<App>) -> ApiResult<SweepReport> {
     }
     checked.orphans = true;
 
+    // Bridges and the taps of running NICs: one read of the host's links.
+    let running: HashSet<&str> = probes
+        .iter()
+        .filter(|(vm, probe)| {
+            matches!(probe.process, ProcessSeen::Tracked { .. })
+                && matches!(vm.state, VmState::Running | VmState::Paused)
+        })
+        .map(|(vm, _)| vm.id.as_str())
+        .collect();
+    match tokio::time::timeout(timeout * 3, app.network.links()).await {
+        Ok(Ok(links)) => judge_links(&snap, &running, &links, &mut checked, &mut drifts),
+        Ok(Err(e)) => tracing::warn!(error = %e, "coherence sweep: reading the host's links"),
+        Err(_) => tracing::warn!("coherence sweep: reading the host's links timed out"),
+    }
+
     let policy = match app.hypervisor.is_dry_run() {
         // A dry run changes nothing it only imagines.
         true => DriftPolicy::Report,
         false => app.config.observer.policy,
     };
-    let adoptions = match policy {
-        DriftPolicy::Repair => adopt(app, &drifts).await,
+    let host_repairs = match policy {
+        DriftPolicy::Repair => repair_on_host(app, &snap.networks, &drifts).await,
         DriftPolicy::Report => HashMap::new(),
     };
     let snapshot_vms: HashMap<&str, &Vm> = snap.vms.iter().map(|vm| (vm.id.as_str(), vm)).collect();
@@ -296,9 +330,13 @@ async fn run(app: &Arc<App>) -> ApiResult<SweepReport> {
         policy,
         drifts,
         observations,
-        adoptions,
-        &snapshot_vms,
-        &known_disks,
+        host_repairs,
+        &Known {
+            vms: &snapshot_vms,
+            disks: &known_disks,
+            networks: snap.networks.iter().map(|n| n.id.as_str()).collect(),
+            nics: snap.nics.iter().map(|n| n.id.as_str()).collect(),
+        },
         &checked,
     )
     .await?;
@@ -532,34 +570,166 @@ fn judge_disk_file(app: &App, d: &Disk, seen: &DiskSeen, drifts: &mut Vec<Drift>
     }
 }
 
-/// Re-adopts the QEMU of known VMs (repair policy): a host step, taken
-/// before the write, under the VM's lock (never waiting for it).
-async fn adopt(app: &Arc<App>, drifts: &[Drift]) -> HashMap<String, Result<Adoption, String>> {
-    let mut done = HashMap::new();
-    for drift in drifts {
-        let Some(Repair::Adopt { pid }) = drift.repair else {
-            continue;
+fn judge_links(
+    snap: &Snapshot,
+    running: &HashSet<&str>,
+    links: &HashMap<String, LinkSeen>,
+    checked: &mut Checked,
+    drifts: &mut Vec<Drift>,
+) {
+    let mut bridges = HashMap::new();
+    for net in snap.networks.iter().filter(|n| !snap.busy.contains(&n.id)) {
+        bridges.insert(net.id.as_str(), net.bridge.as_str());
+        checked.links.insert(net.id.clone());
+        let finding = |kind, observed: String| Drift {
+            finding: Finding {
+                kind,
+                subject_type: "Network",
+                subject_id: net.id.clone(),
+                vm_id: None,
+                expected: format!("bridge {} exists and is up", net.bridge),
+                observed,
+            },
+            repair: Some(Repair::EnsureNetwork),
         };
-        let vm_id = &drift.finding.subject_id;
-        let Some(_guard) = app
-            .locks
-            .try_lock(vm_id, "coherence-sweep", "COHERENCE_REPAIR")
-        else {
-            continue;
-        };
-        let result = async {
-            let vm = vm::model::Entity::find_by_id(vm_id.clone())
-                .one(&app.db)
-                .await?
-                .ok_or_else(|| ApiError::not_found("VM", vm_id))?;
-            let spec = vm::spec(app, &vm).await?;
-            Ok::<_, ApiError>(app.hypervisor.adopt(&spec).await?)
+        match links.get(&net.bridge) {
+            None => drifts.push(finding(
+                CoherenceKind::BridgeMissing,
+                format!("no link named {}", net.bridge),
+            )),
+            Some(link) if !link.up => drifts.push(finding(
+                CoherenceKind::BridgeDown,
+                format!("{} is down", net.bridge),
+            )),
+            Some(_) => {}
         }
-        .await
-        .map_err(|e| format!("re-adopting QEMU pid {pid} failed: {e}"));
-        done.insert(vm_id.clone(), result);
+    }
+    for nic in snap.nics.iter().filter(|n| {
+        n.attachment == NicAttachment::Attached
+            && running.contains(n.vm_id.as_str())
+            && !snap.busy.contains(&n.id)
+    }) {
+        let Some(bridge) = bridges.get(nic.network_id.as_str()) else {
+            continue;
+        };
+        checked.links.insert(nic.id.clone());
+        let tap = network::nic::spec_tap(nic);
+        let finding = |kind, observed: String| Drift {
+            finding: Finding {
+                kind,
+                subject_type: "Nic",
+                subject_id: nic.id.clone(),
+                vm_id: Some(nic.vm_id.clone()),
+                expected: format!("tap {tap} exists, enslaved to {bridge}"),
+                observed,
+            },
+            repair: Some(Repair::EnsureTap {
+                tap: tap.clone(),
+                bridge: bridge.to_string(),
+            }),
+        };
+        match links.get(&tap) {
+            None => drifts.push(finding(
+                CoherenceKind::TapMissing,
+                format!("no link named {tap}"),
+            )),
+            Some(link) if link.master.as_deref() != Some(*bridge) => drifts.push(finding(
+                CoherenceKind::TapNotOnBridge,
+                match &link.master {
+                    Some(other) => format!("{tap} is enslaved to {other}"),
+                    None => format!("{tap} is on no bridge"),
+                },
+            )),
+            Some(_) => {}
+        }
+    }
+}
+
+/// The host steps of repairs (policy `repair`), taken before the write: a
+/// re-adoption under the VM's lock (never waiting for it), a bridge or tap
+/// made again. What each gave, by subject.
+async fn repair_on_host(
+    app: &Arc<App>,
+    networks: &[Network],
+    drifts: &[Drift],
+) -> HashMap<String, Result<HostRepair, String>> {
+    let mut done = HashMap::new();
+    // Bridges first: a tap is enslaved to its bridge.
+    let mut ordered: Vec<&Drift> = drifts.iter().collect();
+    ordered.sort_by_key(|d| !matches!(d.repair, Some(Repair::EnsureNetwork)));
+    for drift in ordered {
+        let subject = &drift.finding.subject_id;
+        if done.contains_key(subject) {
+            continue;
+        }
+        let result = match &drift.repair {
+            Some(Repair::Adopt { pid }) => {
+                let Some(_guard) = app
+                    .locks
+                    .try_lock(subject, "coherence-sweep", "COHERENCE_REPAIR")
+                else {
+                    continue;
+                };
+                async {
+                    let vm = vm::model::Entity::find_by_id(subject.clone())
+                        .one(&app.db)
+                        .await?
+                        .ok_or_else(|| ApiError::not_found("VM", subject))?;
+                    let spec = vm::spec(app, &vm).await?;
+                    Ok::<_, ApiError>(HostRepair::Adopted(app.hypervisor.adopt(&spec).await?))
+                }
+                .await
+                .map_err(|e| format!("re-adopting QEMU pid {pid} failed: {e}"))
+            }
+            Some(Repair::EnsureNetwork) => {
+                let Some(net) = networks.iter().find(|n| &n.id == subject) else {
+                    continue;
+                };
+                app.network
+                    .execute(&network::ensure_action(net))
+                    .await
+                    .map(|_| HostRepair::Done(format!("made bridge {} again, up", net.bridge)))
+                    .map_err(|e| format!("making bridge {} failed: {e}", net.bridge))
+            }
+            Some(Repair::EnsureTap { tap, bridge }) => app
+                .network
+                .execute(&NetworkAction::EnsureTap {
+                    tap: tap.clone(),
+                    bridge: bridge.clone(),
+                })
+                .await
+                .map(|_| {
+                    HostRepair::Done(match drift.finding.kind {
+                        CoherenceKind::TapMissing => format!(
+                            "made tap {tap} again on {bridge}; QEMU still holds the deleted one, so the NIC carries traffic again only once it is re-attached or the VM restarts"
+                        ),
+                        _ => format!("put tap {tap} back on {bridge}"),
+                    })
+                })
+                .map_err(|e| format!("repairing tap {tap} failed: {e}")),
+            _ => continue,
+        };
+        if let Err(e) = &result {
+            tracing::debug!(subject = %subject, "{e}");
+        }
+        done.insert(subject.clone(), result);
     }
     done
+}
+
+/// What a repair's host step gave.
+#[derive(Debug)]
+enum HostRepair {
+    Adopted(Adoption),
+    Done(String),
+}
+
+/// The ids the snapshot holds: an issue about anything else has lost its subject.
+struct Known<'a> {
+    vms: &'a HashMap<&'a str, &'a Vm>,
+    disks: &'a HashSet<&'a str>,
+    networks: HashSet<&'a str>,
+    nics: HashSet<&'a str>,
 }
 
 /// Moves a VM to `to`, through `UNKNOWN` when the state machine has no direct edge.
@@ -578,11 +748,11 @@ async fn record(
     policy: DriftPolicy,
     drifts: Vec<Drift>,
     observations: Vec<Observation>,
-    adoptions: HashMap<String, Result<Adoption, String>>,
-    snapshot_vms: &HashMap<&str, &Vm>,
-    known_disks: &HashSet<&str>,
+    host_repairs: HashMap<String, Result<HostRepair, String>>,
+    known: &Known<'_>,
     checked: &Checked,
 ) -> ApiResult<SweepReport> {
+    let snapshot_vms = known.vms;
     let mut report = SweepReport::default();
     let mut w = app.bus.writer().await?;
 
@@ -660,7 +830,7 @@ async fn record(
                     &mut w,
                     &drift.finding,
                     repair,
-                    adoptions.get(&drift.finding.subject_id),
+                    host_repairs.get(&drift.finding.subject_id),
                 )
                 .await?
             }
@@ -682,8 +852,10 @@ async fn record(
         let gone = match issue.subject_type.as_str() {
             "Vm" => !snapshot_vms.contains_key(issue.subject_id.as_str()),
             "Disk" if issue.kind.area() == Area::DiskFile => {
-                !known_disks.contains(issue.subject_id.as_str())
+                !known.disks.contains(issue.subject_id.as_str())
             }
+            "Network" => !known.networks.contains(issue.subject_id.as_str()),
+            "Nic" => !known.nics.contains(issue.subject_id.as_str()),
             _ => false,
         };
         if stale.contains(issue.vm_id.as_deref().unwrap_or_default()) && !gone {
@@ -710,7 +882,7 @@ async fn apply(
     w: &mut Writer<'_>,
     finding: &Finding,
     repair: &Repair,
-    adoption: Option<&Result<Adoption, String>>,
+    on_host: Option<&Result<HostRepair, String>>,
 ) -> ApiResult<Option<String>> {
     let vm_id = &finding.subject_id;
     Ok(match repair {
@@ -734,12 +906,16 @@ async fn apply(
             .await?;
             Some(format!("set the VM's state to {to}, as QMP reports"))
         }
-        Repair::Adopt { pid } => match adoption {
-            Some(Ok(Adoption::Running {
+        Repair::EnsureNetwork | Repair::EnsureTap { .. } => match on_host {
+            Some(Ok(HostRepair::Done(action))) => Some(action.clone()),
+            _ => None,
+        },
+        Repair::Adopt { pid } => match on_host {
+            Some(Ok(HostRepair::Adopted(Adoption::Running {
                 pid,
                 status,
                 running,
-            })) => {
+            }))) => {
                 let to = qmp_state(*running);
                 move_to(
                     w,
@@ -752,7 +928,7 @@ async fn apply(
                 .await?;
                 Some(format!("re-adopted QEMU pid {pid}; the VM is {to}"))
             }
-            Some(Ok(Adoption::NotRunning)) => {
+            Some(Ok(HostRepair::Adopted(Adoption::NotRunning))) => {
                 tracing::info!(vm = %vm_id, pid, "the QEMU to re-adopt is gone");
                 None
             }
@@ -760,7 +936,7 @@ async fn apply(
                 tracing::debug!(vm = %vm_id, "{e}");
                 None
             }
-            None => None,
+            Some(Ok(HostRepair::Done(_))) | None => None,
         },
     })
 }

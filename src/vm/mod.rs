@@ -340,6 +340,7 @@ pub async fn spec(app: &App, vm: &Vm) -> ApiResult<VmSpec> {
             .iter()
             .map(|d| disk::spec(app, d))
             .collect::<Vec<DiskSpec>>(),
+        nics: crate::network::nic::specs(app, &vm.id).await?,
         boot,
         run_dir: run_dir(app, &vm.id),
     })
@@ -424,9 +425,10 @@ pub async fn lifecycle(
         }],
     };
     if dry_run {
+        let nics = crate::network::nic::specs(app, &vm.id).await?;
         let plan = actions
             .iter()
-            .flat_map(|a| app.hypervisor.plan(a))
+            .flat_map(|a| plan_with_taps(app, a, &nics))
             .collect();
         return Ok(Change::planned(vm, plan));
     }
@@ -447,6 +449,33 @@ pub async fn lifecycle(
         operation: Some(op),
         plan: steps,
     })
+}
+
+/// A lifecycle action's plan with its NICs' taps: made before a start,
+/// removed after a stop.
+fn plan_with_taps(app: &App, action: &VmAction, nics: &[crate::host::NicSpec]) -> Vec<HostStep> {
+    use crate::network::nic::{start_actions, stop_actions};
+    let mut plan = Vec::new();
+    if let VmAction::Start(spec) = action {
+        for tap in start_actions(&spec.nics) {
+            plan.extend(app.network.plan(&tap));
+        }
+    }
+    plan.extend(app.hypervisor.plan(action));
+    if let VmAction::Stop { .. } = action {
+        for tap in stop_actions(nics) {
+            plan.extend(app.network.plan(&tap));
+        }
+    }
+    plan
+}
+
+/// Makes the taps a start needs, before QEMU opens them.
+async fn make_taps(app: &App, spec: &VmSpec, steps: &mut Vec<HostStep>) -> ApiResult<()> {
+    for action in crate::network::nic::start_actions(&spec.nics) {
+        steps.extend(app.network.execute(&action).await?.steps);
+    }
+    Ok(())
 }
 
 /// Executes actions in order, moving the VM through the in-between states.
@@ -470,7 +499,14 @@ async fn run_actions(
         if let Some(before) = before.filter(|b| *b != current.state) {
             current = set_state(app, &vm.id, before, describe(action), Some(op)).await?;
         }
-        match app.hypervisor.execute(action).await {
+        let executed = match action {
+            VmAction::Start(spec) => match make_taps(app, spec, steps).await {
+                Ok(()) => app.hypervisor.execute(action).await.map_err(ApiError::from),
+                Err(e) => Err(e),
+            },
+            _ => app.hypervisor.execute(action).await.map_err(ApiError::from),
+        };
+        match executed {
             Ok(outcome) => {
                 steps.extend(outcome.steps);
                 let reason = match (action, outcome.stop_rung) {
@@ -486,10 +522,16 @@ async fn run_actions(
                 }
                 if after == VmState::Stopped {
                     crate::disk::release_detaching(app, &vm.id).await?;
+                    steps.extend(crate::network::release_taps(app, &vm.id).await?);
                 }
             }
             Err(e) => {
-                let e = ApiError::from(e);
+                if let VmAction::Start(_) = action
+                    && !matches!(e, ApiError::Timeout(_))
+                {
+                    // QEMU is not running: the taps made for it go.
+                    steps.extend(crate::network::release_taps(app, &vm.id).await?);
+                }
                 // A QEMU that does not answer leaves the VM's real state unknown.
                 let failed = if matches!(e, ApiError::Timeout(_)) {
                     VmState::Unknown
@@ -562,10 +604,15 @@ pub async fn delete(
                 .map(|d| VmAction::DeleteDisk(disk::spec(app, d))),
         );
     }
+    let nics = crate::network::model::nic::Entity::find()
+        .filter(crate::network::model::nic::Column::VmId.eq(&id))
+        .all(&app.db)
+        .await?;
     if dry_run {
+        let nic_specs = crate::network::nic::specs(app, &vm.id).await?;
         let plan = actions
             .iter()
-            .flat_map(|a| app.hypervisor.plan(a))
+            .flat_map(|a| plan_with_taps(app, a, &nic_specs))
             .collect();
         return Ok(Change::planned(vm, plan));
     }
@@ -593,6 +640,11 @@ pub async fn delete(
                 row.update(w.txn()).await?;
                 w.record(disk::detached_event(d, &id, Some(&op.id))).await?;
             }
+        }
+        for nic in &nics {
+            nic.clone().delete(w.txn()).await?;
+            w.record(crate::network::nic::detached_event(nic, Some(&op.id)))
+                .await?;
         }
         let current = find_in::<model::Entity, _>(w.txn(), "VM", &id).await?;
         current.clone().delete(w.txn()).await?;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::{sync::Arc, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};

@@ -17,15 +17,21 @@
 //! `virtio-blk-pci` device on its own PCIe root port (q35 has no hot-plug on
 //! `pcie.0` itself).
 //!
-//! Root ports. A VM gets `disks + spare_root_ports` ports, `rp1`, `rp2`, …
-//! (chassis and slot equal the index). The cold-plugged disks take the first
-//! ones in spec order; [`spare_root_ports`] lists the rest, the hot-plug
-//! targets, so a VM always starts with `spare_root_ports` free ports however
-//! many disks it has. QEMU 7.2 fits at most [`MAX_ROOT_PORTS`] on `pcie.0`.
+//! NICs. Each NIC is a `-netdev tap` on the tap the network port made
+//! (`ifname=`, `script=no,downscript=no`: QEMU runs no helper, and its
+//! sandbox forbids spawning one) plus a device (`virtio-net-pci` by default)
+//! with the NIC's MAC, on its own root port after the disks'.
+//!
+//! Root ports. A VM gets `disks + nics + spare_root_ports` ports, `rp1`,
+//! `rp2`, … (chassis and slot equal the index). The cold-plugged disks take
+//! the first ones in spec order, then the NICs; [`spare_root_ports`] lists the
+//! rest, the hot-plug targets, so a VM always starts with `spare_root_ports`
+//! free ports however many disks and NICs it has. QEMU 7.2 fits at most
+//! [`MAX_ROOT_PORTS`] on `pcie.0`.
 
 use std::path::{Path, PathBuf};
 
-use crate::host::{DiskSpec, VmSpec};
+use crate::host::{DiskSpec, NicSpec, VmSpec};
 
 /// Root ports that fit on q35's `pcie.0` next to its built-in devices when
 /// QEMU places them (QEMU 7.2 with `-nodefaults`: the 31st is refused with
@@ -91,9 +97,13 @@ pub fn kvm_usable() -> bool {
         .is_ok()
 }
 
-/// How many root ports a VM has: one per cold-plugged disk plus the spare ones.
+/// How many root ports a VM has: one per cold-plugged disk and NIC plus the spare ones.
 pub fn root_ports(spec: &VmSpec, opts: &QemuOptions) -> u32 {
-    spec.disks.len() as u32 + opts.spare_root_ports
+    cold_plugged(spec) + opts.spare_root_ports
+}
+
+fn cold_plugged(spec: &VmSpec) -> u32 {
+    (spec.disks.len() + spec.nics.len()) as u32
 }
 
 /// The whole command line; `argv[0]` is the binary.
@@ -136,7 +146,7 @@ pub fn argv(spec: &VmSpec, opts: &QemuOptions) -> Vec<String> {
     );
     args.option("-serial", "chardev:serial0");
 
-    let ports = spec.disks.len() as u32 + opts.spare_root_ports;
+    let ports = root_ports(spec, opts);
     for index in 1..=ports {
         args.option(
             "-device",
@@ -151,6 +161,12 @@ pub fn argv(spec: &VmSpec, opts: &QemuOptions) -> Vec<String> {
         args.option("-blockdev", format_node_props(disk).option_value());
         let port = root_port_id(index);
         args.option("-device", device_props(disk, &port).device_option_value());
+    }
+    let first_nic_port = spec.disks.len() as u32 + 1;
+    for (nic, index) in spec.nics.iter().zip(first_nic_port..) {
+        args.option("-netdev", netdev_props(nic).device_option_value());
+        let port = root_port_id(index);
+        args.option("-device", nic_props(nic, &port).device_option_value());
     }
 
     if let Some(boot) = &spec.boot {
@@ -180,7 +196,7 @@ impl Args {
 
 /// The ids of the root ports left free for hot-plug when the VM starts.
 pub fn spare_root_ports(spec: &VmSpec, opts: &QemuOptions) -> Vec<String> {
-    let first = spec.disks.len() as u32 + 1;
+    let first = cold_plugged(spec) + 1;
     (first..first + opts.spare_root_ports)
         .map(root_port_id)
         .collect()
@@ -228,6 +244,16 @@ pub fn device_id(disk_id: &str) -> String {
     format!("dev-{disk_id}")
 }
 
+/// A NIC's netdev id (what its device's `netdev=` and `netdev_del` name).
+pub fn netdev_id(nic_id: &str) -> String {
+    format!("net-{nic_id}")
+}
+
+/// A NIC's device id: the one `device_del` and `DEVICE_DELETED` name.
+pub fn nic_device_id(nic_id: &str) -> String {
+    format!("nic-{nic_id}")
+}
+
 /// An option value with every `,` doubled, as QEMU's option parsers expect.
 pub fn escape(value: &str) -> String {
     value.replace(',', ",,")
@@ -264,10 +290,11 @@ impl Props {
             .join(",")
     }
 
-    /// `-device`'s usual spelling: the driver first, without its key.
+    /// `-device`'s and `-netdev`'s usual spelling: the driver (or netdev
+    /// type) first, without its key.
     pub(crate) fn device_option_value(&self) -> String {
         match self.0.split_first() {
-            Some((("driver", driver), rest)) => {
+            Some((("driver" | "type", driver), rest)) => {
                 let mut value = escape(driver);
                 for (key, val) in rest {
                     value.push_str(&format!(",{key}={}", escape(val)));
@@ -310,6 +337,26 @@ pub(crate) fn device_props(disk: &DiskSpec, port: &str) -> Props {
         ("driver", "virtio-blk-pci".into()),
         ("drive", disk_node(&disk.id)),
         ("id", device_id(&disk.id)),
+        ("bus", port.into()),
+    ])
+}
+
+pub(crate) fn netdev_props(nic: &NicSpec) -> Props {
+    Props(vec![
+        ("type", "tap".into()),
+        ("id", netdev_id(&nic.id)),
+        ("ifname", nic.tap.clone()),
+        ("script", "no".into()),
+        ("downscript", "no".into()),
+    ])
+}
+
+pub(crate) fn nic_props(nic: &NicSpec, port: &str) -> Props {
+    Props(vec![
+        ("driver", nic.model.clone()),
+        ("netdev", netdev_id(&nic.id)),
+        ("mac", nic.mac.clone()),
+        ("id", nic_device_id(&nic.id)),
         ("bus", port.into()),
     ])
 }

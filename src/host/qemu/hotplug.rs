@@ -5,10 +5,11 @@
 //! looks the same to QEMU and to the guest however it was attached. Nothing
 //! here talks to QEMU or waits for events; the hypervisor runs the steps.
 
-use crate::host::{DiskSpec, HostStep};
+use crate::host::{DiskSpec, HostStep, NicSpec};
 
 use super::argv::{
-    device_id, device_props, disk_node, file_node, file_node_props, format_node_props,
+    device_id, device_props, disk_node, file_node, file_node_props, format_node_props, netdev_id,
+    netdev_props, nic_device_id, nic_props,
 };
 
 /// The QMP event that ends an unplug, once the guest has released the device.
@@ -65,6 +66,33 @@ pub fn detach_disk(vm_id: &str, disk: &DiskSpec) -> (Vec<HostStep>, Vec<HostStep
         ),
     ];
     (unplug, release)
+}
+
+/// Plug a NIC whose tap exists into a free root port: the tap netdev, then
+/// the device. If the device fails, undo with [`detach_nic`]'s second list.
+pub fn attach_nic(vm_id: &str, nic: &NicSpec, port: &str) -> Vec<HostStep> {
+    vec![
+        qmp(vm_id, "netdev_add", netdev_props(nic).qmp_arguments()),
+        qmp(vm_id, "device_add", nic_props(nic, port).qmp_arguments()),
+    ]
+}
+
+/// Unplug a NIC, in two halves like [`detach_disk`]: `device_del` (the guest
+/// must release it: wait for [`DEVICE_DELETED`] naming [`nic_device_id`]),
+/// then `netdev_del`, which QEMU refuses while a device uses the netdev.
+pub fn detach_nic(vm_id: &str, nic: &NicSpec) -> (Vec<HostStep>, Vec<HostStep>) {
+    (
+        vec![qmp(
+            vm_id,
+            "device_del",
+            serde_json::json!({ "id": nic_device_id(&nic.id) }),
+        )],
+        vec![qmp(
+            vm_id,
+            "netdev_del",
+            serde_json::json!({ "id": netdev_id(&nic.id) }),
+        )],
+    )
 }
 
 fn qmp(vm_id: &str, command: &str, arguments: serde_json::Value) -> HostStep {

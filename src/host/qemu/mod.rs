@@ -29,7 +29,8 @@ use self::{
 };
 use super::{
     Adoption, DiskSeen, DiskSpec, HostError, HostEvent, HostStep, Hypervisor, ImportedImage,
-    OrphanSeen, Outcome, ProbeTarget, ProcessSeen, QmpSeen, StopRung, VmAction, VmProbe, VmSpec,
+    NicSpec, OrphanSeen, Outcome, ProbeTarget, ProcessSeen, QmpSeen, StopRung, VmAction, VmProbe,
+    VmSpec,
 };
 use crate::disk::model::DiskFormat;
 
@@ -92,6 +93,20 @@ pub fn plan(options: &QemuOptions, action: &VmAction) -> Vec<HostStep> {
         }
         VmAction::DetachDisk { vm_id, disk } => {
             let (unplug, release) = hotplug::detach_disk(vm_id, disk);
+            let mut steps = unplug;
+            steps.push(HostStep::Await {
+                vm_id: vm_id.clone(),
+                event: "DEVICE_DELETED".into(),
+                timeout_ms: DETACH_WAIT.as_millis() as u64,
+            });
+            steps.extend(release);
+            steps
+        }
+        VmAction::AttachNic { vm_id, nic } => {
+            hotplug::attach_nic(vm_id, nic, &argv::root_port_id(1))
+        }
+        VmAction::DetachNic { vm_id, nic } => {
+            let (unplug, release) = hotplug::detach_nic(vm_id, nic);
             let mut steps = unplug;
             steps.push(HostStep::Await {
                 vm_id: vm_id.clone(),
@@ -506,6 +521,76 @@ impl QemuHypervisor {
         })
     }
 
+    /// Like [`Self::attach_disk`]: the netdev once, then the device on the
+    /// first root port QEMU accepts; a failure takes the netdev back.
+    async fn attach_nic(&self, vm_id: &str, nic: &NicSpec) -> Result<Outcome, HostError> {
+        let vm = self.running(vm_id)?;
+        let (_, release) = hotplug::detach_nic(vm_id, nic);
+        let mut last_error = None;
+        for port in 1..=vm.ports {
+            let steps = hotplug::attach_nic(vm_id, nic, &argv::root_port_id(port));
+            let (netdev, device) = steps.split_at(1);
+            if port == 1 {
+                run_steps(&vm.qmp, netdev).await?;
+            }
+            match run_steps(&vm.qmp, device).await {
+                Ok(()) => {
+                    return Ok(Outcome {
+                        steps,
+                        ..Default::default()
+                    });
+                }
+                Err(HostError::Failed(message))
+                    if message.contains("in use")
+                        || message.contains("not available")
+                        || message.contains("occupied") =>
+                {
+                    last_error = Some(message);
+                }
+                Err(e) => {
+                    let _ = run_steps(&vm.qmp, &release).await;
+                    return Err(e);
+                }
+            }
+        }
+        let _ = run_steps(&vm.qmp, &release).await;
+        Err(HostError::Failed(format!(
+            "no free hot-plug port on VM {vm_id} ({} ports): {}",
+            vm.ports,
+            last_error.unwrap_or_default()
+        )))
+    }
+
+    /// Like [`Self::detach_disk`]: a guest that has not let go within the
+    /// wait leaves the detach pending ([`Hypervisor::finish_detach_nic`]).
+    async fn detach_nic(&self, vm_id: &str, nic: &NicSpec) -> Result<Outcome, HostError> {
+        let vm = self.running(vm_id)?;
+        let (unplug, release) = hotplug::detach_nic(vm_id, nic);
+        run_steps(&vm.qmp, &unplug).await?;
+        let device = argv::nic_device_id(&nic.id);
+        let deleted = vm
+            .wait(DETACH_WAIT, |s| {
+                s.deleted_devices.contains(&device) || s.exited.is_some()
+            })
+            .await;
+        if !deleted {
+            return Ok(Outcome {
+                steps: unplug,
+                detach_pending: true,
+                ..Default::default()
+            });
+        }
+        if vm.seen.lock().expect("vm watch").exited.is_none() {
+            run_steps(&vm.qmp, &release).await?;
+        }
+        let mut steps = unplug;
+        steps.extend(release);
+        Ok(Outcome {
+            steps,
+            ..Default::default()
+        })
+    }
+
     async fn release_disk(
         &self,
         vm: &RunningVm,
@@ -882,6 +967,8 @@ impl Hypervisor for Qemu {
             }
             VmAction::AttachDisk { vm_id, disk } => hv.attach_disk(vm_id, disk).await,
             VmAction::DetachDisk { vm_id, disk } => hv.detach_disk(vm_id, disk).await,
+            VmAction::AttachNic { vm_id, nic } => hv.attach_nic(vm_id, nic).await,
+            VmAction::DetachNic { vm_id, nic } => hv.detach_nic(vm_id, nic).await,
             VmAction::Destroy { vm_id, run_dir } => {
                 if hv.get(vm_id).is_some() {
                     return Err(HostError::Failed(format!(
@@ -928,6 +1015,24 @@ impl Hypervisor for Qemu {
             .await
         {}
         self.0.release_disk(&vm, disk).await.map(|_| ())
+    }
+
+    async fn finish_detach_nic(&self, vm_id: &str, nic: &NicSpec) -> Result<(), HostError> {
+        let Some(vm) = self.0.get(vm_id) else {
+            return Ok(());
+        };
+        let device = argv::nic_device_id(&nic.id);
+        while !vm
+            .wait(Duration::from_secs(3600), |s| {
+                s.deleted_devices.contains(&device) || s.exited.is_some()
+            })
+            .await
+        {}
+        if vm.seen.lock().expect("vm watch").exited.is_none() {
+            let (_, release) = hotplug::detach_nic(vm_id, nic);
+            run_steps(&vm.qmp, &release).await?;
+        }
+        Ok(())
     }
 
     fn events(&self) -> broadcast::Receiver<HostEvent> {

@@ -153,6 +153,8 @@ impl QmpClient {
             "blockdev-del" => self.json::<qmp::blockdev_del>(args, COMMAND_TIMEOUT).await,
             "device_add" => self.json::<qmp::device_add>(args, COMMAND_TIMEOUT).await,
             "device_del" => self.json::<qmp::device_del>(args, COMMAND_TIMEOUT).await,
+            "netdev_add" => self.json::<qmp::netdev_add>(args, COMMAND_TIMEOUT).await,
+            "netdev_del" => self.json::<qmp::netdev_del>(args, COMMAND_TIMEOUT).await,
             "block_resize" => self.json::<qmp::block_resize>(args, COMMAND_TIMEOUT).await,
             other => Err(HostError::Failed(format!(
                 "QMP command {other} is not supported by vman"

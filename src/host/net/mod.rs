@@ -1,0 +1,335 @@
+//! The real network port: bridges, VLAN links and taps through netlink
+//! (`rtnetlink`), taps created with the tun ioctls ([`tap`]).
+//!
+//! It executes the pure plan of [`plan::plan`] step by step. Every step is
+//! idempotent (a bridge vman made is kept, a missing link is not an error to
+//! delete), so an action can be repeated to repair drift.
+//!
+//! Ownership. Every link vman creates gets the alias [`OWNER_ALIAS`]
+//! (`IFLA_IFALIAS`, shown by `ip link` as `alias vman`). vman enslaves, sets
+//! up and deletes only links with that alias, and never reuses a name taken
+//! by a link it did not make: nothing ever modifies a host interface vman did
+//! not create. (An uplink is only read: its VLAN link is vman's.)
+
+pub mod plan;
+pub mod probe;
+pub mod tap;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use rtnetlink::{
+    LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVlan,
+    packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+};
+
+use super::{
+    HostError, HostNetwork, HostStep, LinkSeen, NetworkAction, NetworkCapabilities, Outcome,
+};
+
+/// The alias that marks a link as made by vman.
+pub const OWNER_ALIAS: &str = "vman";
+
+/// One link from a netlink reply.
+#[derive(Debug, Clone)]
+struct Link {
+    index: u32,
+    name: String,
+    up: bool,
+    master: Option<u32>,
+    kind: Option<String>,
+    owned: bool,
+}
+
+impl Link {
+    fn from_message(message: &LinkMessage) -> Link {
+        let mut link = Link {
+            index: message.header.index,
+            name: String::new(),
+            up: message.header.flags.contains(LinkFlags::Up),
+            master: None,
+            kind: None,
+            owned: false,
+        };
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::IfName(name) => link.name = name.clone(),
+                LinkAttribute::Controller(index) => link.master = Some(*index),
+                LinkAttribute::IfAlias(alias) => link.owned = alias == OWNER_ALIAS,
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            link.kind = Some(kind.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+
+    fn is(&self, kind: &str) -> bool {
+        self.kind.as_deref() == Some(kind)
+    }
+}
+
+pub struct NetlinkNetwork {
+    handle: rtnetlink::Handle,
+    capabilities: NetworkCapabilities,
+    /// One action at a time: a step reads a link, then changes it.
+    busy: tokio::sync::Mutex<()>,
+}
+
+fn netlink_error(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> HostError {
+    let what = what.into();
+    move |e| match e {
+        rtnetlink::Error::NetlinkError(message) => HostError::Io {
+            what,
+            source: message.to_io(),
+        },
+        other => HostError::Failed(format!("{what}: {other}")),
+    }
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+}
+
+fn not_ours(link: &Link) -> HostError {
+    HostError::Failed(format!(
+        "link {} ({}) exists and was not made by vman (no alias {OWNER_ALIAS:?}); vman leaves it alone",
+        link.name,
+        link.kind.as_deref().unwrap_or("no kind")
+    ))
+}
+
+impl NetlinkNetwork {
+    /// Opens a netlink socket in vman's network namespace and probes what the
+    /// kernel can do (in a throwaway namespace when it may make one).
+    pub async fn start() -> Result<NetlinkNetwork, HostError> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|source| HostError::Io {
+                what: "opening a netlink socket".into(),
+                source,
+            })?;
+        tokio::spawn(connection);
+        let capabilities = probe::capabilities(&handle).await;
+        tracing::info!(
+            vlan_links = capabilities.vlan_links.supported,
+            detail = %capabilities.vlan_links.detail,
+            taps = capabilities.taps.supported,
+            "network capabilities"
+        );
+        Ok(NetlinkNetwork {
+            handle,
+            capabilities,
+            busy: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    async fn find(&self, name: &str) -> Result<Option<Link>, HostError> {
+        let mut replies = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match replies.try_next().await {
+            Ok(message) => Ok(message.as_ref().map(Link::from_message)),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(netlink_error(format!("looking up link {name}"))(e)),
+        }
+    }
+
+    async fn dump(&self) -> Result<Vec<Link>, HostError> {
+        let mut replies = self.handle.link().get().execute();
+        let mut links = Vec::new();
+        while let Some(message) = replies
+            .try_next()
+            .await
+            .map_err(netlink_error("listing links"))?
+        {
+            links.push(Link::from_message(&message));
+        }
+        Ok(links)
+    }
+
+    /// A link vman made, or an error saying why it cannot be touched.
+    async fn owned(&self, name: &str) -> Result<Link, HostError> {
+        match self.find(name).await? {
+            Some(link) if link.owned => Ok(link),
+            Some(link) => Err(not_ours(&link)),
+            None => Err(HostError::Failed(format!("link {name} does not exist"))),
+        }
+    }
+
+    async fn set(&self, what: String, message: LinkMessage) -> Result<(), HostError> {
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(netlink_error(what))
+    }
+
+    /// Marks a link just made as vman's; a link that cannot be marked is deleted again.
+    async fn mark_owned(&self, name: &str) -> Result<(), HostError> {
+        let Some(link) = self.find(name).await? else {
+            return Err(HostError::Failed(format!(
+                "link {name} vanished right after it was made"
+            )));
+        };
+        let marked = self
+            .set(
+                format!("marking {name} as vman's"),
+                LinkUnspec::new_with_index(link.index)
+                    .alias(OWNER_ALIAS)
+                    .build(),
+            )
+            .await;
+        if marked.is_err() {
+            let _ = self.handle.link().del(link.index).execute().await;
+        }
+        marked
+    }
+
+    /// Keeps a link vman made of the right kind; true when it must be made.
+    async fn needs_making(&self, name: &str, kind: &str) -> Result<bool, HostError> {
+        match self.find(name).await? {
+            None => Ok(true),
+            Some(link) if link.owned && link.is(kind) => Ok(false),
+            Some(link) => Err(not_ours(&link)),
+        }
+    }
+
+    async fn add(&self, name: &str, message: LinkMessage) -> Result<(), HostError> {
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(netlink_error(format!("adding link {name}")))?;
+        self.mark_owned(name).await
+    }
+
+    async fn run(&self, step: &HostStep) -> Result<(), HostError> {
+        match step {
+            HostStep::AddBridge { name } => {
+                if self.needs_making(name, "bridge").await? {
+                    self.add(name, LinkMessageBuilder::<LinkBridge>::new(name).build())
+                        .await?;
+                }
+            }
+            HostStep::AddVlanLink {
+                name,
+                parent,
+                vlan_id,
+            } => {
+                let vlan = &self.capabilities.vlan_links;
+                if !vlan.supported {
+                    return Err(HostError::Failed(format!(
+                        "this host cannot create 802.1Q VLAN links (capability vlanLinks: {}); create the network without an uplink",
+                        vlan.detail
+                    )));
+                }
+                if self.needs_making(name, "vlan").await? {
+                    let Some(uplink) = self.find(parent).await? else {
+                        return Err(HostError::Failed(format!("uplink {parent} does not exist")));
+                    };
+                    self.add(name, LinkVlan::new(name, uplink.index, *vlan_id).build())
+                        .await?;
+                }
+            }
+            HostStep::AddTap { name } => {
+                if self.needs_making(name, "tun").await? {
+                    tap::create_persistent(name)?;
+                    self.mark_owned(name).await?;
+                }
+            }
+            HostStep::SetMaster { name, master } => {
+                let link = self.owned(name).await?;
+                let bridge = self.owned(master).await?;
+                if !bridge.is("bridge") {
+                    return Err(HostError::Failed(format!("{master} is not a bridge")));
+                }
+                if link.master != Some(bridge.index) {
+                    self.set(
+                        format!("enslaving {name} to {master}"),
+                        LinkUnspec::new_with_index(link.index)
+                            .controller(bridge.index)
+                            .build(),
+                    )
+                    .await?;
+                }
+            }
+            HostStep::SetUp { name } => {
+                let link = self.owned(name).await?;
+                if !link.up {
+                    self.set(
+                        format!("setting {name} up"),
+                        LinkUnspec::new_with_index(link.index).up().build(),
+                    )
+                    .await?;
+                }
+            }
+            HostStep::DeleteLink { name } => match self.find(name).await? {
+                None => {}
+                Some(link) if !link.owned => return Err(not_ours(&link)),
+                Some(link) => match self.handle.link().del(link.index).execute().await {
+                    Ok(()) => {}
+                    Err(e) if is_errno(&e, libc::ENODEV) => {}
+                    Err(e) => return Err(netlink_error(format!("deleting link {name}"))(e)),
+                },
+            },
+            other => {
+                return Err(HostError::Failed(format!(
+                    "the network port cannot {}",
+                    other.summary()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl HostNetwork for NetlinkNetwork {
+    fn plan(&self, action: &NetworkAction) -> Vec<HostStep> {
+        plan::plan(action)
+    }
+
+    async fn execute(&self, action: &NetworkAction) -> Result<Outcome, HostError> {
+        let steps = plan::plan(action);
+        let _busy = self.busy.lock().await;
+        for step in &steps {
+            self.run(step).await?;
+        }
+        Ok(Outcome {
+            steps,
+            ..Default::default()
+        })
+    }
+
+    async fn links(&self) -> Result<HashMap<String, LinkSeen>, HostError> {
+        let links = self.dump().await?;
+        let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+        Ok(links
+            .into_iter()
+            .map(|l| {
+                let seen = LinkSeen {
+                    up: l.up,
+                    master: l.master.and_then(|i| names.get(&i).cloned()),
+                    kind: l.kind,
+                    owned: l.owned,
+                };
+                (l.name, seen)
+            })
+            .collect())
+    }
+
+    fn capabilities(&self) -> NetworkCapabilities {
+        self.capabilities.clone()
+    }
+}
