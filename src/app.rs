@@ -159,6 +159,9 @@ impl App {
         });
         // Metrics count from the start, not from the first scrape.
         crate::telemetry::prometheus();
+        if let Err(e) = crate::operation::fail_interrupted(&app).await {
+            tracing::error!(error = %e, "ending the operations a previous vman left unfinished");
+        }
         // Watch first, so nothing the host reports during re-adoption is missed.
         crate::observer::spawn(app.clone());
         if app.hypervisor.is_dry_run() {

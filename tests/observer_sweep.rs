@@ -527,3 +527,49 @@ async fn under_repair_a_known_qemu_is_readopted_and_a_vm_that_died_unseen_is_mar
     assert!(!alive(pids[0]));
     ws.close().await;
 }
+
+#[tokio::test]
+async fn operations_a_killed_vman_left_running_end_as_failed_at_the_next_start() {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    use vman::operation::{OperationStatus, model};
+    let server = TestServer::start().await;
+    // What a vman killed mid-operation leaves behind.
+    model::ActiveModel {
+        id: Set("01940000-0000-7000-8000-0000000000ff".into()),
+        kind: Set("STOP_VM".into()),
+        target_id: Set("01940000-0000-7000-8000-0000000000fe".into()),
+        target_type: Set("Vm".into()),
+        status: Set(OperationStatus::Running),
+        error: Set(None),
+        error_code: Set(None),
+        steps: Set(json!([])),
+        started_at: Set(chrono::Utc::now()),
+        finished_at: Set(None),
+    }
+    .insert(&server.app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        vman::operation::fail_interrupted(&server.app)
+            .await
+            .unwrap(),
+        1
+    );
+    let op = server
+        .ok(
+            "{ operation(id: \"01940000-0000-7000-8000-0000000000ff\") { status errorCode error finishedAt } }",
+            json!({}),
+        )
+        .await["operation"]
+        .clone();
+    assert_eq!(op["status"], "FAILED", "{op}");
+    assert_eq!(op["errorCode"], "INTERRUPTED", "{op}");
+    assert!(op["finishedAt"].is_string(), "{op}");
+    // Nothing else was running.
+    assert_eq!(
+        vman::operation::fail_interrupted(&server.app)
+            .await
+            .unwrap(),
+        0
+    );
+}

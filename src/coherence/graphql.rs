@@ -29,7 +29,7 @@ impl CoherenceIssueObject {
     async fn kind(&self) -> CoherenceKind {
         self.0.kind
     }
-    /// `Vm`, `Disk`, `Network` or `RunDir`.
+    /// `Vm`, `Disk`, `Network`, `Nic` or `RunDir`.
     async fn subject_type(&self) -> &str {
         &self.0.subject_type
     }

@@ -10,7 +10,7 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
     pub kind: CoherenceKind,
-    /// `Vm`, `Disk`, `Network`, `RunDir`.
+    /// `Vm`, `Disk`, `Network`, `Nic`, `RunDir`.
     pub subject_type: String,
     /// The subject's id (a run directory's path for `RunDir`).
     pub subject_id: String,

@@ -60,6 +60,8 @@ pub struct SweepReport {
     pub findings: Vec<CoherenceIssue>,
     pub opened: Vec<CoherenceIssue>,
     pub resolved: Vec<CoherenceIssue>,
+    /// VMs this sweep marked CRASHED (their taps and pending detaches are released).
+    pub crashed: Vec<String>,
 }
 
 /// What the sweep will change if the policy allows.
@@ -189,18 +191,16 @@ async fn run(app: &Arc<App>) -> ApiResult<SweepReport> {
         })
         .collect();
     let hypervisor = app.hypervisor.clone();
-    let probed: HashMap<String, VmProbe> = stream::iter(targets)
+    let probed: HashMap<String, Option<VmProbe>> = stream::iter(targets)
         .map(move |target: ProbeTarget| {
             let hypervisor = hypervisor.clone();
             async move {
-                // Two QMP round trips at most, each bounded by `timeout`.
+                // Two QMP round trips at most, each bounded by `timeout`; a
+                // probe stuck past that (a hung /proc read, say) tells
+                // nothing, and its VM is left for the next sweep.
                 let probe = tokio::time::timeout(timeout * 3, hypervisor.probe(&target, timeout))
                     .await
-                    .unwrap_or(VmProbe {
-                        process: ProcessSeen::Absent,
-                        qmp: Some(QmpSeen::Silent),
-                        disks: None,
-                    });
+                    .ok();
                 (target.vm_id, probe)
             }
         })
@@ -209,7 +209,7 @@ async fn run(app: &Arc<App>) -> ApiResult<SweepReport> {
         .await;
     let probes: Vec<(&Vm, &VmProbe)> = to_probe
         .iter()
-        .filter_map(|vm| Some((*vm, probed.get(&vm.id)?)))
+        .filter_map(|vm| Some((*vm, probed.get(&vm.id)?.as_ref()?)))
         .collect();
     let disks_by_id: HashMap<&str, &Disk> = snap.disks.iter().map(|d| (d.id.as_str(), d)).collect();
     for &(vm, probe) in &probes {
@@ -340,6 +340,11 @@ async fn run(app: &Arc<App>) -> ApiResult<SweepReport> {
         &checked,
     )
     .await?;
+    // What a dead VM held on the host goes with it, as after a crash the push path saw.
+    for vm_id in &report.crashed {
+        crate::disk::release_detaching(app, vm_id).await?;
+        network::release_taps(app, vm_id).await?;
+    }
     report.started_at = started_at;
     report.vms_checked = checked.vms.len();
     report.vms_skipped = skipped_ids.len() + probes.len() - checked.vms.len();
@@ -831,6 +836,7 @@ async fn record(
                     &drift.finding,
                     repair,
                     host_repairs.get(&drift.finding.subject_id),
+                    &mut report.crashed,
                 )
                 .await?
             }
@@ -854,6 +860,11 @@ async fn record(
             "Disk" if issue.kind.area() == Area::DiskFile => {
                 !known.disks.contains(issue.subject_id.as_str())
             }
+            // Which disks a deleted VM's QEMU has is no longer a question.
+            "Disk" => issue
+                .vm_id
+                .as_deref()
+                .is_some_and(|vm| !snapshot_vms.contains_key(vm)),
             "Network" => !known.networks.contains(issue.subject_id.as_str()),
             "Nic" => !known.nics.contains(issue.subject_id.as_str()),
             _ => false,
@@ -883,10 +894,12 @@ async fn apply(
     finding: &Finding,
     repair: &Repair,
     on_host: Option<&Result<HostRepair, String>>,
+    crashed: &mut Vec<String>,
 ) -> ApiResult<Option<String>> {
     let vm_id = &finding.subject_id;
     Ok(match repair {
         Repair::MarkCrashed => {
+            crashed.push(vm_id.clone());
             move_to(
                 w,
                 vm_id,

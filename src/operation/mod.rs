@@ -86,6 +86,40 @@ pub async fn finish_in(
     Ok(op)
 }
 
+/// At start: operations a previous vman left unfinished (it was killed while
+/// they ran) end as FAILED, saying so. What they did to the host is for
+/// re-adoption and the coherence sweep to find; left RUNNING they would make
+/// the sweep skip their target for ever.
+pub async fn fail_interrupted(app: &App) -> ApiResult<u64> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    let w = app.bus.writer().await?;
+    let ended = model::Entity::update_many()
+        .col_expr(
+            model::Column::Status,
+            Expr::value(OperationStatus::Failed.as_str()),
+        )
+        .col_expr(
+            model::Column::Error,
+            Expr::value(
+                "vman stopped while this operation ran; its outcome on the host is unknown",
+            ),
+        )
+        .col_expr(model::Column::ErrorCode, Expr::value("INTERRUPTED"))
+        .col_expr(model::Column::FinishedAt, Expr::value(Utc::now()))
+        .filter(model::Column::Status.is_in([OperationStatus::Pending, OperationStatus::Running]))
+        .exec(w.txn())
+        .await?
+        .rows_affected;
+    w.commit().await?;
+    if ended > 0 {
+        tracing::warn!(
+            ended,
+            "operations a previous vman left unfinished are marked FAILED"
+        );
+    }
+    Ok(ended)
+}
+
 /// What a mutation did (or, with dry-run, would do).
 pub struct Change<T> {
     pub object: T,

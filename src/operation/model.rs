@@ -47,3 +47,14 @@ pub enum OperationStatus {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+impl OperationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationStatus::Pending => "PENDING",
+            OperationStatus::Running => "RUNNING",
+            OperationStatus::Succeeded => "SUCCEEDED",
+            OperationStatus::Failed => "FAILED",
+        }
+    }
+}
