@@ -28,6 +28,37 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// CPU time (user + system) a process has used so far.
+fn cpu_time(pid: i32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)`: state is the 1st, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Some(Duration::from_millis(ticks * 1000 / per_second))
+}
+
+/// Waits (at most 5 s) until a QEMU uses less than a tenth of a core: with no
+/// guest OS, SeaBIOS keeps the vCPU busy for about a second after `cont`
+/// looking for something to boot. On two cores that spinning vCPU slows the
+/// QMP commands by an amount that depends on where the firmware is, so both
+/// sides hot-plug into an idle guest, as a booted OS would mostly be.
+async fn settled(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = cpu_time(pid);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = cpu_time(pid);
+        if let (Some(before), Some(after)) = (last, now)
+            && after.saturating_sub(before) < Duration::from_millis(10)
+        {
+            return true;
+        }
+        last = now;
+    }
+    false
+}
+
 async fn raw_start(
     options: &QemuOptions,
     spec: &VmSpec,
@@ -62,6 +93,9 @@ async fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(10);
+    // `--no-settle` hot-plugs as soon as each VM runs, while its firmware still spins.
+    let settle = !std::env::args().any(|a| a == "--no-settle");
+    let mut unsettled = 0;
     let accel = if common::kvm_usable() {
         Accel::Kvm
     } else {
@@ -107,6 +141,9 @@ async fn main() {
         };
         std::fs::write(&disk.path, vec![0u8; 1 << 20]).unwrap();
         let steps = hotplug::attach_disk(&spec.id, &disk, &qemu::argv::root_port_id(1));
+        if settle {
+            unsettled += !settled(process.pid).await as usize;
+        }
         let started = Instant::now();
         for step in &steps {
             if let HostStep::Qmp {
@@ -151,6 +188,11 @@ async fn main() {
             .as_str()
             .unwrap()
             .to_string();
+        if settle {
+            let pid = process::read_pidfile(&qemu::argv::pid_file(&server.run_dir(&vm)))
+                .expect("the VM's QEMU pid");
+            unsettled += !settled(pid).await as usize;
+        }
         let started = Instant::now();
         server
             .ok("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }", json!({"d": disk_id, "v": vm}))
@@ -177,7 +219,16 @@ async fn main() {
             vman.as_secs_f64() / raw.as_secs_f64()
         );
     };
-    println!("accel {accel:?}, {rounds} rounds, medians:");
+    println!(
+        "accel {accel:?}, {rounds} rounds, hot-plug into {}, medians:",
+        match settle {
+            true => "an idle guest",
+            false => "a guest still in its firmware",
+        }
+    );
+    if unsettled > 0 {
+        println!("({unsettled} hot-plugs went ahead after 5 s with the guest still busy)");
+    }
     report(
         "spawn -> QMP running / startVm -> RUNNING event",
         median(raw_start_t),

@@ -23,6 +23,10 @@ pub async fn connect(path: &Path) -> Result<DatabaseConnection, sea_orm::DbErr> 
         .max_connections(8)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(10))
+        // sqlx pings an idle connection before lending it, a round trip to the
+        // connection's worker thread on every query; a local SQLite file has no
+        // link to lose, and a broken connection still fails the query itself.
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .map_err(|e| sea_orm::DbErr::Custom(format!("opening {}: {e}", path.display())))?;

@@ -351,3 +351,63 @@ async fn sizes_beyond_32_bits_pass_as_variables() {
         "BAD_USER_INPUT"
     );
 }
+
+/// attachDisk reads and checks its rows inside the write that would record
+/// its operation: a refusal rolls that write back, leaves no operation behind
+/// and holds up no later write.
+#[tokio::test]
+async fn a_refused_attach_writes_nothing() {
+    let server = TestServer::start().await;
+    server.create_template("tiny").await;
+    let vm = server.create_vm("web-1", "tiny").await;
+    let create_disk = |name: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .ok(
+                    "mutation($n: String!) { createDisk(input: {name: $n, sizeBytes: 1048576}) { disk { id } } }",
+                    json!({"n": name}),
+                )
+                .await["createDisk"]["disk"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let attach = "mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } operation { status } } }";
+    let disk = create_disk("data").await;
+    let attached = server.ok(attach, json!({"d": disk, "v": vm})).await;
+    assert_eq!(attached["attachDisk"]["disk"]["attachment"], "ATTACHED");
+    assert_eq!(attached["attachDisk"]["operation"]["status"], "SUCCEEDED");
+    let before = server.snapshot().await;
+
+    let unknown = "01940000-0000-7000-8000-000000000000";
+    for (code, d, v) in [
+        ("CONFLICT", disk.as_str(), vm.as_str()),
+        ("NOT_FOUND", unknown, vm.as_str()),
+        ("NOT_FOUND", disk.as_str(), unknown),
+        ("NOT_FOUND", unknown, unknown),
+        ("NOT_FOUND", disk.as_str(), disk.as_str()),
+        // An unknown disk is named first, as when it was read before anything else.
+        ("NOT_FOUND", unknown, "not-a-uuid"),
+        ("BAD_USER_INPUT", disk.as_str(), "not-a-uuid"),
+        ("BAD_USER_INPUT", "not-a-uuid", vm.as_str()),
+    ] {
+        assert_eq!(
+            server.error_code(attach, json!({"d": d, "v": v})).await,
+            code,
+            "attachDisk(diskId: {d}, vmId: {v})"
+        );
+        assert_eq!(server.snapshot().await, before);
+    }
+
+    // The rolled-back writes hold up nothing: the next attach goes through at once.
+    let other = create_disk("more").await;
+    let attached = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        server.ok(attach, json!({"d": other, "v": vm})),
+    )
+    .await
+    .expect("an attach after refused ones is not held up");
+    assert_eq!(attached["attachDisk"]["operation"]["status"], "SUCCEEDED");
+}

@@ -145,13 +145,44 @@ pub async fn attach(
     vm_id: &str,
     dry_run: bool,
 ) -> ApiResult<Change<Disk>> {
-    let disk = find_disk(app, disk_id).await?;
-    let vm_id = validate::id("vmId", vm_id)?;
+    let disk_id = validate::id("diskId", disk_id)?;
+    let vm_id = match validate::id("vmId", vm_id) {
+        Ok(vm_id) if vm_id != disk_id => vm_id,
+        // An unknown disk is named first, whatever else is wrong. One ID
+        // cannot name both a disk and a VM (and locking it twice would wait
+        // on itself until VM_BUSY).
+        other => {
+            find_in::<model::Entity, _>(&app.db, "disk", &disk_id).await?;
+            return Err(match other {
+                Err(e) => e,
+                Ok(vm_id) => ApiError::not_found("VM", vm_id),
+            });
+        }
+    };
     let op_id = operation::new_id();
     let _vm_guard = app.locks.lock(&vm_id, &op_id, "ATTACH_DISK").await?;
-    let _disk_guard = app.locks.lock(&disk.id, &op_id, "ATTACH_DISK").await?;
-    let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &vm_id).await?;
-    let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk.id).await?;
+    let _disk_guard = app.locks.lock(&disk_id, &op_id, "ATTACH_DISK").await?;
+    // The rows are read under the locks, with no read before them: each read
+    // on its own costs a pooled connection. A real attach reads them inside
+    // the write that records its operation.
+    let writer = match dry_run {
+        true => None,
+        false => Some(app.bus.writer().await?),
+    };
+    let read = match &writer {
+        Some(w) => read_for_attach(w.txn(), &disk_id, &vm_id).await,
+        None => read_for_attach(&app.db, &disk_id, &vm_id).await,
+    };
+    let (disk, vm) = match read {
+        Ok(rows) => rows,
+        Err(e) => {
+            if matches!(&e, ApiError::NotFound { kind: "disk", .. }) {
+                // No disk, no lock to keep: unknown IDs must not grow the lock table.
+                app.locks.forget(&disk_id);
+            }
+            return Err(e);
+        }
+    };
     if disk.attachment != Attachment::Detached {
         return Err(ApiError::Conflict(format!(
             "disk {:?} is already attached",
@@ -170,10 +201,10 @@ pub async fn attach(
         disk: spec(app, &disk),
     });
     let plan = action.iter().flat_map(|a| app.hypervisor.plan(a)).collect();
-    if dry_run {
+    let Some(writer) = writer else {
         return Ok(Change::planned(disk, plan));
-    }
-    let op = operation::begin(app, &op_id, "ATTACH_DISK", "Disk", &disk.id).await?;
+    };
+    let op = operation::begin_in(writer, &op_id, "ATTACH_DISK", "Disk", &disk.id).await?;
     let result = async {
         let steps = match &action {
             Some(action) => app.hypervisor.execute(action).await?.steps,
@@ -199,6 +230,17 @@ pub async fn attach(
     }
     .await;
     operation::conclude_done(app, op, result).await
+}
+
+/// The disk, then the VM, as `attach` checks them.
+async fn read_for_attach(
+    conn: &impl ConnectionTrait,
+    disk_id: &str,
+    vm_id: &str,
+) -> ApiResult<(Disk, vm::Vm)> {
+    let disk = find_in::<model::Entity, _>(conn, "disk", disk_id).await?;
+    let vm = find_in::<vm::model::Entity, _>(conn, "VM", vm_id).await?;
+    Ok((disk, vm))
 }
 
 /// Detaches a disk from its VM: unplugged when the VM runs, dropped from the next start otherwise.

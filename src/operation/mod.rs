@@ -27,7 +27,19 @@ pub async fn begin(
     target_type: &str,
     target_id: &str,
 ) -> ApiResult<Operation> {
-    let w = app.bus.writer().await?;
+    begin_in(app.bus.writer().await?, id, kind, target_type, target_id).await
+}
+
+/// Records the operation RUNNING in `w` and commits. A caller may first read
+/// in `w` the rows that decide whether the operation may run: the checks and
+/// the record then see the same rows, and cost no other connection.
+pub async fn begin_in(
+    w: crate::events::Writer<'_>,
+    id: &str,
+    kind: &str,
+    target_type: &str,
+    target_id: &str,
+) -> ApiResult<Operation> {
     let op = model::ActiveModel {
         id: Set(id.to_string()),
         kind: Set(kind.to_string()),
