@@ -319,6 +319,10 @@ async fn run(app: &Arc<App>) -> ApiResult<SweepReport> {
         true => DriftPolicy::Report,
         false => app.config.observer.policy,
     };
+    // What changed hands since the snapshot (a deleteNetwork, a detachNic, a
+    // deleteDisk that began meanwhile) is not drift: checked again now, just
+    // before any repair touches the host.
+    let drifts = still_unclaimed(app, drifts).await?;
     let host_repairs = match policy {
         DriftPolicy::Repair => repair_on_host(app, &snap.networks, &drifts).await,
         DriftPolicy::Report => HashMap::new(),
@@ -347,9 +351,43 @@ async fn run(app: &Arc<App>) -> ApiResult<SweepReport> {
     }
     report.started_at = started_at;
     report.vms_checked = checked.vms.len();
-    report.vms_skipped = skipped_ids.len() + probes.len() - checked.vms.len();
+    report.vms_skipped = snap.vms.len() - checked.vms.len();
     report.disks_checked = disks_checked;
     Ok(report)
+}
+
+/// The drifts whose subject (and VM) still exists and is not in the hands of
+/// an operation or a mutation's lock.
+async fn still_unclaimed(app: &App, drifts: Vec<Drift>) -> ApiResult<Vec<Drift>> {
+    if drifts.is_empty() {
+        return Ok(drifts);
+    }
+    let now = snapshot(app).await?;
+    let exists: HashSet<&str> = now
+        .vms
+        .iter()
+        .map(|v| v.id.as_str())
+        .chain(now.disks.iter().map(|d| d.id.as_str()))
+        .chain(now.networks.iter().map(|n| n.id.as_str()))
+        .chain(now.nics.iter().map(|n| n.id.as_str()))
+        .collect();
+    let claimed = |id: &str| now.busy.contains(id) || app.locks.holder(id).is_some();
+    Ok(drifts
+        .into_iter()
+        .filter(|d| {
+            let f = &d.finding;
+            let subject_ok = match f.subject_type {
+                "RunDir" => true,
+                _ => {
+                    exists.contains(f.subject_id.as_str())
+                        || f.kind == CoherenceKind::DiskUnexpectedInQemu
+                }
+            };
+            subject_ok
+                && !claimed(&f.subject_id)
+                && f.vm_id.as_deref().is_none_or(|vm| !claimed(vm))
+        })
+        .collect())
 }
 
 fn qmp_state(running: bool) -> VmState {
