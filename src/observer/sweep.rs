@@ -105,10 +105,21 @@ struct Checked {
     orphans: bool,
     /// Networks and NICs whose links were compared.
     links: HashSet<String>,
+    /// Subjects and VMs an operation or a mutation took during the sweep:
+    /// what was seen of them is not judged either way.
+    withdrawn: HashSet<String>,
 }
 
 impl Checked {
     fn covers(&self, issue: &CoherenceIssue) -> bool {
+        if self.withdrawn.contains(&issue.subject_id)
+            || issue
+                .vm_id
+                .as_ref()
+                .is_some_and(|vm| self.withdrawn.contains(vm))
+        {
+            return false;
+        }
         match issue.kind.area() {
             Area::Process => self.vms.contains(&issue.subject_id),
             Area::DiskFile => self.disk_files.contains(&issue.subject_id),
@@ -322,7 +333,7 @@ async fn run(app: &Arc<App>) -> ApiResult<SweepReport> {
     // What changed hands since the snapshot (a deleteNetwork, a detachNic, a
     // deleteDisk that began meanwhile) is not drift: checked again now, just
     // before any repair touches the host.
-    let drifts = still_unclaimed(app, drifts).await?;
+    let drifts = still_unclaimed(app, drifts, &mut checked.withdrawn).await?;
     let host_repairs = match policy {
         DriftPolicy::Repair => repair_on_host(app, &snap.networks, &drifts).await,
         DriftPolicy::Report => HashMap::new(),
@@ -358,7 +369,11 @@ async fn run(app: &Arc<App>) -> ApiResult<SweepReport> {
 
 /// The drifts whose subject (and VM) still exists and is not in the hands of
 /// an operation or a mutation's lock.
-async fn still_unclaimed(app: &App, drifts: Vec<Drift>) -> ApiResult<Vec<Drift>> {
+async fn still_unclaimed(
+    app: &App,
+    drifts: Vec<Drift>,
+    withdrawn: &mut HashSet<String>,
+) -> ApiResult<Vec<Drift>> {
     if drifts.is_empty() {
         return Ok(drifts);
     }
@@ -372,22 +387,22 @@ async fn still_unclaimed(app: &App, drifts: Vec<Drift>) -> ApiResult<Vec<Drift>>
         .chain(now.nics.iter().map(|n| n.id.as_str()))
         .collect();
     let claimed = |id: &str| now.busy.contains(id) || app.locks.holder(id).is_some();
-    Ok(drifts
-        .into_iter()
-        .filter(|d| {
-            let f = &d.finding;
-            let subject_ok = match f.subject_type {
-                "RunDir" => true,
-                _ => {
-                    exists.contains(f.subject_id.as_str())
-                        || f.kind == CoherenceKind::DiskUnexpectedInQemu
-                }
-            };
-            subject_ok
-                && !claimed(&f.subject_id)
-                && f.vm_id.as_deref().is_none_or(|vm| !claimed(vm))
-        })
-        .collect())
+    let (kept, dropped): (Vec<Drift>, Vec<Drift>) = drifts.into_iter().partition(|d| {
+        let f = &d.finding;
+        let subject_ok = match f.subject_type {
+            "RunDir" => true,
+            _ => {
+                exists.contains(f.subject_id.as_str())
+                    || f.kind == CoherenceKind::DiskUnexpectedInQemu
+            }
+        };
+        subject_ok && !claimed(&f.subject_id) && f.vm_id.as_deref().is_none_or(|vm| !claimed(vm))
+    });
+    for d in dropped {
+        withdrawn.insert(d.finding.subject_id);
+        withdrawn.extend(d.finding.vm_id);
+    }
+    Ok(kept)
 }
 
 fn qmp_state(running: bool) -> VmState {
