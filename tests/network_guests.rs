@@ -148,16 +148,35 @@ async fn guests_on_one_vlan_ping_each_other_and_no_one_else() {
 
     // Detach B's NIC live: B loses its interface, A loses B.
     let b_tap = vms[1].1["tap"].as_str().unwrap().to_string();
+    let head = server.journal().await.last().unwrap()["sequence"].clone();
+    let mut ws = common::WsClient::connect(&server.ws_url).await;
+    ws.subscribe(
+        "e",
+        "subscription($after: String) { events(after: $after) { kind subjectId } }",
+        json!({"after": head}),
+    )
+    .await;
     let detached = server
         .ok(
             "mutation($id: ID!) { detachNic(nicId: $id) { nic { id attachment } plan { action } } }",
             json!({"id": vms[1].1["id"]}),
         )
         .await;
-    assert_eq!(
-        detached["detachNic"]["nic"]["attachment"], "DETACHED",
-        "the guest let go in time: {detached}"
+    // A guest slowed down by TCG on busy cores may take longer than the
+    // detach waits: the NIC is then DETACHING until the guest lets go.
+    let attachment = detached["detachNic"]["nic"]["attachment"].clone();
+    assert!(
+        attachment == "DETACHED" || attachment == "DETACHING",
+        "{detached}"
     );
+    loop {
+        let event = ws.next_data("e").await["events"].clone();
+        if event["kind"] == "NIC_DETACHED" {
+            assert_eq!(event["subjectId"], vms[1].1["id"]);
+            break;
+        }
+    }
+    ws.close().await;
     common::wait_for_line(
         &serial[1],
         "VMAN-GUEST-NET-REMOVED eth0",
