@@ -913,6 +913,7 @@ impl Hypervisor for Qemu {
                 })
             }
             VmAction::DeleteDisk(disk) => {
+                hv.disk_infos.lock().expect("disk infos").remove(&disk.path);
                 match std::fs::remove_file(&disk.path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -975,6 +976,7 @@ impl Hypervisor for Qemu {
                         "VM {vm_id} still runs; stop it first"
                     )));
                 }
+                hv.exited.lock().expect("exits").remove(vm_id);
                 match std::fs::remove_dir_all(run_dir) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
