@@ -46,14 +46,17 @@ impl VmLocks {
         }
     }
 
-    pub async fn lock(&self, vm_id: &str, operation_id: &str, kind: &str) -> ApiResult<VmGuard> {
-        let slot = self
-            .slots
+    fn slot(&self, vm_id: &str) -> Arc<Slot> {
+        self.slots
             .lock()
             .expect("vm locks")
             .entry(vm_id.to_string())
             .or_default()
-            .clone();
+            .clone()
+    }
+
+    pub async fn lock(&self, vm_id: &str, operation_id: &str, kind: &str) -> ApiResult<VmGuard> {
+        let slot = self.slot(vm_id);
         match tokio::time::timeout(self.timeout, slot.mutex.clone().lock_owned()).await {
             Ok(guard) => {
                 *slot.holder.lock().expect("vm lock holder") =
@@ -82,13 +85,7 @@ impl VmLocks {
     /// Takes a VM's lock only if nobody holds it (the observer never queues
     /// behind a mutation).
     pub fn try_lock(&self, vm_id: &str, operation_id: &str, kind: &str) -> Option<VmGuard> {
-        let slot = self
-            .slots
-            .lock()
-            .expect("vm locks")
-            .entry(vm_id.to_string())
-            .or_default()
-            .clone();
+        let slot = self.slot(vm_id);
         let guard = slot.mutex.clone().try_lock_owned().ok()?;
         *slot.holder.lock().expect("vm lock holder") =
             Some((operation_id.to_string(), kind.to_string()));

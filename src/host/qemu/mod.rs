@@ -457,43 +457,15 @@ impl QemuHypervisor {
 
     async fn attach_disk(&self, vm_id: &str, disk: &DiskSpec) -> Result<Outcome, HostError> {
         let vm = self.running(vm_id)?;
-        // The port is found by trying: QEMU knows which are taken, even for a
-        // VM vman adopted after a restart.
-        let mut last_error = None;
-        for port in 1..=vm.ports {
-            let steps = hotplug::attach_disk(vm_id, disk, &argv::root_port_id(port));
-            let (nodes, device) = steps.split_at(steps.len() - 1);
-            if port == 1 {
-                run_steps(&vm.qmp, nodes).await?;
-            }
-            match run_steps(&vm.qmp, device).await {
-                Ok(()) => {
-                    let mut done = nodes.to_vec();
-                    done.extend_from_slice(device);
-                    return Ok(Outcome {
-                        steps: done,
-                        ..Default::default()
-                    });
-                }
-                Err(HostError::Failed(message))
-                    if message.contains("in use")
-                        || message.contains("not available")
-                        || message.contains("occupied") =>
-                {
-                    last_error = Some(message);
-                }
-                Err(e) => {
-                    release_nodes(&vm.qmp, vm_id, disk).await;
-                    return Err(e);
-                }
-            }
-        }
-        release_nodes(&vm.qmp, vm_id, disk).await;
-        Err(HostError::Failed(format!(
-            "no free hot-plug port on VM {vm_id} ({} ports): {}",
-            vm.ports,
-            last_error.unwrap_or_default()
-        )))
+        let (_, release) = hotplug::detach_disk(vm_id, disk);
+        // The block nodes first (all steps but the device), then the device.
+        plug_on_free_port(
+            &vm,
+            |port| hotplug::attach_disk(vm_id, disk, port),
+            |steps| steps.len() - 1,
+            &release,
+        )
+        .await
     }
 
     async fn detach_disk(&self, vm_id: &str, disk: &DiskSpec) -> Result<Outcome, HostError> {
@@ -526,39 +498,13 @@ impl QemuHypervisor {
     async fn attach_nic(&self, vm_id: &str, nic: &NicSpec) -> Result<Outcome, HostError> {
         let vm = self.running(vm_id)?;
         let (_, release) = hotplug::detach_nic(vm_id, nic);
-        let mut last_error = None;
-        for port in 1..=vm.ports {
-            let steps = hotplug::attach_nic(vm_id, nic, &argv::root_port_id(port));
-            let (netdev, device) = steps.split_at(1);
-            if port == 1 {
-                run_steps(&vm.qmp, netdev).await?;
-            }
-            match run_steps(&vm.qmp, device).await {
-                Ok(()) => {
-                    return Ok(Outcome {
-                        steps,
-                        ..Default::default()
-                    });
-                }
-                Err(HostError::Failed(message))
-                    if message.contains("in use")
-                        || message.contains("not available")
-                        || message.contains("occupied") =>
-                {
-                    last_error = Some(message);
-                }
-                Err(e) => {
-                    let _ = run_steps(&vm.qmp, &release).await;
-                    return Err(e);
-                }
-            }
-        }
-        let _ = run_steps(&vm.qmp, &release).await;
-        Err(HostError::Failed(format!(
-            "no free hot-plug port on VM {vm_id} ({} ports): {}",
-            vm.ports,
-            last_error.unwrap_or_default()
-        )))
+        plug_on_free_port(
+            &vm,
+            |port| hotplug::attach_nic(vm_id, nic, port),
+            |_| 1,
+            &release,
+        )
+        .await
     }
 
     /// Like [`Self::detach_disk`]: a guest that has not let go within the
@@ -804,16 +750,63 @@ async fn run_steps(qmp: &QmpClient, steps: &[HostStep]) -> Result<(), HostError>
     Ok(())
 }
 
-/// Best effort: removes the block nodes of a disk whose device_add failed.
-async fn release_nodes(qmp: &QmpClient, vm_id: &str, disk: &DiskSpec) {
-    let (_, release) = hotplug::detach_disk(vm_id, disk);
-    for step in &release {
+/// Hot-plugs a device on the first root port QEMU accepts. The port is found
+/// by trying: QEMU knows which are taken, even for a VM vman adopted after a
+/// restart. `steps(port)` plans the plug; its first `backend(..)` steps (block
+/// nodes, a netdev) run once, the rest (the device) on each port tried. Any
+/// failure runs `release` (best effort) to take the backend back.
+async fn plug_on_free_port(
+    vm: &RunningVm,
+    steps: impl Fn(&str) -> Vec<HostStep>,
+    backend: impl Fn(&[HostStep]) -> usize,
+    release: &[HostStep],
+) -> Result<Outcome, HostError> {
+    let mut last_error = None;
+    for port in 1..=vm.ports {
+        let planned = steps(&argv::root_port_id(port));
+        let (backend_steps, device) = planned.split_at(backend(&planned));
+        if port == 1 {
+            run_steps(&vm.qmp, backend_steps).await?;
+        }
+        match run_steps(&vm.qmp, device).await {
+            Ok(()) => {
+                return Ok(Outcome {
+                    steps: planned,
+                    ..Default::default()
+                });
+            }
+            Err(HostError::Failed(message))
+                if message.contains("in use")
+                    || message.contains("not available")
+                    || message.contains("occupied") =>
+            {
+                last_error = Some(message);
+            }
+            Err(e) => {
+                release_quietly(&vm.qmp, &vm.vm_id, release).await;
+                return Err(e);
+            }
+        }
+    }
+    release_quietly(&vm.qmp, &vm.vm_id, release).await;
+    Err(HostError::Failed(format!(
+        "no free hot-plug port on VM {} ({} ports): {}",
+        vm.vm_id,
+        vm.ports,
+        last_error.unwrap_or_default()
+    )))
+}
+
+/// Best effort: takes back the backend (block nodes, netdev) of a device
+/// whose `device_add` failed.
+async fn release_quietly(qmp: &QmpClient, vm_id: &str, release: &[HostStep]) {
+    for step in release {
         if let HostStep::Qmp {
             command, arguments, ..
         } = step
             && let Err(e) = qmp.execute_json(command, arguments).await
         {
-            tracing::warn!(vm = vm_id, error = %e, "releasing block nodes after a failed hot-plug");
+            tracing::warn!(vm = vm_id, error = %e, "releasing a failed hot-plug's backend");
         }
     }
 }
