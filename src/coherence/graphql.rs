@@ -68,6 +68,7 @@ impl CoherenceIssueObject {
 
 /// What one coherence sweep did.
 #[derive(SimpleObject)]
+#[graphql(name = "SweepReport")]
 pub struct SweepReportObject {
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub took_ms: f64,
