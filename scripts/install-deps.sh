@@ -22,6 +22,9 @@ missing=()
 [[ -n $need_qemu ]] && missing+=(qemu-system-x86/bookworm qemu-utils/bookworm)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+# `ip` for the network tests (they read links in their own namespace); `unshare`
+# (util-linux) is part of every Debian install.
+command -v ip >/dev/null || missing+=(iproute2)
 # Headless Chromium for tests/playground_browser.rs (driven by playwright-core).
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 if ((${#missing[@]})); then
@@ -33,6 +36,16 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get -q -o DPkg::Lock::Timeout=600 update
   apt-get -q -o DPkg::Lock::Timeout=600 install -y --no-install-recommends --allow-downgrades "${missing[@]}"
+fi
+
+# `make test` lints with rustfmt and clippy: rustup's minimal profile lacks them.
+if command -v rustup >/dev/null; then
+  for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+      say "adding the Rust component $component"
+      rustup component add "$component"
+    fi
+  done
 fi
 
 # npm packages: reinstalled only when the lock file changed.
