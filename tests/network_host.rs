@@ -6,7 +6,7 @@
 mod common;
 
 use common::{
-    TestServer, kvm_usable,
+    TestServer, VmanProcess, free_port, kvm_usable,
     netns::{self, ip, link_names, sys_link},
 };
 use serde_json::{Value, json};
@@ -446,76 +446,6 @@ async fn taps_follow_the_vm_through_start_hot_plug_and_stop() {
     assert!(sys_link("vmbr10").is_none());
 }
 
-/// `vman serve` as a process of its own (in the test's namespace), so it can be SIGKILLed.
-struct VmanProcess {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for VmanProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl VmanProcess {
-    async fn start(data: &std::path::Path, http: &reqwest::Client) -> VmanProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vman"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(data)
-            .env("VMAN_QEMU_ACCEL", accel_name())
-            .env("VMAN_LOG_LEVEL", "warn")
-            .spawn()
-            .unwrap();
-        let vman = VmanProcess {
-            child,
-            url: format!("http://127.0.0.1:{port}/graphql"),
-        };
-        let readyz = vman.url.replace("/graphql", "/readyz");
-        for _ in 0..500 {
-            if let Ok(r) = http.get(&readyz).send().await
-                && r.status().is_success()
-            {
-                return vman;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        panic!("vman did not become ready");
-    }
-
-    async fn gql(&self, http: &reqwest::Client, query: &str, variables: Value) -> Value {
-        let r: Value = http
-            .post(&self.url)
-            .json(&json!({"query": query, "variables": variables}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert!(r.get("errors").is_none(), "{r}");
-        r["data"].clone()
-    }
-}
-
-fn accel_name() -> &'static str {
-    match accel() {
-        Accel::Kvm => "kvm",
-        _ => "tcg",
-    }
-}
-
 /// A vman restart re-adopts a running VM and leaves its tap exactly as it
 /// was (same link, still on the bridge); the stop after it removes the tap.
 #[tokio::test]
@@ -526,7 +456,8 @@ async fn a_vman_restart_leaves_running_vms_taps_alone() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let http = reqwest::Client::new();
-    let vman = VmanProcess::start(&data, &http).await;
+    let vman = VmanProcess::start(&data, free_port());
+    vman.ready(&http).await;
     let net = vman
         .gql(
             &http,
@@ -562,11 +493,12 @@ async fn a_vman_restart_leaves_running_vms_taps_alone() {
     )
     .await;
     let before = sys_link(&tap).expect("the tap exists");
-    let run_dir = data.join("run");
 
     let mut vman = vman;
     vman.child.kill().unwrap(); // SIGKILL: vman only, not its VMs
     vman.child.wait().unwrap();
+    // Only vman died: keep the VM its guard would otherwise end.
+    vman.run_dir = std::path::PathBuf::new();
     drop(vman);
     assert_eq!(
         sys_link(&tap),
@@ -574,7 +506,8 @@ async fn a_vman_restart_leaves_running_vms_taps_alone() {
         "the tap outlives vman"
     );
 
-    let vman = VmanProcess::start(&data, &http).await;
+    let vman = VmanProcess::start(&data, free_port());
+    vman.ready(&http).await;
     let state = vman
         .gql(
             &http,
@@ -595,8 +528,6 @@ async fn a_vman_restart_leaves_running_vms_taps_alone() {
     )
     .await;
     assert!(sys_link(&tap).is_none(), "the stop removed the tap");
-    drop(vman);
-    common::kill_vms_under(&run_dir);
 }
 
 #[tokio::test]

@@ -374,7 +374,8 @@ async fn still_unclaimed(
     drifts: Vec<Drift>,
     withdrawn: &mut HashSet<String>,
 ) -> ApiResult<Vec<Drift>> {
-    if drifts.is_empty() {
+    // Run directories belong to no row and no operation: nothing to re-read.
+    if drifts.iter().all(|d| d.finding.subject_type == "RunDir") {
         return Ok(drifts);
     }
     let now = snapshot(app).await?;

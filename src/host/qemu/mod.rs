@@ -203,6 +203,15 @@ impl RunningVm {
         }
     }
 
+    /// Waits up to `timeout` for the guest to let go of `device`
+    /// (`DEVICE_DELETED`), or for QEMU to exit; true when one happened.
+    async fn released(&self, device: &str, timeout: Duration) -> bool {
+        self.wait(timeout, |s| {
+            s.deleted_devices.contains(device) || s.exited.is_some()
+        })
+        .await
+    }
+
     fn update(&self, f: impl FnOnce(&mut Seen)) {
         f(&mut self.seen.lock().expect("vm watch"));
         self.changed.notify_waiters();
@@ -471,14 +480,7 @@ impl QemuHypervisor {
     async fn detach_disk(&self, vm_id: &str, disk: &DiskSpec) -> Result<Outcome, HostError> {
         let vm = self.running(vm_id)?;
         let (unplug, _) = hotplug::detach_disk(vm_id, disk);
-        run_steps(&vm.qmp, &unplug).await?;
-        let device = argv::device_id(&disk.id);
-        let deleted = vm
-            .wait(DETACH_WAIT, |s| {
-                s.deleted_devices.contains(&device) || s.exited.is_some()
-            })
-            .await;
-        if !deleted {
+        if !unplug_device(&vm, &unplug, &argv::device_id(&disk.id)).await? {
             return Ok(Outcome {
                 steps: unplug,
                 detach_pending: true,
@@ -512,14 +514,7 @@ impl QemuHypervisor {
     async fn detach_nic(&self, vm_id: &str, nic: &NicSpec) -> Result<Outcome, HostError> {
         let vm = self.running(vm_id)?;
         let (unplug, release) = hotplug::detach_nic(vm_id, nic);
-        run_steps(&vm.qmp, &unplug).await?;
-        let device = argv::nic_device_id(&nic.id);
-        let deleted = vm
-            .wait(DETACH_WAIT, |s| {
-                s.deleted_devices.contains(&device) || s.exited.is_some()
-            })
-            .await;
-        if !deleted {
+        if !unplug_device(&vm, &unplug, &argv::nic_device_id(&nic.id)).await? {
             return Ok(Outcome {
                 steps: unplug,
                 detach_pending: true,
@@ -748,6 +743,18 @@ async fn run_steps(qmp: &QmpClient, steps: &[HostStep]) -> Result<(), HostError>
         }
     }
     Ok(())
+}
+
+/// Asks QEMU to unplug a device (`device_del`) and waits up to
+/// [`DETACH_WAIT`] for the guest to let go (`DEVICE_DELETED`, or QEMU's exit).
+/// False: the guest has not let go yet, the detach is pending.
+async fn unplug_device(
+    vm: &RunningVm,
+    unplug: &[HostStep],
+    device: &str,
+) -> Result<bool, HostError> {
+    run_steps(&vm.qmp, unplug).await?;
+    Ok(vm.released(device, DETACH_WAIT).await)
 }
 
 /// Hot-plugs a device on the first root port QEMU accepts. The port is found
@@ -1003,12 +1010,7 @@ impl Hypervisor for Qemu {
         };
         let device = argv::device_id(&disk.id);
         // Bounded by the VM's life: an exit ends the wait too.
-        while !vm
-            .wait(Duration::from_secs(3600), |s| {
-                s.deleted_devices.contains(&device) || s.exited.is_some()
-            })
-            .await
-        {}
+        while !vm.released(&device, Duration::from_secs(3600)).await {}
         self.0.release_disk(&vm, disk).await.map(|_| ())
     }
 
@@ -1017,12 +1019,8 @@ impl Hypervisor for Qemu {
             return Ok(());
         };
         let device = argv::nic_device_id(&nic.id);
-        while !vm
-            .wait(Duration::from_secs(3600), |s| {
-                s.deleted_devices.contains(&device) || s.exited.is_some()
-            })
-            .await
-        {}
+        // Bounded by the VM's life: an exit ends the wait too.
+        while !vm.released(&device, Duration::from_secs(3600)).await {}
         if vm.seen.lock().expect("vm watch").exited.is_none() {
             let (_, release) = hotplug::detach_nic(vm_id, nic);
             run_steps(&vm.qmp, &release).await?;
