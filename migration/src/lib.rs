@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261126_000001_initial;
 mod m20261126_000002_coherence_issues;
 mod m20261126_000003_networks_on_host;
+mod m20261126_000004_operations_status_index;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_initial::Migration),
             Box::new(m20261126_000002_coherence_issues::Migration),
             Box::new(m20261126_000003_networks_on_host::Migration),
+            Box::new(m20261126_000004_operations_status_index::Migration),
         ]
     }
 }

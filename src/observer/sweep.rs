@@ -813,6 +813,19 @@ async fn record(
 ) -> ApiResult<SweepReport> {
     let snapshot_vms = known.vms;
     let mut report = SweepReport::default();
+    // A coherent host with nothing open has nothing to write: the sweep then
+    // does not take the write lock mutations wait on. (Only sweeps open
+    // issues, one at a time, so none can appear meanwhile.)
+    if drifts.is_empty()
+        && observations.is_empty()
+        && coherence::model::Entity::find()
+            .filter(coherence::model::Column::ResolvedAt.is_null())
+            .one(&app.db)
+            .await?
+            .is_none()
+    {
+        return Ok(report);
+    }
     let mut w = app.bus.writer().await?;
 
     // A VM that changed, or that a mutation took, since the probe: its
