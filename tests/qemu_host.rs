@@ -144,6 +144,45 @@ async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_
         .ok("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }", json!({"d": disk, "v": vm}))
         .await;
     assert_eq!(attached["attachDisk"]["disk"]["attachment"], "ATTACHED");
+    // A hot-plug that fails half-way takes back what it added. This qcow2
+    // disk's file is overwritten with zeros: QEMU opens the file node, then
+    // refuses the qcow2 node (and so the device). Were the file node left
+    // behind, the next attach of the same disk would fail on its node name.
+    let broken = server
+        .ok("mutation { createDisk(input: {name: \"broken\", sizeBytes: 1048576, format: QCOW2}) { disk { id } } }", json!({}))
+        .await["createDisk"]["disk"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let broken_file = server
+        .app
+        .config
+        .storage_dir()
+        .join(format!("{broken}.qcow2"));
+    std::fs::write(&broken_file, vec![0u8; 1 << 20]).unwrap();
+    let attach_broken = json!({"d": broken, "v": vm});
+    let attach =
+        "mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }";
+    assert_eq!(
+        server.error_code(attach, attach_broken.clone()).await,
+        "HOST_ERROR"
+    );
+    let broken_now = server
+        .ok(
+            "query($id: ID) { disk(id: $id) { attachment } }",
+            json!({"id": broken}),
+        )
+        .await;
+    assert_eq!(broken_now["disk"]["attachment"], "DETACHED");
+    let remade = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&broken_file)
+        .arg("1M")
+        .status()
+        .unwrap();
+    assert!(remade.success());
+    let retried = server.ok(attach, attach_broken).await;
+    assert_eq!(retried["attachDisk"]["disk"]["attachment"], "ATTACHED");
     // A disk of a running VM grows live (block_resize); it never shrinks.
     let grown = server
         .ok("mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 2097152) { disk { sizeBytes } plan { summary } } }", json!({"d": disk}))

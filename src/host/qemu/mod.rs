@@ -762,6 +762,11 @@ async fn unplug_device(
 /// restart. `steps(port)` plans the plug; its first `backend(..)` steps (block
 /// nodes, a netdev) run once, the rest (the device) on each port tried. Any
 /// failure runs `release` (best effort) to take the backend back.
+///
+/// The first try sends the backend and the device back to back
+/// ([`QmpClient::execute_pipelined`]): one wait for QEMU instead of one per
+/// command. QEMU runs them in order, so a device whose backend failed fails
+/// too, and the backend's own error is the one reported.
 async fn plug_on_free_port(
     vm: &RunningVm,
     steps: impl Fn(&str) -> Vec<HostStep>,
@@ -772,10 +777,31 @@ async fn plug_on_free_port(
     for port in 1..=vm.ports {
         let planned = steps(&argv::root_port_id(port));
         let (backend_steps, device) = planned.split_at(backend(&planned));
-        if port == 1 {
-            run_steps(&vm.qmp, backend_steps).await?;
-        }
-        match run_steps(&vm.qmp, device).await {
+        let outcome = match port {
+            1 => {
+                let commands: Vec<(&str, &serde_json::Value)> = planned
+                    .iter()
+                    .filter_map(|step| match step {
+                        HostStep::Qmp {
+                            command, arguments, ..
+                        } => Some((command.as_str(), arguments)),
+                        _ => None,
+                    })
+                    .collect();
+                let mut replies = vm.qmp.execute_pipelined(&commands).await?.into_iter();
+                let backend_failed = replies
+                    .by_ref()
+                    .take(backend_steps.len())
+                    .find_map(Result::err);
+                if let Some(e) = backend_failed {
+                    release_quietly(&vm.qmp, &vm.vm_id, release).await;
+                    return Err(e);
+                }
+                replies.find_map(Result::err).map_or(Ok(()), Err)
+            }
+            _ => run_steps(&vm.qmp, device).await,
+        };
+        match outcome {
             Ok(()) => {
                 return Ok(Outcome {
                     steps: planned,

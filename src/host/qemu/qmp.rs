@@ -6,11 +6,14 @@
 //! that stops answering fails that command with `Timeout`, never stalls
 //! anything else.
 //!
-//! A command that timed out is not abandoned: qapi matches replies to
-//! commands by position (QEMU does not offer out-of-band ids on this
-//! monitor), so a dropped command would leave its reply to the next one. Each
-//! command runs in its own task until QEMU answers it or the connection ends;
-//! only the caller stops waiting.
+//! A command that timed out is not abandoned: each command (or pipelined
+//! batch) runs in a task of its own until QEMU answers it or the connection
+//! ends; only the caller stops waiting. qapi matches a reply to its command
+//! by id when QEMU offers the `oob` capability (7.2 does on a socket
+//! monitor), else by position, holding the connection's writer until each
+//! reply; a command dropped half-way would then leave its reply to the next
+//! one (qapi panics on the duplicate id). Without ids, pipelined commands
+//! simply go one at a time.
 
 use std::{
     path::Path,
@@ -37,6 +40,13 @@ pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Writer = QmpStreamTokio<WriteHalf<UnixStream>>;
+
+/// A command ready to send: `reply` sends it when first polled.
+struct Prepared {
+    name: &'static str,
+    timeout: Duration,
+    reply: futures_util::future::BoxFuture<'static, Result<serde_json::Value, HostError>>,
+}
 
 /// What a VM's QMP connection reports.
 #[derive(Debug, Clone)]
@@ -115,16 +125,7 @@ impl QmpClient {
             Ok(Err(join)) => return Err(HostError::Failed(format!("QMP {name}: {join}"))),
             Ok(Ok(result)) => result,
         };
-        match result {
-            Err(qapi::ExecuteError::Qapi(e)) => {
-                Err(HostError::Failed(format!("QMP {name}: {}", e.desc)))
-            }
-            Err(qapi::ExecuteError::Io(e)) => Err(HostError::Io {
-                what: format!("QMP {name}"),
-                source: e,
-            }),
-            Ok(reply) => Ok(reply),
-        }
+        result.map_err(|e| failed(name, e))
     }
 
     /// Runs a command given as data (a planned `HostStep::Qmp`), typed through qapi.
@@ -133,48 +134,112 @@ impl QmpClient {
         command: &str,
         arguments: &serde_json::Value,
     ) -> Result<serde_json::Value, HostError> {
+        let command = self.prepare(command, arguments)?;
+        let (name, timeout) = (command.name, command.timeout);
+        let started = std::time::Instant::now();
+        // Runs to its reply even if this caller stops waiting (see the module docs).
+        let result = tokio::time::timeout(timeout, tokio::spawn(command.reply)).await;
+        crate::telemetry::qmp_command(name, started.elapsed(), result.is_err());
+        match result {
+            Err(_) => Err(HostError::Timeout(format!(
+                "QMP {name} got no reply within {timeout:?}"
+            ))),
+            Ok(Err(join)) => Err(HostError::Failed(format!("QMP {name}: {join}"))),
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    /// Sends `commands` back to back, then waits for every reply. QEMU runs
+    /// them one after the other, as if each had waited for the previous
+    /// reply, but without a round trip to vman in between. Nothing ties them
+    /// together: a command after a failed one still runs (and usually fails
+    /// too), so the caller undoes what succeeded. One result per command, in
+    /// order; `Err` only when none could be sent (an unsupported command).
+    pub async fn execute_pipelined(
+        &self,
+        commands: &[(&str, &serde_json::Value)],
+    ) -> Result<Vec<Result<serde_json::Value, HostError>>, HostError> {
+        let prepared = commands
+            .iter()
+            .map(|(command, arguments)| self.prepare(command, arguments))
+            .collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<&'static str> = prepared.iter().map(|c| c.name).collect();
+        let timeout = prepared.iter().map(|c| c.timeout).max().unwrap_or_default();
+        let started = std::time::Instant::now();
+        // One task polls them in order, so they are written in order (qapi
+        // sends a command when its future is first polled); like a single
+        // command, they run to their replies even if this caller stops waiting.
+        let replies = futures_util::future::join_all(prepared.into_iter().map(|c| c.reply));
+        let result = tokio::time::timeout(timeout, tokio::spawn(replies)).await;
+        for name in &names {
+            crate::telemetry::qmp_command(name, started.elapsed(), result.is_err());
+        }
+        match result {
+            Err(_) => Ok(names
+                .iter()
+                .map(|name| {
+                    Err(HostError::Timeout(format!(
+                        "QMP {name} got no reply within {timeout:?}"
+                    )))
+                })
+                .collect()),
+            Ok(Err(join)) => Err(HostError::Failed(format!(
+                "QMP {}: {join}",
+                names.join(", ")
+            ))),
+            Ok(Ok(replies)) => Ok(replies),
+        }
+    }
+
+    /// A command given as data, typed through qapi; sent when its reply is first polled.
+    fn prepare(&self, command: &str, arguments: &serde_json::Value) -> Result<Prepared, HostError> {
         let args = if arguments.is_null() {
             serde_json::json!({})
         } else {
             arguments.clone()
         };
         match command {
-            "cont" => self.json::<qmp::cont>(args, COMMAND_TIMEOUT).await,
-            "stop" => self.json::<qmp::stop>(args, COMMAND_TIMEOUT).await,
-            "system_powerdown" => {
-                self.json::<qmp::system_powerdown>(args, COMMAND_TIMEOUT)
-                    .await
-            }
-            "system_reset" => self.json::<qmp::system_reset>(args, COMMAND_TIMEOUT).await,
-            "quit" => self.json::<qmp::quit>(args, COMMAND_TIMEOUT).await,
-            "query-status" => self.json::<qmp::query_status>(args, STATUS_TIMEOUT).await,
-            "query-block" => self.json::<qmp::query_block>(args, STATUS_TIMEOUT).await,
-            "blockdev-add" => self.json::<qmp::blockdev_add>(args, COMMAND_TIMEOUT).await,
-            "blockdev-del" => self.json::<qmp::blockdev_del>(args, COMMAND_TIMEOUT).await,
-            "device_add" => self.json::<qmp::device_add>(args, COMMAND_TIMEOUT).await,
-            "device_del" => self.json::<qmp::device_del>(args, COMMAND_TIMEOUT).await,
-            "netdev_add" => self.json::<qmp::netdev_add>(args, COMMAND_TIMEOUT).await,
-            "netdev_del" => self.json::<qmp::netdev_del>(args, COMMAND_TIMEOUT).await,
-            "block_resize" => self.json::<qmp::block_resize>(args, COMMAND_TIMEOUT).await,
+            "cont" => self.typed::<qmp::cont>(args, COMMAND_TIMEOUT),
+            "stop" => self.typed::<qmp::stop>(args, COMMAND_TIMEOUT),
+            "system_powerdown" => self.typed::<qmp::system_powerdown>(args, COMMAND_TIMEOUT),
+            "system_reset" => self.typed::<qmp::system_reset>(args, COMMAND_TIMEOUT),
+            "quit" => self.typed::<qmp::quit>(args, COMMAND_TIMEOUT),
+            "query-status" => self.typed::<qmp::query_status>(args, STATUS_TIMEOUT),
+            "query-block" => self.typed::<qmp::query_block>(args, STATUS_TIMEOUT),
+            "blockdev-add" => self.typed::<qmp::blockdev_add>(args, COMMAND_TIMEOUT),
+            "blockdev-del" => self.typed::<qmp::blockdev_del>(args, COMMAND_TIMEOUT),
+            "device_add" => self.typed::<qmp::device_add>(args, COMMAND_TIMEOUT),
+            "device_del" => self.typed::<qmp::device_del>(args, COMMAND_TIMEOUT),
+            "netdev_add" => self.typed::<qmp::netdev_add>(args, COMMAND_TIMEOUT),
+            "netdev_del" => self.typed::<qmp::netdev_del>(args, COMMAND_TIMEOUT),
+            "block_resize" => self.typed::<qmp::block_resize>(args, COMMAND_TIMEOUT),
             other => Err(HostError::Failed(format!(
                 "QMP command {other} is not supported by vman"
             ))),
         }
     }
 
-    async fn json<C>(
+    fn typed<C>(
         &self,
         arguments: serde_json::Value,
         timeout: Duration,
-    ) -> Result<serde_json::Value, HostError>
+    ) -> Result<Prepared, HostError>
     where
         C: qapi::Command + qapi::qmp::QmpCommand + DeserializeOwned + Send + 'static,
         C::Ok: Serialize + Send + 'static,
     {
+        let name = C::NAME;
         let command: C = serde_json::from_value(arguments)
-            .map_err(|e| HostError::Failed(format!("QMP {} arguments: {e}", C::NAME)))?;
-        let reply = self.execute(command, timeout).await?;
-        Ok(serde_json::to_value(reply).unwrap_or_default())
+            .map_err(|e| HostError::Failed(format!("QMP {name} arguments: {e}")))?;
+        let reply = self.service.execute(command);
+        Ok(Prepared {
+            name,
+            timeout,
+            reply: Box::pin(async move {
+                let reply = reply.await.map_err(|e| failed(name, e))?;
+                Ok(serde_json::to_value(reply).unwrap_or_default())
+            }),
+        })
     }
 
     /// The run state QEMU reports.
@@ -205,5 +270,16 @@ impl QmpClient {
             Ok(Ok(Err(e))) => Err(HostError::Failed(format!("QMP query-status: {e}"))),
             Ok(Ok(Ok(status))) => Ok(status),
         }
+    }
+}
+
+/// What a command's error reply (or the connection's failure) means to vman.
+fn failed(name: &str, e: qapi::ExecuteError) -> HostError {
+    match e {
+        qapi::ExecuteError::Qapi(e) => HostError::Failed(format!("QMP {name}: {}", e.desc)),
+        qapi::ExecuteError::Io(e) => HostError::Io {
+            what: format!("QMP {name}"),
+            source: e,
+        },
     }
 }
