@@ -73,6 +73,121 @@ async fn sqlite_is_set_up_for_a_server() {
     assert!(orphan.is_err(), "a disk pointing at no VM was accepted");
 }
 
+/// `WriteSession::commit` sends a whole write to SQLite as one batch: it
+/// must still be all or nothing, and a batch that fails or whose caller goes
+/// away must not leave SQLite's write lock taken.
+#[tokio::test]
+async fn batched_writes_are_all_or_nothing() {
+    use std::time::Duration;
+    use vman::{
+        disk::model::ActiveModel as DiskRow,
+        events::{EventKind, NewEvent, update_returning},
+    };
+
+    let server = common::TestServer::start().await;
+    let bus = &server.app.bus;
+    let disk = server
+        .ok(
+            "mutation { createDisk(input: {name: \"d\", sizeBytes: 1048576, format: RAW}) { disk { id } } }",
+            serde_json::json!({}),
+        )
+        .await["createDisk"]["disk"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rename = |id: &str, name: &str| {
+        update_returning(DiskRow {
+            id: sea_orm::Set(id.to_string()),
+            name: sea_orm::Set(name.to_string()),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let event = || NewEvent {
+        kind: EventKind::DiskCreated,
+        subject_id: disk.clone(),
+        subject_type: "Disk",
+        operation_id: None,
+        payload: serde_json::json!({}),
+    };
+    let name = || async {
+        server
+            .ok(
+                "query($id: ID!) { node(id: $id) { ... on Disk { name } } }",
+                serde_json::json!({"id": disk}),
+            )
+            .await["node"]["name"]
+            .clone()
+    };
+    // Any writer must get the lock and SQLite's at once (not after the 5 s busy timeout).
+    let write_now = || async {
+        let w = tokio::time::timeout(Duration::from_secs(2), bus.writer())
+            .await
+            .expect("the write lock is free")
+            .unwrap();
+        w.commit().await.unwrap();
+    };
+
+    // A change that matches no row fails the whole write: the other change
+    // and the event are not written.
+    let head = bus.head().await.unwrap();
+    let failed = bus
+        .session()
+        .await
+        .unwrap()
+        .commit(
+            vec![rename(&disk, "renamed"), rename("no-such-disk", "x")],
+            vec![event()],
+        )
+        .await;
+    assert!(failed.is_err(), "a change of no row was committed");
+    assert_eq!(name().await, "d");
+    assert_eq!(bus.head().await.unwrap(), head);
+    write_now().await;
+
+    // A good write: rows back in order, the event journaled and published.
+    let mut events = Box::pin(bus.stream(Some(head)));
+    let (rows, journaled) = bus
+        .session()
+        .await
+        .unwrap()
+        .commit(vec![rename(&disk, "renamed")], vec![event()])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].try_get::<String>("", "name").unwrap(), "renamed");
+    assert_eq!(journaled[0].sequence, head + 1);
+    let published = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::StreamExt::next(&mut events),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(published.sequence, head + 1);
+    assert_eq!(name().await, "renamed");
+
+    // A caller that goes away while SQLite runs its batch: the write is
+    // whole or absent, and the next writer is not stuck behind it.
+    let session = bus.session().await.unwrap();
+    let batch = session.commit(vec![rename(&disk, "again")], vec![event()]);
+    let _ = tokio::time::timeout(Duration::ZERO, batch).await;
+    write_now().await;
+    let (renamed, head_now) = (name().await, bus.head().await.unwrap());
+    assert!(
+        (renamed == "again" && head_now == head + 2)
+            || (renamed == "renamed" && head_now == head + 1),
+        "half a write: name {renamed}, journal head {head_now} (was {head})"
+    );
+    // And batches work again afterwards.
+    bus.session()
+        .await
+        .unwrap()
+        .commit(vec![rename(&disk, "last")], vec![])
+        .await
+        .unwrap();
+    assert_eq!(name().await, "last");
+}
+
 #[test]
 fn migrate_creates_the_database_and_config_check_names_bad_values() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,15 +7,15 @@ pub mod model;
 
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, ModelTrait,
-    QueryFilter, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, IntoActiveModel,
+    ModelTrait, QueryFilter, Set,
 };
 use serde_json::json;
 
 use crate::{
     app::App,
     error::{ApiError, ApiResult},
-    events::{EventKind, NewEvent, find_in},
+    events::{self, EventKind, NewEvent, WriteSession, find_in},
     host::{DiskSpec, VmAction},
     operation,
     operation::Change,
@@ -163,16 +163,15 @@ pub async fn attach(
     let _vm_guard = app.locks.lock(&vm_id, &op_id, "ATTACH_DISK").await?;
     let _disk_guard = app.locks.lock(&disk_id, &op_id, "ATTACH_DISK").await?;
     // The rows are read under the locks, with no read before them: each read
-    // on its own costs a pooled connection. A real attach reads them inside
-    // the write that records its operation.
-    let writer = match dry_run {
+    // on its own costs a pooled connection. A real attach reads them in the
+    // write session that then records its operation, so the checks and the
+    // record see the same rows, and the whole write is two round trips to
+    // SQLite (the reads, then `RUNNING` committed), not one per statement.
+    let mut session = match dry_run {
         true => None,
-        false => Some(app.bus.writer().await?),
+        false => Some(app.bus.session().await?),
     };
-    let read = match &writer {
-        Some(w) => read_for_attach(w.txn(), &disk_id, &vm_id).await,
-        None => read_for_attach(&app.db, &disk_id, &vm_id).await,
-    };
+    let read = read_for_attach(app, session.as_mut(), &disk_id, &vm_id).await;
     let (disk, vm) = match read {
         Ok(rows) => rows,
         Err(e) => {
@@ -201,46 +200,64 @@ pub async fn attach(
         disk: spec(app, &disk),
     });
     let plan = action.iter().flat_map(|a| app.hypervisor.plan(a)).collect();
-    let Some(writer) = writer else {
+    let Some(session) = session else {
         return Ok(Change::planned(disk, plan));
     };
-    let op = operation::begin_in(writer, &op_id, "ATTACH_DISK", "Disk", &disk.id).await?;
+    let op = operation::begin_session(session, &op_id, "ATTACH_DISK", "Disk", &disk.id).await?;
     let result = async {
         let steps = match &action {
             Some(action) => app.hypervisor.execute(action).await?.steps,
             None => Vec::new(),
         };
-        let mut w = app.bus.writer().await?;
+        // The change, its event and the operation's success: one transaction,
+        // one round trip.
         let mut row = disk.clone().into_active_model();
         row.vm_id = Set(Some(vm.id.clone()));
         row.attachment = Set(Attachment::Attached);
         row.updated_at = Set(Utc::now());
-        let disk = row.update(w.txn()).await?;
-        w.record(NewEvent {
+        let changes = vec![
+            events::update_returning(row)?,
+            events::update_returning(operation::finished_row(op.clone(), &steps, None))?,
+        ];
+        let event = NewEvent {
             kind: EventKind::DiskAttached,
             subject_id: disk.id.clone(),
             subject_type: "Disk",
             operation_id: Some(op.id.clone()),
             payload: json!({"name": disk.name, "vmId": vm.id, "hot": hot}),
-        })
-        .await?;
-        let done = operation::finish_in(&w, op.clone(), &steps, None).await?;
-        w.commit().await?;
+        };
+        let session = app.bus.session().await?;
+        let (rows, _) = session.commit(changes, vec![event]).await?;
+        let disk = Disk::from_query_result(&rows[0], "")?;
+        let done = operation::Operation::from_query_result(&rows[1], "")?;
+        operation::count_finished(&done);
         ApiResult::Ok((disk, steps, done))
     }
     .await;
     operation::conclude_done(app, op, result).await
 }
 
-/// The disk, then the VM, as `attach` checks them.
+/// The disk, then the VM, as `attach` checks them: through the write
+/// session when there is one.
 async fn read_for_attach(
-    conn: &impl ConnectionTrait,
+    app: &App,
+    session: Option<&mut WriteSession<'_>>,
     disk_id: &str,
     vm_id: &str,
 ) -> ApiResult<(Disk, vm::Vm)> {
-    let disk = find_in::<model::Entity, _>(conn, "disk", disk_id).await?;
-    let vm = find_in::<vm::model::Entity, _>(conn, "VM", vm_id).await?;
-    Ok((disk, vm))
+    match session {
+        Some(s) => {
+            s.find_two::<model::Entity, vm::model::Entity>(("disk", disk_id), ("VM", vm_id))
+                .await
+        }
+        None => {
+            let disk = find_in::<model::Entity, _>(&app.db, "disk", disk_id).await?;
+            Ok((
+                disk,
+                find_in::<vm::model::Entity, _>(&app.db, "VM", vm_id).await?,
+            ))
+        }
+    }
 }
 
 /// Detaches a disk from its VM: unplugged when the VM runs, dropped from the next start otherwise.

@@ -6,11 +6,12 @@ pub mod graphql;
 pub mod model;
 
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, FromQueryResult, IntoActiveModel};
 
 use crate::{
     app::App,
     error::{ApiError, ApiResult},
+    events::WriteSession,
     host::HostStep,
 };
 pub use model::{Model as Operation, OperationStatus};
@@ -40,7 +41,34 @@ pub async fn begin_in(
     target_type: &str,
     target_id: &str,
 ) -> ApiResult<Operation> {
-    let op = model::ActiveModel {
+    let op = running_row(id, kind, target_type, target_id)
+        .insert(w.txn())
+        .await?;
+    w.commit().await?;
+    crate::telemetry::operation_started(kind);
+    Ok(op)
+}
+
+/// Records the operation RUNNING and commits, through a write session: one
+/// round trip to SQLite. As with [`begin_in`], the session's reads that
+/// decided the operation may run and this record see the same rows.
+pub async fn begin_session(
+    session: WriteSession<'_>,
+    id: &str,
+    kind: &str,
+    target_type: &str,
+    target_id: &str,
+) -> ApiResult<Operation> {
+    let insert = crate::events::insert_returning(running_row(id, kind, target_type, target_id));
+    let (rows, _) = session.commit(vec![insert], Vec::new()).await?;
+    let op = Operation::from_query_result(&rows[0], "")?;
+    crate::telemetry::operation_started(kind);
+    Ok(op)
+}
+
+/// An operation that starts now.
+fn running_row(id: &str, kind: &str, target_type: &str, target_id: &str) -> model::ActiveModel {
+    model::ActiveModel {
         id: Set(id.to_string()),
         kind: Set(kind.to_string()),
         target_id: Set(target_id.to_string()),
@@ -52,11 +80,31 @@ pub async fn begin_in(
         started_at: Set(Utc::now()),
         finished_at: Set(None),
     }
-    .insert(w.txn())
-    .await?;
-    w.commit().await?;
-    crate::telemetry::operation_started(kind);
-    Ok(op)
+}
+
+/// The change that records how `op` ended (see [`finish_in`]).
+pub fn finished_row(
+    op: Operation,
+    steps: &[HostStep],
+    error: Option<&ApiError>,
+) -> model::ActiveModel {
+    let mut row = op.into_active_model();
+    row.steps = Set(serde_json::to_value(steps).unwrap_or_default());
+    row.finished_at = Set(Some(Utc::now()));
+    match error {
+        None => row.status = Set(OperationStatus::Succeeded),
+        Some(e) => {
+            row.status = Set(OperationStatus::Failed);
+            row.error = Set(Some(e.to_string()));
+            row.error_code = Set(Some(e.code().to_string()));
+        }
+    }
+    row
+}
+
+/// Counts a finished operation in the metrics.
+pub fn count_finished(op: &Operation) {
+    crate::telemetry::operation_finished(&op.kind, op.status, Utc::now() - op.started_at);
 }
 
 /// Records how an operation ended, in its own write.
@@ -80,21 +128,8 @@ pub async fn finish_in(
     steps: &[HostStep],
     error: Option<&ApiError>,
 ) -> ApiResult<Operation> {
-    let kind = op.kind.clone();
-    let started = op.started_at;
-    let mut row = op.into_active_model();
-    row.steps = Set(serde_json::to_value(steps).unwrap_or_default());
-    row.finished_at = Set(Some(Utc::now()));
-    match error {
-        None => row.status = Set(OperationStatus::Succeeded),
-        Some(e) => {
-            row.status = Set(OperationStatus::Failed);
-            row.error = Set(Some(e.to_string()));
-            row.error_code = Set(Some(e.code().to_string()));
-        }
-    }
-    let op = row.update(w.txn()).await?;
-    crate::telemetry::operation_finished(&kind, op.status, Utc::now() - started);
+    let op = finished_row(op, steps, error).update(w.txn()).await?;
+    count_finished(&op);
     Ok(op)
 }
 
