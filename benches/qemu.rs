@@ -1,6 +1,9 @@
 //! Issue 3's figures, measured in one run on the same QEMU:
 //! - raw `spawn → QMP running` against `startVm → RUNNING event at a websocket subscriber`;
-//! - raw `blockdev-add + device_add` against `attachDisk`.
+//! - raw `blockdev-add + device_add` against `attachDisk`: the raw commands
+//!   one after the other (each waiting for its reply, as a hand-written client
+//!   sends them), and pipelined (all sent, then the replies read, as vman
+//!   sends them).
 //!
 //! `cargo bench --bench qemu` (add `-- --rounds N`). Uses KVM when usable, else TCG; VMs have no guest OS.
 
@@ -36,6 +39,25 @@ fn cpu_time(pid: i32) -> Option<Duration> {
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     Some(Duration::from_millis(ticks * 1000 / per_second))
+}
+
+/// How many times this process's threads have gone to sleep so far (their
+/// voluntary context switches): each wait for another thread, a socket or
+/// QEMU is one, and each costs a wake-up later. On a guest with idle virtual
+/// CPUs a wake-up costs 0.1 ms or more, which is where most of vman's time goes.
+fn sleeps() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum()
 }
 
 /// Waits (at most 5 s) until a QEMU uses less than a tenth of a core: with no
@@ -113,49 +135,74 @@ async fn main() {
 
     let (mut raw_start_t, mut vman_start_t, mut raw_plug_t, mut vman_plug_t) =
         (vec![], vec![], vec![], vec![]);
+    let mut raw_pipelined_t = vec![];
+    let (mut raw_sleeps, mut raw_pipelined_sleeps, mut vman_sleeps) = (vec![], vec![], vec![]);
     let mut floor_t = vec![];
     for round in 0..rounds {
-        // Raw: the same argv vman would use, driven directly.
-        let spec = VmSpec {
-            id: uuid::Uuid::now_v7().to_string(),
-            name: format!("raw-{round}"),
-            vcpus: 1,
-            memory_mib: 64,
-            disks: vec![],
-            nics: vec![],
-            boot: None,
-            run_dir: server.app.config.run_dir().join(format!("raw-{round}")),
-        };
-        let (took, process, qmp) = raw_start(&options, &spec).await;
-        raw_start_t.push(took);
-        let disk = DiskSpec {
-            id: uuid::Uuid::now_v7().to_string(),
-            path: server
-                .app
-                .config
-                .storage_dir()
-                .join(format!("raw-{round}.raw")),
-            format: vman::disk::DiskFormat::Raw,
-            size_bytes: 1 << 20,
-            backing: None,
-        };
-        std::fs::write(&disk.path, vec![0u8; 1 << 20]).unwrap();
-        let steps = hotplug::attach_disk(&spec.id, &disk, &qemu::argv::root_port_id(1));
-        if settle {
-            unsettled += !settled(process.pid).await as usize;
-        }
-        let started = Instant::now();
-        for step in &steps {
-            if let HostStep::Qmp {
-                command, arguments, ..
-            } = step
-            {
-                qmp.execute_json(command, arguments).await.unwrap();
+        // Raw: the same argv vman would use, driven directly. Two VMs, each
+        // getting its first hot-plug (as vman's VM does): one command by
+        // command, the other pipelined.
+        for pipelined in [false, true] {
+            let spec = VmSpec {
+                id: uuid::Uuid::now_v7().to_string(),
+                name: format!("raw-{round}-{pipelined}"),
+                vcpus: 1,
+                memory_mib: 64,
+                disks: vec![],
+                nics: vec![],
+                boot: None,
+                run_dir: server
+                    .app
+                    .config
+                    .run_dir()
+                    .join(format!("raw-{round}-{pipelined}")),
+            };
+            let (took, process, qmp) = raw_start(&options, &spec).await;
+            if !pipelined {
+                raw_start_t.push(took);
             }
+            let disk = DiskSpec {
+                id: uuid::Uuid::now_v7().to_string(),
+                path: server
+                    .app
+                    .config
+                    .storage_dir()
+                    .join(format!("raw-{round}-{pipelined}.raw")),
+                format: vman::disk::DiskFormat::Raw,
+                size_bytes: 1 << 20,
+                backing: None,
+            };
+            std::fs::write(&disk.path, vec![0u8; 1 << 20]).unwrap();
+            let steps = hotplug::attach_disk(&spec.id, &disk, &qemu::argv::root_port_id(1));
+            let commands: Vec<(&str, &serde_json::Value)> = steps
+                .iter()
+                .filter_map(|step| match step {
+                    HostStep::Qmp {
+                        command, arguments, ..
+                    } => Some((command.as_str(), arguments)),
+                    _ => None,
+                })
+                .collect();
+            if settle {
+                unsettled += !settled(process.pid).await as usize;
+            }
+            let (started, slept) = (Instant::now(), sleeps());
+            if pipelined {
+                for reply in qmp.execute_pipelined(&commands).await.unwrap() {
+                    reply.unwrap();
+                }
+                raw_pipelined_t.push(started.elapsed());
+                raw_pipelined_sleeps.push(sleeps() - slept);
+            } else {
+                for (command, arguments) in commands {
+                    qmp.execute_json(command, arguments).await.unwrap();
+                }
+                raw_plug_t.push(started.elapsed());
+                raw_sleeps.push(sleeps() - slept);
+            }
+            let _ = qmp.execute_json("quit", &serde_json::Value::Null).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), process.exited()).await;
         }
-        raw_plug_t.push(started.elapsed());
-        let _ = qmp.execute_json("quit", &serde_json::Value::Null).await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), process.exited()).await;
 
         // vman: the mutation, until the RUNNING event reaches a websocket subscriber.
         let vm = server.create_vm(&format!("vm-{round}"), "bench").await;
@@ -193,11 +240,12 @@ async fn main() {
                 .expect("the VM's QEMU pid");
             unsettled += !settled(pid).await as usize;
         }
-        let started = Instant::now();
+        let (started, slept) = (Instant::now(), sleeps());
         server
             .ok("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }", json!({"d": disk_id, "v": vm}))
             .await;
         vman_plug_t.push(started.elapsed());
+        vman_sleeps.push(sleeps() - slept);
         // The floor: the same request path with no host step and no write.
         let started = Instant::now();
         server
@@ -234,10 +282,26 @@ async fn main() {
         median(raw_start_t),
         median(vman_start_t),
     );
+    let vman_plug = median(vman_plug_t);
     report(
         "blockdev-add + device_add / attachDisk",
         median(raw_plug_t),
-        median(vman_plug_t),
+        vman_plug,
+    );
+    report(
+        "  the same, raw pipelined as vman sends it",
+        median(raw_pipelined_t),
+        vman_plug,
+    );
+    let count = |mut v: Vec<u64>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    println!(
+        "thread sleeps in this process per hot-plug (median): raw {}, raw pipelined {}, attachDisk {}",
+        count(raw_sleeps),
+        count(raw_pipelined_sleeps),
+        count(vman_sleeps)
     );
     println!(
         "{:<44} {:>8.1} ms (HTTP + GraphQL + locks + reads; no host step, no write)",

@@ -482,7 +482,11 @@ pub fn update_returning<A: ActiveModelTrait>(row: A) -> ApiResult<Statement> {
     Ok(DbBackend::Sqlite.build(&update))
 }
 
-/// A statement (or several) with its values bound in order.
+/// A statement (or several) with its values bound in order. sqlx's SQLite
+/// driver runs several `;`-separated statements of one query in turn, binding
+/// the values across them in order; sqlx documents that as SQLite-only and
+/// deprecated (for a future split API), so `batched_writes_are_all_or_nothing`
+/// in `tests/schema_and_cli.rs` checks it on every sqlx upgrade.
 fn bind(
     sql: &str,
     values: Option<sea_orm::sea_query::Values>,
