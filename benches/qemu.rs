@@ -174,15 +174,7 @@ async fn main() {
             };
             std::fs::write(&disk.path, vec![0u8; 1 << 20]).unwrap();
             let steps = hotplug::attach_disk(&spec.id, &disk, &qemu::argv::root_port_id(1));
-            let commands: Vec<(&str, &serde_json::Value)> = steps
-                .iter()
-                .filter_map(|step| match step {
-                    HostStep::Qmp {
-                        command, arguments, ..
-                    } => Some((command.as_str(), arguments)),
-                    _ => None,
-                })
-                .collect();
+            let commands = HostStep::qmp_commands(&steps);
             if settle {
                 unsettled += !settled(process.pid).await as usize;
             }

@@ -68,12 +68,7 @@ async fn real_guest_boots_takes_a_hot_plugged_disk_lets_it_go_and_powers_off_on_
         );
     }
 
-    let disk = server
-        .ok("mutation { createDisk(input: {name: \"scratch\", sizeBytes: 16777216}) { disk { id } } }", json!({}))
-        .await["createDisk"]["disk"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let disk = server.create_disk("scratch", 16 << 20, "QCOW2").await;
     let attached = server
         .ok(
             "mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } plan { action } } }",

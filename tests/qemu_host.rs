@@ -134,26 +134,16 @@ async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_
             json!({"id": vm}),
         )
         .await;
-    let disk = server
-        .ok("mutation { createDisk(input: {name: \"extra\", sizeBytes: 1048576, format: RAW}) { disk { id } } }", json!({}))
-        .await["createDisk"]["disk"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let attached = server
-        .ok("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }", json!({"d": disk, "v": vm}))
-        .await;
+    let disk = server.create_disk("extra", 1 << 20, "RAW").await;
+    let attach =
+        "mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }";
+    let attached = server.ok(attach, json!({"d": disk, "v": vm})).await;
     assert_eq!(attached["attachDisk"]["disk"]["attachment"], "ATTACHED");
     // A hot-plug that fails half-way takes back what it added. This qcow2
     // disk's file is overwritten with zeros: QEMU opens the file node, then
     // refuses the qcow2 node (and so the device). Were the file node left
     // behind, the next attach of the same disk would fail on its node name.
-    let broken = server
-        .ok("mutation { createDisk(input: {name: \"broken\", sizeBytes: 1048576, format: QCOW2}) { disk { id } } }", json!({}))
-        .await["createDisk"]["disk"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let broken = server.create_disk("broken", 1 << 20, "QCOW2").await;
     let broken_file = server
         .app
         .config
@@ -161,8 +151,6 @@ async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_
         .join(format!("{broken}.qcow2"));
     std::fs::write(&broken_file, vec![0u8; 1 << 20]).unwrap();
     let attach_broken = json!({"d": broken, "v": vm});
-    let attach =
-        "mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }";
     assert_eq!(
         server.error_code(attach, attach_broken.clone()).await,
         "HOST_ERROR"

@@ -86,15 +86,7 @@ async fn batched_writes_are_all_or_nothing() {
 
     let server = common::TestServer::start().await;
     let bus = &server.app.bus;
-    let disk = server
-        .ok(
-            "mutation { createDisk(input: {name: \"d\", sizeBytes: 1048576, format: RAW}) { disk { id } } }",
-            serde_json::json!({}),
-        )
-        .await["createDisk"]["disk"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let disk = server.create_disk("d", 1 << 20, "RAW").await;
     let rename = |id: &str, name: &str| {
         update_returning(DiskRow {
             id: sea_orm::Set(id.to_string()),

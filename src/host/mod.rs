@@ -92,6 +92,19 @@ pub enum HostStep {
 }
 
 impl HostStep {
+    /// The QMP commands among `steps`, in order, with their arguments.
+    pub fn qmp_commands(steps: &[HostStep]) -> Vec<(&str, &serde_json::Value)> {
+        steps
+            .iter()
+            .filter_map(|step| match step {
+                HostStep::Qmp {
+                    command, arguments, ..
+                } => Some((command.as_str(), arguments)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// A one-line human summary, shown in plans.
     pub fn summary(&self) -> String {
         match self {

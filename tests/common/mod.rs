@@ -112,6 +112,20 @@ impl TestServer {
         data["createVm"]["vm"]["id"].as_str().unwrap().to_string()
     }
 
+    /// Creates a detached disk (`format`: RAW or QCOW2) and returns its ID.
+    pub async fn create_disk(&self, name: &str, size_bytes: u64, format: &str) -> String {
+        let data = self
+            .ok(
+                &format!("mutation($n: String!, $s: Bytes!) {{ createDisk(input: {{name: $n, sizeBytes: $s, format: {format}}}) {{ disk {{ id }} }} }}"),
+                json!({"n": name, "s": size_bytes}),
+            )
+            .await;
+        data["createDisk"]["disk"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// A server that drives real QEMU (TCG unless `accel` says otherwise),
     /// importing from the test guest's directory.
     pub async fn real(accel: vman::config::Accel) -> TestServer {

@@ -734,13 +734,8 @@ fn event_parts(event: &qapi::qmp::Event) -> (String, serde_json::Value) {
 }
 
 async fn run_steps(qmp: &QmpClient, steps: &[HostStep]) -> Result<(), HostError> {
-    for step in steps {
-        if let HostStep::Qmp {
-            command, arguments, ..
-        } = step
-        {
-            qmp.execute_json(command, arguments).await?;
-        }
+    for (command, arguments) in HostStep::qmp_commands(steps) {
+        qmp.execute_json(command, arguments).await?;
     }
     Ok(())
 }
@@ -779,15 +774,7 @@ async fn plug_on_free_port(
         let (backend_steps, device) = planned.split_at(backend(&planned));
         let outcome = match port {
             1 => {
-                let commands: Vec<(&str, &serde_json::Value)> = planned
-                    .iter()
-                    .filter_map(|step| match step {
-                        HostStep::Qmp {
-                            command, arguments, ..
-                        } => Some((command.as_str(), arguments)),
-                        _ => None,
-                    })
-                    .collect();
+                let commands = HostStep::qmp_commands(&planned);
                 let mut replies = vm.qmp.execute_pipelined(&commands).await?.into_iter();
                 let backend_failed = replies
                     .by_ref()
