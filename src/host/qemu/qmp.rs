@@ -111,21 +111,11 @@ impl QmpClient {
         C::Ok: Send + 'static,
     {
         let name = C::NAME;
-        let started = std::time::Instant::now();
-        // Runs to its reply even if this caller stops waiting (see the module docs).
-        let command = tokio::spawn(self.service.execute(command));
-        let result = tokio::time::timeout(timeout, command).await;
-        crate::telemetry::qmp_command(name, started.elapsed(), result.is_err());
-        let result = match result {
-            Err(_) => {
-                return Err(HostError::Timeout(format!(
-                    "QMP {name} got no reply within {timeout:?}"
-                )));
-            }
-            Ok(Err(join)) => return Err(HostError::Failed(format!("QMP {name}: {join}"))),
-            Ok(Ok(result)) => result,
-        };
-        result.map_err(|e| failed(name, e))
+        let reply = self.service.execute(command);
+        spawned(name, timeout, async move {
+            reply.await.map_err(|e| failed(name, e))
+        })
+        .await
     }
 
     /// Runs a command given as data (a planned `HostStep::Qmp`), typed through qapi.
@@ -135,18 +125,7 @@ impl QmpClient {
         arguments: &serde_json::Value,
     ) -> Result<serde_json::Value, HostError> {
         let command = self.prepare(command, arguments)?;
-        let (name, timeout) = (command.name, command.timeout);
-        let started = std::time::Instant::now();
-        // Runs to its reply even if this caller stops waiting (see the module docs).
-        let result = tokio::time::timeout(timeout, tokio::spawn(command.reply)).await;
-        crate::telemetry::qmp_command(name, started.elapsed(), result.is_err());
-        match result {
-            Err(_) => Err(HostError::Timeout(format!(
-                "QMP {name} got no reply within {timeout:?}"
-            ))),
-            Ok(Err(join)) => Err(HostError::Failed(format!("QMP {name}: {join}"))),
-            Ok(Ok(result)) => result,
-        }
+        spawned(command.name, command.timeout, command.reply).await
     }
 
     /// Sends `commands` back to back, then waits for every reply. QEMU runs
@@ -281,5 +260,24 @@ fn failed(name: &str, e: qapi::ExecuteError) -> HostError {
             what: format!("QMP {name}"),
             source: e,
         },
+    }
+}
+
+/// Waits up to `timeout` for a command that runs in a task of its own, to
+/// its reply, even if this caller stops waiting (see the module docs).
+async fn spawned<T: Send + 'static>(
+    name: &'static str,
+    timeout: Duration,
+    reply: impl std::future::Future<Output = Result<T, HostError>> + Send + 'static,
+) -> Result<T, HostError> {
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(timeout, tokio::spawn(reply)).await;
+    crate::telemetry::qmp_command(name, started.elapsed(), result.is_err());
+    match result {
+        Err(_) => Err(HostError::Timeout(format!(
+            "QMP {name} got no reply within {timeout:?}"
+        ))),
+        Ok(Err(join)) => Err(HostError::Failed(format!("QMP {name}: {join}"))),
+        Ok(Ok(result)) => result,
     }
 }
