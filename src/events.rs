@@ -332,8 +332,9 @@ const ONE_ROW_CHANGED: &str = "SELECT json('') WHERE changes() <> 1";
 /// round trip to SQLite instead of one per statement: `BEGIN IMMEDIATE`, the
 /// changes, the journal rows and `COMMIT` go to SQLite's thread as a single
 /// batch (each statement on a pooled connection is a hop to that
-/// connection's thread and back; on a two-core host each hop costs 0.1 to
-/// 0.2 ms, more than SQLite's own work). Reads made through the session see
+/// connection's thread and back; on a two-core virtual machine each hop
+/// costs 0.1 to 0.7 ms when that thread's CPU was idle, far more than
+/// SQLite's own work). Reads made through the session see
 /// every committed write, and nothing else can write until the session ends:
 /// a caller may read, decide, then commit what it decided.
 ///
