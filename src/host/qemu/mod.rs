@@ -479,20 +479,8 @@ impl QemuHypervisor {
 
     async fn detach_disk(&self, vm_id: &str, disk: &DiskSpec) -> Result<Outcome, HostError> {
         let vm = self.running(vm_id)?;
-        let (unplug, _) = hotplug::detach_disk(vm_id, disk);
-        if !unplug_device(&vm, &unplug, &argv::device_id(&disk.id)).await? {
-            return Ok(Outcome {
-                steps: unplug,
-                detach_pending: true,
-                ..Default::default()
-            });
-        }
-        let mut steps = unplug;
-        steps.extend(self.release_disk(&vm, disk).await?);
-        Ok(Outcome {
-            steps,
-            ..Default::default()
-        })
+        let (unplug, release) = hotplug::detach_disk(vm_id, disk);
+        unplug_and_release(&vm, unplug, &argv::device_id(&disk.id), release).await
     }
 
     /// Like [`Self::attach_disk`]: the netdev once, then the device on the
@@ -514,34 +502,23 @@ impl QemuHypervisor {
     async fn detach_nic(&self, vm_id: &str, nic: &NicSpec) -> Result<Outcome, HostError> {
         let vm = self.running(vm_id)?;
         let (unplug, release) = hotplug::detach_nic(vm_id, nic);
-        if !unplug_device(&vm, &unplug, &argv::nic_device_id(&nic.id)).await? {
-            return Ok(Outcome {
-                steps: unplug,
-                detach_pending: true,
-                ..Default::default()
-            });
-        }
-        if vm.seen.lock().expect("vm watch").exited.is_none() {
-            run_steps(&vm.qmp, &release).await?;
-        }
-        let mut steps = unplug;
-        steps.extend(release);
-        Ok(Outcome {
-            steps,
-            ..Default::default()
-        })
+        unplug_and_release(&vm, unplug, &argv::nic_device_id(&nic.id), release).await
     }
 
-    async fn release_disk(
+    /// The end of a detach left pending: waits for the guest to let go of
+    /// `device` (bounded by the VM's life: an exit ends the wait too), then
+    /// releases its backend. A VM vman no longer tracks took it along.
+    async fn finish_unplug(
         &self,
-        vm: &RunningVm,
-        disk: &DiskSpec,
-    ) -> Result<Vec<HostStep>, HostError> {
-        let (_, release) = hotplug::detach_disk(&vm.vm_id, disk);
-        if vm.seen.lock().expect("vm watch").exited.is_none() {
-            run_steps(&vm.qmp, &release).await?;
-        }
-        Ok(release)
+        vm_id: &str,
+        device: &str,
+        release: &[HostStep],
+    ) -> Result<(), HostError> {
+        let Some(vm) = self.get(vm_id) else {
+            return Ok(());
+        };
+        while !vm.released(device, Duration::from_secs(3600)).await {}
+        release_backend(&vm, release).await
     }
 
     async fn adopt_vm(self: &Arc<Self>, spec: &VmSpec) -> Result<Adoption, HostError> {
@@ -736,6 +713,38 @@ fn event_parts(event: &qapi::qmp::Event) -> (String, serde_json::Value) {
 async fn run_steps(qmp: &QmpClient, steps: &[HostStep]) -> Result<(), HostError> {
     for (command, arguments) in HostStep::qmp_commands(steps) {
         qmp.execute_json(command, arguments).await?;
+    }
+    Ok(())
+}
+
+/// Unplugs `device` and, once the guest has let go, releases its backend
+/// (block nodes, netdev): the steps taken, or the detach left pending.
+async fn unplug_and_release(
+    vm: &RunningVm,
+    unplug: Vec<HostStep>,
+    device: &str,
+    release: Vec<HostStep>,
+) -> Result<Outcome, HostError> {
+    if !unplug_device(vm, &unplug, device).await? {
+        return Ok(Outcome {
+            steps: unplug,
+            detach_pending: true,
+            ..Default::default()
+        });
+    }
+    release_backend(vm, &release).await?;
+    let mut steps = unplug;
+    steps.extend(release);
+    Ok(Outcome {
+        steps,
+        ..Default::default()
+    })
+}
+
+/// Deletes a released device's backend, unless QEMU has exited (and taken it along).
+async fn release_backend(vm: &RunningVm, release: &[HostStep]) -> Result<(), HostError> {
+    if vm.seen.lock().expect("vm watch").exited.is_none() {
+        run_steps(&vm.qmp, release).await?;
     }
     Ok(())
 }
@@ -1017,28 +1026,15 @@ impl Hypervisor for Qemu {
     }
 
     async fn finish_detach(&self, vm_id: &str, disk: &DiskSpec) -> Result<(), HostError> {
-        let Some(vm) = self.0.get(vm_id) else {
-            // QEMU is gone, and the disk with it.
-            return Ok(());
-        };
+        let (_, release) = hotplug::detach_disk(vm_id, disk);
         let device = argv::device_id(&disk.id);
-        // Bounded by the VM's life: an exit ends the wait too.
-        while !vm.released(&device, Duration::from_secs(3600)).await {}
-        self.0.release_disk(&vm, disk).await.map(|_| ())
+        self.0.finish_unplug(vm_id, &device, &release).await
     }
 
     async fn finish_detach_nic(&self, vm_id: &str, nic: &NicSpec) -> Result<(), HostError> {
-        let Some(vm) = self.0.get(vm_id) else {
-            return Ok(());
-        };
+        let (_, release) = hotplug::detach_nic(vm_id, nic);
         let device = argv::nic_device_id(&nic.id);
-        // Bounded by the VM's life: an exit ends the wait too.
-        while !vm.released(&device, Duration::from_secs(3600)).await {}
-        if vm.seen.lock().expect("vm watch").exited.is_none() {
-            let (_, release) = hotplug::detach_nic(vm_id, nic);
-            run_steps(&vm.qmp, &release).await?;
-        }
-        Ok(())
+        self.0.finish_unplug(vm_id, &device, &release).await
     }
 
     fn events(&self) -> broadcast::Receiver<HostEvent> {
