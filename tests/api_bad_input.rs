@@ -10,15 +10,7 @@ async fn each_bad_input_gets_its_code_and_changes_nothing() {
     let server = TestServer::start().await;
     server.create_template("tiny").await;
     let vm = server.create_vm("web-1", "tiny").await;
-    let disk = server
-        .ok(
-            "mutation { createDisk(input: {name: \"data\", sizeBytes: 1048576}) { disk { id } } }",
-            json!({}),
-        )
-        .await["createDisk"]["disk"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let disk = server.create_disk("data", 1 << 20, "QCOW2").await;
     let network = server
         .ok(
             "mutation { createNetwork(input: {name: \"lan\", vlanId: 10}) { network { id } } }",

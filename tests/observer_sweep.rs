@@ -209,15 +209,7 @@ async fn next_issue_change(ws: &mut WsClient) -> Value {
 async fn a_disk_file_changed_behind_vmans_back_is_an_issue_until_it_is_restored() {
     let server = sweeping_server(DriftPolicy::Repair, INTERVAL).await;
     let journal = journal_subscriber(&server).await;
-    let disk = server
-        .ok(
-            "mutation { createDisk(input: {name: \"data\", sizeBytes: 1048576}) { disk { id } } }",
-            json!({}),
-        )
-        .await["createDisk"]["disk"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let disk = server.create_disk("data", 1 << 20, "QCOW2").await;
     let mut ws = WsClient::connect(&server.ws_url).await;
     ws.subscribe(
         "c",

@@ -92,30 +92,12 @@ pub fn plan(options: &QemuOptions, action: &VmAction) -> Vec<HostStep> {
             hotplug::attach_disk(vm_id, disk, &argv::root_port_id(1))
         }
         VmAction::DetachDisk { vm_id, disk } => {
-            let (unplug, release) = hotplug::detach_disk(vm_id, disk);
-            let mut steps = unplug;
-            steps.push(HostStep::Await {
-                vm_id: vm_id.clone(),
-                event: "DEVICE_DELETED".into(),
-                timeout_ms: DETACH_WAIT.as_millis() as u64,
-            });
-            steps.extend(release);
-            steps
+            unplug_plan(vm_id, hotplug::detach_disk(vm_id, disk))
         }
         VmAction::AttachNic { vm_id, nic } => {
             hotplug::attach_nic(vm_id, nic, &argv::root_port_id(1))
         }
-        VmAction::DetachNic { vm_id, nic } => {
-            let (unplug, release) = hotplug::detach_nic(vm_id, nic);
-            let mut steps = unplug;
-            steps.push(HostStep::Await {
-                vm_id: vm_id.clone(),
-                event: "DEVICE_DELETED".into(),
-                timeout_ms: DETACH_WAIT.as_millis() as u64,
-            });
-            steps.extend(release);
-            steps
-        }
+        VmAction::DetachNic { vm_id, nic } => unplug_plan(vm_id, hotplug::detach_nic(vm_id, nic)),
         VmAction::Destroy { run_dir, .. } => vec![HostStep::RemoveDir {
             path: run_dir.clone(),
         }],
@@ -715,6 +697,18 @@ async fn run_steps(qmp: &QmpClient, steps: &[HostStep]) -> Result<(), HostError>
         qmp.execute_json(command, arguments).await?;
     }
     Ok(())
+}
+
+/// An unplug as planned: `device_del`, the wait for the guest, the release.
+fn unplug_plan(vm_id: &str, (unplug, release): (Vec<HostStep>, Vec<HostStep>)) -> Vec<HostStep> {
+    let mut steps = unplug;
+    steps.push(HostStep::Await {
+        vm_id: vm_id.to_string(),
+        event: hotplug::DEVICE_DELETED.into(),
+        timeout_ms: DETACH_WAIT.as_millis() as u64,
+    });
+    steps.extend(release);
+    steps
 }
 
 /// Unplugs `device` and, once the guest has let go, releases its backend
