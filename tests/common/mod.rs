@@ -181,24 +181,7 @@ impl TestServer {
 
     /// Every journal event, oldest first.
     pub async fn journal(&self) -> Vec<Value> {
-        let mut events = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let data = self
-                .ok(
-                    "query($after: String) { events(after: $after, first: 500) { edges { cursor node { sequence kind subjectId payload } } pageInfo { hasNextPage } } }",
-                    json!({"after": after}),
-                )
-                .await;
-            let edges = data["events"]["edges"].as_array().unwrap().clone();
-            after = edges
-                .last()
-                .map(|e| e["cursor"].as_str().unwrap().to_string());
-            events.extend(edges.into_iter().map(|e| e["node"].clone()));
-            if !data["events"]["pageInfo"]["hasNextPage"].as_bool().unwrap() {
-                return events;
-            }
-        }
+        read_journal(|variables| self.ok(JOURNAL_PAGE, variables)).await
     }
 
     /// Counts of every kind of object plus the journal head: "nothing changed" means this is equal.
@@ -368,7 +351,18 @@ impl VmanProcess {
 
     /// Starts `vman serve` with more `VMAN_*` settings.
     pub fn start_with_env(data: &std::path::Path, port: u16, env: &[(&str, &str)]) -> VmanProcess {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vman"))
+        Self::start_program(env!("CARGO_BIN_EXE_vman").as_ref(), data, port, env)
+    }
+
+    /// Starts `program serve` (another build of vman, for a benchmark's
+    /// before and after).
+    pub fn start_program(
+        program: &std::path::Path,
+        data: &std::path::Path,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> VmanProcess {
+        let child = std::process::Command::new(program)
             .args([
                 "serve",
                 "--listen",
@@ -418,6 +412,32 @@ impl VmanProcess {
             .unwrap();
         assert!(r.get("errors").is_none(), "{r}");
         r["data"].clone()
+    }
+}
+
+/// One page of the journal, after `$after`.
+pub const JOURNAL_PAGE: &str = "query($after: String) { events(after: $after, first: 500) { edges { cursor node { sequence kind subjectId payload } } pageInfo { hasNextPage } } }";
+
+/// The whole journal, oldest first, read a page ([`JOURNAL_PAGE`]) at a time
+/// through `page`, which runs the query with the variables it is given and
+/// returns its `data`.
+pub async fn read_journal<F, Fut>(page: F) -> Vec<Value>
+where
+    F: Fn(Value) -> Fut,
+    Fut: std::future::Future<Output = Value>,
+{
+    let mut events = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let data = page(json!({"after": after})).await;
+        let edges = data["events"]["edges"].as_array().unwrap().clone();
+        after = edges
+            .last()
+            .map(|e| e["cursor"].as_str().unwrap().to_string());
+        events.extend(edges.into_iter().map(|e| e["node"].clone()));
+        if !data["events"]["pageInfo"]["hasNextPage"].as_bool().unwrap() {
+            return events;
+        }
     }
 }
 
