@@ -5,17 +5,27 @@
 //!   sends them), and pipelined (all sent, then the replies read, as vman
 //!   sends them).
 //!
-//! `cargo bench --bench qemu` (add `-- --rounds N`). Uses KVM when usable, else TCG; VMs have no guest OS.
+//! vman is the real `vman serve` process, as shipped, on its own runtime;
+//! the raw side runs in this process.
+//!
+//! `cargo bench --bench qemu` (add `-- --rounds N`; `--by-thread` prints
+//! where vman's threads slept during each `attachDisk`; `--vman PATH` runs
+//! another build of vman, for a before and after). Uses KVM when usable,
+//! else TCG; VMs have no guest OS. The clients of both sides share one
+//! thread, so neither pays for hand-offs between client threads.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
-use common::{TestServer, WsClient};
+use common::{VmanProcess, WsClient};
 use serde_json::json;
 use vman::{
-    config::Accel,
+    config::{Accel, Config},
     host::{
         DiskSpec, HostStep, VmAction, VmSpec,
         qemu::{self, argv::QemuOptions, hotplug, process, qmp::QmpClient},
@@ -41,23 +51,48 @@ fn cpu_time(pid: i32) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 1000 / per_second))
 }
 
-/// How many times this process's threads have gone to sleep so far (their
-/// voluntary context switches): each wait for another thread, a socket or
-/// QEMU is one, and each costs a wake-up later. On a guest with idle virtual
-/// CPUs a wake-up costs 0.1 ms or more, which is where most of vman's time goes.
-fn sleeps() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
+/// How many times each thread of a process has gone to sleep so far (its
+/// voluntary context switches), by thread name: each wait for another
+/// thread, a socket or QEMU is one, and each costs a wake-up later (0.1 ms
+/// or more on a guest whose virtual CPUs went idle). A figure that does not
+/// depend on how busy the host is; docs/BENCHMARKS.md says how much of
+/// vman's time it explains.
+fn sleeps_by_thread(pid: &str) -> BTreeMap<String, u64> {
+    let mut threads = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
     };
-    tasks
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
-        .filter_map(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .and_then(|n| n.trim().parse::<u64>().ok())
+    for task in tasks.flatten() {
+        let (Ok(name), Ok(status)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("status")),
+        ) else {
+            continue;
+        };
+        let count = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        *threads.entry(name.trim().to_string()).or_default() += count;
+    }
+    threads
+}
+
+fn sleeps(pid: &str) -> u64 {
+    sleeps_by_thread(pid).values().sum()
+}
+
+/// `after - before` per thread name, for the names whose count moved.
+fn slept_by_thread(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> String {
+    after
+        .iter()
+        .filter_map(|(name, n)| {
+            let slept = n.saturating_sub(before.get(name).copied().unwrap_or(0));
+            (slept > 0).then(|| format!("{name} {slept}"))
         })
-        .sum()
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Waits (at most 5 s) until a QEMU uses less than a tenth of a core: with no
@@ -108,35 +143,82 @@ async fn raw_start(
     (started.elapsed(), process, qmp)
 }
 
-#[tokio::main]
+/// The `vman serve` under test and a client for it.
+struct Vman {
+    process: VmanProcess,
+    http: reqwest::Client,
+    data_dir: std::path::PathBuf,
+}
+
+impl Vman {
+    async fn gql(&self, query: &str, variables: serde_json::Value) -> serde_json::Value {
+        self.process.gql(&self.http, query, variables).await
+    }
+
+    fn pid(&self) -> String {
+        self.process.child.id().to_string()
+    }
+
+    fn ws_url(&self) -> String {
+        format!("{}/ws", self.process.url.replacen("http", "ws", 1))
+    }
+
+    /// The sequence of the newest event in the journal.
+    async fn journal_head(&self) -> serde_json::Value {
+        let journal =
+            common::read_journal(|variables| self.gql(common::JOURNAL_PAGE, variables)).await;
+        journal.last().expect("a journal with events")["sequence"].clone()
+    }
+}
+
+fn flag(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let rounds: usize = std::env::args()
-        .skip_while(|a| a != "--rounds")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10);
+    let rounds: usize = flag("--rounds").and_then(|n| n.parse().ok()).unwrap_or(10);
     // `--no-settle` hot-plugs as soon as each VM runs, while its firmware still spins.
     let settle = !std::env::args().any(|a| a == "--no-settle");
+    let by_thread = std::env::args().any(|a| a == "--by-thread");
+    // `--warm` sends each side a no-op just before the clock: `query-status`
+    // to the raw QEMU, `attachDisk(dryRun: true)` of the same disk to vman.
+    let warm = std::env::args().any(|a| a == "--warm");
     let mut unsettled = 0;
     let accel = if common::kvm_usable() {
         Accel::Kvm
     } else {
         Accel::Tcg
     };
-    let server = TestServer::start_with(|c| {
-        c.dry_run = false;
-        c.qemu.accel = accel;
-    })
-    .await;
-    let options = QemuOptions::from_config(&server.app.config);
-    server
-        .ok("mutation { createTemplate(input: {name: \"bench\", vcpus: 1, memoryMib: 64}) { template { id } } }", json!({}))
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let port = common::free_port();
+    let process = match flag("--vman") {
+        Some(program) => VmanProcess::start_program(program.as_ref(), &data_dir, port, &[]),
+        None => VmanProcess::start(&data_dir, port),
+    };
+    let vman = Vman {
+        process,
+        http: reqwest::Client::new(),
+        data_dir: data_dir.clone(),
+    };
+    vman.process.ready(&vman.http).await;
+    // The raw side: the same QEMU options, its own run and storage directories.
+    let mut config = Config {
+        data_dir: dir.path().join("raw"),
+        ..Config::default()
+    };
+    config.qemu.accel = accel;
+    std::fs::create_dir_all(config.storage_dir()).unwrap();
+    let options = QemuOptions::from_config(&config);
+    vman.gql("mutation { createTemplate(input: {name: \"bench\", vcpus: 1, memoryMib: 64}) { template { id } } }", json!({}))
         .await;
 
     let (mut raw_start_t, mut vman_start_t, mut raw_plug_t, mut vman_plug_t) =
         (vec![], vec![], vec![], vec![]);
     let mut raw_pipelined_t = vec![];
-    let (mut raw_sleeps, mut raw_pipelined_sleeps, mut vman_sleeps) = (vec![], vec![], vec![]);
+    let (mut raw_sleeps, mut raw_pipelined_sleeps) = (vec![], vec![]);
+    let (mut client_sleeps, mut vman_sleeps) = (vec![], vec![]);
     let mut floor_t = vec![];
     for round in 0..rounds {
         // Raw: the same argv vman would use, driven directly. Two VMs, each
@@ -151,11 +233,7 @@ async fn main() {
                 disks: vec![],
                 nics: vec![],
                 boot: None,
-                run_dir: server
-                    .app
-                    .config
-                    .run_dir()
-                    .join(format!("raw-{round}-{pipelined}")),
+                run_dir: config.run_dir().join(format!("raw-{round}-{pipelined}")),
             };
             let (took, process, qmp) = raw_start(&options, &spec).await;
             if !pipelined {
@@ -163,9 +241,7 @@ async fn main() {
             }
             let disk = DiskSpec {
                 id: uuid::Uuid::now_v7().to_string(),
-                path: server
-                    .app
-                    .config
+                path: config
                     .storage_dir()
                     .join(format!("raw-{round}-{pipelined}.raw")),
                 format: vman::disk::DiskFormat::Raw,
@@ -178,34 +254,41 @@ async fn main() {
             if settle {
                 unsettled += !settled(process.pid).await as usize;
             }
-            let (started, slept) = (Instant::now(), sleeps());
+            if warm {
+                qmp.status().await.unwrap();
+            }
+            let (started, slept) = (Instant::now(), sleeps("self"));
             if pipelined {
                 for reply in qmp.execute_pipelined(&commands).await.unwrap() {
                     reply.unwrap();
                 }
                 raw_pipelined_t.push(started.elapsed());
-                raw_pipelined_sleeps.push(sleeps() - slept);
+                raw_pipelined_sleeps.push(sleeps("self") - slept);
             } else {
                 for (command, arguments) in commands {
                     qmp.execute_json(command, arguments).await.unwrap();
                 }
                 raw_plug_t.push(started.elapsed());
-                raw_sleeps.push(sleeps() - slept);
+                raw_sleeps.push(sleeps("self") - slept);
             }
             let _ = qmp.execute_json("quit", &serde_json::Value::Null).await;
             let _ = tokio::time::timeout(Duration::from_secs(5), process.exited()).await;
+            let _ = std::fs::remove_dir_all(&spec.run_dir);
         }
 
         // vman: the mutation, until the RUNNING event reaches a websocket subscriber.
-        let vm = server.create_vm(&format!("vm-{round}"), "bench").await;
-        let head = server.journal().await.last().unwrap()["sequence"].clone();
-        let mut ws = WsClient::connect(&server.ws_url).await;
+        let vm = vman
+            .gql("mutation($n: String!) { createVm(input: {name: $n, templateName: \"bench\"}) { vm { id } } }", json!({"n": format!("vm-{round}")}))
+            .await["createVm"]["vm"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let head = vman.journal_head().await;
+        let mut ws = WsClient::connect(&vman.ws_url()).await;
         ws.subscribe("s", "subscription($vm: ID, $after: String) { vmStateChanged(vmId: $vm, after: $after) { to } }", json!({"vm": vm, "after": head}))
             .await;
         let started = Instant::now();
-        let http = server.http.clone();
-        let url = server.url.clone();
-        let vm_id = vm.clone();
+        let (http, url, vm_id) = (vman.http.clone(), vman.process.url.clone(), vm.clone());
         let request = tokio::spawn(async move {
             http.post(url)
                 .json(&json!({"query": "mutation($id: ID!) { startVm(id: $id) { vm { state } } }", "variables": {"id": vm_id}}))
@@ -221,36 +304,85 @@ async fn main() {
         vman_start_t.push(started.elapsed());
         request.await.unwrap();
         ws.close().await;
-        let disk_id = server
-            .ok("mutation($n: String!) { createDisk(input: {name: $n, sizeBytes: 1048576, format: RAW}) { disk { id } } }", json!({"n": format!("d-{round}")}))
+        let disk_id = vman
+            .gql("mutation($n: String!) { createDisk(input: {name: $n, sizeBytes: 1048576, format: RAW}) { disk { id } } }", json!({"n": format!("d-{round}")}))
             .await["createDisk"]["disk"]["id"]
             .as_str()
             .unwrap()
             .to_string();
         if settle {
-            let pid = process::read_pidfile(&qemu::argv::pid_file(&server.run_dir(&vm)))
-                .expect("the VM's QEMU pid");
+            let run_dir = vman.data_dir.join("run").join(&vm);
+            let pid =
+                process::read_pidfile(&qemu::argv::pid_file(&run_dir)).expect("the VM's QEMU pid");
             unsettled += !settled(pid).await as usize;
         }
-        let (started, slept) = (Instant::now(), sleeps());
-        server
-            .ok("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }", json!({"d": disk_id, "v": vm}))
+        if warm {
+            vman.gql("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v, dryRun: true) { plan { action } } }", json!({"d": disk_id, "v": vm}))
+                .await;
+        }
+        let (before, client_before) = (sleeps_by_thread(&vman.pid()), sleeps("self"));
+        let started = Instant::now();
+        vman.gql("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }", json!({"d": disk_id, "v": vm}))
             .await;
         vman_plug_t.push(started.elapsed());
-        vman_sleeps.push(sleeps() - slept);
+        let after = sleeps_by_thread(&vman.pid());
+        client_sleeps.push(sleeps("self") - client_before);
+        vman_sleeps.push(after.values().sum::<u64>() - before.values().sum::<u64>());
+        if by_thread {
+            println!(
+                "attachDisk {round}: vman threads slept: {}",
+                slept_by_thread(&before, &after)
+            );
+        }
         // The floor: the same request path with no host step and no write.
         let started = Instant::now();
-        server
-            .ok("mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 2097152, dryRun: true) { plan { action } } }", json!({"d": disk_id}))
+        vman.gql("mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 2097152, dryRun: true) { plan { action } } }", json!({"d": disk_id}))
             .await;
         floor_t.push(started.elapsed());
-        server
-            .ok(
-                "mutation($id: ID!) { deleteVm(id: $id) { vm { id } } }",
-                json!({"id": vm}),
-            )
-            .await;
+        vman.gql(
+            "mutation($id: ID!) { deleteVm(id: $id) { vm { id } } }",
+            json!({"id": vm}),
+        )
+        .await;
     }
+    // What an idle pause costs the next request: the same two requests back
+    // to back, then each after the process has been idle for a while.
+    let disk_id = vman
+        .gql("mutation { createDisk(input: {name: \"idle\", sizeBytes: 1048576, format: RAW}) { disk { id } } }", json!({}))
+        .await["createDisk"]["disk"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let healthz = vman.process.url.replace("/graphql", "/healthz");
+    let mut idle = Vec::new();
+    for gap in [
+        Duration::ZERO,
+        Duration::from_millis(10),
+        Duration::from_millis(100),
+        Duration::from_millis(300),
+    ] {
+        let (mut health_t, mut floor_t) = (vec![], vec![]);
+        for _ in 0..15 {
+            tokio::time::sleep(gap).await;
+            let started = Instant::now();
+            vman.http
+                .get(&healthz)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            health_t.push(started.elapsed());
+            tokio::time::sleep(gap).await;
+            let started = Instant::now();
+            vman.gql("mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 2097152, dryRun: true) { plan { action } } }", json!({"d": disk_id}))
+                .await;
+            floor_t.push(started.elapsed());
+        }
+        idle.push((gap, median(health_t), median(floor_t)));
+    }
+
     let report = |what: &str, raw: Duration, vman: Duration| {
         println!(
             "{what:<44} raw {:>8.1} ms   vman {:>8.1} ms   ratio {:.2}x",
@@ -290,9 +422,10 @@ async fn main() {
         v[v.len() / 2]
     };
     println!(
-        "thread sleeps in this process per hot-plug (median): raw {}, raw pipelined {}, attachDisk {}",
+        "thread sleeps per hot-plug (median): raw {}, raw pipelined {}, attachDisk: client {} + vman {}",
         count(raw_sleeps),
         count(raw_pipelined_sleeps),
+        count(client_sleeps),
         count(vman_sleeps)
     );
     println!(
@@ -300,4 +433,15 @@ async fn main() {
         "API floor: resizeDisk(dryRun) round trip",
         ms(median(floor_t))
     );
+    println!(
+        "after the process was idle for:  GET /healthz   resizeDisk(dryRun)   (medians of 15)"
+    );
+    for (gap, health, floor) in idle {
+        println!(
+            "  {:>5} ms {:>26.2} ms {:>15.2} ms",
+            gap.as_millis(),
+            ms(health),
+            ms(floor)
+        );
+    }
 }
