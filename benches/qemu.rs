@@ -9,10 +9,12 @@
 //! the raw side runs in this process.
 //!
 //! `cargo bench --bench qemu` (add `-- --rounds N`; `--by-thread` prints
-//! where vman's threads slept during each `attachDisk`; `--vman PATH` runs
-//! another build of vman, for a before and after). Uses KVM when usable,
+//! where vman's threads slept during each `attachDisk`; `--warm` sends each
+//! side a no-op just before the clock; `--vman PATH` runs another build of
+//! vman, for a before and after; `--no-settle`, below). Uses KVM when usable,
 //! else TCG; VMs have no guest OS. The clients of both sides share one
-//! thread, so neither pays for hand-offs between client threads.
+//! thread, so neither pays for hand-offs between client threads. Last, it
+//! prints what idleness costs the next request.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
