@@ -161,7 +161,7 @@ impl EventBus {
         })
     }
 
-    /// Takes the write lock for a write sent to SQLite in one round trip: see
+    /// Takes the write lock for a write sent to SQLite as one request: see
     /// [`WriteSession`].
     pub async fn session(&self) -> ApiResult<WriteSession<'_>> {
         let mut state = self.write_lock.lock().await;
@@ -328,13 +328,12 @@ impl WriteState {
 /// JSON value makes it refuse, and stop the batch there.
 const ONE_ROW_CHANGED: &str = "SELECT json('') WHERE changes() <> 1";
 
-/// The write lock and one connection of its own, for a write that costs one
-/// round trip to SQLite instead of one per statement: `BEGIN IMMEDIATE`, the
-/// changes, the journal rows and `COMMIT` go to SQLite's thread as a single
-/// batch (each statement on a pooled connection is a hop to that
-/// connection's thread and back; on a two-core virtual machine each hop
-/// costs 0.1 to 0.7 ms when that thread's CPU was idle, far more than
-/// SQLite's own work). Reads made through the session see
+/// The write lock and one connection of its own, for a write sent to
+/// SQLite's thread as one request instead of one per statement: `BEGIN
+/// IMMEDIATE`, the changes, the journal rows and `COMMIT` go as a single
+/// batch. sqlx still hands each statement's result back as a message of its
+/// own, each waking the caller; docs/BENCHMARKS.md (issue 3, fourth round)
+/// measures what that costs, and what it does not. Reads made through the session see
 /// every committed write, and nothing else can write until the session ends:
 /// a caller may read, decide, then commit what it decided.
 ///

@@ -165,7 +165,7 @@ pub async fn attach(
     // The rows are read under the locks, with no read before them: each read
     // on its own costs a pooled connection. A real attach reads them in the
     // write session that then records its operation, so the checks and the
-    // record see the same rows, and the whole write is two round trips to
+    // record see the same rows, and the whole write is two requests to
     // SQLite (the reads, then `RUNNING` committed), not one per statement.
     let mut session = match dry_run {
         true => None,
@@ -210,7 +210,7 @@ pub async fn attach(
             None => Vec::new(),
         };
         // The change, its event and the operation's success: one transaction,
-        // one round trip.
+        // one request.
         let mut row = disk.clone().into_active_model();
         row.vm_id = Set(Some(vm.id.clone()));
         row.attachment = Set(Attachment::Attached);

@@ -50,7 +50,7 @@ pub async fn begin_in(
 }
 
 /// Records the operation RUNNING and commits, through a write session: one
-/// round trip to SQLite. As with [`begin_in`], the session's reads that
+/// request to SQLite. As with [`begin_in`], the session's reads that
 /// decided the operation may run and this record see the same rows.
 pub async fn begin_session(
     session: WriteSession<'_>,

@@ -156,11 +156,7 @@ impl QmpClient {
         match result {
             Err(_) => Ok(names
                 .iter()
-                .map(|name| {
-                    Err(HostError::Timeout(format!(
-                        "QMP {name} got no reply within {timeout:?}"
-                    )))
-                })
+                .map(|name| Err(no_reply(name, timeout)))
                 .collect()),
             Ok(Err(join)) => Err(HostError::Failed(format!(
                 "QMP {}: {join}",
@@ -263,6 +259,11 @@ fn failed(name: &str, e: qapi::ExecuteError) -> HostError {
     }
 }
 
+/// A command QEMU did not answer in time.
+fn no_reply(name: &str, timeout: Duration) -> HostError {
+    HostError::Timeout(format!("QMP {name} got no reply within {timeout:?}"))
+}
+
 /// Waits up to `timeout` for a command that runs in a task of its own, to
 /// its reply, even if this caller stops waiting (see the module docs).
 async fn spawned<T: Send + 'static>(
@@ -274,9 +275,7 @@ async fn spawned<T: Send + 'static>(
     let result = tokio::time::timeout(timeout, tokio::spawn(reply)).await;
     crate::telemetry::qmp_command(name, started.elapsed(), result.is_err());
     match result {
-        Err(_) => Err(HostError::Timeout(format!(
-            "QMP {name} got no reply within {timeout:?}"
-        ))),
+        Err(_) => Err(no_reply(name, timeout)),
         Ok(Err(join)) => Err(HostError::Failed(format!("QMP {name}: {join}"))),
         Ok(Ok(result)) => result,
     }
