@@ -6,15 +6,20 @@
 //!   sends them).
 //!
 //! vman is the real `vman serve` process, as shipped, on its own runtime;
-//! the raw side runs in this process.
+//! the raw side runs in this process. For each hot-plug it also prints what
+//! does not depend on how busy the host is: how often each side's threads
+//! slept, their time on a CPU (the scheduler's count) and vman's page faults.
 //!
 //! `cargo bench --bench qemu` (add `-- --rounds N`; `--by-thread` prints
-//! where vman's threads slept during each `attachDisk`; `--warm` sends each
-//! side a no-op just before the clock; `--vman PATH` runs another build of
-//! vman, for a before and after; `--no-settle`, below). Uses KVM when usable,
-//! else TCG; VMs have no guest OS. The clients of both sides share one
-//! thread, so neither pays for hand-offs between client threads. Last, it
-//! prints what idleness costs the next request.
+//! where vman's threads slept and spent CPU time during each `attachDisk`;
+//! `--warm` sends each side a no-op just before the clock; `--vman PATH` runs
+//! another build of vman; `--against PATH`, once or more, measures other
+//! builds (or scripts that run one with other settings) in the same rounds,
+//! alternating which goes first, so that a before and after share the host's
+//! moods; `--no-settle`, below). Uses KVM when usable, else TCG; VMs have no
+//! guest OS. The clients of both sides share one thread, so neither pays for
+//! hand-offs between client threads. Last, it prints what idleness costs the
+//! next request.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -53,6 +58,25 @@ fn cpu_time(pid: i32) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 1000 / per_second))
 }
 
+/// A figure summed over the threads of a process, by thread name: `read`
+/// takes it from the named file of one thread's `/proc` directory.
+fn by_thread(pid: &str, file: &str, read: fn(&str) -> Option<u64>) -> BTreeMap<String, u64> {
+    let mut threads = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        let (Ok(name), Ok(text)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join(file)),
+        ) else {
+            continue;
+        };
+        *threads.entry(name.trim().to_string()).or_default() += read(&text).unwrap_or(0);
+    }
+    threads
+}
+
 /// How many times each thread of a process has gone to sleep so far (its
 /// voluntary context switches), by thread name: each wait for another
 /// thread, a socket or QEMU is one, and each costs a wake-up later (0.1 ms
@@ -60,29 +84,44 @@ fn cpu_time(pid: i32) -> Option<Duration> {
 /// depend on how busy the host is; docs/BENCHMARKS.md says how much of
 /// vman's time it explains.
 fn sleeps_by_thread(pid: &str) -> BTreeMap<String, u64> {
-    let mut threads = BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return threads;
-    };
-    for task in tasks.flatten() {
-        let (Ok(name), Ok(status)) = (
-            std::fs::read_to_string(task.path().join("comm")),
-            std::fs::read_to_string(task.path().join("status")),
-        ) else {
-            continue;
-        };
-        let count = status
+    by_thread(pid, "status", |status| {
+        status
             .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        *threads.entry(name.trim().to_string()).or_default() += count;
-    }
-    threads
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The time each thread of a process has spent on a CPU so far, in
+/// microseconds, by thread name: the scheduler's own count, what a step
+/// cost in work as against the time it spent waiting.
+fn cpu_by_thread(pid: &str) -> BTreeMap<String, u64> {
+    by_thread(pid, "schedstat", |stat| {
+        Some(stat.split_whitespace().next()?.parse::<u64>().ok()? / 1000)
+    })
 }
 
 fn sleeps(pid: &str) -> u64 {
     sleeps_by_thread(pid).values().sum()
+}
+
+/// The time the threads of a process have spent on a CPU so far.
+fn on_cpu(pid: &str) -> Duration {
+    Duration::from_micros(cpu_by_thread(pid).values().sum())
+}
+
+/// The page faults a process has taken so far (minor ones: no disk read),
+/// each an exit to the hypervisor on a virtual machine.
+fn faults(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the `(comm)`: minflt is the 8th.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(7)?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// `after - before` per thread name, for the names whose count moved.
@@ -150,6 +189,17 @@ struct Vman {
     process: VmanProcess,
     http: reqwest::Client,
     data_dir: std::path::PathBuf,
+    /// What the rounds measured.
+    start_t: Vec<Duration>,
+    plug_t: Vec<Duration>,
+    floor_t: Vec<Duration>,
+    client_sleeps: Vec<u64>,
+    sleeps: Vec<u64>,
+    /// Time on a CPU per `attachDisk`: the client, vman, QEMU.
+    cpu: Vec<[Duration; 3]>,
+    /// vman's page faults per `attachDisk`.
+    faults: Vec<u64>,
+    unsettled: usize,
 }
 
 impl Vman {
@@ -165,6 +215,101 @@ impl Vman {
         format!("{}/ws", self.process.url.replacen("http", "ws", 1))
     }
 
+    /// One round on this vman: `startVm` of a new VM until the RUNNING event
+    /// reaches a websocket subscriber, `attachDisk` of a new disk, the floor
+    /// request, then the VM deleted.
+    async fn round(&mut self, round: usize, settle: bool, warm: bool, by_thread: bool) {
+        // vman: the mutation, until the RUNNING event reaches a websocket subscriber.
+        let vm = self
+            .create(
+                "createVm",
+                "vm",
+                &format!("vm-{round}"),
+                "templateName: \"bench\"",
+            )
+            .await;
+        let head = self.journal_head().await;
+        let mut ws = WsClient::connect(&self.ws_url()).await;
+        ws.subscribe("s", "subscription($vm: ID, $after: String) { vmStateChanged(vmId: $vm, after: $after) { to } }", json!({"vm": vm, "after": head}))
+            .await;
+        let started = Instant::now();
+        let (http, url, vm_id) = (self.http.clone(), self.process.url.clone(), vm.clone());
+        let request = tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({"query": "mutation($id: ID!) { startVm(id: $id) { vm { state } } }", "variables": {"id": vm_id}}))
+                .send()
+                .await
+                .unwrap()
+        });
+        loop {
+            if ws.next_data("s").await["vmStateChanged"]["to"] == "RUNNING" {
+                break;
+            }
+        }
+        self.start_t.push(started.elapsed());
+        request.await.unwrap();
+        ws.close().await;
+        let disk_id = self
+            .create("createDisk", "disk", &format!("d-{round}"), RAW_DISK)
+            .await;
+        let run_dir = self.data_dir.join("run").join(&vm);
+        let qemu_pid =
+            process::read_pidfile(&qemu::argv::pid_file(&run_dir)).expect("the VM's QEMU pid");
+        if settle {
+            self.unsettled += !settled(qemu_pid).await as usize;
+        }
+        if warm {
+            self.gql("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v, dryRun: true) { plan { action } } }", json!({"d": disk_id, "v": vm}))
+                .await;
+        }
+        let (before, client_before) = (sleeps_by_thread(&self.pid()), sleeps("self"));
+        let cpu_by_thread_before = cpu_by_thread(&self.pid());
+        let qemu_pid = qemu_pid.to_string();
+        let cpu_before = [on_cpu("self"), on_cpu(&self.pid()), on_cpu(&qemu_pid)];
+        let faults_before = faults(&self.pid());
+        let started = Instant::now();
+        self.gql("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }", json!({"d": disk_id, "v": vm}))
+            .await;
+        self.plug_t.push(started.elapsed());
+        let cpu_after = [on_cpu("self"), on_cpu(&self.pid()), on_cpu(&qemu_pid)];
+        self.faults.push(faults(&self.pid()) - faults_before);
+        self.cpu
+            .push([0, 1, 2].map(|i| cpu_after[i].saturating_sub(cpu_before[i])));
+        let after = sleeps_by_thread(&self.pid());
+        let cpu_by_thread_after = cpu_by_thread(&self.pid());
+        self.client_sleeps.push(sleeps("self") - client_before);
+        self.sleeps
+            .push(after.values().sum::<u64>() - before.values().sum::<u64>());
+        if by_thread {
+            println!(
+                "attachDisk {round}: vman threads slept: {}; on a CPU (µs): {}",
+                slept_by_thread(&before, &after),
+                slept_by_thread(&cpu_by_thread_before, &cpu_by_thread_after)
+            );
+        }
+        // The floor: the same request path with no host step and no write.
+        let started = Instant::now();
+        self.gql("mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 2097152, dryRun: true) { plan { action } } }", json!({"d": disk_id}))
+            .await;
+        self.floor_t.push(started.elapsed());
+        self.gql(
+            "mutation($id: ID!) { deleteVm(id: $id) { vm { id } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    }
+
+    /// The ID of what `mutation(input: {name, fields})` created.
+    async fn create(&self, mutation: &str, object: &str, name: &str, fields: &str) -> String {
+        let query = format!(
+            "mutation($n: String!) {{ {mutation}(input: {{name: $n, {fields}}}) {{ {object} {{ id }} }} }}"
+        );
+        self.gql(&query, json!({"n": name})).await[mutation][object]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// The sequence of the newest event in the journal.
     async fn journal_head(&self) -> serde_json::Value {
         let journal =
@@ -172,6 +317,9 @@ impl Vman {
         journal.last().expect("a journal with events")["sequence"].clone()
     }
 }
+
+/// The disks both sides hot-plug: 1 MiB, raw.
+const RAW_DISK: &str = "sizeBytes: 1048576, format: RAW";
 
 fn flag(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
@@ -193,18 +341,42 @@ async fn main() {
         Accel::Tcg
     };
     let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let port = common::free_port();
-    let process = match flag("--vman") {
-        Some(program) => VmanProcess::start_program(program.as_ref(), &data_dir, port, &[]),
-        None => VmanProcess::start(&data_dir, port),
-    };
-    let vman = Vman {
-        process,
-        http: reqwest::Client::new(),
-        data_dir: data_dir.clone(),
-    };
-    vman.process.ready(&vman.http).await;
+    // The builds of vman measured: this one (or `--vman PATH`), and with
+    // each `--against PATH` another, in the same rounds, each its own process
+    // with its own data directory.
+    let mut builds = vec![flag("--vman").unwrap_or_else(|| "vman".into())];
+    let args: Vec<String> = std::env::args().collect();
+    builds.extend(
+        args.windows(2)
+            .filter(|pair| pair[0] == "--against")
+            .map(|pair| pair[1].clone()),
+    );
+    let mut vmans = Vec::new();
+    for (i, build) in builds.into_iter().enumerate() {
+        let data_dir = dir.path().join(format!("data-{i}"));
+        let port = common::free_port();
+        let process = match i == 0 && flag("--vman").is_none() {
+            true => VmanProcess::start(&data_dir, port),
+            false => VmanProcess::start_program(build.as_ref(), &data_dir, port, &[]),
+        };
+        let vman = Vman {
+            process,
+            http: reqwest::Client::new(),
+            data_dir,
+            start_t: vec![],
+            plug_t: vec![],
+            floor_t: vec![],
+            client_sleeps: vec![],
+            sleeps: vec![],
+            cpu: vec![],
+            faults: vec![],
+            unsettled: 0,
+        };
+        vman.process.ready(&vman.http).await;
+        vman.gql("mutation { createTemplate(input: {name: \"bench\", vcpus: 1, memoryMib: 64}) { template { id } } }", json!({}))
+            .await;
+        vmans.push((build, vman));
+    }
     // The raw side: the same QEMU options, its own run and storage directories.
     let mut config = Config {
         data_dir: dir.path().join("raw"),
@@ -213,15 +385,10 @@ async fn main() {
     config.qemu.accel = accel;
     std::fs::create_dir_all(config.storage_dir()).unwrap();
     let options = QemuOptions::from_config(&config);
-    vman.gql("mutation { createTemplate(input: {name: \"bench\", vcpus: 1, memoryMib: 64}) { template { id } } }", json!({}))
-        .await;
 
-    let (mut raw_start_t, mut vman_start_t, mut raw_plug_t, mut vman_plug_t) =
-        (vec![], vec![], vec![], vec![]);
-    let mut raw_pipelined_t = vec![];
+    let (mut raw_start_t, mut raw_plug_t, mut raw_pipelined_t) = (vec![], vec![], vec![]);
     let (mut raw_sleeps, mut raw_pipelined_sleeps) = (vec![], vec![]);
-    let (mut client_sleeps, mut vman_sleeps) = (vec![], vec![]);
-    let mut floor_t = vec![];
+    let mut raw_cpu: Vec<[Duration; 2]> = vec![];
     for round in 0..rounds {
         // Raw: the same argv vman would use, driven directly. Two VMs, each
         // getting its first hot-plug (as vman's VM does): one command by
@@ -259,6 +426,8 @@ async fn main() {
             if warm {
                 qmp.status().await.unwrap();
             }
+            let qemu_pid = process.pid.to_string();
+            let cpu_before = [on_cpu("self"), on_cpu(&qemu_pid)];
             let (started, slept) = (Instant::now(), sleeps("self"));
             if pipelined {
                 for reply in qmp.execute_pipelined(&commands).await.unwrap() {
@@ -272,117 +441,60 @@ async fn main() {
                 }
                 raw_plug_t.push(started.elapsed());
                 raw_sleeps.push(sleeps("self") - slept);
+                let cpu_after = [on_cpu("self"), on_cpu(&qemu_pid)];
+                raw_cpu.push([0, 1].map(|i| cpu_after[i].saturating_sub(cpu_before[i])));
             }
             let _ = qmp.execute_json("quit", &serde_json::Value::Null).await;
             let _ = tokio::time::timeout(Duration::from_secs(5), process.exited()).await;
             let _ = std::fs::remove_dir_all(&spec.run_dir);
         }
 
-        // vman: the mutation, until the RUNNING event reaches a websocket subscriber.
-        let vm = vman
-            .gql("mutation($n: String!) { createVm(input: {name: $n, templateName: \"bench\"}) { vm { id } } }", json!({"n": format!("vm-{round}")}))
-            .await["createVm"]["vm"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let head = vman.journal_head().await;
-        let mut ws = WsClient::connect(&vman.ws_url()).await;
-        ws.subscribe("s", "subscription($vm: ID, $after: String) { vmStateChanged(vmId: $vm, after: $after) { to } }", json!({"vm": vm, "after": head}))
-            .await;
-        let started = Instant::now();
-        let (http, url, vm_id) = (vman.http.clone(), vman.process.url.clone(), vm.clone());
-        let request = tokio::spawn(async move {
-            http.post(url)
-                .json(&json!({"query": "mutation($id: ID!) { startVm(id: $id) { vm { state } } }", "variables": {"id": vm_id}}))
-                .send()
-                .await
-                .unwrap()
-        });
-        loop {
-            if ws.next_data("s").await["vmStateChanged"]["to"] == "RUNNING" {
-                break;
-            }
+        for i in 0..vmans.len() {
+            // Alternate which build goes first, so neither always follows the raw side.
+            let i = (i + round) % vmans.len();
+            vmans[i].1.round(round, settle, warm, by_thread).await;
         }
-        vman_start_t.push(started.elapsed());
-        request.await.unwrap();
-        ws.close().await;
-        let disk_id = vman
-            .gql("mutation($n: String!) { createDisk(input: {name: $n, sizeBytes: 1048576, format: RAW}) { disk { id } } }", json!({"n": format!("d-{round}")}))
-            .await["createDisk"]["disk"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        if settle {
-            let run_dir = vman.data_dir.join("run").join(&vm);
-            let pid =
-                process::read_pidfile(&qemu::argv::pid_file(&run_dir)).expect("the VM's QEMU pid");
-            unsettled += !settled(pid).await as usize;
-        }
-        if warm {
-            vman.gql("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v, dryRun: true) { plan { action } } }", json!({"d": disk_id, "v": vm}))
-                .await;
-        }
-        let (before, client_before) = (sleeps_by_thread(&vman.pid()), sleeps("self"));
-        let started = Instant::now();
-        vman.gql("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }", json!({"d": disk_id, "v": vm}))
-            .await;
-        vman_plug_t.push(started.elapsed());
-        let after = sleeps_by_thread(&vman.pid());
-        client_sleeps.push(sleeps("self") - client_before);
-        vman_sleeps.push(after.values().sum::<u64>() - before.values().sum::<u64>());
-        if by_thread {
-            println!(
-                "attachDisk {round}: vman threads slept: {}",
-                slept_by_thread(&before, &after)
-            );
-        }
-        // The floor: the same request path with no host step and no write.
-        let started = Instant::now();
-        vman.gql("mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 2097152, dryRun: true) { plan { action } } }", json!({"d": disk_id}))
-            .await;
-        floor_t.push(started.elapsed());
-        vman.gql(
-            "mutation($id: ID!) { deleteVm(id: $id) { vm { id } } }",
-            json!({"id": vm}),
-        )
-        .await;
     }
-    // What an idle pause costs the next request: the same two requests back
-    // to back, then each after the process has been idle for a while.
-    let disk_id = vman
-        .gql("mutation { createDisk(input: {name: \"idle\", sizeBytes: 1048576, format: RAW}) { disk { id } } }", json!({}))
-        .await["createDisk"]["disk"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let healthz = vman.process.url.replace("/graphql", "/healthz");
-    let mut idle = Vec::new();
-    for gap in [
-        Duration::ZERO,
-        Duration::from_millis(10),
-        Duration::from_millis(100),
-        Duration::from_millis(300),
-    ] {
-        let (mut health_t, mut floor_t) = (vec![], vec![]);
-        for _ in 0..15 {
-            tokio::time::sleep(gap).await;
-            let started = Instant::now();
-            vman.http
-                .get(&healthz)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            health_t.push(started.elapsed());
-            tokio::time::sleep(gap).await;
-            let started = Instant::now();
-            vman.gql("mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 2097152, dryRun: true) { plan { action } } }", json!({"d": disk_id}))
+    // What an idle pause costs the next request: the same requests back to
+    // back, then each after the process has been idle for a while. HTTP
+    // alone, then GraphQL with nothing to resolve, then the floor.
+    let mut idle_by_build = Vec::new();
+    for (_, vman) in &vmans {
+        let disk_id = vman.create("createDisk", "disk", "idle", RAW_DISK).await;
+        let healthz = vman.process.url.replace("/graphql", "/healthz");
+        let mut idle = Vec::new();
+        for gap in [
+            Duration::ZERO,
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+            Duration::from_millis(300),
+        ] {
+            let (mut health_t, mut typename_t, mut floor_t) = (vec![], vec![], vec![]);
+            for _ in 0..15 {
+                tokio::time::sleep(gap).await;
+                let started = Instant::now();
+                vman.http
+                    .get(&healthz)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                health_t.push(started.elapsed());
+                tokio::time::sleep(gap).await;
+                let started = Instant::now();
+                vman.gql("{ __typename }", json!({})).await;
+                typename_t.push(started.elapsed());
+                tokio::time::sleep(gap).await;
+                let started = Instant::now();
+                vman.gql("mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 2097152, dryRun: true) { plan { action } } }", json!({"d": disk_id}))
                 .await;
-            floor_t.push(started.elapsed());
+                floor_t.push(started.elapsed());
+            }
+            idle.push((gap, median(health_t), median(typename_t), median(floor_t)));
         }
-        idle.push((gap, median(health_t), median(floor_t)));
+        idle_by_build.push(idle);
     }
 
     let report = |what: &str, raw: Duration, vman: Duration| {
@@ -400,50 +512,68 @@ async fn main() {
             false => "a guest still in its firmware",
         }
     );
-    if unsettled > 0 {
-        println!("({unsettled} hot-plugs went ahead after 5 s with the guest still busy)");
-    }
-    report(
-        "spawn -> QMP running / startVm -> RUNNING event",
-        median(raw_start_t),
-        median(vman_start_t),
-    );
-    let vman_plug = median(vman_plug_t);
-    report(
-        "blockdev-add + device_add / attachDisk",
-        median(raw_plug_t),
-        vman_plug,
-    );
-    report(
-        "  the same, raw pipelined as vman sends it",
-        median(raw_pipelined_t),
-        vman_plug,
-    );
-    let count = |mut v: Vec<u64>| {
+    let count = |v: &[u64]| {
+        let mut v = v.to_vec();
         v.sort();
         v[v.len() / 2]
     };
-    println!(
-        "thread sleeps per hot-plug (median): raw {}, raw pipelined {}, attachDisk: client {} + vman {}",
-        count(raw_sleeps),
-        count(raw_pipelined_sleeps),
-        count(client_sleeps),
-        count(vman_sleeps)
-    );
-    println!(
-        "{:<44} {:>8.1} ms (HTTP + GraphQL + locks + reads; no host step, no write)",
-        "API floor: resizeDisk(dryRun) round trip",
-        ms(median(floor_t))
-    );
-    println!(
-        "after the process was idle for:  GET /healthz   resizeDisk(dryRun)   (medians of 15)"
-    );
-    for (gap, health, floor) in idle {
-        println!(
-            "  {:>5} ms {:>26.2} ms {:>15.2} ms",
-            gap.as_millis(),
-            ms(health),
-            ms(floor)
+    for ((build, vman), idle) in vmans.iter().zip(idle_by_build) {
+        if vmans.len() > 1 {
+            println!("{build}:");
+        }
+        unsettled += vman.unsettled;
+        report(
+            "spawn -> QMP running / startVm -> RUNNING event",
+            median(raw_start_t.clone()),
+            median(vman.start_t.clone()),
         );
+        let vman_plug = median(vman.plug_t.clone());
+        report(
+            "blockdev-add + device_add / attachDisk",
+            median(raw_plug_t.clone()),
+            vman_plug,
+        );
+        report(
+            "  the same, raw pipelined as vman sends it",
+            median(raw_pipelined_t.clone()),
+            vman_plug,
+        );
+        println!(
+            "thread sleeps per hot-plug (median): raw {}, raw pipelined {}, attachDisk: client {} + vman {}",
+            count(&raw_sleeps),
+            count(&raw_pipelined_sleeps),
+            count(&vman.client_sleeps),
+            count(&vman.sleeps)
+        );
+        let on_cpu = |values: Vec<Duration>| ms(median(values));
+        println!(
+            "time on a CPU per hot-plug (medians, ms): raw: client {:.2} + QEMU {:.2}; attachDisk: client {:.2} + vman {:.2} + QEMU {:.2}; vman's page faults {}",
+            on_cpu(raw_cpu.iter().map(|c| c[0]).collect()),
+            on_cpu(raw_cpu.iter().map(|c| c[1]).collect()),
+            on_cpu(vman.cpu.iter().map(|c| c[0]).collect()),
+            on_cpu(vman.cpu.iter().map(|c| c[1]).collect()),
+            on_cpu(vman.cpu.iter().map(|c| c[2]).collect()),
+            count(&vman.faults),
+        );
+        println!(
+            "{:<44} {:>8.1} ms (HTTP + GraphQL + locks + reads; no host step, no write)",
+            "API floor: resizeDisk(dryRun) round trip",
+            ms(median(vman.floor_t.clone()))
+        );
+        println!(
+            "after the process was idle for:  GET /healthz   {{ __typename }}   resizeDisk(dryRun)   (medians of 15)"
+        );
+        for (gap, health, typename, floor) in idle {
+            println!(
+                "  {:>5} ms {:>26.2} ms {:>13.2} ms {:>15.2} ms",
+                gap.as_millis(),
+                ms(health),
+                ms(typename),
+                ms(floor)
+            );
+        }
+    }
+    if unsettled > 0 {
+        println!("({unsettled} hot-plugs went ahead after 5 s with the guest still busy)");
     }
 }
