@@ -68,9 +68,9 @@ pub struct QemuProcess {
 ///
 /// Through `posix_spawn`, not `fork`: a forked vman would share its memory
 /// with the child copy-on-write, and every page vman writes afterwards would
-/// fault once more (70 faults per `attachDisk` after a VM start, each an exit
-/// to the hypervisor when vman runs in a VM). glibc's `posix_spawn` starts
-/// the child on the parent's memory, as `vfork` does, until it execs.
+/// fault once more (68 faults per `attachDisk` after a VM start, measured in
+/// docs/BENCHMARKS.md). glibc's `posix_spawn` starts the child on the
+/// parent's memory, as `vfork` does, until it execs.
 pub fn spawn(argv: &[String], log: &Path) -> io::Result<QemuProcess> {
     let argv = argv
         .iter()
