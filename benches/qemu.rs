@@ -125,7 +125,7 @@ fn faults(pid: &str) -> u64 {
 }
 
 /// `after - before` per thread name, for the names whose count moved.
-fn slept_by_thread(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> String {
+fn moved_by_thread(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> String {
     after
         .iter()
         .filter_map(|(name, n)| {
@@ -283,8 +283,8 @@ impl Vman {
         if by_thread {
             println!(
                 "attachDisk {round}: vman threads slept: {}; on a CPU (µs): {}",
-                slept_by_thread(&before, &after),
-                slept_by_thread(&cpu_by_thread_before, &cpu_by_thread_after)
+                moved_by_thread(&before, &after),
+                moved_by_thread(&cpu_by_thread_before, &cpu_by_thread_after)
             );
         }
         // The floor: the same request path with no host step and no write.
