@@ -48,16 +48,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: i32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the `(comm)`: state is the 1st, utime the 12th, stime the 13th.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Some(Duration::from_millis(ticks * 1000 / per_second))
-}
-
 /// A figure summed over the threads of a process, by thread name: `read`
 /// takes it from the named file of one thread's `/proc` directory.
 fn by_thread(pid: &str, file: &str, read: fn(&str) -> Option<u64>) -> BTreeMap<String, u64> {
@@ -143,13 +133,12 @@ fn moved_by_thread(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>
 /// sides hot-plug into an idle guest, as a booted OS would mostly be.
 async fn settled(pid: i32) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut last = cpu_time(pid);
-    while Instant::now() < deadline {
+    let pid_text = pid.to_string();
+    let mut last = on_cpu(&pid_text);
+    while Instant::now() < deadline && process::is_alive(pid) {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = cpu_time(pid);
-        if let (Some(before), Some(after)) = (last, now)
-            && after.saturating_sub(before) < Duration::from_millis(10)
-        {
+        let now = on_cpu(&pid_text);
+        if process::is_alive(pid) && now.saturating_sub(last) < Duration::from_millis(10) {
             return true;
         }
         last = now;
@@ -545,14 +534,14 @@ async fn main() {
             count(&vman.client_sleeps),
             count(&vman.sleeps)
         );
-        let on_cpu = |values: Vec<Duration>| ms(median(values));
+        let median_ms = |values: Vec<Duration>| ms(median(values));
         println!(
             "time on a CPU per hot-plug (medians, ms): raw: client {:.2} + QEMU {:.2}; attachDisk: client {:.2} + vman {:.2} + QEMU {:.2}; vman's page faults {}",
-            on_cpu(raw_cpu.iter().map(|c| c[0]).collect()),
-            on_cpu(raw_cpu.iter().map(|c| c[1]).collect()),
-            on_cpu(vman.cpu.iter().map(|c| c[0]).collect()),
-            on_cpu(vman.cpu.iter().map(|c| c[1]).collect()),
-            on_cpu(vman.cpu.iter().map(|c| c[2]).collect()),
+            median_ms(raw_cpu.iter().map(|c| c[0]).collect()),
+            median_ms(raw_cpu.iter().map(|c| c[1]).collect()),
+            median_ms(vman.cpu.iter().map(|c| c[0]).collect()),
+            median_ms(vman.cpu.iter().map(|c| c[1]).collect()),
+            median_ms(vman.cpu.iter().map(|c| c[2]).collect()),
             count(&vman.faults),
         );
         println!(
