@@ -761,10 +761,10 @@ async fn unplug_device(
 /// nodes, a netdev) run once, the rest (the device) on each port tried. Any
 /// failure runs `release` (best effort) to take the backend back.
 ///
-/// The first try sends the backend and the device back to back
-/// ([`QmpClient::execute_pipelined`]): one wait for QEMU instead of one per
-/// command. QEMU runs them in order, so a device whose backend failed fails
-/// too, and the backend's own error is the one reported.
+/// The first try runs the backend and the device as one batch
+/// ([`QmpClient::execute_all`]): one task and one timeout, no hand-back to
+/// this caller between them. QEMU runs them in order, so a device whose
+/// backend failed fails too, and the backend's own error is the one reported.
 async fn plug_on_free_port(
     vm: &RunningVm,
     steps: impl Fn(&str) -> Vec<HostStep>,
@@ -778,7 +778,7 @@ async fn plug_on_free_port(
         let outcome = match port {
             1 => {
                 let commands = HostStep::qmp_commands(&planned);
-                let mut replies = vm.qmp.execute_pipelined(&commands).await?.into_iter();
+                let mut replies = vm.qmp.execute_all(&commands).await?.into_iter();
                 let backend_failed = replies
                     .by_ref()
                     .take(backend_steps.len())

@@ -6,14 +6,16 @@
 //! that stops answering fails that command with `Timeout`, never stalls
 //! anything else.
 //!
-//! A command that timed out is not abandoned: each command (or pipelined
-//! batch) runs in a task of its own until QEMU answers it or the connection
-//! ends; only the caller stops waiting. qapi matches a reply to its command
-//! by id when QEMU offers the `oob` capability (7.2 does on a socket
-//! monitor), else by position, holding the connection's writer until each
-//! reply; a command dropped half-way would then leave its reply to the next
-//! one (qapi panics on the duplicate id). Without ids, pipelined commands
-//! simply go one at a time.
+//! A command that timed out is not abandoned: each command (or batch) runs in
+//! a task of its own until QEMU answers it or the connection ends; only the
+//! caller stops waiting. qapi would match a reply to its command by id when
+//! QEMU offers the `oob` capability, but qapi 0.15 never sees it: QEMU 7.2
+//! does offer it on a socket monitor, and qapi-qmp's untagged
+//! `QmpCapability` reads the greeting's `"oob"` as `Unknown`. So qapi sends
+//! no ids, matches replies by position and holds the connection's writer
+//! until each reply: commands go one at a time, and a command dropped
+//! half-way would leave its reply to the next one (qapi panics on the
+//! duplicate id). `tests::qapi_sends_one_command_at_a_time` holds this.
 
 use std::{
     path::Path,
@@ -128,13 +130,14 @@ impl QmpClient {
         spawned(command.name, command.timeout, command.reply).await
     }
 
-    /// Sends `commands` back to back, then waits for every reply. QEMU runs
-    /// them one after the other, as if each had waited for the previous
-    /// reply, but without a round trip to vman in between. Nothing ties them
-    /// together: a command after a failed one still runs (and usually fails
-    /// too), so the caller undoes what succeeded. One result per command, in
-    /// order; `Err` only when none could be sent (an unsupported command).
-    pub async fn execute_pipelined(
+    /// Runs `commands` in order from one task, under one timeout (the
+    /// longest of theirs). qapi sends each when QEMU has answered the one
+    /// before (see the module docs), so this saves only the hand-backs to the
+    /// caller between commands. Nothing ties them together: a command after a
+    /// failed one still runs (and usually fails too), so the caller undoes
+    /// what succeeded. One result per command, in order; `Err` only when none
+    /// could be sent (an unsupported command).
+    pub async fn execute_all(
         &self,
         commands: &[(&str, &serde_json::Value)],
     ) -> Result<Vec<Result<serde_json::Value, HostError>>, HostError> {
@@ -145,9 +148,10 @@ impl QmpClient {
         let names: Vec<&'static str> = prepared.iter().map(|c| c.name).collect();
         let timeout = prepared.iter().map(|c| c.timeout).max().unwrap_or_default();
         let started = std::time::Instant::now();
-        // One task polls them in order, so they are written in order (qapi
-        // sends a command when its future is first polled); like a single
-        // command, they run to their replies even if this caller stops waiting.
+        // One task polls them in order, so they are sent in order (qapi
+        // sends a command when its future first gets the writer); like a
+        // single command, they run to their replies even if this caller
+        // stops waiting.
         let replies = futures_util::future::join_all(prepared.into_iter().map(|c| c.reply));
         let result = tokio::time::timeout(timeout, tokio::spawn(replies)).await;
         for name in &names {
@@ -278,5 +282,74 @@ async fn spawned<T: Send + 'static>(
         Err(_) => Err(no_reply(name, timeout)),
         Ok(Err(join)) => Err(HostError::Failed(format!("QMP {name}: {join}"))),
         Ok(Ok(result)) => result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixListener;
+
+    use super::*;
+
+    /// What the module docs say of qapi 0.15, checked against a QMP peer that
+    /// offers `oob` as QEMU 7.2 does: no command carries an id, and the
+    /// second of a batch is not sent before the first is answered. A qapi
+    /// that reads the capability would fail this: then replies are matched
+    /// by id and `execute_all` pipelines, and the docs must say so.
+    #[tokio::test(flavor = "current_thread")]
+    async fn qapi_sends_one_command_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let peer = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut read = BufReader::new(read);
+            write
+                .write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 2, \"major\": 7}, \"package\": \"\"}, \"capabilities\": [\"oob\"]}}\r\n")
+                .await
+                .unwrap();
+            let mut commands = Vec::new();
+            for _ in 0..3 {
+                let mut line = String::new();
+                read.read_line(&mut line).await.unwrap();
+                let command: serde_json::Value = serde_json::from_str(&line).unwrap();
+                // Pipelined, the next command would have been written in the
+                // same poll as this one, before the client task yielded.
+                assert!(
+                    read.buffer().is_empty(),
+                    "a command was sent before {command} was answered"
+                );
+                let reply = match command["execute"].as_str() {
+                    Some("query-status") => {
+                        r#"{"return": {"status": "running", "singlestep": false, "running": true}}"#
+                    }
+                    _ => r#"{"return": {}}"#,
+                };
+                commands.push(command);
+                write
+                    .write_all(format!("{reply}\r\n").as_bytes())
+                    .await
+                    .unwrap();
+            }
+            commands
+        });
+        let qmp = QmpClient::connect(&socket).await.unwrap();
+        let null = serde_json::Value::Null;
+        let replies = qmp
+            .execute_all(&[("query-status", &null), ("query-status", &null)])
+            .await
+            .unwrap();
+        assert_eq!(replies.len(), 2);
+        for reply in replies {
+            assert_eq!(reply.unwrap()["status"], "running");
+        }
+        let commands = peer.await.unwrap();
+        let names: Vec<_> = commands.iter().map(|c| c["execute"].clone()).collect();
+        assert_eq!(names, ["qmp_capabilities", "query-status", "query-status"]);
+        for command in &commands {
+            assert!(command.get("id").is_none(), "{command} carries an id");
+        }
     }
 }
