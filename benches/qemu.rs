@@ -1,9 +1,8 @@
 //! Issue 3's figures, measured in one run on the same QEMU:
 //! - raw `spawn → QMP running` against `startVm → RUNNING event at a websocket subscriber`;
 //! - raw `blockdev-add + device_add` against `attachDisk`: the raw commands
-//!   one after the other (each waiting for its reply, as a hand-written client
-//!   sends them), and pipelined (all sent, then the replies read, as vman
-//!   sends them).
+//!   one after the other, each waiting for its reply (as a hand-written
+//!   client sends them, and as qapi sends vman's: see `host::qemu::qmp`).
 //!
 //! vman is the real `vman serve` process, as shipped, on its own runtime;
 //! the raw side runs in this process. For each hot-plug it also prints what
@@ -375,68 +374,52 @@ async fn main() {
     std::fs::create_dir_all(config.storage_dir()).unwrap();
     let options = QemuOptions::from_config(&config);
 
-    let (mut raw_start_t, mut raw_plug_t, mut raw_pipelined_t) = (vec![], vec![], vec![]);
-    let (mut raw_sleeps, mut raw_pipelined_sleeps) = (vec![], vec![]);
+    let (mut raw_start_t, mut raw_plug_t, mut raw_sleeps) = (vec![], vec![], vec![]);
     let mut raw_cpu: Vec<[Duration; 2]> = vec![];
     for round in 0..rounds {
-        // Raw: the same argv vman would use, driven directly. Two VMs, each
-        // getting its first hot-plug (as vman's VM does): one command by
-        // command, the other pipelined.
-        for pipelined in [false, true] {
-            let spec = VmSpec {
-                id: uuid::Uuid::now_v7().to_string(),
-                name: format!("raw-{round}-{pipelined}"),
-                vcpus: 1,
-                memory_mib: 64,
-                disks: vec![],
-                nics: vec![],
-                boot: None,
-                run_dir: config.run_dir().join(format!("raw-{round}-{pipelined}")),
-            };
-            let (took, process, qmp) = raw_start(&options, &spec).await;
-            if !pipelined {
-                raw_start_t.push(took);
-            }
-            let disk = DiskSpec {
-                id: uuid::Uuid::now_v7().to_string(),
-                path: config
-                    .storage_dir()
-                    .join(format!("raw-{round}-{pipelined}.raw")),
-                format: vman::disk::DiskFormat::Raw,
-                size_bytes: 1 << 20,
-                backing: None,
-            };
-            std::fs::write(&disk.path, vec![0u8; 1 << 20]).unwrap();
-            let steps = hotplug::attach_disk(&spec.id, &disk, &qemu::argv::root_port_id(1));
-            let commands = HostStep::qmp_commands(&steps);
-            if settle {
-                unsettled += !settled(process.pid).await as usize;
-            }
-            if warm {
-                qmp.status().await.unwrap();
-            }
-            let qemu_pid = process.pid.to_string();
-            let cpu_before = [on_cpu("self"), on_cpu(&qemu_pid)];
-            let (started, slept) = (Instant::now(), sleeps("self"));
-            if pipelined {
-                for reply in qmp.execute_pipelined(&commands).await.unwrap() {
-                    reply.unwrap();
-                }
-                raw_pipelined_t.push(started.elapsed());
-                raw_pipelined_sleeps.push(sleeps("self") - slept);
-            } else {
-                for (command, arguments) in commands {
-                    qmp.execute_json(command, arguments).await.unwrap();
-                }
-                raw_plug_t.push(started.elapsed());
-                raw_sleeps.push(sleeps("self") - slept);
-                let cpu_after = [on_cpu("self"), on_cpu(&qemu_pid)];
-                raw_cpu.push([0, 1].map(|i| cpu_after[i].saturating_sub(cpu_before[i])));
-            }
-            let _ = qmp.execute_json("quit", &serde_json::Value::Null).await;
-            let _ = tokio::time::timeout(Duration::from_secs(5), process.exited()).await;
-            let _ = std::fs::remove_dir_all(&spec.run_dir);
+        // Raw: the same argv vman would use, driven directly, and the VM's
+        // first hot-plug (as vman's is).
+        let spec = VmSpec {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: format!("raw-{round}"),
+            vcpus: 1,
+            memory_mib: 64,
+            disks: vec![],
+            nics: vec![],
+            boot: None,
+            run_dir: config.run_dir().join(format!("raw-{round}")),
+        };
+        let (took, process, qmp) = raw_start(&options, &spec).await;
+        raw_start_t.push(took);
+        let disk = DiskSpec {
+            id: uuid::Uuid::now_v7().to_string(),
+            path: config.storage_dir().join(format!("raw-{round}.raw")),
+            format: vman::disk::DiskFormat::Raw,
+            size_bytes: 1 << 20,
+            backing: None,
+        };
+        std::fs::write(&disk.path, vec![0u8; 1 << 20]).unwrap();
+        let steps = hotplug::attach_disk(&spec.id, &disk, &qemu::argv::root_port_id(1));
+        let commands = HostStep::qmp_commands(&steps);
+        if settle {
+            unsettled += !settled(process.pid).await as usize;
         }
+        if warm {
+            qmp.status().await.unwrap();
+        }
+        let qemu_pid = process.pid.to_string();
+        let cpu_before = [on_cpu("self"), on_cpu(&qemu_pid)];
+        let (started, slept) = (Instant::now(), sleeps("self"));
+        for (command, arguments) in commands {
+            qmp.execute_json(command, arguments).await.unwrap();
+        }
+        raw_plug_t.push(started.elapsed());
+        raw_sleeps.push(sleeps("self") - slept);
+        let cpu_after = [on_cpu("self"), on_cpu(&qemu_pid)];
+        raw_cpu.push([0, 1].map(|i| cpu_after[i].saturating_sub(cpu_before[i])));
+        let _ = qmp.execute_json("quit", &serde_json::Value::Null).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), process.exited()).await;
+        let _ = std::fs::remove_dir_all(&spec.run_dir);
 
         for i in 0..vmans.len() {
             // Alternate which build goes first, so neither always follows the raw side.
@@ -522,15 +505,9 @@ async fn main() {
             median(raw_plug_t.clone()),
             vman_plug,
         );
-        report(
-            "  the same, raw pipelined as vman sends it",
-            median(raw_pipelined_t.clone()),
-            vman_plug,
-        );
         println!(
-            "thread sleeps per hot-plug (median): raw {}, raw pipelined {}, attachDisk: client {} + vman {}",
+            "thread sleeps per hot-plug (median): raw {}, attachDisk: client {} + vman {}",
             count(&raw_sleeps),
-            count(&raw_pipelined_sleeps),
             count(&vman.client_sleeps),
             count(&vman.sleeps)
         );
