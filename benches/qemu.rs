@@ -68,10 +68,9 @@ fn by_thread(pid: &str, file: &str, read: fn(&str) -> Option<u64>) -> BTreeMap<S
 
 /// How many times each thread of a process has gone to sleep so far (its
 /// voluntary context switches), by thread name: each wait for another
-/// thread, a socket or QEMU is one, and each costs a wake-up later (0.1 ms
-/// or more on a guest whose virtual CPUs went idle). A figure that does not
-/// depend on how busy the host is; docs/BENCHMARKS.md says how much of
-/// vman's time it explains.
+/// thread, a socket or QEMU is one, and each costs a wake-up later. A figure
+/// that does not depend on how busy the host is; docs/BENCHMARKS.md (issue
+/// 3, fourth to sixth rounds) says how much of vman's time it explains.
 fn sleeps_by_thread(pid: &str) -> BTreeMap<String, u64> {
     by_thread(pid, "status", |status| {
         status
@@ -101,8 +100,7 @@ fn on_cpu(pid: &str) -> Duration {
     Duration::from_micros(cpu_by_thread(pid).values().sum())
 }
 
-/// The page faults a process has taken so far (minor ones: no disk read),
-/// each an exit to the hypervisor on a virtual machine.
+/// The page faults a process has taken so far (minor ones: no disk read).
 fn faults(pid: &str) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
