@@ -17,8 +17,9 @@
 //! alternating which goes first, so that a before and after share the host's
 //! moods; `--no-settle`, below). Uses KVM when usable, else TCG; VMs have no
 //! guest OS. The clients of both sides share one thread, so neither pays for
-//! hand-offs between client threads. Last, it prints what idleness costs the
-//! next request.
+//! hand-offs between client threads. Then it prints what idleness costs the
+//! next request, and last what this host charges for a wake-up (a byte
+//! between two threads and back, on one CPU and on two).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -540,4 +541,65 @@ async fn main() {
     if unsettled > 0 {
         println!("({unsettled} hot-plugs went ahead after 5 s with the guest still busy)");
     }
+    // What this host charges for a wake-up, whatever the program: the
+    // baseline for the sleep counts above.
+    println!(
+        "a byte there and back between two threads (2 wake-ups; medians of 15):  back to back   after 100 ms idle"
+    );
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&cpu| allowed.is_set(cpu).unwrap_or(false))
+        .take(2)
+        .collect();
+    for (what, pair) in [
+        ("on one CPU", (cpus[0], cpus[0])),
+        ("on two CPUs", (cpus[0], cpus[cpus.len() - 1])),
+    ] {
+        if pair.0 == pair.1 && what == "on two CPUs" {
+            println!("  {what}: skipped, this process may use one CPU only");
+            continue;
+        }
+        let [busy, idle] =
+            [Duration::ZERO, Duration::from_millis(100)].map(|gap| ping_pong(pair, gap));
+        println!("  {what:<70} {:>8.3} ms {:>14.3} ms", ms(busy), ms(idle));
+    }
+}
+
+/// The median time for one byte to go from a thread pinned to `cpus.0` to
+/// one pinned to `cpus.1` and back over a socket pair, each trip after `gap`
+/// of idleness. On two CPUs, each wake-up may find the other CPU halted.
+fn ping_pong(cpus: (usize, usize), gap: Duration) -> Duration {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    fn pin(cpu: usize) {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+    }
+    let (mut here, mut there) = UnixStream::pair().unwrap();
+    let echo = std::thread::spawn(move || {
+        pin(cpus.1);
+        let mut byte = [0u8];
+        while there.read_exact(&mut byte).is_ok() {
+            there.write_all(&byte).unwrap();
+        }
+    });
+    let times = std::thread::spawn(move || {
+        pin(cpus.0);
+        let mut byte = [0u8];
+        let times: Vec<Duration> = (0..15)
+            .map(|_| {
+                std::thread::sleep(gap);
+                let started = Instant::now();
+                here.write_all(&byte).unwrap();
+                here.read_exact(&mut byte).unwrap();
+                started.elapsed()
+            })
+            .collect();
+        times
+    })
+    .join()
+    .unwrap();
+    echo.join().unwrap();
+    median(times)
 }
