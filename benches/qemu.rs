@@ -551,17 +551,22 @@ async fn main() {
         .filter(|&cpu| allowed.is_set(cpu).unwrap_or(false))
         .take(2)
         .collect();
-    for (what, pair) in [
-        ("on one CPU", (cpus[0], cpus[0])),
-        ("on two CPUs", (cpus[0], cpus[cpus.len() - 1])),
-    ] {
-        if pair.0 == pair.1 && what == "on two CPUs" {
-            println!("  {what}: skipped, this process may use one CPU only");
-            continue;
-        }
-        let [busy, idle] =
+    let (first, last) = (cpus[0], cpus[cpus.len() - 1]);
+    let mut pairs = vec![("on one CPU", (first, first))];
+    if first != last {
+        pairs.push(("on two CPUs", (first, last)));
+    }
+    for (what, pair) in pairs {
+        let [back_to_back, after_idle] =
             [Duration::ZERO, Duration::from_millis(100)].map(|gap| ping_pong(pair, gap));
-        println!("  {what:<70} {:>8.3} ms {:>14.3} ms", ms(busy), ms(idle));
+        println!(
+            "  {what:<70} {:>8.3} ms {:>14.3} ms",
+            ms(back_to_back),
+            ms(after_idle)
+        );
+    }
+    if first == last {
+        println!("  on two CPUs: skipped, this process may use one CPU only");
     }
 }
 
