@@ -102,13 +102,10 @@ fn on_cpu(pid: &str) -> Duration {
 }
 
 /// The page faults a process has taken so far (minor ones: no disk read).
-fn faults(pid: &str) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the `(comm)`: minflt is the 8th.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(7)?.parse().ok())
+fn faults(pid: i32) -> u64 {
+    // minflt is field 10 of proc(5), the 8th after the command name.
+    process::stat_field(pid, 7)
+        .and_then(|minflt| minflt.parse().ok())
         .unwrap_or(0)
 }
 
@@ -253,13 +250,14 @@ impl Vman {
         let cpu_by_thread_before = cpu_by_thread(&self.pid());
         let qemu_pid = qemu_pid.to_string();
         let cpu_before = [on_cpu("self"), on_cpu(&self.pid()), on_cpu(&qemu_pid)];
-        let faults_before = faults(&self.pid());
+        let faults_before = faults(self.process.child.id() as i32);
         let started = Instant::now();
         self.gql("mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }", json!({"d": disk_id, "v": vm}))
             .await;
         self.plug_t.push(started.elapsed());
         let cpu_after = [on_cpu("self"), on_cpu(&self.pid()), on_cpu(&qemu_pid)];
-        self.faults.push(faults(&self.pid()) - faults_before);
+        self.faults
+            .push(faults(self.process.child.id() as i32) - faults_before);
         self.cpu
             .push([0, 1, 2].map(|i| cpu_after[i].saturating_sub(cpu_before[i])));
         let after = sleeps_by_thread(&self.pid());

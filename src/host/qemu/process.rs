@@ -197,14 +197,17 @@ impl QemuProcess {
 
 /// Alive means: the process exists and is not a zombie.
 pub fn is_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name, which may contain spaces.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    stat_field(pid, 0).is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// Field `n` of `/proc/<pid>/stat`, counted from 0 after the parenthesised
+/// command name (which may contain spaces and parentheses): 0 is the state,
+/// 1 the parent's pid, and so on (proc(5) numbers them from 3). `None` when
+/// there is no such process.
+pub fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(n).map(str::to_string)
 }
 
 /// Whether `pid` is the QEMU of VM `vm_id`: its command line carries `-uuid <vm_id>`.
