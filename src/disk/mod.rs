@@ -171,17 +171,7 @@ pub async fn attach(
         true => None,
         false => Some(app.bus.session().await?),
     };
-    let read = read_for_attach(app, session.as_mut(), &disk_id, &vm_id).await;
-    let (disk, vm) = match read {
-        Ok(rows) => rows,
-        Err(e) => {
-            if matches!(&e, ApiError::NotFound { kind: "disk", .. }) {
-                // No disk, no lock to keep: unknown IDs must not grow the lock table.
-                app.locks.forget(&disk_id);
-            }
-            return Err(e);
-        }
-    };
+    let (disk, vm) = read_for_attach(app, session.as_mut(), &disk_id, &vm_id).await?;
     if disk.attachment != Attachment::Detached {
         return Err(ApiError::Conflict(format!(
             "disk {:?} is already attached",
@@ -429,7 +419,6 @@ pub async fn delete(app: &App, disk_id: &str, dry_run: bool) -> ApiResult<Change
         ApiResult::Ok((disk, steps))
     }
     .await;
-    app.locks.forget(&op.target_id);
     operation::conclude(app, op, result).await
 }
 

@@ -577,7 +577,7 @@ pub async fn delete(
 ) -> ApiResult<Change<Vm>> {
     let id = validate::id("id", id)?;
     let op_id = operation::new_id();
-    let guard = app.locks.lock(&id, &op_id, "DELETE_VM").await?;
+    let _guard = app.locks.lock(&id, &op_id, "DELETE_VM").await?;
     let vm = find_in::<model::Entity, _>(&app.db, "VM", &id).await?;
     let disks = disk_model::Entity::find()
         .filter(disk_model::Column::VmId.eq(&id))
@@ -662,8 +662,6 @@ pub async fn delete(
     .await;
     let op = operation::finish(app, op, &steps, result.as_ref().err()).await?;
     let vm = result?;
-    drop(guard);
-    app.locks.forget(&id);
     Ok(Change {
         object: vm,
         operation: Some(op),
