@@ -133,3 +133,65 @@ async fn callers_that_cannot_get_the_lock_in_time_are_told_who_holds_it() {
     assert_eq!(extensions["operationKind"], "RESTART_VM");
     drop(held);
 }
+
+/// Until `n` callers hold or wait for `id`'s lock.
+async fn until_callers(server: &TestServer, id: &str, n: usize) {
+    while server.app.locks.callers(id) < n {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_disk_attached_while_its_resize_waits_is_not_resized() {
+    let server = std::sync::Arc::new(TestServer::start().await);
+    server.create_template("tiny").await;
+    let vm = server.create_vm("web-1", "tiny").await;
+    server
+        .ok(
+            "mutation($id: ID!) { startVm(id: $id) { vm { id } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    let disk = server.create_disk("data", 1 << 20, "RAW").await;
+
+    // The attach goes first (it holds the VM and waits for the disk), then the
+    // resize, which read the disk as detached and so locks no VM.
+    let held = server
+        .app
+        .locks
+        .lock(&disk, "op-test", "TEST")
+        .await
+        .unwrap();
+    let call = |query: &'static str| {
+        let (server, disk, vm) = (server.clone(), disk.clone(), vm.clone());
+        tokio::spawn(async move { server.post(query, json!({"d": disk, "v": vm})).await })
+    };
+    let attach = call(
+        "mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }",
+    );
+    until_callers(&server, &disk, 2).await;
+    let resize = call(
+        "mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 2097152) { disk { sizeBytes } } }",
+    );
+    until_callers(&server, &disk, 3).await;
+    drop(held);
+
+    let attached = attach.await.unwrap();
+    assert_eq!(
+        attached["data"]["attachDisk"]["disk"]["attachment"], "ATTACHED",
+        "{attached}"
+    );
+    let resized = resize.await.unwrap();
+    assert_eq!(
+        resized["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{resized}"
+    );
+    let now = server
+        .ok(
+            "query($d: ID!) { disk(id: $d) { sizeBytes vm { id } } }",
+            json!({"d": disk}),
+        )
+        .await;
+    assert_eq!(now["disk"]["sizeBytes"], 1 << 20, "{now}");
+    assert_eq!(now["disk"]["vm"]["id"], vm.as_str(), "{now}");
+}

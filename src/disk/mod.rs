@@ -438,7 +438,16 @@ pub async fn resize(
         None => None,
     };
     let _disk_guard = app.locks.lock(&disk.id, &op_id, "RESIZE_DISK").await?;
+    let locked_vm = disk.vm_id;
     let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk.id).await?;
+    if disk.vm_id != locked_vm {
+        // Attached or detached while this call waited for the disk's lock: the
+        // VM it is in now is not locked, so nothing is done.
+        return Err(ApiError::Conflict(format!(
+            "disk {:?} was attached or detached meanwhile: try again",
+            disk.name
+        )));
+    }
     if size <= disk.size_bytes as u64 {
         return Err(ApiError::bad_input(format!(
             "sizeBytes {size} must be larger than the disk's {} bytes: disks only grow",

@@ -142,6 +142,12 @@ impl VmLocks {
         holder.clone()
     }
 
+    /// How many callers hold or wait for `id`'s lock.
+    pub fn callers(&self, id: &str) -> usize {
+        let slots = self.slots.lock().expect("vm locks");
+        slots.get(id).map_or(0, |s| Arc::strong_count(s) - 1)
+    }
+
     /// How many slots the table holds (held or waited for).
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -153,8 +159,7 @@ impl VmLocks {
 mod tests {
     use super::*;
 
-    /// A second caller of `id`'s lock, in a task, once it waits (holds its
-    /// reference: with the table's and the holder's, three).
+    /// A second caller of `id`'s lock, in a task, once it waits.
     async fn queue(
         locks: &Arc<VmLocks>,
         id: &'static str,
@@ -163,7 +168,7 @@ mod tests {
             let locks = locks.clone();
             async move { locks.lock(id, "op-2", "STOP_VM").await.map(drop) }
         });
-        while Arc::strong_count(&locks.slots.lock().unwrap()[id]) < 3 {
+        while locks.callers(id) < 2 {
             tokio::task::yield_now().await;
         }
         waiter
