@@ -440,11 +440,12 @@ pub async fn resize(
     let _disk_guard = app.locks.lock(&disk.id, &op_id, "RESIZE_DISK").await?;
     let locked_vm = disk.vm_id;
     let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk.id).await?;
-    if disk.vm_id != locked_vm {
-        // Attached or detached while this call waited for the disk's lock: the
-        // VM it is in now is not locked, so nothing is done.
+    if disk.vm_id.is_some() && disk.vm_id != locked_vm {
+        // Attached while this call waited for the disk's lock: the VM it is in
+        // now is not locked, so nothing is done. (Detached meanwhile is fine:
+        // the VM lock held is one too many, not one too few.)
         return Err(ApiError::Conflict(format!(
-            "disk {:?} was attached or detached meanwhile: try again",
+            "disk {:?} was attached to a VM meanwhile: try again",
             disk.name
         )));
     }
