@@ -16,6 +16,12 @@
 //! until each reply: commands go one at a time, and a command dropped
 //! half-way would leave its reply to the next one (qapi panics on the
 //! duplicate id). `tests::qapi_sends_one_command_at_a_time` holds this.
+//!
+//! qapi reads each line as a reply or as an event of the QEMU schema it was
+//! built from, and a line it cannot read ends its stream: one event of a
+//! newer QEMU (or of an older one whose fields differ) would cost vman the
+//! VM's connection. [`readable`] drops such events before qapi sees them;
+//! vman acts on none of them.
 
 use std::{
     path::Path,
@@ -26,13 +32,22 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
+use bytes::{Buf, Bytes};
+use futures_util::{StreamExt, TryStreamExt};
 use qapi::{
     futures::{QapiService, QmpStreamTokio},
     qmp,
 };
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::{io::WriteHalf, net::UnixStream, sync::broadcast};
+use tokio::{
+    io::{AsyncRead, ReadHalf, WriteHalf},
+    net::UnixStream,
+    sync::broadcast,
+};
+use tokio_util::{
+    codec::{AnyDelimiterCodec, FramedRead},
+    io::StreamReader,
+};
 
 use crate::host::HostError;
 
@@ -69,7 +84,11 @@ impl QmpClient {
     /// Connects, negotiates capabilities and starts the reading task.
     pub async fn connect(socket: &Path) -> Result<QmpClient, HostError> {
         let stream = tokio::time::timeout(COMMAND_TIMEOUT, async {
-            QmpStreamTokio::open_uds(socket).await?.negotiate().await
+            let (read, write) = tokio::io::split(UnixStream::connect(socket).await?);
+            QmpStreamTokio::open_split(readable(read), write)
+                .await?
+                .negotiate()
+                .await
         })
         .await
         .map_err(|_| HostError::Timeout(format!("QMP handshake on {}", socket.display())))?
@@ -252,6 +271,31 @@ impl QmpClient {
     }
 }
 
+/// QEMU's side of the connection as qapi gets to read it: line by line,
+/// without the events qapi cannot read (see the module docs).
+fn readable(read: ReadHalf<UnixStream>) -> impl AsyncRead + Unpin + Send + 'static {
+    let lines = FramedRead::new(read, AnyDelimiterCodec::new(b"\n".to_vec(), b"\n".to_vec()))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        .try_filter_map(|line| std::future::ready(Ok(keep(line))));
+    StreamReader::new(lines)
+}
+
+/// A line for qapi, its newline put back; `None` for an event qapi cannot
+/// read. Only lines that mention `"event"` are parsed here.
+fn keep(line: Bytes) -> Option<impl Buf> {
+    let mentions_event = line.windows(7).any(|w| w == b"\"event\"");
+    if mentions_event && serde_json::from_slice::<qmp::QmpMessageAny>(&line).is_err() {
+        let event = serde_json::from_slice::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| Some(v.get("event")?.as_str()?.to_owned()));
+        if let Some(event) = event {
+            tracing::debug!(%event, "QMP event that qapi cannot read: skipped");
+            return None;
+        }
+    }
+    Some(line.chain(&b"\n"[..]))
+}
+
 /// What a command's error reply (or the connection's failure) means to vman.
 fn failed(name: &str, e: qapi::ExecuteError) -> HostError {
     match e {
@@ -351,5 +395,59 @@ mod tests {
         for command in &commands {
             assert!(command.get("id").is_none(), "{command} carries an id");
         }
+    }
+
+    /// An event qapi cannot read (a name its schema lacks, or a known name
+    /// with fields it does not expect) is skipped; what follows still
+    /// arrives, and commands still get their replies.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_event_qapi_cannot_read_does_not_end_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let peer = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut read = BufReader::new(read);
+            write
+                .write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 2, \"major\": 7}, \"package\": \"\"}, \"capabilities\": []}}\r\n")
+                .await
+                .unwrap();
+            let timestamp = r#""timestamp": {"seconds": 1, "microseconds": 2}"#;
+            for round in 0..3 {
+                let mut line = String::new();
+                read.read_line(&mut line).await.unwrap();
+                let reply = match round {
+                    0 => r#"{"return": {}}"#.to_string(),
+                    1 => format!(
+                        "{{\"event\": \"SOME_LATER_EVENT\", \"data\": {{}}, {timestamp}}}\r\n\
+                         {{\"event\": \"RTC_CHANGE\", \"data\": {{\"offset\": 78}}, {timestamp}}}\r\n\
+                         {{\"event\": \"STOP\", {timestamp}}}\r\n\
+                         {{\"return\": {{\"status\": \"paused\", \"singlestep\": false, \"running\": false}}}}"
+                    ),
+                    _ => {
+                        r#"{"return": {"status": "running", "singlestep": false, "running": true}}"#
+                            .to_string()
+                    }
+                };
+                write
+                    .write_all(format!("{reply}\r\n").as_bytes())
+                    .await
+                    .unwrap();
+            }
+        });
+        let qmp = QmpClient::connect(&socket).await.unwrap();
+        let mut notices = qmp.notices();
+        assert!(!qmp.status().await.unwrap().running);
+        // Read in order by one task: the events came before that reply.
+        match notices.try_recv() {
+            Ok(QmpNotice::Event(event)) => {
+                assert!(matches!(*event, qmp::Event::STOP { .. }), "{event:?}")
+            }
+            other => panic!("expected the STOP event, got {other:?}"),
+        }
+        assert!(notices.try_recv().is_err(), "nothing else, no Closed");
+        assert!(qmp.status().await.unwrap().running);
+        peer.await.unwrap();
     }
 }
