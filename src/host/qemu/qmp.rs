@@ -331,10 +331,56 @@ async fn spawned<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::UnixListener;
 
     use super::*;
+
+    const RUNNING: &str =
+        r#"{"return": {"status": "running", "singlestep": false, "running": true}}"#;
+
+    /// A QMP peer on a socket in `dir`: greets offering `capabilities` (as
+    /// QEMU 7.2 does), then reads one command per answer and writes that
+    /// answer (one or more lines) after it. Gives back each command read and
+    /// whether more was already buffered behind it (a client that pipelines).
+    fn fake_qemu(
+        dir: &Path,
+        capabilities: &'static str,
+        answers: Vec<String>,
+    ) -> (
+        PathBuf,
+        tokio::task::JoinHandle<Vec<(serde_json::Value, bool)>>,
+    ) {
+        let socket = dir.join("qmp.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let peer = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut read = BufReader::new(read);
+            let greeting = format!(
+                r#"{{"QMP": {{"version": {{"qemu": {{"micro": 0, "minor": 2, "major": 7}}, "package": ""}}, "capabilities": [{capabilities}]}}}}"#
+            );
+            write
+                .write_all(format!("{greeting}\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut commands = Vec::new();
+            for answer in answers {
+                let mut line = String::new();
+                read.read_line(&mut line).await.unwrap();
+                let command: serde_json::Value = serde_json::from_str(&line).unwrap();
+                commands.push((command, !read.buffer().is_empty()));
+                write
+                    .write_all(format!("{answer}\r\n").as_bytes())
+                    .await
+                    .unwrap();
+            }
+            commands
+        });
+        (socket, peer)
+    }
 
     /// What the module docs say of qapi 0.15, checked against a QMP peer that
     /// offers `oob` as QEMU 7.2 does: no command carries an id, and the
@@ -344,41 +390,8 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn qapi_sends_one_command_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("qmp.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let peer = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (read, mut write) = stream.into_split();
-            let mut read = BufReader::new(read);
-            write
-                .write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 2, \"major\": 7}, \"package\": \"\"}, \"capabilities\": [\"oob\"]}}\r\n")
-                .await
-                .unwrap();
-            let mut commands = Vec::new();
-            for _ in 0..3 {
-                let mut line = String::new();
-                read.read_line(&mut line).await.unwrap();
-                let command: serde_json::Value = serde_json::from_str(&line).unwrap();
-                // Pipelined, the next command would have been written in the
-                // same poll as this one, before the client task yielded.
-                assert!(
-                    read.buffer().is_empty(),
-                    "a command was sent before {command} was answered"
-                );
-                let reply = match command["execute"].as_str() {
-                    Some("query-status") => {
-                        r#"{"return": {"status": "running", "singlestep": false, "running": true}}"#
-                    }
-                    _ => r#"{"return": {}}"#,
-                };
-                commands.push(command);
-                write
-                    .write_all(format!("{reply}\r\n").as_bytes())
-                    .await
-                    .unwrap();
-            }
-            commands
-        });
+        let answers = vec![r#"{"return": {}}"#.into(), RUNNING.into(), RUNNING.into()];
+        let (socket, peer) = fake_qemu(dir.path(), r#""oob""#, answers);
         let qmp = QmpClient::connect(&socket).await.unwrap();
         let null = serde_json::Value::Null;
         let replies = qmp
@@ -390,10 +403,13 @@ mod tests {
             assert_eq!(reply.unwrap()["status"], "running");
         }
         let commands = peer.await.unwrap();
-        let names: Vec<_> = commands.iter().map(|c| c["execute"].clone()).collect();
+        let names: Vec<_> = commands.iter().map(|(c, _)| c["execute"].clone()).collect();
         assert_eq!(names, ["qmp_capabilities", "query-status", "query-status"]);
-        for command in &commands {
+        for (command, more) in &commands {
             assert!(command.get("id").is_none(), "{command} carries an id");
+            // Pipelined, the next command would have been written in the
+            // same poll as this one, before the client task yielded.
+            assert!(!more, "a command was sent before {command} was answered");
         }
     }
 
@@ -403,39 +419,23 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn an_event_qapi_cannot_read_does_not_end_the_connection() {
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("qmp.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let peer = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (read, mut write) = stream.into_split();
-            let mut read = BufReader::new(read);
-            write
-                .write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 2, \"major\": 7}, \"package\": \"\"}, \"capabilities\": []}}\r\n")
-                .await
-                .unwrap();
-            let timestamp = r#""timestamp": {"seconds": 1, "microseconds": 2}"#;
-            for round in 0..3 {
-                let mut line = String::new();
-                read.read_line(&mut line).await.unwrap();
-                let reply = match round {
-                    0 => r#"{"return": {}}"#.to_string(),
-                    1 => format!(
-                        "{{\"event\": \"SOME_LATER_EVENT\", \"data\": {{}}, {timestamp}}}\r\n\
-                         {{\"event\": \"RTC_CHANGE\", \"data\": {{\"offset\": 78}}, {timestamp}}}\r\n\
-                         {{\"event\": \"STOP\", {timestamp}}}\r\n\
-                         {{\"return\": {{\"status\": \"paused\", \"singlestep\": false, \"running\": false}}}}"
-                    ),
-                    _ => {
-                        r#"{"return": {"status": "running", "singlestep": false, "running": true}}"#
-                            .to_string()
-                    }
-                };
-                write
-                    .write_all(format!("{reply}\r\n").as_bytes())
-                    .await
-                    .unwrap();
-            }
-        });
+        let event = |name: &str, data: &str| {
+            format!(
+                r#"{{"event": "{name}", {data}"timestamp": {{"seconds": 1, "microseconds": 2}}}}"#
+            )
+        };
+        let paused = [
+            event("SOME_LATER_EVENT", r#""data": {}, "#),
+            event("RTC_CHANGE", r#""data": {"offset": 78}, "#),
+            event("STOP", ""),
+            r#"{"return": {"status": "paused", "singlestep": false, "running": false}}"#.into(),
+        ];
+        let answers = vec![
+            r#"{"return": {}}"#.into(),
+            paused.join("\r\n"),
+            RUNNING.into(),
+        ];
+        let (socket, peer) = fake_qemu(dir.path(), "", answers);
         let qmp = QmpClient::connect(&socket).await.unwrap();
         let mut notices = qmp.notices();
         assert!(!qmp.status().await.unwrap().running);
