@@ -45,7 +45,7 @@ use tokio::{
     sync::broadcast,
 };
 use tokio_util::{
-    codec::{AnyDelimiterCodec, FramedRead},
+    codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead},
     io::StreamReader,
 };
 
@@ -275,7 +275,10 @@ impl QmpClient {
 /// without the events qapi cannot read (see the module docs).
 fn readable(read: ReadHalf<UnixStream>) -> impl AsyncRead + Unpin + Send + 'static {
     let lines = FramedRead::new(read, AnyDelimiterCodec::new(b"\n".to_vec(), b"\n".to_vec()))
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        .map_err(|e| match e {
+            AnyDelimiterCodecError::Io(e) => e,
+            e => std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
         .try_filter_map(|line| std::future::ready(Ok(keep(line))));
     StreamReader::new(lines)
 }
