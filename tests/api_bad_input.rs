@@ -211,12 +211,7 @@ async fn each_bad_input_gets_its_code_and_changes_nothing() {
     );
 
     // Starting a running VM is INVALID_STATE, and leaves it running.
-    server
-        .ok(
-            "mutation($id: ID!) { startVm(id: $id) { vm { id } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    server.start_vm(&vm).await;
     let running = server.snapshot().await;
     assert_eq!(
         server

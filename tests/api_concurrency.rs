@@ -146,12 +146,7 @@ async fn a_disk_attached_while_its_resize_waits_is_not_resized() {
     let server = std::sync::Arc::new(TestServer::start().await);
     server.create_template("tiny").await;
     let vm = server.create_vm("web-1", "tiny").await;
-    server
-        .ok(
-            "mutation($id: ID!) { startVm(id: $id) { vm { id } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    server.start_vm(&vm).await;
     let disk = server.create_disk("data", 1 << 20, "RAW").await;
 
     // The attach goes first (it holds the VM and waits for the disk), then the

@@ -26,12 +26,7 @@ async fn start_is_pushed_in_order_and_a_resumed_subscription_gets_exactly_what_i
     let mut ws = WsClient::connect(&server.ws_url).await;
     ws.subscribe("states", VM_STATE_CHANGED, json!({"vm": vm, "after": head}))
         .await;
-    server
-        .ok(
-            "mutation($id: ID!) { startVm(id: $id) { vm { id } } }",
-            json!({"id": other}),
-        )
-        .await;
+    server.start_vm(&other).await;
 
     let started = server
         .ok(

@@ -46,12 +46,7 @@ async fn counters_move_after_a_scenario() {
     let before = scrape(&server).await;
     server.create_template("tiny").await;
     let vm = server.create_vm("web-1", "tiny").await;
-    server
-        .ok(
-            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    server.start_vm(&vm).await;
     server.ok("{ vms { totalCount } }", json!({})).await;
     let mut ws = WsClient::connect(&server.ws_url).await;
     ws.subscribe(

@@ -423,12 +423,7 @@ async fn taps_follow_the_vm_through_start_hot_plug_and_stop() {
     assert_eq!(kinds, ["NIC_ATTACHED", "NIC_ATTACHED", "NIC_DETACHED"]);
 
     // The next start makes the tap again; deleting the VM removes it and its NICs.
-    server
-        .ok(
-            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    server.start_vm(&vm).await;
     assert!(sys_link(&tap0).unwrap().up);
     server
         .ok(
@@ -554,12 +549,7 @@ async fn a_bridge_deleted_by_hand_is_an_issue_and_repair_makes_it_again() {
         .await["attachNic"]["nic"]
         .clone();
     let tap = nic["tap"].as_str().unwrap().to_string();
-    server
-        .ok(
-            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    server.start_vm(&vm).await;
     const SWEEP: &str =
         "mutation { runCoherenceSweep { findings { kind subjectId open action } } }";
     let clean = server.ok(SWEEP, json!({})).await;

@@ -106,12 +106,7 @@ async fn a_graceful_stop_of_a_vm_without_an_os_escalates_to_quit() {
     let server = TestServer::real(accel()).await;
     server.create_template("bare").await;
     let vm = server.create_vm("bare-2", "bare").await;
-    server
-        .ok(
-            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    server.start_vm(&vm).await;
     let stopped = server
         .ok("mutation($id: ID!) { stopVm(id: $id, timeoutSeconds: 1) { vm { state stateReason } operation { steps { action } } } }", json!({"id": vm}))
         .await;
@@ -128,12 +123,7 @@ async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_
     let server = TestServer::real(accel()).await;
     server.create_template("bare").await;
     let vm = server.create_vm("bare-3", "bare").await;
-    server
-        .ok(
-            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    server.start_vm(&vm).await;
     let disk = server.create_disk("extra", 1 << 20, "RAW").await;
     let attach =
         "mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }";
@@ -429,12 +419,7 @@ async fn a_qemu_killed_behind_vmans_back_is_a_crash_pushed_to_subscribers() {
     let server = TestServer::real(accel()).await;
     server.create_template("bare").await;
     let vm = server.create_vm("victim", "bare").await;
-    server
-        .ok(
-            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    server.start_vm(&vm).await;
     let head = server.journal().await.last().unwrap()["sequence"].clone();
     let mut ws = common::WsClient::connect(&server.ws_url).await;
     ws.subscribe(

@@ -112,6 +112,15 @@ impl TestServer {
         data["createVm"]["vm"]["id"].as_str().unwrap().to_string()
     }
 
+    /// Starts a VM; an error in the answer fails the test.
+    pub async fn start_vm(&self, id: &str) -> Value {
+        self.ok(
+            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+            json!({"id": id}),
+        )
+        .await
+    }
+
     /// Creates a detached disk (`format`: RAW or QCOW2) and returns its ID.
     pub async fn create_disk(&self, name: &str, size_bytes: u64, format: &str) -> String {
         let data = self
