@@ -44,6 +44,7 @@ fn options(accel: Accel, spare_root_ports: u32) -> QemuOptions {
         binary: "/usr/bin/qemu-system-x86_64".into(),
         img_binary: "/usr/bin/qemu-img".into(),
         accel,
+        kvm_cpu: "host".into(),
         spare_root_ports,
     }
 }

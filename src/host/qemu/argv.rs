@@ -66,6 +66,8 @@ pub struct QemuOptions {
     /// qemu-img, for disks and image checks.
     pub img_binary: PathBuf,
     pub accel: Accel,
+    /// `-cpu` under KVM (probed: see [`super::cpu`]); TCG keeps QEMU's default.
+    pub kvm_cpu: String,
     /// Empty root ports every VM starts with, for hot-plugging disks.
     pub spare_root_ports: u32,
 }
@@ -74,15 +76,20 @@ impl QemuOptions {
     /// The options a config asks for; `accel = "auto"` is KVM when usable, else TCG.
     pub fn from_config(config: &crate::config::Config) -> QemuOptions {
         use crate::config::Accel as Asked;
+        let accel = match config.qemu.accel {
+            Asked::Kvm => Accel::Kvm,
+            Asked::Tcg => Accel::Tcg,
+            Asked::Auto if kvm_usable() => Accel::Kvm,
+            Asked::Auto => Accel::Tcg,
+        };
         QemuOptions {
             binary: config.qemu.binary.clone(),
             img_binary: config.qemu.img_binary.clone(),
-            accel: match config.qemu.accel {
-                Asked::Kvm => Accel::Kvm,
-                Asked::Tcg => Accel::Tcg,
-                Asked::Auto if kvm_usable() => Accel::Kvm,
-                Asked::Auto => Accel::Tcg,
+            kvm_cpu: match accel {
+                Accel::Kvm if !config.dry_run => super::cpu::kvm_cpu_model(&config.qemu.binary),
+                Accel::Kvm | Accel::Tcg => "host".to_string(),
             },
+            accel,
             spare_root_ports: 4,
         }
     }
@@ -121,7 +128,7 @@ pub fn argv(spec: &VmSpec, opts: &QemuOptions) -> Vec<String> {
     if opts.accel == Accel::Kvm {
         // The default CPU model (qemu64) hides most of the host's features;
         // under TCG the default is the safe choice.
-        args.option("-cpu", "host");
+        args.option("-cpu", &opts.kvm_cpu);
     }
     args.option("-m", spec.memory_mib.to_string());
     args.option("-smp", spec.vcpus.to_string());

@@ -6,6 +6,7 @@
 //! re-adopts what is running ([`QemuHypervisor::adopt`]).
 
 pub mod argv;
+pub mod cpu;
 pub mod hotplug;
 pub mod img;
 pub mod process;
