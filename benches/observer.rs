@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use common::{TestServer, WsClient};
 use serde_json::json;
 use vman::config::Accel;
-use vman::observer::sweep::sweep;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -134,7 +133,7 @@ fn cpu_time() -> Duration {
 async fn measure_sweeps(server: &TestServer, host: &str, vms: usize) {
     const ROUNDS: usize = 20;
     // The first sweep reads every qcow2 with qemu-img (then only changed files).
-    let first = sweep(&server.app).await.expect("sweep");
+    let first = server.app.observer.sweep().await.expect("sweep");
     assert!(
         first.findings.is_empty(),
         "a coherent host has no findings: {:?}",
@@ -144,7 +143,7 @@ async fn measure_sweeps(server: &TestServer, host: &str, vms: usize) {
     let (mut walls, mut cpus) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let (started, cpu) = (Instant::now(), cpu_time());
-        let report = sweep(&server.app).await.expect("sweep");
+        let report = server.app.observer.sweep().await.expect("sweep");
         cpus.push(cpu_time() - cpu);
         walls.push(started.elapsed());
         assert_eq!(report.vms_checked, vms);

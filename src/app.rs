@@ -1,14 +1,16 @@
-//! The composition root: one [`App`] holds the database, the event bus, the
-//! host ports and the per-VM locks. The GraphQL schema, the HTTP router and
-//! the tests all start from [`App::start`].
+//! The composition root: one [`App`] holds the services' context ([`Ctx`]),
+//! the observer and what re-adoption found. The GraphQL schema, the HTTP
+//! router and the tests all start from [`App::start`], which builds the app
+//! ([`App::build`]: touches no VM, spawns nothing) and then starts its
+//! background work ([`App::run_background`]).
 
 use std::sync::Arc;
 
-use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Config,
+    context::Ctx,
     events::EventBus,
     host::{
         HostNetwork, Hypervisor,
@@ -16,22 +18,17 @@ use crate::{
         net::NetlinkNetwork,
         qemu::{Qemu, QemuHypervisor, argv::QemuOptions},
     },
-    vm::lock::VmLocks,
+    observer::Observer,
+    vm::{adopt::AdoptionProblems, lock::VmLocks},
 };
 
 pub struct App {
-    pub config: Arc<Config>,
-    pub db: DatabaseConnection,
-    pub bus: Arc<EventBus>,
-    pub hypervisor: Arc<dyn Hypervisor>,
-    pub network: Arc<dyn HostNetwork>,
-    pub locks: VmLocks,
-    /// Ends the server, subscriptions and background tasks.
-    pub cancel: CancellationToken,
+    /// What services take: database, event bus, locks, host ports, config.
+    pub ctx: Ctx,
+    /// The push path and the coherence sweep.
+    pub observer: Arc<Observer>,
     /// What could not be re-adopted at start, for `health` (never silently dropped).
-    pub adoption_problems: std::sync::Mutex<Vec<String>>,
-    /// One coherence sweep at a time (periodic or asked for).
-    pub sweep_lock: tokio::sync::Mutex<()>,
+    pub adoption_problems: AdoptionProblems,
     _lock: DataDirLock,
 }
 
@@ -118,8 +115,17 @@ impl App {
         Ok(())
     }
 
-    /// Opens the database, runs migrations and picks the host ports.
-    pub async fn start(mut config: Config) -> Result<Arc<App>, StartError> {
+    /// Builds the app and starts its background work: see [`App::build`]
+    /// and [`App::run_background`].
+    pub async fn start(config: Config) -> Result<Arc<App>, StartError> {
+        let app = Arc::new(App::build(config).await?);
+        app.run_background().await;
+        Ok(app)
+    }
+
+    /// Opens the database, runs migrations and picks the host ports. Touches
+    /// no VM and spawns nothing.
+    pub async fn build(mut config: Config) -> Result<App, StartError> {
         let dirs_error = |source| StartError::Dirs {
             dir: config.data_dir.clone(),
             source,
@@ -145,33 +151,41 @@ impl App {
             Arc::new(NetlinkNetwork::start().await.map_err(StartError::Network)?)
         };
         let cancel = CancellationToken::new();
-        let app = Arc::new(App {
+        let ctx = Ctx {
             bus: Arc::new(EventBus::new(db.clone(), cancel.clone())),
             db,
             hypervisor,
             network,
-            locks: VmLocks::new(config.limits.vm_lock_timeout),
+            locks: Arc::new(VmLocks::new(config.limits.vm_lock_timeout)),
             config: Arc::new(config),
             cancel,
+        };
+        Ok(App {
+            observer: Arc::new(Observer::new(ctx.clone())),
+            ctx,
             adoption_problems: Default::default(),
-            sweep_lock: Default::default(),
             _lock: lock,
-        });
+        })
+    }
+
+    /// What a serving vman does once built: ends the operations a previous
+    /// vman left unfinished, watches the host, re-adopts running VMs and
+    /// sweeps for drift.
+    pub async fn run_background(&self) {
         // Metrics count from the start, not from the first scrape.
         crate::telemetry::prometheus();
-        if let Err(e) = crate::operation::fail_interrupted(&app).await {
+        if let Err(e) = crate::operation::fail_interrupted(&self.ctx).await {
             tracing::error!(error = %e, "ending the operations a previous vman left unfinished");
         }
         // Watch first, so nothing the host reports during re-adoption is missed.
-        crate::observer::spawn(app.clone());
-        if app.hypervisor.is_dry_run() {
+        self.observer.clone().spawn();
+        if self.ctx.hypervisor.is_dry_run() {
             // A dry run sees no host: it must not judge the VMs a real vman runs.
             tracing::info!("dry-run: VMs are not re-adopted and their states are left as they are");
         } else {
-            crate::vm::adopt_all(&app).await;
+            crate::vm::adopt::adopt_all(&self.ctx, &self.adoption_problems).await;
             // The sweep judges the host only once vman has taken over what runs.
-            crate::observer::spawn_sweeps(app.clone());
+            self.observer.clone().spawn_sweeps();
         }
-        Ok(app)
     }
 }

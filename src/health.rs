@@ -31,7 +31,8 @@ pub struct Health {
     pub adoption_problems: Vec<String>,
 }
 
-pub async fn check(app: &App) -> Health {
+pub async fn check(root: &App) -> Health {
+    let app = &root.ctx;
     let mut checks = Vec::new();
     checks.push(match app.db.ping().await {
         Ok(()) => ok(
@@ -79,11 +80,7 @@ pub async fn check(app: &App) -> Health {
         network,
         dry_run: app.config.dry_run,
         checks,
-        adoption_problems: app
-            .adoption_problems
-            .lock()
-            .expect("adoption problems")
-            .clone(),
+        adoption_problems: root.adoption_problems.list(),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod coherence;
 pub mod config;
+pub mod context;
 pub mod db;
 pub mod disk;
 pub mod error;

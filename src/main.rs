@@ -148,7 +148,7 @@ fn run(sources: &Sources, overrides: &CliOverrides, serve: bool) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let cancel = app.cancel.clone();
+        let cancel = app.ctx.cancel.clone();
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("shutting down; running VMs keep running");

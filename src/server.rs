@@ -26,8 +26,8 @@ pub fn router(app: Arc<App>) -> Router {
     let schema = api::schema(app.clone());
     let ws = api::ws::route(
         schema.clone(),
-        app.config.websocket.clone(),
-        app.cancel.clone(),
+        app.ctx.config.websocket.clone(),
+        app.ctx.cancel.clone(),
     );
     let shared = Shared { app, schema };
     Router::new()
@@ -60,7 +60,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::telemetry::render(&shared.app).await,
+        crate::telemetry::render(gauges(&shared.app.ctx).await),
     )
         .into_response()
 }
@@ -73,8 +73,22 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr) -> std::io::Result<()> {
 /// Serves on a bound listener until `app.cancel` fires.
 pub async fn serve_on(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "vman is serving GraphQL at /graphql");
-    let cancel = app.cancel.clone();
+    let cancel = app.ctx.cancel.clone();
     axum::serve(listener, router(app))
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
+}
+
+/// What `/metrics` mirrors of the database, asked of the services that own it.
+async fn gauges(ctx: &crate::context::Ctx) -> crate::telemetry::Gauges {
+    let mut gauges = Vec::new();
+    match crate::vm::count_by_state(ctx).await {
+        Ok(counts) => gauges.push(("vman_vms", "state", counts)),
+        Err(e) => tracing::warn!(error = %e, "reading VM states for /metrics"),
+    }
+    match crate::coherence::open_counts(ctx).await {
+        Ok(counts) => gauges.push(("vman_coherence_open_issues", "kind", counts)),
+        Err(e) => tracing::warn!(error = %e, "reading coherence issues for /metrics"),
+    }
+    gauges
 }

@@ -13,13 +13,12 @@ use async_graphql::{
     parser::types::{ExecutableDocument, OperationType},
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use sea_orm::{EntityTrait, Iterable};
 
 use file_rotate::{ContentLimit, FileRotate, compression::Compression, suffix::AppendCount};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
-use crate::{config::LogConfig, operation::OperationStatus};
+use crate::config::LogConfig;
 
 /// Installs the global subscriber. Keep the guard alive: dropping it flushes the file writer.
 pub fn init_logging(config: &LogConfig, log_dir: Option<&Path>) -> Option<WorkerGuard> {
@@ -71,34 +70,18 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// The text a Prometheus scrape gets. Gauges that mirror the database are read now.
-pub async fn render(app: &crate::app::App) -> String {
+/// Gauges read from the database at scrape time, by their label value:
+/// one `(gauge name, label name, [(label value, count)])` per gauge.
+pub type Gauges = Vec<(&'static str, &'static str, Vec<(&'static str, u64)>)>;
+
+/// The text a Prometheus scrape gets. The gauges that mirror the database
+/// are read by the caller (the services own those counts) and set now.
+pub fn render(gauges: Gauges) -> String {
     let handle = prometheus();
-    use crate::vm::{VmState, model};
-    match model::Entity::find().all(&app.db).await {
-        Ok(vms) => {
-            for state in VmState::iter() {
-                let count = vms.iter().filter(|vm| vm.state == state).count();
-                metrics::gauge!("vman_vms", "state" => state.as_str()).set(count as f64);
-            }
+    for (name, label, values) in gauges {
+        for (value, count) in values {
+            metrics::gauge!(name, label => value).set(count as f64);
         }
-        Err(e) => tracing::warn!(error = %e, "reading VM states for /metrics"),
-    }
-    use crate::coherence::{CoherenceKind, model as issues};
-    use sea_orm::{ColumnTrait, QueryFilter};
-    match issues::Entity::find()
-        .filter(issues::Column::ResolvedAt.is_null())
-        .all(&app.db)
-        .await
-    {
-        Ok(open) => {
-            for kind in CoherenceKind::iter() {
-                let count = open.iter().filter(|issue| issue.kind == kind).count();
-                metrics::gauge!("vman_coherence_open_issues", "kind" => kind.as_str())
-                    .set(count as f64);
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "reading coherence issues for /metrics"),
     }
     handle.render()
 }
@@ -180,11 +163,9 @@ pub fn operation_started(kind: &str) {
     metrics::counter!("vman_operations_started_total", "kind" => kind.to_string()).increment(1);
 }
 
-pub fn operation_finished(kind: &str, status: OperationStatus, took: chrono::TimeDelta) {
-    let result = match status {
-        OperationStatus::Succeeded => "succeeded",
-        _ => "failed",
-    };
+/// `succeeded` is the outcome: the counter's `result` label.
+pub fn operation_finished(kind: &str, succeeded: bool, took: chrono::TimeDelta) {
+    let result = if succeeded { "succeeded" } else { "failed" };
     metrics::counter!("vman_operations_total", "kind" => kind.to_string(), "result" => result)
         .increment(1);
     metrics::histogram!("vman_operation_duration_seconds", "kind" => kind.to_string())

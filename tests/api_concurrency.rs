@@ -114,6 +114,7 @@ async fn callers_that_cannot_get_the_lock_in_time_are_told_who_holds_it() {
     // A busy answer names the operation holding the lock.
     let held = server
         .app
+        .ctx
         .locks
         .lock(&vm, "0194f0a0-0000-7000-8000-00000000beef", "RESTART_VM")
         .await
@@ -136,7 +137,7 @@ async fn callers_that_cannot_get_the_lock_in_time_are_told_who_holds_it() {
 
 /// Until `n` callers hold or wait for `id`'s lock.
 async fn until_callers(server: &TestServer, id: &str, n: usize) {
-    while server.app.locks.callers(id) < n {
+    while server.app.ctx.locks.callers(id) < n {
         tokio::task::yield_now().await;
     }
 }
@@ -153,6 +154,7 @@ async fn a_disk_attached_while_its_resize_waits_is_not_resized() {
     // resize, which read the disk as detached and so locks no VM.
     let held = server
         .app
+        .ctx
         .locks
         .lock(&disk, "op-test", "TEST")
         .await

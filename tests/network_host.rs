@@ -254,12 +254,12 @@ async fn bridges_vlan_links_and_bad_inputs_on_real_netlink() {
     // Repair: the actions the coherence sweep repeats put back what went.
     use vman::host::NetworkAction;
     ip(&["link", "del", "vmbr10"]);
-    let links = server.app.network.links().await.unwrap();
+    let links = server.app.ctx.network.links().await.unwrap();
     assert!(!links.contains_key("vmbr10"));
     let row = {
         use sea_orm::EntityTrait;
         vman::network::model::Entity::find_by_id(ten["id"].as_str().unwrap().to_string())
-            .one(&server.app.db)
+            .one(&server.app.ctx.db)
             .await
             .unwrap()
             .unwrap()
@@ -267,6 +267,7 @@ async fn bridges_vlan_links_and_bad_inputs_on_real_netlink() {
     for _ in 0..2 {
         server
             .app
+            .ctx
             .network
             .execute(&vman::network::ensure_action(&row))
             .await
@@ -276,6 +277,7 @@ async fn bridges_vlan_links_and_bad_inputs_on_real_netlink() {
     for _ in 0..2 {
         server
             .app
+            .ctx
             .network
             .execute(&NetworkAction::EnsureTap {
                 tap: tap.clone(),
@@ -284,7 +286,7 @@ async fn bridges_vlan_links_and_bad_inputs_on_real_netlink() {
             .await
             .unwrap();
     }
-    let links = server.app.network.links().await.unwrap();
+    let links = server.app.ctx.network.links().await.unwrap();
     let bridge = &links["vmbr10"];
     assert!(
         bridge.up && bridge.owned && bridge.kind.as_deref() == Some("bridge"),
@@ -296,6 +298,7 @@ async fn bridges_vlan_links_and_bad_inputs_on_real_netlink() {
     assert_eq!(seen.kind.as_deref(), Some("tun"));
     server
         .app
+        .ctx
         .network
         .execute(&NetworkAction::DeleteTap { tap: tap.clone() })
         .await

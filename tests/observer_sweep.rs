@@ -190,7 +190,7 @@ async fn a_stopped_qemu_makes_its_vm_unknown_until_qmp_answers_again() {
 }
 
 fn disk_file(server: &TestServer, disk: &str) -> std::path::PathBuf {
-    std::fs::read_dir(server.app.config.storage_dir())
+    std::fs::read_dir(server.app.ctx.config.storage_dir())
         .unwrap()
         .flatten()
         .map(|e| e.path())
@@ -281,6 +281,7 @@ async fn a_qemu_started_by_hand_in_a_run_dir_is_reported_as_an_orphan_and_left_a
     let server = sweeping_server(DriftPolicy::Repair, Duration::from_secs(3600)).await;
     let stray = server
         .app
+        .ctx
         .config
         .run_dir()
         .join("01940000-0000-7000-8000-00000000beef");
@@ -533,11 +534,11 @@ async fn operations_a_killed_vman_left_running_end_as_failed_at_the_next_start()
         started_at: Set(chrono::Utc::now()),
         finished_at: Set(None),
     }
-    .insert(&server.app.db)
+    .insert(&server.app.ctx.db)
     .await
     .unwrap();
     assert_eq!(
-        vman::operation::fail_interrupted(&server.app)
+        vman::operation::fail_interrupted(&server.app.ctx)
             .await
             .unwrap(),
         1
@@ -554,7 +555,7 @@ async fn operations_a_killed_vman_left_running_end_as_failed_at_the_next_start()
     assert!(op["finishedAt"].is_string(), "{op}");
     // Nothing else was running.
     assert_eq!(
-        vman::operation::fail_interrupted(&server.app)
+        vman::operation::fail_interrupted(&server.app.ctx)
             .await
             .unwrap(),
         0

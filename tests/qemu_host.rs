@@ -87,6 +87,7 @@ async fn a_bare_vm_starts_stops_by_force_and_leaves_nothing_behind() {
         .to_string();
     let disk_file = server
         .app
+        .ctx
         .config
         .storage_dir()
         .join(format!("{root_disk}.qcow2"));
@@ -136,6 +137,7 @@ async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_
     let broken = server.create_disk("broken", 1 << 20, "QCOW2").await;
     let broken_file = server
         .app
+        .ctx
         .config
         .storage_dir()
         .join(format!("{broken}.qcow2"));
@@ -173,9 +175,16 @@ async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_
             .contains("block_resize")
     );
     assert_eq!(
-        std::fs::metadata(server.app.config.storage_dir().join(format!("{disk}.raw")))
-            .unwrap()
-            .len(),
+        std::fs::metadata(
+            server
+                .app
+                .ctx
+                .config
+                .storage_dir()
+                .join(format!("{disk}.raw"))
+        )
+        .unwrap()
+        .len(),
         2097152
     );
     assert_eq!(
@@ -225,9 +234,16 @@ async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_
         .ok("mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 4194304) { disk { sizeBytes } } }", json!({"d": disk}))
         .await;
     assert_eq!(
-        std::fs::metadata(server.app.config.storage_dir().join(format!("{disk}.raw")))
-            .unwrap()
-            .len(),
+        std::fs::metadata(
+            server
+                .app
+                .ctx
+                .config
+                .storage_dir()
+                .join(format!("{disk}.raw"))
+        )
+        .unwrap()
+        .len(),
         4194304
     );
 }
@@ -328,7 +344,7 @@ async fn hostile_inputs_are_rejected_and_change_nothing() {
     })
     .await;
     // An image whose qcow2 header names /etc/passwd as its backing file.
-    let import = server.app.config.import_dir();
+    let import = server.app.ctx.config.import_dir();
     let evil = tempfile::Builder::new()
         .suffix(".qcow2")
         .tempfile_in(&import)
@@ -408,7 +424,7 @@ async fn hostile_inputs_are_rejected_and_change_nothing() {
         );
     }
     assert_eq!(server.snapshot().await, before);
-    let images: Vec<_> = std::fs::read_dir(server.app.config.storage_dir().join("images"))
+    let images: Vec<_> = std::fs::read_dir(server.app.ctx.config.storage_dir().join("images"))
         .unwrap()
         .collect();
     assert!(images.is_empty(), "nothing was copied into storage");
@@ -468,7 +484,7 @@ async fn a_vm_from_a_base_image_gets_a_qcow2_overlay_of_it() {
     })
     .await;
     std::fs::write(
-        server.app.config.import_dir().join("base.raw"),
+        server.app.ctx.config.import_dir().join("base.raw"),
         vec![0u8; 2 << 20],
     )
     .unwrap();
@@ -500,6 +516,7 @@ async fn a_vm_from_a_base_image_gets_a_qcow2_overlay_of_it() {
     );
     let overlay = server
         .app
+        .ctx
         .config
         .storage_dir()
         .join(format!("{}.qcow2", disk["id"].as_str().unwrap()));

@@ -35,7 +35,7 @@ fn schema_graphql_matches_the_built_schema() {
 #[tokio::test]
 async fn sqlite_is_set_up_for_a_server() {
     let server = common::TestServer::start().await;
-    let db = &server.app.db;
+    let db = &server.app.ctx.db;
     let pragma = |name: &str| {
         let sql = format!("PRAGMA {name}");
         async move {
@@ -54,7 +54,7 @@ async fn sqlite_is_set_up_for_a_server() {
     assert_eq!(pragma("synchronous").await, "1", "NORMAL");
     assert_eq!(pragma("busy_timeout").await, "5000");
     // More than one connection: a reader is not stuck behind a writer.
-    let w = server.app.bus.writer().await.unwrap();
+    let w = server.app.ctx.bus.writer().await.unwrap();
     let health = server
         .ok(
             "{ health { ready checks { name ok } } }",
@@ -85,7 +85,7 @@ async fn batched_writes_are_all_or_nothing() {
     };
 
     let server = common::TestServer::start().await;
-    let bus = &server.app.bus;
+    let bus = &server.app.ctx.bus;
     let disk = server.create_disk("d", 1 << 20, "RAW").await;
     let rename = |id: &str, name: &str| {
         update_returning(DiskRow {
@@ -243,7 +243,7 @@ fn migrate_creates_the_database_and_config_check_names_bad_values() {
 #[tokio::test]
 async fn a_second_vman_on_the_same_data_dir_is_refused() {
     let server = common::TestServer::start().await;
-    let mut config = (*server.app.config).clone();
+    let mut config = (*server.app.ctx.config).clone();
     config.listen = "127.0.0.1:0".parse().unwrap();
     let second = vman::app::App::start(config).await;
     let error = second

@@ -620,7 +620,7 @@ async fn shutdown_closes_sockets_with_1001() {
     let mut transport = Raw::ready(&server.ws_url, TRANSPORT).await;
     transport.subscribe("a", EVENTS, json!({})).await;
     let mut legacy = Raw::connect(&server.ws_url, LEGACY).await;
-    server.app.cancel.cancel();
+    server.app.ctx.cancel.cancel();
     assert_eq!(transport.closed().await.0, 1001);
     assert_eq!(legacy.closed().await.0, 1001);
 }

@@ -110,7 +110,7 @@ impl EventQuery {
         after: Option<String>,
         first: Option<i32>,
     ) -> async_graphql::Result<Page<EventObject>> {
-        let app = super::app(ctx);
+        let app = super::services(ctx);
         let after = parse_sequence(after).gql()?;
         page(
             &app.db,
@@ -139,7 +139,7 @@ impl EventSubscription {
         after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = EventObject> + use<>> {
         let after = parse_sequence(after).gql()?;
-        Ok(super::app(ctx).bus.stream(after).map(EventObject))
+        Ok(super::services(ctx).bus.stream(after).map(EventObject))
     }
 
     /// State changes of one VM, or of all VMs when `vmId` is omitted. Pass
@@ -155,10 +155,13 @@ impl EventSubscription {
             .transpose()
             .gql()?;
         let after = parse_sequence(after).gql()?;
-        Ok(super::app(ctx).bus.stream(after).filter_map(move |event| {
-            let change = VmStateChange::from_event(&event)
-                .filter(|c| vm_id.as_deref().is_none_or(|id| c.vm_id.as_str() == id));
-            async move { change }
-        }))
+        Ok(super::services(ctx)
+            .bus
+            .stream(after)
+            .filter_map(move |event| {
+                let change = VmStateChange::from_event(&event)
+                    .filter(|c| vm_id.as_deref().is_none_or(|id| c.vm_id.as_str() == id));
+                async move { change }
+            }))
     }
 }

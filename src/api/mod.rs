@@ -73,8 +73,14 @@ pub fn sdl() -> String {
     schema_builder().finish().sdl()
 }
 
+/// The composition root, for what is not a service's (health, the sweep).
 pub(crate) fn app<'a>(ctx: &Context<'a>) -> &'a Arc<App> {
     ctx.data_unchecked::<Arc<App>>()
+}
+
+/// What resolvers hand to services.
+pub(crate) fn services<'a>(ctx: &Context<'a>) -> &'a crate::context::Ctx {
+    &app(ctx).ctx
 }
 
 /// Loads a related row by its ID (a foreign key the caller holds); None stays None.
@@ -88,7 +94,7 @@ where
 {
     let Some(id) = id else { return Ok(None) };
     E::find_by_id(id.to_string())
-        .one(&app(ctx).db)
+        .one(&services(ctx).db)
         .await
         .map_err(ApiError::from)
         .gql()
@@ -105,7 +111,7 @@ where
     E: EntityTrait,
     E::PrimaryKey: PrimaryKeyTrait<ValueType = String>,
 {
-    let db = &app(ctx).db;
+    let db = &services(ctx).db;
     let found = match (id, name) {
         (Some(id), None) => {
             E::find_by_id(crate::validate::id("id", &id).gql()?)

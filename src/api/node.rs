@@ -39,7 +39,7 @@ impl NodeQuery {
 
 async fn find(ctx: &Context<'_>, id: &str) -> ApiResult<Option<Node>> {
     let id = validate::id("id", id)?;
-    let db = &super::app(ctx).db;
+    let db = &super::services(ctx).db;
     if let Some(m) = crate::vm::model::Entity::find_by_id(id.clone())
         .one(db)
         .await?

@@ -116,7 +116,7 @@ impl CoherenceQuery {
     ) -> async_graphql::Result<Page<CoherenceIssueObject>> {
         let after = id_cursor(after).gql()?;
         page(
-            &api::app(ctx).db,
+            &api::services(ctx).db,
             filter_open(model::Entity::find(), open),
             model::Column::Id,
             after,
@@ -151,7 +151,7 @@ pub async fn of_vm(
         open,
     )
     .order_by_asc(model::Column::Id)
-    .all(&api::app(ctx).db)
+    .all(&api::services(ctx).db)
     .await
     .map_err(ApiError::from)
     .gql()?;
@@ -170,7 +170,7 @@ impl CoherenceMutation {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<SweepReportObject> {
-        let report = crate::observer::sweep::sweep(api::app(ctx)).await.gql()?;
+        let report = api::app(ctx).observer.sweep().await.gql()?;
         Ok(report.into())
     }
 }
@@ -221,7 +221,7 @@ impl CoherenceSubscription {
         after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = CoherenceIssueChange> + use<>> {
         let after = api::events::parse_sequence(after).gql()?;
-        Ok(api::app(ctx)
+        Ok(api::services(ctx)
             .bus
             .stream(after)
             .filter_map(|event: Arc<Event>| {

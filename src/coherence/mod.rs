@@ -107,3 +107,20 @@ pub async fn resolve(
         .await?;
     Ok(issue)
 }
+
+/// How many issues are open of each kind (every kind, zeros included).
+pub async fn open_counts(
+    ctx: &crate::context::Ctx,
+) -> crate::error::ApiResult<Vec<(&'static str, u64)>> {
+    use sea_orm::{ColumnTrait, EntityTrait, Iterable, QueryFilter};
+    let open = model::Entity::find()
+        .filter(model::Column::ResolvedAt.is_null())
+        .all(&ctx.db)
+        .await?;
+    Ok(CoherenceKind::iter()
+        .map(|kind| {
+            let count = open.iter().filter(|issue| issue.kind == kind).count();
+            (kind.as_str(), count as u64)
+        })
+        .collect())
+}

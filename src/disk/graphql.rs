@@ -102,7 +102,7 @@ impl DiskQuery {
             select = select.filter(model::Column::VmId.eq(validate::id("vmId", &vm_id).gql()?));
         }
         page(
-            &api::app(ctx).db,
+            &api::services(ctx).db,
             select,
             model::Column::Id,
             after,
@@ -142,7 +142,7 @@ impl DiskMutation {
             size_bytes: input.size_bytes.0,
             format: input.format,
         };
-        Ok(super::create(api::app(ctx), input, dry_run)
+        Ok(super::create(api::services(ctx), input, dry_run)
             .await
             .gql()?
             .into())
@@ -156,7 +156,7 @@ impl DiskMutation {
         vm_id: ID,
         #[graphql(default = false)] dry_run: bool,
     ) -> async_graphql::Result<DiskPayload> {
-        Ok(super::attach(api::app(ctx), &disk_id, &vm_id, dry_run)
+        Ok(super::attach(api::services(ctx), &disk_id, &vm_id, dry_run)
             .await
             .gql()?
             .into())
@@ -168,7 +168,7 @@ impl DiskMutation {
         disk_id: ID,
         #[graphql(default = false)] dry_run: bool,
     ) -> async_graphql::Result<DiskPayload> {
-        Ok(super::detach(api::app(ctx), &disk_id, dry_run)
+        Ok(super::detach(api::services(ctx), &disk_id, dry_run)
             .await
             .gql()?
             .into())
@@ -183,7 +183,7 @@ impl DiskMutation {
         #[graphql(default = false)] dry_run: bool,
     ) -> async_graphql::Result<DiskPayload> {
         Ok(
-            super::resize(api::app(ctx), &disk_id, size_bytes.0, dry_run)
+            super::resize(api::services(ctx), &disk_id, size_bytes.0, dry_run)
                 .await
                 .gql()?
                 .into(),
@@ -197,7 +197,7 @@ impl DiskMutation {
         id: ID,
         #[graphql(default = false)] dry_run: bool,
     ) -> async_graphql::Result<DiskPayload> {
-        Ok(super::delete(api::app(ctx), &id, dry_run)
+        Ok(super::delete(api::services(ctx), &id, dry_run)
             .await
             .gql()?
             .into())

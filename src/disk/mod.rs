@@ -13,7 +13,7 @@ use sea_orm::{
 use serde_json::json;
 
 use crate::{
-    app::App,
+    context::Ctx,
     error::{ApiError, ApiResult},
     events::{self, EventKind, NewEvent, WriteSession, find_in},
     host::{DiskSpec, VmAction},
@@ -24,7 +24,7 @@ use crate::{
 };
 pub use model::{Attachment, DiskFormat, Model as Disk};
 
-pub fn spec(app: &App, disk: &Disk) -> DiskSpec {
+pub fn spec(app: &Ctx, disk: &Disk) -> DiskSpec {
     DiskSpec {
         id: disk.id.clone(),
         path: app
@@ -77,7 +77,7 @@ pub struct CreateDisk {
     pub format: DiskFormat,
 }
 
-pub async fn create(app: &App, input: CreateDisk, dry_run: bool) -> ApiResult<Change<Disk>> {
+pub async fn create(app: &Ctx, input: CreateDisk, dry_run: bool) -> ApiResult<Change<Disk>> {
     validate::name("name", &input.name)?;
     validate::size_bytes(&app.config.limits, "sizeBytes", input.size_bytes)?;
     ensure_name_free(&app.db, &input.name).await?;
@@ -133,14 +133,14 @@ pub async fn create(app: &App, input: CreateDisk, dry_run: bool) -> ApiResult<Ch
     })
 }
 
-pub async fn find_disk(app: &App, id: &str) -> ApiResult<Disk> {
+pub async fn find_disk(app: &Ctx, id: &str) -> ApiResult<Disk> {
     let id = validate::id("diskId", id)?;
     find_in::<model::Entity, _>(&app.db, "disk", &id).await
 }
 
 /// Attaches a detached disk: hot-plugged when the VM runs, recorded for the next start otherwise.
 pub async fn attach(
-    app: &App,
+    app: &Ctx,
     disk_id: &str,
     vm_id: &str,
     dry_run: bool,
@@ -230,7 +230,7 @@ pub async fn attach(
 /// The disk, then the VM, as `attach` checks them: through the write
 /// session when there is one.
 async fn read_for_attach(
-    app: &App,
+    app: &Ctx,
     session: Option<&mut WriteSession<'_>>,
     disk_id: &str,
     vm_id: &str,
@@ -251,7 +251,7 @@ async fn read_for_attach(
 }
 
 /// Detaches a disk from its VM: unplugged when the VM runs, dropped from the next start otherwise.
-pub async fn detach(app: &App, disk_id: &str, dry_run: bool) -> ApiResult<Change<Disk>> {
+pub async fn detach(app: &Ctx, disk_id: &str, dry_run: bool) -> ApiResult<Change<Disk>> {
     let disk = find_disk(app, disk_id).await?;
     let Some(vm_id) = disk.vm_id.clone() else {
         return Err(ApiError::Conflict(format!(
@@ -315,7 +315,7 @@ pub async fn detach(app: &App, disk_id: &str, dry_run: bool) -> ApiResult<Change
 
 /// Writes a disk's attachment; `detached_from` journals a DISK_DETACHED event.
 async fn set_attachment(
-    app: &App,
+    app: &Ctx,
     disk: &Disk,
     vm_id: Option<&str>,
     attachment: Attachment,
@@ -334,7 +334,7 @@ async fn set_attachment(
     Ok(disk)
 }
 
-fn spawn_finish_detach(app: &App, disk: Disk, vm_id: String) {
+fn spawn_finish_detach(app: &Ctx, disk: Disk, vm_id: String) {
     let hypervisor = app.hypervisor.clone();
     let spec = spec(app, &disk);
     let bus = app.bus.clone();
@@ -381,7 +381,7 @@ async fn finish_detached_row(
 }
 
 /// A stopped VM holds no disk: those still DETACHING are detached now.
-pub async fn release_detaching(app: &App, vm_id: &str) -> ApiResult<()> {
+pub async fn release_detaching(app: &Ctx, vm_id: &str) -> ApiResult<()> {
     let detaching = model::Entity::find()
         .filter(model::Column::VmId.eq(vm_id))
         .filter(model::Column::Attachment.eq(Attachment::Detaching))
@@ -393,7 +393,7 @@ pub async fn release_detaching(app: &App, vm_id: &str) -> ApiResult<()> {
     Ok(())
 }
 
-pub async fn delete(app: &App, disk_id: &str, dry_run: bool) -> ApiResult<Change<Disk>> {
+pub async fn delete(app: &Ctx, disk_id: &str, dry_run: bool) -> ApiResult<Change<Disk>> {
     let disk = find_disk(app, disk_id).await?;
     let op_id = operation::new_id();
     let _disk_guard = app.locks.lock(&disk.id, &op_id, "DELETE_DISK").await?;
@@ -425,7 +425,7 @@ pub async fn delete(app: &App, disk_id: &str, dry_run: bool) -> ApiResult<Change
 /// Grows a disk (never shrinks: that would cut a guest's filesystem). A disk
 /// of a running VM grows live with `block_resize`; otherwise with qemu-img.
 pub async fn resize(
-    app: &App,
+    app: &Ctx,
     disk_id: &str,
     size_bytes: i64,
     dry_run: bool,

@@ -62,7 +62,7 @@ impl ImageQuery {
     ) -> async_graphql::Result<Page<ImageObject>> {
         let after = id_cursor(after).gql()?;
         page(
-            &api::app(ctx).db,
+            &api::services(ctx).db,
             model::Entity::find(),
             model::Column::Id,
             after,
@@ -124,7 +124,7 @@ impl ImageMutation {
             kind: input.kind,
             path: input.path,
         };
-        Ok(super::import(api::app(ctx), input, dry_run)
+        Ok(super::import(api::services(ctx), input, dry_run)
             .await
             .gql()?
             .into())
@@ -132,7 +132,7 @@ impl ImageMutation {
 
     /// Fails with CONFLICT while templates use it.
     async fn delete_image(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ImagePayload> {
-        let image = super::delete(api::app(ctx), &id).await.gql()?;
+        let image = super::delete(api::services(ctx), &id).await.gql()?;
         Ok(ImagePayload {
             image: ImageObject(image),
             operation: None,

@@ -14,7 +14,7 @@ use sea_orm::{
 use serde_json::json;
 
 use crate::{
-    app::App,
+    context::Ctx,
     error::{ApiError, ApiResult},
     events::{EventKind, NewEvent, find_in},
     host::VmAction,
@@ -24,7 +24,7 @@ use crate::{
 pub use model::{ImageKind, Model as Image};
 
 /// Where an image's file lives: named from its ID, never from user input.
-pub fn path(app: &App, image: &Image) -> PathBuf {
+pub fn path(app: &Ctx, image: &Image) -> PathBuf {
     app.config.storage_dir().join("images").join(&image.id)
 }
 
@@ -62,7 +62,7 @@ fn resolve_import(import_dir: &Path, relative: &str) -> ApiResult<PathBuf> {
     Ok(full)
 }
 
-pub async fn import(app: &App, input: ImportImage, dry_run: bool) -> ApiResult<Change<Image>> {
+pub async fn import(app: &Ctx, input: ImportImage, dry_run: bool) -> ApiResult<Change<Image>> {
     validate::name("name", &input.name)?;
     let source = resolve_import(&app.config.import_dir(), &input.path)?;
     ensure_name_free(&app.db, &input.name).await?;
@@ -136,7 +136,7 @@ async fn ensure_name_free(db: &impl sea_orm::ConnectionTrait, name: &str) -> Api
 }
 
 /// Deletes an image no template uses.
-pub async fn delete(app: &App, id: &str) -> ApiResult<Image> {
+pub async fn delete(app: &Ctx, id: &str) -> ApiResult<Image> {
     let id = validate::id("id", id)?;
     let mut w = app.bus.writer().await?;
     let image = find_in::<model::Entity, _>(w.txn(), "image", &id).await?;

@@ -41,7 +41,7 @@ impl NetworkObject {
     }
     /// What the host shows of this network now (one netlink dump).
     async fn status(&self, ctx: &Context<'_>) -> async_graphql::Result<NetworkStatus> {
-        let app = api::app(ctx);
+        let app = api::services(ctx);
         let links = app.network.links().await.map_err(ApiError::from).gql()?;
         let bridge = links.get(&self.0.bridge);
         let mut problems = Vec::new();
@@ -79,7 +79,7 @@ impl NetworkObject {
         let nics = model::nic::Entity::find()
             .filter(model::nic::Column::NetworkId.eq(&self.0.id))
             .order_by_asc(model::nic::Column::Id)
-            .all(&api::app(ctx).db)
+            .all(&api::services(ctx).db)
             .await
             .map_err(ApiError::from)
             .gql()?;
@@ -202,7 +202,7 @@ impl NetworkQuery {
     ) -> async_graphql::Result<Page<NetworkObject>> {
         let after = id_cursor(after).gql()?;
         page(
-            &api::app(ctx).db,
+            &api::services(ctx).db,
             model::Entity::find(),
             model::Column::Id,
             after,
@@ -242,7 +242,7 @@ impl NetworkMutation {
             vlan_id: input.vlan_id,
             uplink: input.uplink,
         };
-        Ok(super::create(api::app(ctx), input, dry_run)
+        Ok(super::create(api::services(ctx), input, dry_run)
             .await
             .gql()?
             .into())
@@ -255,7 +255,7 @@ impl NetworkMutation {
         id: ID,
         #[graphql(default = false)] dry_run: bool,
     ) -> async_graphql::Result<NetworkPayload> {
-        Ok(super::delete(api::app(ctx), &id, dry_run)
+        Ok(super::delete(api::services(ctx), &id, dry_run)
             .await
             .gql()?
             .into())
@@ -280,7 +280,7 @@ impl NetworkMutation {
             mac,
             model,
         };
-        Ok(super::nic::attach(api::app(ctx), input, dry_run)
+        Ok(super::nic::attach(api::services(ctx), input, dry_run)
             .await
             .gql()?
             .into())
@@ -293,7 +293,7 @@ impl NetworkMutation {
         nic_id: ID,
         #[graphql(default = false)] dry_run: bool,
     ) -> async_graphql::Result<NicPayload> {
-        Ok(super::nic::detach(api::app(ctx), &nic_id, dry_run)
+        Ok(super::nic::detach(api::services(ctx), &nic_id, dry_run)
             .await
             .gql()?
             .into())

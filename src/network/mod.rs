@@ -18,7 +18,7 @@ use sea_orm::{
 use serde_json::json;
 
 use crate::{
-    app::App,
+    context::Ctx,
     error::{ApiError, ApiResult},
     events::{EventKind, NewEvent, find_in},
     host::{NetworkAction, VlanLink},
@@ -85,7 +85,7 @@ async fn ensure_free(db: &impl ConnectionTrait, name: &str, vlan_id: i32) -> Api
 
 /// An uplink must exist, must not be a link vman made (a bridge, a tap, a
 /// VLAN link) and the host must be able to make VLAN links on it.
-async fn check_uplink(app: &App, uplink: &str) -> ApiResult<()> {
+async fn check_uplink(app: &Ctx, uplink: &str) -> ApiResult<()> {
     validate::uplink(uplink)?;
     let bridges: Vec<String> = model::Entity::find()
         .all(&app.db)
@@ -118,7 +118,7 @@ async fn check_uplink(app: &App, uplink: &str) -> ApiResult<()> {
     Ok(())
 }
 
-pub async fn create(app: &App, input: CreateNetwork, dry_run: bool) -> ApiResult<Change<Network>> {
+pub async fn create(app: &Ctx, input: CreateNetwork, dry_run: bool) -> ApiResult<Change<Network>> {
     validate::name("name", &input.name)?;
     let vlan = validate::vlan_id(input.vlan_id)?;
     let uplink = match input.uplink {
@@ -186,7 +186,7 @@ pub async fn create(app: &App, input: CreateNetwork, dry_run: bool) -> ApiResult
     operation::conclude(app, op, result).await
 }
 
-pub async fn delete(app: &App, id: &str, dry_run: bool) -> ApiResult<Change<Network>> {
+pub async fn delete(app: &Ctx, id: &str, dry_run: bool) -> ApiResult<Change<Network>> {
     let id = validate::id("id", id)?;
     let network = find_in::<model::Entity, _>(&app.db, "network", &id).await?;
     let nics = model::nic::Entity::find()

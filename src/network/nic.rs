@@ -15,7 +15,7 @@ use serde_json::json;
 use super::model::{self, nic::Attachment};
 use super::{Network, Nic};
 use crate::{
-    app::App,
+    context::Ctx,
     error::{ApiError, ApiResult},
     events::{EventKind, NewEvent, find_in},
     host::{HostStep, NetworkAction, NicSpec, VmAction},
@@ -63,7 +63,7 @@ pub fn spec(nic: &Nic, network: &Network) -> NicSpec {
 }
 
 /// A VM's attached NICs in position order, as the host sees them.
-pub async fn specs(app: &App, vm_id: &str) -> ApiResult<Vec<NicSpec>> {
+pub async fn specs(app: &Ctx, vm_id: &str) -> ApiResult<Vec<NicSpec>> {
     let nics = model::nic::Entity::find()
         .filter(model::nic::Column::VmId.eq(vm_id))
         .filter(model::nic::Column::Attachment.eq(Attachment::Attached))
@@ -101,7 +101,7 @@ pub fn stop_actions(nics: &[NicSpec]) -> Vec<NetworkAction> {
 /// power-off seen by the observer): removes the taps of all its NICs and
 /// completes the detach of its DETACHING NICs. Best effort per tap (a tap
 /// that cannot be removed is logged, the others still go); returns the steps.
-pub async fn release_taps(app: &App, vm_id: &str) -> ApiResult<Vec<HostStep>> {
+pub async fn release_taps(app: &Ctx, vm_id: &str) -> ApiResult<Vec<HostStep>> {
     let nics = model::nic::Entity::find()
         .filter(model::nic::Column::VmId.eq(vm_id))
         .order_by_asc(model::nic::Column::Position)
@@ -128,7 +128,7 @@ pub async fn release_taps(app: &App, vm_id: &str) -> ApiResult<Vec<HostStep>> {
 }
 
 /// Deletes a NIC row, if it still exists, journaling NIC_DETACHED.
-async fn forget(app: &App, nic_id: &str, operation_id: Option<&str>) -> ApiResult<Option<Nic>> {
+async fn forget(app: &Ctx, nic_id: &str, operation_id: Option<&str>) -> ApiResult<Option<Nic>> {
     let mut w = app.bus.writer().await?;
     let Some(nic) = model::nic::Entity::find_by_id(nic_id.to_string())
         .one(w.txn())
@@ -194,7 +194,7 @@ pub struct AttachNic {
 
 /// Attaches a new NIC: its tap and a hot-plug when the VM runs, recorded for
 /// the next start otherwise.
-pub async fn attach(app: &App, input: AttachNic, dry_run: bool) -> ApiResult<Change<Nic>> {
+pub async fn attach(app: &Ctx, input: AttachNic, dry_run: bool) -> ApiResult<Change<Nic>> {
     let vm_id = validate::id("vmId", &input.vm_id)?;
     let network_id = validate::id("networkId", &input.network_id)?;
     let model = input.model.unwrap_or_else(|| "virtio-net-pci".into());
@@ -310,7 +310,7 @@ pub async fn attach(app: &App, input: AttachNic, dry_run: bool) -> ApiResult<Cha
     operation::conclude_done(app, op, result).await
 }
 
-pub async fn find_nic(app: &App, id: &str) -> ApiResult<Nic> {
+pub async fn find_nic(app: &Ctx, id: &str) -> ApiResult<Nic> {
     let id = validate::id("nicId", id)?;
     find_in::<model::nic::Entity, _>(&app.db, "NIC", &id).await
 }
@@ -318,7 +318,7 @@ pub async fn find_nic(app: &App, id: &str) -> ApiResult<Nic> {
 /// Detaches a NIC: unplugged from a running VM (the guest must let go), its
 /// tap removed, and the NIC deleted. A guest that has not let go within the
 /// wait leaves the NIC DETACHING; it goes when the guest lets go or the VM stops.
-pub async fn detach(app: &App, nic_id: &str, dry_run: bool) -> ApiResult<Change<Nic>> {
+pub async fn detach(app: &Ctx, nic_id: &str, dry_run: bool) -> ApiResult<Change<Nic>> {
     let nic = find_nic(app, nic_id).await?;
     let op_id = operation::new_id();
     let _vm_guard = app.locks.lock(&nic.vm_id, &op_id, "DETACH_NIC").await?;
@@ -378,7 +378,7 @@ pub async fn detach(app: &App, nic_id: &str, dry_run: bool) -> ApiResult<Change<
     operation::conclude(app, op, result).await
 }
 
-fn spawn_finish_detach(app: &App, nic: Nic, spec: NicSpec) {
+fn spawn_finish_detach(app: &Ctx, nic: Nic, spec: NicSpec) {
     let hypervisor = app.hypervisor.clone();
     let network = app.network.clone();
     let bus = app.bus.clone();

@@ -19,13 +19,45 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use crate::{
-    app::App,
+    context::Ctx,
+    error::ApiResult,
     host::HostEvent,
     vm::{self, VmState},
 };
 
-/// Starts watching the hypervisor's events until `app.cancel` fires.
-pub fn spawn(app: Arc<App>) -> tokio::task::JoinHandle<()> {
+/// The observer's own state: the context it writes through, and the lock
+/// that keeps coherence sweeps (periodic or asked for) one at a time.
+pub struct Observer {
+    ctx: Ctx,
+    sweep_lock: tokio::sync::Mutex<()>,
+}
+
+impl Observer {
+    pub fn new(ctx: Ctx) -> Observer {
+        Observer {
+            ctx,
+            sweep_lock: Default::default(),
+        }
+    }
+
+    /// Starts watching the hypervisor's events until `ctx.cancel` fires.
+    pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        spawn(self.ctx.clone())
+    }
+
+    /// Runs the coherence sweep every `observer.interval` until `ctx.cancel` fires.
+    pub fn spawn_sweeps(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        spawn_sweeps(self)
+    }
+
+    /// Runs one coherence sweep now (after any sweep already running).
+    pub async fn sweep(&self) -> ApiResult<sweep::SweepReport> {
+        let _one_at_a_time = self.sweep_lock.lock().await;
+        sweep::sweep(&self.ctx).await
+    }
+}
+
+fn spawn(app: Ctx) -> tokio::task::JoinHandle<()> {
     let mut events = app.hypervisor.events();
     tokio::spawn(async move {
         // VMs whose guest announced a shutdown: their exit is not a crash.
@@ -50,9 +82,9 @@ pub fn spawn(app: Arc<App>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Runs the coherence sweep every `observer.interval` until `app.cancel` fires.
-pub fn spawn_sweeps(app: Arc<App>) -> tokio::task::JoinHandle<()> {
+fn spawn_sweeps(observer: Arc<Observer>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let app = &observer.ctx;
         let mut ticks = tokio::time::interval(app.config.observer.interval);
         // A slow sweep delays the next one; sweeps never pile up.
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -62,7 +94,7 @@ pub fn spawn_sweeps(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                 _ = app.cancel.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            match sweep::sweep(&app).await {
+            match observer.sweep().await {
                 Ok(report) => {
                     if !report.opened.is_empty() || !report.resolved.is_empty() {
                         tracing::info!(
@@ -80,7 +112,7 @@ pub fn spawn_sweeps(app: Arc<App>) -> tokio::task::JoinHandle<()> {
 }
 
 async fn handle(
-    app: &App,
+    app: &Ctx,
     shutting_down: &mut HashSet<String>,
     event: HostEvent,
 ) -> crate::error::ApiResult<()> {
@@ -166,7 +198,7 @@ async fn handle(
     Ok(())
 }
 
-async fn current(app: &App, vm_id: &str) -> crate::error::ApiResult<Option<vm::Vm>> {
+async fn current(app: &Ctx, vm_id: &str) -> crate::error::ApiResult<Option<vm::Vm>> {
     use sea_orm::EntityTrait;
     Ok(vm::model::Entity::find_by_id(vm_id.to_string())
         .one(&app.db)

@@ -20,7 +20,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -28,9 +27,9 @@ use futures_util::{StreamExt, stream};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use crate::{
-    app::App,
     coherence::{self, Area, CoherenceIssue, CoherenceKind, Finding},
     config::DriftPolicy,
+    context::Ctx,
     disk::{self, Attachment, Disk},
     error::{ApiError, ApiResult},
     events::Writer,
@@ -143,7 +142,7 @@ struct Snapshot {
     busy: HashSet<String>,
 }
 
-async fn snapshot(app: &App) -> ApiResult<Snapshot> {
+async fn snapshot(app: &Ctx) -> ApiResult<Snapshot> {
     let vms = vm::model::Entity::find().all(&app.db).await?;
     let disks = disk::model::Entity::find().all(&app.db).await?;
     let networks = network::model::Entity::find().all(&app.db).await?;
@@ -166,9 +165,9 @@ async fn snapshot(app: &App) -> ApiResult<Snapshot> {
     })
 }
 
-/// Runs one sweep now (after any sweep already running).
-pub async fn sweep(app: &Arc<App>) -> ApiResult<SweepReport> {
-    let _one_at_a_time = app.sweep_lock.lock().await;
+/// Runs one sweep now; the caller keeps sweeps one at a time
+/// ([`super::Observer::sweep`]).
+pub(super) async fn sweep(app: &Ctx) -> ApiResult<SweepReport> {
     let started = Instant::now();
     let result = run(app).await;
     crate::telemetry::coherence_sweep(started.elapsed(), result.is_err());
@@ -178,7 +177,7 @@ pub async fn sweep(app: &Arc<App>) -> ApiResult<SweepReport> {
     })
 }
 
-async fn run(app: &Arc<App>) -> ApiResult<SweepReport> {
+async fn run(app: &Ctx) -> ApiResult<SweepReport> {
     let started_at = chrono::Utc::now();
     let timeout = app.config.observer.probe_timeout;
     let snap = snapshot(app).await?;
@@ -370,7 +369,7 @@ async fn run(app: &Arc<App>) -> ApiResult<SweepReport> {
 /// The drifts whose subject (and VM) still exists and is not in the hands of
 /// an operation or a mutation's lock.
 async fn still_unclaimed(
-    app: &App,
+    app: &Ctx,
     drifts: Vec<Drift>,
     withdrawn: &mut HashSet<String>,
 ) -> ApiResult<Vec<Drift>> {
@@ -582,7 +581,7 @@ fn attachment_name(d: &Disk) -> String {
     }
 }
 
-fn judge_disk_file(app: &App, d: &Disk, seen: &DiskSeen, drifts: &mut Vec<Drift>) {
+fn judge_disk_file(app: &Ctx, d: &Disk, seen: &DiskSeen, drifts: &mut Vec<Drift>) {
     let path = disk::spec(app, d).path.display().to_string();
     let finding = |kind, expected: String, observed: String| Drift {
         finding: Finding {
@@ -708,7 +707,7 @@ fn judge_links(
 /// re-adoption under the VM's lock (never waiting for it), a bridge or tap
 /// made again. What each gave, by subject.
 async fn repair_on_host(
-    app: &Arc<App>,
+    app: &Ctx,
     networks: &[Network],
     drifts: &[Drift],
 ) -> HashMap<String, Result<HostRepair, String>> {
@@ -803,7 +802,7 @@ async fn move_to(w: &mut Writer<'_>, vm_id: &str, to: VmState, reason: &str) -> 
 
 #[allow(clippy::too_many_arguments)]
 async fn record(
-    app: &App,
+    app: &Ctx,
     policy: DriftPolicy,
     drifts: Vec<Drift>,
     observations: Vec<Observation>,

@@ -74,7 +74,7 @@ impl OperationQuery {
             select = select.filter(model::Column::TargetId.eq(vm_id));
         }
         page(
-            &api::app(ctx).db,
+            &api::services(ctx).db,
             select,
             model::Column::Id,
             after,
@@ -93,7 +93,7 @@ impl OperationQuery {
     ) -> async_graphql::Result<Option<OperationObject>> {
         let id = validate::id("id", &id).gql()?;
         let op = model::Entity::find_by_id(id)
-            .one(&api::app(ctx).db)
+            .one(&api::services(ctx).db)
             .await
             .map_err(ApiError::from)
             .gql()?;

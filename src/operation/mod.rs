@@ -9,7 +9,7 @@ use chrono::Utc;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, FromQueryResult, IntoActiveModel};
 
 use crate::{
-    app::App,
+    context::Ctx,
     error::{ApiError, ApiResult},
     events::WriteSession,
     host::HostStep,
@@ -22,7 +22,7 @@ pub fn new_id() -> String {
 }
 
 pub async fn begin(
-    app: &App,
+    app: &Ctx,
     id: &str,
     kind: &str,
     target_type: &str,
@@ -104,12 +104,16 @@ pub fn finished_row(
 
 /// Counts a finished operation in the metrics.
 pub fn count_finished(op: &Operation) {
-    crate::telemetry::operation_finished(&op.kind, op.status, Utc::now() - op.started_at);
+    crate::telemetry::operation_finished(
+        &op.kind,
+        op.status == OperationStatus::Succeeded,
+        Utc::now() - op.started_at,
+    );
 }
 
 /// Records how an operation ended, in its own write.
 pub async fn finish(
-    app: &App,
+    app: &Ctx,
     op: Operation,
     steps: &[HostStep],
     error: Option<&ApiError>,
@@ -137,7 +141,7 @@ pub async fn finish_in(
 /// they ran) end as FAILED, saying so. What they did to the host is for
 /// re-adoption and the coherence sweep to find; left RUNNING they would make
 /// the sweep skip their target for ever.
-pub async fn fail_interrupted(app: &App) -> ApiResult<u64> {
+pub async fn fail_interrupted(app: &Ctx) -> ApiResult<u64> {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
     let w = app.bus.writer().await?;
     let ended = model::Entity::update_many()
@@ -187,7 +191,7 @@ impl<T> Change<T> {
 /// Hands back the change of work whose write already finished `op` (see
 /// [`finish_in`]); a failure is recorded now.
 pub async fn conclude_done<T>(
-    app: &App,
+    app: &Ctx,
     op: Operation,
     result: ApiResult<(T, Vec<HostStep>, Operation)>,
 ) -> ApiResult<Change<T>> {
@@ -206,7 +210,7 @@ pub async fn conclude_done<T>(
 
 /// Finishes `op` with the result of its work and hands back the change.
 pub async fn conclude<T>(
-    app: &App,
+    app: &Ctx,
     op: Operation,
     result: ApiResult<(T, Vec<HostStep>)>,
 ) -> ApiResult<Change<T>> {

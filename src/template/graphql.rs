@@ -55,7 +55,7 @@ impl TemplateObject {
         let vms = crate::vm::model::Entity::find()
             .filter(crate::vm::model::Column::TemplateId.eq(&self.0.id))
             .order_by_asc(crate::vm::model::Column::Id)
-            .all(&api::app(ctx).db)
+            .all(&api::services(ctx).db)
             .await
             .map_err(ApiError::from)
             .gql()?;
@@ -108,7 +108,7 @@ impl TemplateQuery {
     ) -> async_graphql::Result<Page<TemplateObject>> {
         let after = id_cursor(after).gql()?;
         page(
-            &api::app(ctx).db,
+            &api::services(ctx).db,
             model::Entity::find(),
             model::Column::Id,
             after,
@@ -128,7 +128,7 @@ impl TemplateQuery {
         name: Option<String>,
     ) -> async_graphql::Result<Option<TemplateObject>> {
         let found = super::find(
-            api::app(ctx),
+            api::services(ctx),
             id.as_ref().map(|i| i.as_str()),
             name.as_deref(),
         )
@@ -149,7 +149,7 @@ impl TemplateMutation {
         input: CreateTemplateInput,
     ) -> async_graphql::Result<TemplatePayload> {
         let template = super::create(
-            api::app(ctx),
+            api::services(ctx),
             CreateTemplate {
                 name: input.name,
                 description: input.description,
@@ -177,7 +177,7 @@ impl TemplateMutation {
         ctx: &Context<'_>,
         id: ID,
     ) -> async_graphql::Result<TemplatePayload> {
-        let template = super::delete(api::app(ctx), &id).await.gql()?;
+        let template = super::delete(api::services(ctx), &id).await.gql()?;
         Ok(TemplatePayload {
             template: TemplateObject(template),
             operation: None,

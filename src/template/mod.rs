@@ -11,7 +11,7 @@ use sea_orm::{
 use serde_json::json;
 
 use crate::{
-    app::App,
+    context::Ctx,
     error::{ApiError, ApiResult},
     events::{EventKind, NewEvent, find_in},
     image::model::{self as image, ImageKind},
@@ -31,7 +31,7 @@ pub struct CreateTemplate {
     pub default_disk_size_bytes: Option<i64>,
 }
 
-pub async fn create(app: &App, input: CreateTemplate) -> ApiResult<Template> {
+pub async fn create(app: &Ctx, input: CreateTemplate) -> ApiResult<Template> {
     let limits = &app.config.limits;
     validate::name("name", &input.name)?;
     let description = input.description.unwrap_or_default();
@@ -120,7 +120,7 @@ pub async fn create(app: &App, input: CreateTemplate) -> ApiResult<Template> {
     Ok(template)
 }
 
-pub async fn delete(app: &App, id: &str) -> ApiResult<Template> {
+pub async fn delete(app: &Ctx, id: &str) -> ApiResult<Template> {
     let id = validate::id("id", id)?;
     let mut w = app.bus.writer().await?;
     let template = find_in::<model::Entity, _>(w.txn(), "template", &id).await?;
@@ -152,7 +152,7 @@ pub async fn delete(app: &App, id: &str) -> ApiResult<Template> {
 }
 
 /// Looks a template up by ID or by name.
-pub async fn find(app: &App, id: Option<&str>, name: Option<&str>) -> ApiResult<Option<Template>> {
+pub async fn find(app: &Ctx, id: Option<&str>, name: Option<&str>) -> ApiResult<Option<Template>> {
     Ok(match (id, name) {
         (Some(id), None) => {
             model::Entity::find_by_id(validate::id("id", id)?)

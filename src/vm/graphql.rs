@@ -64,7 +64,7 @@ impl VmObject {
         let disks = crate::disk::model::Entity::find()
             .filter(crate::disk::model::Column::VmId.eq(&self.0.id))
             .order_by_asc(crate::disk::model::Column::Id)
-            .all(&api::app(ctx).db)
+            .all(&api::services(ctx).db)
             .await
             .map_err(ApiError::from)
             .gql()?;
@@ -75,7 +75,7 @@ impl VmObject {
         let nics = nic::Entity::find()
             .filter(nic::Column::VmId.eq(&self.0.id))
             .order_by_asc(nic::Column::Position)
-            .all(&api::app(ctx).db)
+            .all(&api::services(ctx).db)
             .await
             .map_err(ApiError::from)
             .gql()?;
@@ -145,7 +145,7 @@ impl VmQuery {
             select = select.filter(model::Column::Name.contains(&part));
         }
         page(
-            &api::app(ctx).db,
+            &api::services(ctx).db,
             select,
             model::Column::Id,
             after,
@@ -189,7 +189,7 @@ impl VmMutation {
             memory_mib: input.memory_mib,
             disk_size_bytes: input.disk_size_bytes.map(|b| b.0),
         };
-        Ok(super::create(api::app(ctx), input, dry_run)
+        Ok(super::create(api::services(ctx), input, dry_run)
             .await
             .gql()?
             .into())
@@ -214,7 +214,7 @@ impl VmMutation {
         timeout_seconds: Option<i32>,
         #[graphql(default = false)] dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
-        let app = api::app(ctx);
+        let app = api::services(ctx);
         let timeout_ms = match timeout_seconds {
             Some(s) => validate::timeout_seconds(s).gql()? * 1000,
             None => app.config.qemu.stop_timeout.as_millis() as u64,
@@ -266,10 +266,12 @@ impl VmMutation {
         #[graphql(default = true)] delete_disks: bool,
         #[graphql(default = false)] dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
-        Ok(super::delete(api::app(ctx), &id, delete_disks, dry_run)
-            .await
-            .gql()?
-            .into())
+        Ok(
+            super::delete(api::services(ctx), &id, delete_disks, dry_run)
+                .await
+                .gql()?
+                .into(),
+        )
     }
 }
 
@@ -279,7 +281,7 @@ async fn lifecycle(
     request: Lifecycle,
     dry_run: bool,
 ) -> async_graphql::Result<VmPayload> {
-    Ok(super::lifecycle(api::app(ctx), id, request, dry_run)
+    Ok(super::lifecycle(api::services(ctx), id, request, dry_run)
         .await
         .gql()?
         .into())

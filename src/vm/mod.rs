@@ -6,6 +6,7 @@
 //! and records where it ended up. With `dry_run` it stops after the checks and
 //! returns the plan.
 
+pub mod adopt;
 pub mod graphql;
 pub mod lock;
 pub mod model;
@@ -21,7 +22,7 @@ use sea_orm::{
 use serde_json::json;
 
 use crate::{
-    app::App,
+    context::Ctx,
     disk::{
         self,
         model::{self as disk_model, Attachment, DiskFormat},
@@ -96,7 +97,7 @@ pub async fn transition_with(
 
 /// [`transition`] in its own write.
 pub async fn set_state(
-    app: &App,
+    app: &Ctx,
     vm_id: &str,
     to: VmState,
     reason: &str,
@@ -108,7 +109,7 @@ pub async fn set_state(
     Ok(vm)
 }
 
-async fn set_reason(app: &App, vm_id: &str, reason: &str) -> ApiResult<()> {
+async fn set_reason(app: &Ctx, vm_id: &str, reason: &str) -> ApiResult<()> {
     let w = app.bus.writer().await?;
     model::ActiveModel {
         id: Set(vm_id.to_string()),
@@ -122,7 +123,7 @@ async fn set_reason(app: &App, vm_id: &str, reason: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn set_desired(app: &App, vm: &Vm, desired: VmState) -> ApiResult<()> {
+async fn set_desired(app: &Ctx, vm: &Vm, desired: VmState) -> ApiResult<()> {
     if vm.desired_state != desired {
         let w = app.bus.writer().await?;
         model::ActiveModel {
@@ -146,7 +147,7 @@ pub struct CreateVm {
     pub disk_size_bytes: Option<i64>,
 }
 
-pub fn run_dir(app: &App, vm_id: &str) -> PathBuf {
+pub fn run_dir(app: &Ctx, vm_id: &str) -> PathBuf {
     app.config.run_dir().join(vm_id)
 }
 
@@ -154,7 +155,7 @@ fn root_disk_name(vm_name: &str) -> String {
     format!("{vm_name}-root")
 }
 
-pub async fn create(app: &App, input: CreateVm, dry_run: bool) -> ApiResult<Change<Vm>> {
+pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Change<Vm>> {
     let limits = &app.config.limits;
     validate::name("name", &input.name)?;
     let template = match (&input.template_id, &input.template_name) {
@@ -300,7 +301,7 @@ async fn ensure_vm_name_free(db: &impl ConnectionTrait, name: &str) -> ApiResult
 }
 
 /// The host's view of a VM: its attached disks in creation order and its boot files.
-pub async fn spec(app: &App, vm: &Vm) -> ApiResult<VmSpec> {
+pub async fn spec(app: &Ctx, vm: &Vm) -> ApiResult<VmSpec> {
     let disks = disk_model::Entity::find()
         .filter(disk_model::Column::VmId.eq(&vm.id))
         .filter(disk_model::Column::Attachment.ne(Attachment::Detached))
@@ -384,7 +385,7 @@ impl Lifecycle {
 }
 
 pub async fn lifecycle(
-    app: &App,
+    app: &Ctx,
     id: &str,
     request: Lifecycle,
     dry_run: bool,
@@ -453,7 +454,7 @@ pub async fn lifecycle(
 
 /// A lifecycle action's plan with its NICs' taps: made before a start,
 /// removed after a stop.
-fn plan_with_taps(app: &App, action: &VmAction, nics: &[crate::host::NicSpec]) -> Vec<HostStep> {
+fn plan_with_taps(app: &Ctx, action: &VmAction, nics: &[crate::host::NicSpec]) -> Vec<HostStep> {
     use crate::network::nic::{start_actions, stop_actions};
     let mut plan = Vec::new();
     if let VmAction::Start(spec) = action {
@@ -471,7 +472,7 @@ fn plan_with_taps(app: &App, action: &VmAction, nics: &[crate::host::NicSpec]) -
 }
 
 /// Makes the taps a start needs, before QEMU opens them.
-async fn make_taps(app: &App, spec: &VmSpec, steps: &mut Vec<HostStep>) -> ApiResult<()> {
+async fn make_taps(app: &Ctx, spec: &VmSpec, steps: &mut Vec<HostStep>) -> ApiResult<()> {
     for action in crate::network::nic::start_actions(&spec.nics) {
         steps.extend(app.network.execute(&action).await?.steps);
     }
@@ -480,7 +481,7 @@ async fn make_taps(app: &App, spec: &VmSpec, steps: &mut Vec<HostStep>) -> ApiRe
 
 /// Executes actions in order, moving the VM through the in-between states.
 async fn run_actions(
-    app: &App,
+    app: &Ctx,
     vm: &Vm,
     actions: &[VmAction],
     op: &str,
@@ -570,7 +571,7 @@ fn describe(action: &VmAction) -> &'static str {
 /// Deletes a VM, stopping it first; its disks go with it unless `delete_disks` is false,
 /// in which case they are detached and kept.
 pub async fn delete(
-    app: &App,
+    app: &Ctx,
     id: &str,
     delete_disks: bool,
     dry_run: bool,
@@ -669,101 +670,14 @@ pub async fn delete(
     })
 }
 
-/// After a vman restart: takes over every VM the database says is live, and
-/// sets its state from what QEMU reports. Nothing is killed or restarted; what
-/// cannot be adopted is recorded in the VM's state reason and in `health`.
-pub async fn adopt_all(app: &App) {
-    report_orphan_run_dirs(app).await;
-    let live = match model::Entity::find()
-        .filter(model::Column::State.is_in([
-            VmState::Starting,
-            VmState::Running,
-            VmState::Paused,
-            VmState::Stopping,
-            VmState::Unknown,
-        ]))
-        .all(&app.db)
-        .await
-    {
-        Ok(vms) => vms,
-        Err(e) => {
-            tracing::error!(error = %e, "reading VMs to re-adopt");
-            return;
-        }
-    };
-    for vm in live {
-        let outcome = match spec(app, &vm).await {
-            Ok(spec) => app.hypervisor.adopt(&spec).await.map_err(ApiError::from),
-            Err(e) => Err(e),
-        };
-        let (to, reason) = match outcome {
-            Ok(crate::host::Adoption::Running {
-                pid,
-                status,
-                running,
-            }) => {
-                tracing::info!(vm = %vm.name, pid, %status, "re-adopted a running VM");
-                let to = if running {
-                    VmState::Running
-                } else {
-                    VmState::Paused
-                };
-                (
-                    to,
-                    format!("re-adopted after a vman restart (QEMU pid {pid}, {status})"),
-                )
-            }
-            Ok(crate::host::Adoption::NotRunning) => {
-                tracing::warn!(vm = %vm.name, was = %vm.state, "VM was live but its QEMU is gone");
-                (
-                    VmState::Crashed,
-                    format!("QEMU was not running when vman started (was {})", vm.state),
-                )
-            }
-            Err(e) => {
-                let problem = format!("VM {} ({}): {e}", vm.name, vm.id);
-                tracing::error!("could not re-adopt {problem}");
-                app.adoption_problems
-                    .lock()
-                    .expect("adoption problems")
-                    .push(problem);
-                (VmState::Unknown, format!("could not re-adopt: {e}"))
-            }
-        };
-        let recorded = if vm.state.can_become(to) {
-            set_state(app, &vm.id, to, &reason, None).await.map(|_| ())
-        } else {
-            // Same state as before the restart: no state change to journal, but
-            // the reason says the VM was taken over.
-            set_reason(app, &vm.id, &reason).await
-        };
-        if let Err(e) = recorded {
-            tracing::error!(vm = %vm.name, error = %e, "recording re-adoption");
-        }
-    }
-}
-
-/// Run directories with no VM row: reported, never removed (a QEMU may still use one).
-async fn report_orphan_run_dirs(app: &App) {
-    let Ok(entries) = std::fs::read_dir(app.config.run_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        match model::Entity::find_by_id(name.clone()).one(&app.db).await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                let problem = format!(
-                    "run directory {} belongs to no VM; left alone",
-                    entry.path().display()
-                );
-                tracing::warn!("{problem}");
-                app.adoption_problems
-                    .lock()
-                    .expect("adoption problems")
-                    .push(problem);
-            }
-            Err(e) => tracing::error!(error = %e, "checking run directories"),
-        }
-    }
+/// How many VMs are in each state (every state, zeros included).
+pub async fn count_by_state(ctx: &Ctx) -> ApiResult<Vec<(&'static str, u64)>> {
+    use sea_orm::Iterable;
+    let vms = model::Entity::find().all(&ctx.db).await?;
+    Ok(VmState::iter()
+        .map(|state| {
+            let count = vms.iter().filter(|vm| vm.state == state).count();
+            (state.as_str(), count as u64)
+        })
+        .collect())
 }

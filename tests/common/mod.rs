@@ -175,7 +175,7 @@ impl TestServer {
 
     /// The VM's run directory on the host.
     pub fn run_dir(&self, vm_id: &str) -> std::path::PathBuf {
-        self.app.config.run_dir().join(vm_id)
+        self.app.ctx.config.run_dir().join(vm_id)
     }
 
     pub async fn vm_state(&self, id: &str) -> String {
@@ -206,7 +206,7 @@ impl TestServer {
 impl Drop for TestServer {
     /// QEMU outlives vman by design, so a test (even a failed one) ends its own VMs.
     fn drop(&mut self) {
-        kill_vms_under(&self.app.config.run_dir());
+        kill_vms_under(&self.app.ctx.config.run_dir());
     }
 }
 

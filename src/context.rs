@@ -1,0 +1,33 @@
+//! The narrow context every service takes: what a mutation may touch (the
+//! database, the event writer, the per-VM locks, the host ports, the config)
+//! and nothing of the composition root. It is cheap to clone (every field is
+//! shared), so a background task takes its own copy.
+//!
+//! It must never grow state of its own: what belongs to one part (adoption
+//! problems, the sweep lock) stays in that part.
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    events::EventBus,
+    host::{HostNetwork, Hypervisor},
+    vm::lock::VmLocks,
+};
+
+#[derive(Clone)]
+pub struct Ctx {
+    pub config: Arc<Config>,
+    pub db: DatabaseConnection,
+    /// Every write goes through the bus: one transaction, its events journaled.
+    pub bus: Arc<EventBus>,
+    pub hypervisor: Arc<dyn Hypervisor>,
+    pub network: Arc<dyn HostNetwork>,
+    /// One mutation at a time per VM (and per disk).
+    pub locks: Arc<VmLocks>,
+    /// Ends the server, subscriptions and background tasks.
+    pub cancel: CancellationToken,
+}
