@@ -271,6 +271,14 @@ impl QmpClient {
     }
 }
 
+/// A run state as QEMU spells it (`running`, `paused`, …).
+pub(super) fn run_state_name(state: &qapi::qmp::RunState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{state:?}"))
+}
+
 /// QEMU's side of the connection as qapi gets to read it: line by line,
 /// without the events qapi cannot read (see the module docs).
 fn readable(read: ReadHalf<UnixStream>) -> impl AsyncRead + Unpin + Send + 'static {
