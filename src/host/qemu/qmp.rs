@@ -49,7 +49,7 @@ use tokio_util::{
     io::StreamReader,
 };
 
-use crate::host::HostError;
+use crate::host::{HostError, HostStep};
 
 /// Replies to status queries should be instant.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -187,6 +187,14 @@ impl QmpClient {
             ))),
             Ok(Ok(replies)) => Ok(replies),
         }
+    }
+
+    /// Runs the QMP commands among `steps`, in order; the first failure ends the run.
+    pub(super) async fn run_steps(&self, steps: &[HostStep]) -> Result<(), HostError> {
+        for (command, arguments) in HostStep::qmp_commands(steps) {
+            self.execute_json(command, arguments).await?;
+        }
+        Ok(())
     }
 
     /// A command given as data, typed through qapi; sent when its reply is first polled.
