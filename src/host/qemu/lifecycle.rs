@@ -15,12 +15,12 @@ use std::{
 use tokio::sync::Notify;
 
 use super::{
-    QemuHypervisor, argv, plan,
+    QemuHypervisor, argv,
+    files::{prepare_run_dir, restrict},
+    plan,
     plan::step_qmp,
-    prepare_run_dir,
     process::{self, QemuProcess},
     qmp::{self, QmpClient},
-    restrict,
     running::{RunningVm, Seen},
 };
 use crate::host::{Adoption, HostError, HostStep, Outcome, StopRung, VmAction, VmSpec};
