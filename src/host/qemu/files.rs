@@ -67,6 +67,21 @@ pub(super) async fn create_disk(steps: &[HostStep], disk: &DiskSpec) -> Result<(
     result
 }
 
+/// What a file to import is, read in place; a disk image is checked as
+/// [`inspect_disk_image`] does.
+pub(super) async fn inspect_image(
+    options: &QemuOptions,
+    source: &Path,
+    disk: bool,
+) -> Result<ImportedImage, HostError> {
+    let format = match disk {
+        true => Some(inspect_disk_image(options, source).await?),
+        false => None,
+    };
+    let size_bytes = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
+    Ok(ImportedImage { format, size_bytes })
+}
+
 /// A disk image must be a plain qcow2 or raw file: one that names a backing
 /// file or an external data file could make QEMU open any host file.
 pub(super) async fn inspect_disk_image(
@@ -145,4 +160,25 @@ pub(super) async fn import_image(
         let _ = std::fs::remove_file(&partial);
     }
     checked
+}
+
+/// Removes a disk's file; one already gone is what was asked.
+pub(super) fn delete_disk(disk: &DiskSpec) -> Result<(), HostError> {
+    removed(&disk.path, std::fs::remove_file(&disk.path))
+}
+
+/// Removes a stopped VM's run directory; one already gone is what was asked.
+pub(super) fn remove_run_dir(run_dir: &Path) -> Result<(), HostError> {
+    removed(run_dir, std::fs::remove_dir_all(run_dir))
+}
+
+fn removed(path: &Path, removal: std::io::Result<()>) -> Result<(), HostError> {
+    match removal {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(HostError::Io {
+            what: format!("removing {}", path.display()),
+            source,
+        }),
+    }
 }

@@ -17,13 +17,12 @@ use tokio::sync::Notify;
 use super::{
     QemuHypervisor, argv,
     files::{prepare_run_dir, restrict},
-    plan,
     plan::step_qmp,
     process::{self, QemuProcess},
     qmp::{self, QmpClient},
     running::{RunningVm, Seen},
 };
-use crate::host::{Adoption, HostError, HostStep, Outcome, StopRung, VmAction, VmSpec};
+use crate::host::{Adoption, HostError, HostStep, Outcome, StopRequest, StopRung, VmSpec};
 
 /// How long a started QEMU may take to open its QMP socket.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -31,7 +30,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl QemuHypervisor {
-    pub(super) async fn start(self: &Arc<Self>, spec: &VmSpec) -> Result<Outcome, HostError> {
+    /// Spawns the VM's QEMU as `steps` (its plan) say, waits for its QMP
+    /// socket and lets the guest run (`cont`).
+    pub(super) async fn start(
+        self: &Arc<Self>,
+        spec: &VmSpec,
+        steps: Vec<HostStep>,
+    ) -> Result<Outcome, HostError> {
         if let Some(vm) = self.get(&spec.id)
             && !vm.process.has_exited()
         {
@@ -40,7 +45,6 @@ impl QemuHypervisor {
                 spec.id, vm.process.pid
             )));
         }
-        let steps = plan(&self.options, &VmAction::Start(spec.clone()));
         prepare_run_dir(&spec.run_dir)?;
         let HostStep::SpawnQemu { argv, .. } = &steps[1] else {
             unreachable!("plan(Start) spawns QEMU second")
@@ -86,9 +90,9 @@ impl QemuHypervisor {
     pub(super) async fn stop(
         &self,
         vm_id: &str,
-        force: bool,
-        timeout: Duration,
+        request: &StopRequest,
     ) -> Result<Outcome, HostError> {
+        let (force, timeout) = (request.force, Duration::from_millis(request.timeout_ms));
         let Some(vm) = self.get(vm_id) else {
             // Nothing runs: the VM is already stopped.
             return Ok(Outcome::default());

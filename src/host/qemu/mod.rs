@@ -2,11 +2,21 @@
 //!
 //! [`plan`] turns a [`VmAction`] into the exact host steps (argv, qemu-img
 //! command, QMP sequence); the dry-run port returns the same plan, and
-//! [`QemuHypervisor`] executes it. A VM's QEMU outlives vman: on start, vman
-//! re-adopts what is running ([`QemuHypervisor::adopt`]).
+//! [`QemuHypervisor`] carries it out. A VM's QEMU outlives vman: on start,
+//! vman re-adopts what is running ([`Hypervisor::adopt`]).
+//!
+//! One file a job. Pure: `plan`, `argv` (the command line), `hotplug` (QMP
+//! sequences). On the host: `execute` (one function per action),
+//! `lifecycle` (start, stop, adopt), `attach` (hot-plug on a running VM),
+//! `running` (the table of tracked QEMUs and their watchers), `probe` (reads
+//! for the coherence sweep), `files` (disk files, imports, run directories),
+//! and below them `process`, `qmp` and `img`. This file holds the port's
+//! state and its [`Hypervisor`] implementation, which only delegates: the
+//! dry-run port may share the pure modules, never the ones that touch the host.
 
 pub mod argv;
 mod attach;
+mod execute;
 mod files;
 pub mod hotplug;
 pub mod img;
@@ -30,10 +40,11 @@ use tokio::sync::broadcast;
 pub use self::plan::plan;
 use self::{argv::QemuOptions, running::RunningVm};
 use super::{
-    Adoption, DiskSeen, DiskSpec, HostError, HostEvent, HostStep, Hypervisor, ImportedImage,
-    NicSpec, OrphanSeen, Outcome, ProbeTarget, VmAction, VmProbe, VmSpec,
+    Adoption, DiskSeen, DiskSpec, HostError, HostEvent, HostStep, Hypervisor, NicSpec, OrphanSeen,
+    Outcome, ProbeTarget, VmAction, VmProbe, VmSpec,
 };
 
+/// The port's state: the QEMUs it tracks and what it has read of the host.
 pub struct QemuHypervisor {
     options: QemuOptions,
     vms: Mutex<HashMap<String, Arc<RunningVm>>>,
@@ -67,115 +78,7 @@ impl Hypervisor for Qemu {
     }
 
     async fn execute(&self, action: &VmAction) -> Result<Outcome, HostError> {
-        let hv = &self.0;
-        match action {
-            VmAction::Start(spec) => hv.start(spec).await,
-            VmAction::Stop { vm_id, request } => {
-                hv.stop(
-                    vm_id,
-                    request.force,
-                    Duration::from_millis(request.timeout_ms),
-                )
-                .await
-            }
-            VmAction::Pause { vm_id } | VmAction::Resume { vm_id } | VmAction::Reset { vm_id } => {
-                let vm = hv.running(vm_id)?;
-                let steps = plan(&hv.options, action);
-                vm.qmp.run_steps(&steps).await?;
-                Ok(Outcome {
-                    steps,
-                    ..Default::default()
-                })
-            }
-            VmAction::CreateDisk(disk) => {
-                let steps = plan(&hv.options, action);
-                files::create_disk(&steps, disk).await?;
-                Ok(Outcome {
-                    steps,
-                    ..Default::default()
-                })
-            }
-            VmAction::DeleteDisk(disk) => {
-                hv.disk_infos.lock().expect("disk infos").remove(&disk.path);
-                match std::fs::remove_file(&disk.path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(source) => {
-                        return Err(HostError::Io {
-                            what: format!("removing {}", disk.path.display()),
-                            source,
-                        });
-                    }
-                }
-                Ok(Outcome {
-                    steps: plan(&hv.options, action),
-                    ..Default::default()
-                })
-            }
-            VmAction::InspectImage { source, disk } => {
-                let format = match disk {
-                    true => Some(files::inspect_disk_image(&hv.options, source).await?),
-                    false => None,
-                };
-                let size_bytes = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
-                Ok(Outcome {
-                    steps: plan(&hv.options, action),
-                    image: Some(ImportedImage { format, size_bytes }),
-                    ..Default::default()
-                })
-            }
-            VmAction::ImportImage { source, dest, disk } => {
-                let image = files::import_image(&hv.options, source, dest, *disk).await?;
-                Ok(Outcome {
-                    steps: plan(&hv.options, action),
-                    image: Some(image),
-                    ..Default::default()
-                })
-            }
-            VmAction::ResizeDisk { running_vm, .. } => {
-                let steps = plan(&hv.options, action);
-                match running_vm {
-                    Some(vm_id) => hv.running(vm_id)?.qmp.run_steps(&steps).await?,
-                    None => {
-                        for step in &steps {
-                            if let HostStep::Exec { argv } = step {
-                                img::run(argv).await?;
-                            }
-                        }
-                    }
-                }
-                Ok(Outcome {
-                    steps,
-                    ..Default::default()
-                })
-            }
-            VmAction::AttachDisk { vm_id, disk } => hv.attach_disk(vm_id, disk).await,
-            VmAction::DetachDisk { vm_id, disk } => hv.detach_disk(vm_id, disk).await,
-            VmAction::AttachNic { vm_id, nic } => hv.attach_nic(vm_id, nic).await,
-            VmAction::DetachNic { vm_id, nic } => hv.detach_nic(vm_id, nic).await,
-            VmAction::Destroy { vm_id, run_dir } => {
-                if hv.get(vm_id).is_some() {
-                    return Err(HostError::Failed(format!(
-                        "VM {vm_id} still runs; stop it first"
-                    )));
-                }
-                hv.exited.lock().expect("exits").remove(vm_id);
-                match std::fs::remove_dir_all(run_dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(source) => {
-                        return Err(HostError::Io {
-                            what: format!("removing {}", run_dir.display()),
-                            source,
-                        });
-                    }
-                }
-                Ok(Outcome {
-                    steps: plan(&hv.options, action),
-                    ..Default::default()
-                })
-            }
-        }
+        self.0.execute(action).await
     }
 
     fn is_dry_run(&self) -> bool {
@@ -203,7 +106,7 @@ impl Hypervisor for Qemu {
     }
 
     async fn inspect_disk(&self, disk: &DiskSpec) -> Option<DiskSeen> {
-        Some(self.0.inspect(disk).await)
+        Some(self.0.inspect_disk(disk).await)
     }
 
     async fn orphans(&self, run_root: &Path, known: &HashSet<String>) -> Vec<OrphanSeen> {

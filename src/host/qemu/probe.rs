@@ -68,7 +68,7 @@ impl QemuHypervisor {
         }
     }
 
-    pub(super) async fn inspect(&self, disk: &DiskSpec) -> DiskSeen {
+    pub(super) async fn inspect_disk(&self, disk: &DiskSpec) -> DiskSeen {
         let meta = match std::fs::metadata(&disk.path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return DiskSeen::Missing,
