@@ -59,7 +59,7 @@ impl QemuHypervisor {
             .ok()
             .and_then(Result::ok)
             .map(|blocks| disk_devices(&blocks)),
-            _ => None,
+            QmpSeen::Silent | QmpSeen::Failed(_) => None,
         };
         VmProbe {
             process,
