@@ -6,13 +6,7 @@
 //! left running. Adoption trusts a pid only when its command line carries
 //! the VM's `-uuid`: a recycled pid is never signalled or tracked.
 
-use std::{
-    path::Path,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
-
-use tokio::sync::Notify;
+use std::{path::Path, sync::Arc, time::Duration};
 
 use super::{
     QemuHypervisor, argv,
@@ -20,7 +14,7 @@ use super::{
     plan::step_qmp,
     process::{self, QemuProcess},
     qmp::{self, QmpClient},
-    running::{RunningVm, Seen},
+    running::Seen,
 };
 use crate::host::{Adoption, HostError, HostStep, Outcome, StopRequest, StopRung, VmSpec};
 
@@ -64,15 +58,7 @@ impl QemuHypervisor {
             }
         };
         restrict(&socket, 0o600);
-        let vm = self.track(RunningVm {
-            vm_id: spec.id.clone(),
-            run_dir: spec.run_dir.clone(),
-            process,
-            qmp,
-            ports: argv::root_ports(spec, &self.options),
-            seen: Mutex::default(),
-            changed: Notify::new(),
-        });
+        let vm = self.track(spec, process, qmp);
         if let Err(e) = vm
             .qmp
             .execute(qapi::qmp::cont {}, qmp::COMMAND_TIMEOUT)
@@ -185,15 +171,7 @@ impl QemuHypervisor {
         })?;
         let qmp = QmpClient::connect(&argv::qmp_socket(&spec.run_dir)).await?;
         let status = qmp.status().await?;
-        self.track(RunningVm {
-            vm_id: spec.id.clone(),
-            run_dir: spec.run_dir.clone(),
-            process,
-            qmp,
-            ports: argv::root_ports(spec, &self.options),
-            seen: Mutex::default(),
-            changed: Notify::new(),
-        });
+        self.track(spec, process, qmp);
         Ok(Adoption::Running {
             pid,
             status: qmp::run_state_name(&status.status),

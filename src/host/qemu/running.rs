@@ -9,7 +9,7 @@
 use std::{
     collections::HashSet,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::Duration,
 };
 
@@ -21,15 +21,15 @@ use super::{
     process::{self, ExitStatus, QemuProcess},
     qmp::{QmpClient, QmpNotice},
 };
-use crate::host::{HostError, HostEvent};
+use crate::host::{HostError, HostEvent, VmSpec};
 
 /// What the watchers of one VM have seen.
 #[derive(Default)]
 pub(super) struct Seen {
     pub(super) shutdown: bool,
     pub(super) exited: Option<ExitStatus>,
-    pub(super) qmp_closed: bool,
-    pub(super) deleted_devices: HashSet<String>,
+    qmp_closed: bool,
+    deleted_devices: HashSet<String>,
 }
 
 /// A QEMU vman owns: its process, its QMP connection and what they reported.
@@ -41,7 +41,7 @@ pub(super) struct RunningVm {
     /// Root ports a hot-plugged disk may use (cold disks took the first ones).
     pub(super) ports: u32,
     pub(super) seen: Mutex<Seen>,
-    pub(super) changed: Notify,
+    changed: Notify,
 }
 
 impl RunningVm {
@@ -86,75 +86,98 @@ impl QemuHypervisor {
             .ok_or_else(|| HostError::Failed(format!("VM {vm_id} has no QEMU process")))
     }
 
-    /// Registers a VM and starts the tasks that watch its QMP events and its process.
-    pub(super) fn track(self: &Arc<Self>, vm: RunningVm) -> Arc<RunningVm> {
-        let vm = Arc::new(vm);
+    /// Registers a VM's QEMU (just started or adopted) and starts the tasks
+    /// that watch its QMP events and its process.
+    pub(super) fn track(
+        self: &Arc<Self>,
+        spec: &VmSpec,
+        process: QemuProcess,
+        qmp: QmpClient,
+    ) -> Arc<RunningVm> {
+        let vm = Arc::new(RunningVm {
+            vm_id: spec.id.clone(),
+            run_dir: spec.run_dir.clone(),
+            process,
+            qmp,
+            ports: argv::root_ports(spec, &self.options),
+            seen: Mutex::default(),
+            changed: Notify::new(),
+        });
         self.exited.lock().expect("exits").remove(&vm.vm_id);
         self.vms
             .lock()
             .expect("vm map")
             .insert(vm.vm_id.clone(), vm.clone());
-        let mut notices = vm.qmp.notices();
-        let watched = vm.clone();
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            loop {
-                match notices.recv().await {
-                    Ok(QmpNotice::Event(event)) => {
-                        let (name, data) = event_parts(&event);
-                        match event.as_ref() {
-                            qapi::qmp::Event::SHUTDOWN { .. } => {
-                                watched.update(|s| s.shutdown = true)
-                            }
-                            qapi::qmp::Event::DEVICE_DELETED { data, .. } => {
-                                if let Some(device) = &data.device {
-                                    let device = device.clone();
-                                    watched.update(|s| {
-                                        s.deleted_devices.insert(device);
-                                    });
-                                }
-                            }
-                            _ => {}
+        // Subscribed here, not in the task: an event QEMU sends before the
+        // task first runs must not be lost.
+        let notices = vm.qmp.notices();
+        tokio::spawn(watch_qmp(vm.clone(), notices, self.events.clone()));
+        tokio::spawn(watch_process(vm.clone(), Arc::downgrade(self)));
+        vm
+    }
+}
+
+/// Notes what a stop or an unplug waits for and passes every QMP event on,
+/// until the connection ends.
+async fn watch_qmp(
+    watched: Arc<RunningVm>,
+    mut notices: broadcast::Receiver<QmpNotice>,
+    events: broadcast::Sender<HostEvent>,
+) {
+    loop {
+        match notices.recv().await {
+            Ok(QmpNotice::Event(event)) => {
+                let (name, data) = event_parts(&event);
+                match event.as_ref() {
+                    qapi::qmp::Event::SHUTDOWN { .. } => watched.update(|s| s.shutdown = true),
+                    qapi::qmp::Event::DEVICE_DELETED { data, .. } => {
+                        if let Some(device) = &data.device {
+                            let device = device.clone();
+                            watched.update(|s| {
+                                s.deleted_devices.insert(device);
+                            });
                         }
-                        let _ = events.send(HostEvent::Qmp {
-                            vm_id: watched.vm_id.clone(),
-                            event: name,
-                            data,
-                        });
                     }
-                    Ok(QmpNotice::Closed) | Err(broadcast::error::RecvError::Closed) => {
-                        watched.update(|s| s.qmp_closed = true);
-                        let _ = events.send(HostEvent::QmpClosed {
-                            vm_id: watched.vm_id.clone(),
-                        });
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(vm = %watched.vm_id, missed = n, "QMP events were dropped");
-                    }
+                    _ => {}
                 }
-            }
-        });
-        let watched = vm.clone();
-        let this = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let status = watched.process.exited().await;
-            watched.update(|s| s.exited = Some(status.clone()));
-            if let Some(this) = this.upgrade() {
-                this.exited
-                    .lock()
-                    .expect("exits")
-                    .insert(watched.vm_id.clone(), std::time::Instant::now());
-                this.vms.lock().expect("vm map").remove(&watched.vm_id);
-                let _ = this.events.send(HostEvent::Exited {
+                let _ = events.send(HostEvent::Qmp {
                     vm_id: watched.vm_id.clone(),
-                    status: status.to_string(),
-                    qemu_log: process::tail(&argv::qemu_log(&watched.run_dir), 20),
-                    serial_log: process::tail(&argv::serial_log(&watched.run_dir), 20),
+                    event: name,
+                    data,
                 });
             }
+            Ok(QmpNotice::Closed) | Err(broadcast::error::RecvError::Closed) => {
+                watched.update(|s| s.qmp_closed = true);
+                let _ = events.send(HostEvent::QmpClosed {
+                    vm_id: watched.vm_id.clone(),
+                });
+                return;
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(vm = %watched.vm_id, missed = n, "QMP events were dropped");
+            }
+        }
+    }
+}
+
+/// Waits for QEMU's exit, then takes the VM out of the table and reports the
+/// exit with the tails of its logs. Holds the hypervisor weakly: a dropped
+/// hypervisor reports nothing.
+async fn watch_process(watched: Arc<RunningVm>, hypervisor: Weak<QemuHypervisor>) {
+    let status = watched.process.exited().await;
+    watched.update(|s| s.exited = Some(status.clone()));
+    if let Some(this) = hypervisor.upgrade() {
+        this.exited
+            .lock()
+            .expect("exits")
+            .insert(watched.vm_id.clone(), std::time::Instant::now());
+        this.vms.lock().expect("vm map").remove(&watched.vm_id);
+        let _ = this.events.send(HostEvent::Exited {
+            vm_id: watched.vm_id.clone(),
+            status: status.to_string(),
+            qemu_log: process::tail(&argv::qemu_log(&watched.run_dir), 20),
+            serial_log: process::tail(&argv::serial_log(&watched.run_dir), 20),
         });
-        vm
     }
 }
 
