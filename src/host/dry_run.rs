@@ -38,22 +38,42 @@ impl DryRunHypervisor {
         }
     }
 
-    fn pretend(&self, action: &VmAction) {
+    /// Keeps up the pretence (which VMs run) and says how a stop ended: as
+    /// the plan says, without the kill a real QEMU might need.
+    fn pretend(&self, action: &VmAction) -> Option<StopRung> {
         let mut running = self.running.lock().expect("dry-run VMs");
         match action {
             VmAction::Start(spec) => {
                 running.insert(spec.id.clone(), true);
+                None
             }
-            VmAction::Stop { vm_id, .. } => {
+            VmAction::Stop { vm_id, request } => {
                 running.remove(vm_id);
+                Some(if request.force {
+                    StopRung::Quit
+                } else {
+                    StopRung::GuestShutdown
+                })
             }
             VmAction::Pause { vm_id } => {
                 running.entry(vm_id.clone()).and_modify(|r| *r = false);
+                None
             }
             VmAction::Resume { vm_id } => {
                 running.entry(vm_id.clone()).and_modify(|r| *r = true);
+                None
             }
-            _ => {}
+            VmAction::Reset { .. }
+            | VmAction::CreateDisk(_)
+            | VmAction::DeleteDisk(_)
+            | VmAction::AttachDisk { .. }
+            | VmAction::DetachDisk { .. }
+            | VmAction::AttachNic { .. }
+            | VmAction::DetachNic { .. }
+            | VmAction::Destroy { .. }
+            | VmAction::ResizeDisk { .. }
+            | VmAction::InspectImage { .. }
+            | VmAction::ImportImage { .. } => None,
         }
     }
 }
@@ -73,15 +93,7 @@ impl Hypervisor for DryRunHypervisor {
     async fn execute(&self, action: &VmAction) -> Result<Outcome, HostError> {
         let steps = self.plan(action);
         log_steps(&steps);
-        self.pretend(action);
-        let stop_rung = match action {
-            VmAction::Stop { request, .. } => Some(if request.force {
-                StopRung::Quit
-            } else {
-                StopRung::GuestShutdown
-            }),
-            _ => None,
-        };
+        let stop_rung = self.pretend(action);
         Ok(Outcome {
             steps,
             stop_rung,
@@ -194,7 +206,15 @@ impl HostNetwork for DryRunNetwork {
                 HostStep::DeleteLink { name } => {
                     believed.remove(name);
                 }
-                _ => {}
+                HostStep::Exec { .. }
+                | HostStep::SpawnQemu { .. }
+                | HostStep::Qmp { .. }
+                | HostStep::Await { .. }
+                | HostStep::Signal { .. }
+                | HostStep::CopyFile { .. }
+                | HostStep::CreateDir { .. }
+                | HostStep::RemoveDir { .. }
+                | HostStep::RemoveFile { .. } => {}
             }
         }
         Ok(Outcome {

@@ -100,7 +100,20 @@ impl HostStep {
                 HostStep::Qmp {
                     command, arguments, ..
                 } => Some((command.as_str(), arguments)),
-                _ => None,
+                HostStep::Exec { .. }
+                | HostStep::SpawnQemu { .. }
+                | HostStep::Await { .. }
+                | HostStep::Signal { .. }
+                | HostStep::CopyFile { .. }
+                | HostStep::CreateDir { .. }
+                | HostStep::RemoveDir { .. }
+                | HostStep::RemoveFile { .. }
+                | HostStep::AddBridge { .. }
+                | HostStep::AddVlanLink { .. }
+                | HostStep::AddTap { .. }
+                | HostStep::SetMaster { .. }
+                | HostStep::SetUp { .. }
+                | HostStep::DeleteLink { .. } => None,
             })
             .collect()
     }

@@ -49,7 +49,7 @@ use tokio_util::{
     io::StreamReader,
 };
 
-use crate::host::HostError;
+use crate::host::{HostError, HostStep};
 
 /// Replies to status queries should be instant.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -189,6 +189,14 @@ impl QmpClient {
         }
     }
 
+    /// Runs the QMP commands among `steps`, in order; the first failure ends the run.
+    pub(super) async fn run_steps(&self, steps: &[HostStep]) -> Result<(), HostError> {
+        for (command, arguments) in HostStep::qmp_commands(steps) {
+            self.execute_json(command, arguments).await?;
+        }
+        Ok(())
+    }
+
     /// A command given as data, typed through qapi; sent when its reply is first polled.
     fn prepare(&self, command: &str, arguments: &serde_json::Value) -> Result<Prepared, HostError> {
         let args = if arguments.is_null() {
@@ -269,6 +277,14 @@ impl QmpClient {
             Ok(Ok(Ok(status))) => Ok(status),
         }
     }
+}
+
+/// A run state as QEMU spells it (`running`, `paused`, …).
+pub(super) fn run_state_name(state: &qapi::qmp::RunState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{state:?}"))
 }
 
 /// QEMU's side of the connection as qapi gets to read it: line by line,

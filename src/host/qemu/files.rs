@@ -1,0 +1,184 @@
+//! Files on the host: disk files made with qemu-img, images imported into
+//! storage, and each VM's run directory.
+//!
+//! A file reaches its final name only when it is complete and checked: it is
+//! written under a `.partial` name and renamed, and a failure removes the
+//! partial file. A disk image that names a backing or data file is refused,
+//! never opened by a VM. Paths come from the services (storage, import and
+//! run directories); nothing here builds one from user input.
+
+use std::path::{Path, PathBuf};
+
+use super::{argv, argv::QemuOptions, img};
+use crate::{
+    disk::model::DiskFormat,
+    host::{DiskSpec, HostError, HostStep, ImportedImage},
+};
+
+/// Makes a VM's run directory (0700) and clears the socket and pidfile a
+/// previous QEMU left, so a stale one is never mistaken for the new one's.
+pub(super) fn prepare_run_dir(run_dir: &Path) -> Result<(), HostError> {
+    let io = |what: &str| {
+        let what = format!("{what} {}", run_dir.display());
+        move |source| HostError::Io { what, source }
+    };
+    std::fs::create_dir_all(run_dir).map_err(io("creating"))?;
+    restrict(run_dir, 0o700);
+    for stale in [argv::qmp_socket(run_dir), argv::pid_file(run_dir)] {
+        match std::fs::remove_file(&stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("cleaning")(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Narrows who may open a run directory or QEMU's socket (made under
+/// whatever umask); a failure is logged: the VM works without it.
+pub(super) fn restrict(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        tracing::warn!(path = %path.display(), error = %e, "restricting permissions");
+    }
+}
+
+pub(super) async fn create_disk(steps: &[HostStep], disk: &DiskSpec) -> Result<(), HostError> {
+    let [HostStep::Exec { argv }] = steps else {
+        unreachable!("plan(CreateDisk) is one qemu-img run")
+    };
+    if disk.path.exists() {
+        return Err(HostError::Failed(format!(
+            "{} already exists",
+            disk.path.display()
+        )));
+    }
+    let partial = img::partial_path(disk);
+    let _ = std::fs::remove_file(&partial);
+    let result = img::run(argv).await.and_then(|_| {
+        std::fs::rename(&partial, &disk.path).map_err(|source| HostError::Io {
+            what: format!("renaming {} into place", partial.display()),
+            source,
+        })
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+/// What a file to import is, read in place; a disk image is checked as
+/// [`inspect_disk_image`] does.
+pub(super) async fn inspect_image(
+    options: &QemuOptions,
+    source: &Path,
+    disk: bool,
+) -> Result<ImportedImage, HostError> {
+    let format = match disk {
+        true => Some(inspect_disk_image(options, source).await?),
+        false => None,
+    };
+    let size_bytes = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
+    Ok(ImportedImage { format, size_bytes })
+}
+
+/// A disk image must be a plain qcow2 or raw file: one that names a backing
+/// file or an external data file could make QEMU open any host file.
+pub(super) async fn inspect_disk_image(
+    options: &QemuOptions,
+    source: &Path,
+) -> Result<DiskFormat, HostError> {
+    let info = img::info(&options.img_binary, source).await?;
+    if let Some(backing) = &info.backing_filename {
+        return Err(HostError::Rejected(format!(
+            "the image names a backing file ({backing}); import a standalone image"
+        )));
+    }
+    if let Some(data_file) = info.data_file() {
+        return Err(HostError::Rejected(format!(
+            "the image names an external data file ({data_file})"
+        )));
+    }
+    match info.format.as_str() {
+        "qcow2" => Ok(DiskFormat::Qcow2),
+        "raw" => Ok(DiskFormat::Raw),
+        other => Err(HostError::Rejected(format!(
+            "unsupported image format {other:?}: use qcow2 or raw"
+        ))),
+    }
+}
+
+/// Copies an image into storage under a temporary name, checks the copy (the
+/// file QEMU will open, not the source, which could change meanwhile) and
+/// renames it into place. Nothing is left behind on failure.
+pub(super) async fn import_image(
+    options: &QemuOptions,
+    source: &Path,
+    dest: &Path,
+    disk: bool,
+) -> Result<ImportedImage, HostError> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| HostError::Io {
+            what: format!("creating {}", parent.display()),
+            source,
+        })?;
+    }
+    let mut partial = dest.as_os_str().to_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let (from, to) = (source.to_path_buf(), partial.clone());
+    let copied = tokio::task::spawn_blocking(move || std::fs::copy(from, to))
+        .await
+        .map_err(|e| HostError::Failed(format!("copy task: {e}")))
+        .and_then(|r| {
+            r.map_err(|e| HostError::Io {
+                what: format!("copying {} into storage", source.display()),
+                source: e,
+            })
+        });
+    let checked = async {
+        let bytes = copied?;
+        let image = match disk {
+            true => ImportedImage {
+                format: Some(inspect_disk_image(options, &partial).await?),
+                // A disk's size is its virtual size, which is what a VM sees.
+                size_bytes: img::info(&options.img_binary, &partial).await?.virtual_size,
+            },
+            false => ImportedImage {
+                format: None,
+                size_bytes: bytes,
+            },
+        };
+        std::fs::rename(&partial, dest).map_err(|e| HostError::Io {
+            what: format!("moving {} into place", dest.display()),
+            source: e,
+        })?;
+        Ok(image)
+    }
+    .await;
+    if checked.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    checked
+}
+
+/// Removes a disk's file; one already gone is what was asked.
+pub(super) fn delete_disk(disk: &DiskSpec) -> Result<(), HostError> {
+    removed(&disk.path, std::fs::remove_file(&disk.path))
+}
+
+/// Removes a stopped VM's run directory; one already gone is what was asked.
+pub(super) fn remove_run_dir(run_dir: &Path) -> Result<(), HostError> {
+    removed(run_dir, std::fs::remove_dir_all(run_dir))
+}
+
+fn removed(path: &Path, removal: std::io::Result<()>) -> Result<(), HostError> {
+    match removal {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(HostError::Io {
+            what: format!("removing {}", path.display()),
+            source,
+        }),
+    }
+}
