@@ -6,12 +6,8 @@
 use serde::Serialize;
 
 use crate::{
-    coherence::CoherenceIssue,
-    disk::DiskFormat,
-    events::EventKind,
-    image::ImageKind,
-    operation::SubjectType,
-    vm::VmState,
+    coherence::CoherenceIssue, disk::DiskFormat, events::EventKind, image::ImageKind,
+    operation::SubjectType, vm::VmState,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -130,17 +126,15 @@ impl Payload {
             Payload::TemplateCreated { .. } | Payload::TemplateDeleted { .. } => {
                 SubjectType::Template
             }
-            Payload::VmCreated { .. } | Payload::VmDeleted { .. } | Payload::VmStateChanged { .. } => {
-                SubjectType::Vm
-            }
+            Payload::VmCreated { .. }
+            | Payload::VmDeleted { .. }
+            | Payload::VmStateChanged { .. } => SubjectType::Vm,
             Payload::DiskCreated { .. }
             | Payload::DiskAttached { .. }
             | Payload::DiskDetached { .. }
             | Payload::DiskDeleted { .. }
             | Payload::DiskResized { .. } => SubjectType::Disk,
-            Payload::NetworkCreated { .. } | Payload::NetworkDeleted { .. } => {
-                SubjectType::Network
-            }
+            Payload::NetworkCreated { .. } | Payload::NetworkDeleted { .. } => SubjectType::Network,
             Payload::NicAttached { .. } | Payload::NicDetached { .. } => SubjectType::Nic,
             Payload::ImageImported { .. } | Payload::ImageDeleted { .. } => SubjectType::Image,
             Payload::CoherenceIssueOpened(_) | Payload::CoherenceIssueResolved(_) => {

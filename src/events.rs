@@ -17,13 +17,6 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, Set, SqliteTransactionMode, TransactionOptions,
     TransactionTrait, entity::prelude::*,
 };
-use sea_orm::{
-    DbBackend, DbErr, FromQueryResult, Iterable, JoinType, QueryResult, QueryTrait, RuntimeErr,
-    SelectTwoModel, SelectorTrait, Statement,
-    sea_query::{Expr, ExprTrait},
-    sqlx::{Connection, SqliteConnection},
-};
-use sea_query_sqlx::SqlxValues;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -40,7 +33,7 @@ pub mod model {
         pub sequence: i64,
         pub kind: super::EventKind,
         pub subject_id: String,
-        pub subject_type: String,
+        pub subject_type: crate::operation::SubjectType,
         pub operation_id: Option<String>,
         pub payload: Json,
         pub at: DateTimeUtc,
@@ -108,14 +101,42 @@ pub enum EventKind {
     CoherenceIssueResolved,
 }
 
-/// An event about to be journaled.
+pub use crate::event_payload::Payload;
+
+/// An event about to be journaled; its kind and subject type follow from
+/// its payload.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub kind: EventKind,
     pub subject_id: String,
-    pub subject_type: &'static str,
     pub operation_id: Option<String>,
-    pub payload: serde_json::Value,
+    pub payload: Payload,
+}
+
+impl NewEvent {
+    pub fn new(
+        subject_id: impl Into<String>,
+        operation_id: Option<&str>,
+        payload: Payload,
+    ) -> Self {
+        NewEvent {
+            subject_id: subject_id.into(),
+            operation_id: operation_id.map(str::to_string),
+            payload,
+        }
+    }
+
+    /// The journal row, to insert.
+    fn row(self, at: chrono::DateTime<Utc>) -> model::ActiveModel {
+        model::ActiveModel {
+            kind: Set(self.payload.kind()),
+            subject_id: Set(self.subject_id),
+            subject_type: Set(self.payload.subject()),
+            operation_id: Set(self.operation_id),
+            payload: Set(serde_json::to_value(&self.payload).unwrap_or_default()),
+            at: Set(at),
+            ..Default::default()
+        }
+    }
 }
 
 /// How many published events a live subscriber may trail before it is told
@@ -126,7 +147,7 @@ const CATCH_UP_PAGE: u64 = 256;
 
 pub struct EventBus {
     db: DatabaseConnection,
-    write_lock: Mutex<WriteState>,
+    write_lock: Mutex<()>,
     live: broadcast::Sender<Arc<Event>>,
     cancel: CancellationToken,
 }
@@ -136,7 +157,7 @@ impl EventBus {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         EventBus {
             db,
-            write_lock: Mutex::new(WriteState::default()),
+            write_lock: Mutex::new(()),
             live,
             cancel,
         }
@@ -144,8 +165,7 @@ impl EventBus {
 
     /// Starts a write: one transaction, journaled events published on commit.
     pub async fn writer(&self) -> ApiResult<Writer<'_>> {
-        let mut lock = self.write_lock.lock().await;
-        lock.recover().await;
+        let lock = self.write_lock.lock().await;
         let txn = self
             .db
             .begin_with_options(TransactionOptions {
@@ -159,22 +179,6 @@ impl EventBus {
             txn,
             journaled: Vec::new(),
         })
-    }
-
-    /// Takes the write lock for a write sent to SQLite as one request: see
-    /// [`WriteSession`].
-    pub async fn session(&self) -> ApiResult<WriteSession<'_>> {
-        let mut state = self.write_lock.lock().await;
-        state.recover().await;
-        if state.conn.is_none() {
-            let options = self.db.get_sqlite_connection_pool().connect_options();
-            state.conn = Some(
-                SqliteConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e.into())))?,
-            );
-        }
-        Ok(WriteSession { bus: self, state })
     }
 
     /// The highest sequence written so far (0 for an empty journal).
@@ -260,7 +264,7 @@ impl EventBus {
 /// One write transaction; dropped without [`Writer::commit`] it rolls back.
 pub struct Writer<'a> {
     bus: &'a EventBus,
-    _lock: MutexGuard<'a, WriteState>,
+    _lock: MutexGuard<'a, ()>,
     txn: DatabaseTransaction,
     journaled: Vec<Event>,
 }
@@ -272,17 +276,7 @@ impl Writer<'_> {
 
     /// Journals an event in this transaction.
     pub async fn record(&mut self, event: NewEvent) -> ApiResult<()> {
-        let row = model::ActiveModel {
-            kind: Set(event.kind),
-            subject_id: Set(event.subject_id),
-            subject_type: Set(event.subject_type.to_string()),
-            operation_id: Set(event.operation_id),
-            payload: Set(event.payload),
-            at: Set(Utc::now()),
-            ..Default::default()
-        }
-        .insert(&self.txn)
-        .await?;
+        let row = event.row(Utc::now()).insert(&self.txn).await?;
         self.journaled.push(row);
         Ok(())
     }
@@ -297,204 +291,6 @@ impl Writer<'_> {
         crate::telemetry::events_published(self.journaled.len());
         Ok(self.journaled)
     }
-}
-
-/// What the write lock guards: the connection that [`WriteSession`]s use,
-/// and whether a batch sent on it may have left its transaction open.
-#[derive(Default)]
-pub struct WriteState {
-    conn: Option<SqliteConnection>,
-    unfinished: bool,
-}
-
-impl WriteState {
-    /// After a batch that did not finish (its caller went away while SQLite
-    /// ran it), its transaction may still be open and would hold SQLite's
-    /// write lock against every other writer: closing the connection rolls it
-    /// back. The next session opens a new one.
-    async fn recover(&mut self) {
-        if std::mem::take(&mut self.unfinished)
-            && let Some(conn) = self.conn.take()
-        {
-            let _ = conn.close().await;
-        }
-    }
-}
-
-/// Ends a batch (before its `COMMIT`) when the change just before it touched
-/// no row: an `UPDATE` whose row is gone must fail the write, as sea-orm's
-/// `update` does, not commit the rest without it. Outside triggers SQLite has
-/// no statement that raises an error by itself; asking it for a malformed
-/// JSON value makes it refuse, and stop the batch there.
-const ONE_ROW_CHANGED: &str = "SELECT json('') WHERE changes() <> 1";
-
-/// The write lock and one connection of its own, for a write sent to
-/// SQLite's thread as one request instead of one per statement: `BEGIN
-/// IMMEDIATE`, the changes, the journal rows and `COMMIT` go as a single
-/// batch. sqlx still hands each statement's result back as a message of its
-/// own, each waking the caller; docs/BENCHMARKS.md (issue 3, fourth round)
-/// measures what that costs, and what it does not. Reads made through the session see
-/// every committed write, and nothing else can write until the session ends:
-/// a caller may read, decide, then commit what it decided.
-///
-/// The guarantees are [`Writer`]'s: one transaction, journal sequences in
-/// commit order, events published after the commit and under the lock.
-pub struct WriteSession<'a> {
-    bus: &'a EventBus,
-    state: MutexGuard<'a, WriteState>,
-}
-
-impl WriteSession<'_> {
-    fn conn(&mut self) -> &mut SqliteConnection {
-        self.state
-            .conn
-            .as_mut()
-            .expect("a write session has a connection")
-    }
-
-    /// The row of `A` with primary key `a` and the row of `B` with primary
-    /// key `b`, read in one statement; NOT_FOUND names `a` first.
-    pub async fn find_two<A, B>(
-        &mut self,
-        (a_kind, a): (&'static str, &str),
-        (b_kind, b): (&'static str, &str),
-    ) -> ApiResult<(A::Model, B::Model)>
-    where
-        A: EntityTrait,
-        A::PrimaryKey: sea_orm::PrimaryKeyTrait<ValueType = String>,
-        B: EntityTrait + Default,
-        B::PrimaryKey: sea_orm::PrimaryKeyTrait<ValueType = String>,
-    {
-        let b_key = B::PrimaryKey::iter()
-            .next()
-            .expect("an entity has a primary key")
-            .into_column();
-        let mut select = A::find_by_id(a.to_string()).select_also(B::default());
-        QueryTrait::query(&mut select).join(
-            JoinType::LeftJoin,
-            B::default(),
-            Expr::col((B::default(), b_key)).eq(b),
-        );
-        let row = self.query(&select.build(DbBackend::Sqlite)).await?;
-        let row = row.into_iter().next();
-        let row = row.ok_or_else(|| ApiError::not_found(a_kind, a))?;
-        match SelectTwoModel::<A::Model, B::Model>::from_raw_query_result(row)? {
-            (a, Some(b)) => Ok((a, b)),
-            (_, None) => Err(ApiError::not_found(b_kind, b)),
-        }
-    }
-
-    /// The rows of one statement.
-    async fn query(&mut self, statement: &Statement) -> ApiResult<Vec<QueryResult>> {
-        let rows = bind(&statement.sql, statement.values.clone())
-            .fetch_all(self.conn())
-            .await
-            .map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e.into())))?;
-        Ok(rows.into_iter().map(QueryResult::from).collect())
-    }
-
-    /// Commits `changes` and journals `events` in one transaction sent as one
-    /// batch. Each change must be an `INSERT` or `UPDATE … RETURNING` of
-    /// exactly one row (else nothing is written); its row comes back, in
-    /// order. Then publishes the events.
-    pub async fn commit(
-        mut self,
-        changes: Vec<Statement>,
-        events: Vec<NewEvent>,
-    ) -> ApiResult<(Vec<QueryResult>, Vec<Event>)> {
-        let at = Utc::now();
-        let journal = events.into_iter().map(|event| {
-            insert_returning(model::ActiveModel {
-                kind: Set(event.kind),
-                subject_id: Set(event.subject_id),
-                subject_type: Set(event.subject_type.to_string()),
-                operation_id: Set(event.operation_id),
-                payload: Set(event.payload),
-                at: Set(at),
-                ..Default::default()
-            })
-        });
-        let changed = changes.len();
-        let statements: Vec<Statement> = changes.into_iter().chain(journal).collect();
-        let expected = statements.len();
-        let mut sql = String::from("BEGIN IMMEDIATE;\n");
-        let mut values = Vec::new();
-        for statement in statements {
-            sql.push_str(&statement.sql);
-            sql.push_str(";\n");
-            sql.push_str(ONE_ROW_CHANGED);
-            sql.push_str(";\n");
-            values.extend(statement.values.map(|v| v.0).unwrap_or_default());
-        }
-        sql.push_str("COMMIT;");
-        // Until SQLite answers, the transaction may be open. A batch that
-        // fails half-way stops there, still in its transaction; a caller
-        // that goes away leaves it to the next holder of the write lock.
-        self.state.unfinished = true;
-        let rows = bind(&sql, Some(sea_orm::sea_query::Values(values)))
-            .fetch_all(self.conn())
-            .await;
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(e) => {
-                self.state.recover().await;
-                if e.to_string().contains("malformed JSON") {
-                    return Err(ApiError::internal(DbErr::RecordNotUpdated));
-                }
-                return Err(DbErr::Exec(RuntimeErr::SqlxError(e.into())).into());
-            }
-        };
-        self.state.unfinished = false;
-        if rows.len() != expected {
-            // Each change returned its one row or stopped the batch: this
-            // cannot happen, but a wrong row must not be taken for another.
-            return Err(ApiError::internal(DbErr::Custom(format!(
-                "a batched write returned {} rows for {expected} statements",
-                rows.len()
-            ))));
-        }
-        let mut rows: Vec<QueryResult> = rows.into_iter().map(QueryResult::from).collect();
-        let journaled = rows
-            .split_off(changed)
-            .into_iter()
-            .map(|row| model::Model::from_query_result(&row, ""))
-            .collect::<Result<Vec<_>, _>>()?;
-        for event in &journaled {
-            let _ = self.bus.live.send(Arc::new(event.clone()));
-        }
-        crate::telemetry::events_published(journaled.len());
-        Ok((rows, journaled))
-    }
-}
-
-/// `INSERT … RETURNING *` of `row`, for [`WriteSession::commit`].
-pub fn insert_returning<A: ActiveModelTrait>(row: A) -> Statement {
-    let mut insert = A::Entity::insert(row).into_query();
-    insert.returning_all();
-    DbBackend::Sqlite.build(&insert)
-}
-
-/// `UPDATE … RETURNING *` of the columns set in `row`, by its primary key,
-/// for [`WriteSession::commit`].
-pub fn update_returning<A: ActiveModelTrait>(row: A) -> ApiResult<Statement> {
-    let mut update = A::Entity::update(row).validate()?.into_query();
-    update.returning_all();
-    Ok(DbBackend::Sqlite.build(&update))
-}
-
-/// A statement (or several) with its values bound in order. sqlx's SQLite
-/// driver runs several `;`-separated statements of one query in turn, binding
-/// the values across them in order; sqlx documents that as SQLite-only and
-/// deprecated (for a future split API), so `batched_writes_are_all_or_nothing`
-/// in `tests/schema_and_cli.rs` checks it on every sqlx upgrade.
-fn bind(
-    sql: &str,
-    values: Option<sea_orm::sea_query::Values>,
-) -> sea_orm::sqlx::query::Query<'_, sea_orm::sqlx::Sqlite, SqlxValues> {
-    sea_orm::sqlx::query_with(
-        sea_orm::sqlx::AssertSqlSafe(sql),
-        SqlxValues(values.unwrap_or(sea_orm::sea_query::Values(Vec::new()))),
-    )
 }
 
 /// Reads one row inside a writer, failing with NOT_FOUND.

@@ -11,6 +11,7 @@ pub mod context;
 pub mod db;
 pub mod disk;
 pub mod error;
+pub mod event_payload;
 pub mod events;
 pub mod health;
 pub mod host;

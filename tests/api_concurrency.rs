@@ -116,7 +116,11 @@ async fn callers_that_cannot_get_the_lock_in_time_are_told_who_holds_it() {
         .app
         .ctx
         .locks
-        .lock(&vm, "0194f0a0-0000-7000-8000-00000000beef", "RESTART_VM")
+        .lock(
+            &vm,
+            "0194f0a0-0000-7000-8000-00000000beef",
+            vman::operation::OperationKind::RestartVm,
+        )
         .await
         .unwrap();
     let response = server
@@ -156,7 +160,7 @@ async fn a_disk_attached_while_its_resize_waits_is_not_resized() {
         .app
         .ctx
         .locks
-        .lock(&disk, "op-test", "TEST")
+        .lock(&disk, "op-test", vman::operation::OperationKind::ResizeDisk)
         .await
         .unwrap();
     let call = |query: &'static str| {

@@ -519,17 +519,18 @@ async fn under_repair_a_known_qemu_is_readopted_and_a_vm_that_died_unseen_is_mar
 #[tokio::test]
 async fn operations_a_killed_vman_left_running_end_as_failed_at_the_next_start() {
     use sea_orm::{ActiveModelTrait, ActiveValue::Set};
-    use vman::operation::{OperationStatus, model};
+    use vman::operation::{OperationKind, OperationStatus, SubjectType, model};
     let server = TestServer::start().await;
     // What a vman killed mid-operation leaves behind.
     model::ActiveModel {
         id: Set("01940000-0000-7000-8000-0000000000ff".into()),
-        kind: Set("STOP_VM".into()),
+        kind: Set(OperationKind::StopVm),
         target_id: Set("01940000-0000-7000-8000-0000000000fe".into()),
-        target_type: Set("Vm".into()),
+        target_type: Set(SubjectType::Vm),
         status: Set(OperationStatus::Running),
         error: Set(None),
         error_code: Set(None),
+        failed_step: Set(None),
         steps: Set(json!([])),
         started_at: Set(chrono::Utc::now()),
         finished_at: Set(None),

@@ -31,7 +31,7 @@ impl EventObject {
         ID(self.0.subject_id.clone())
     }
     async fn subject_type(&self) -> &str {
-        &self.0.subject_type
+        self.0.subject_type.as_str()
     }
     async fn operation_id(&self) -> Option<ID> {
         self.0.operation_id.clone().map(ID)

@@ -12,7 +12,7 @@ use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
 
 use crate::{
     error::ApiResult,
-    events::{EventKind, NewEvent, Writer},
+    events::{NewEvent, Payload, Writer},
 };
 pub use model::{CoherenceKind, Model as CoherenceIssue};
 
@@ -60,14 +60,8 @@ pub struct Finding {
     pub observed: String,
 }
 
-fn event(kind: EventKind, issue: &CoherenceIssue) -> NewEvent {
-    NewEvent {
-        kind,
-        subject_id: issue.id.clone(),
-        subject_type: "CoherenceIssue",
-        operation_id: None,
-        payload: serde_json::to_value(issue).unwrap_or_default(),
-    }
+fn event(payload: fn(Box<CoherenceIssue>) -> Payload, issue: &CoherenceIssue) -> NewEvent {
+    NewEvent::new(&issue.id, None, payload(Box::new(issue.clone())))
 }
 
 /// Opens an issue for a finding, journaling `COHERENCE_ISSUE_OPENED`.
@@ -86,7 +80,7 @@ pub async fn open(w: &mut Writer<'_>, finding: &Finding) -> ApiResult<CoherenceI
     }
     .insert(w.txn())
     .await?;
-    w.record(event(EventKind::CoherenceIssueOpened, &issue))
+    w.record(event(Payload::CoherenceIssueOpened, &issue))
         .await?;
     crate::telemetry::coherence_finding(finding.kind.as_str());
     Ok(issue)
@@ -103,7 +97,7 @@ pub async fn resolve(
     row.resolved_at = Set(Some(Utc::now()));
     row.action = Set(Some(action.to_string()));
     let issue = row.update(w.txn()).await?;
-    w.record(event(EventKind::CoherenceIssueResolved, &issue))
+    w.record(event(Payload::CoherenceIssueResolved, &issue))
         .await?;
     Ok(issue)
 }

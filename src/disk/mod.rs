@@ -7,20 +7,18 @@ pub mod model;
 
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, IntoActiveModel,
-    ModelTrait, QueryFilter, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, ModelTrait,
+    QueryFilter, Set,
 };
-use serde_json::json;
 
 use crate::{
     context::Ctx,
     error::{ApiError, ApiResult},
-    events::{self, EventKind, NewEvent, WriteSession, find_in},
+    events::{NewEvent, Payload, Writer, find_in},
     host::{DiskSpec, VmAction},
-    operation,
-    operation::Change,
+    operation::{self, Change, HostAction, OperationKind, Request, SubjectType},
     validate,
-    vm::{self, VmState},
+    vm::{self, Plug},
 };
 pub use model::{Attachment, DiskFormat, Model as Disk};
 
@@ -42,33 +40,37 @@ pub async fn ensure_name_free(db: &impl ConnectionTrait, name: &str) -> ApiResul
 }
 
 pub fn created_event(disk: &Disk, operation_id: Option<&str>) -> NewEvent {
-    NewEvent {
-        kind: EventKind::DiskCreated,
-        subject_id: disk.id.clone(),
-        subject_type: "Disk",
-        operation_id: operation_id.map(str::to_string),
-        payload: json!({"name": disk.name, "sizeBytes": disk.size_bytes, "format": disk.format, "vmId": disk.vm_id}),
-    }
+    NewEvent::new(
+        &disk.id,
+        operation_id,
+        Payload::DiskCreated {
+            name: disk.name.clone(),
+            size_bytes: disk.size_bytes,
+            format: disk.format,
+            vm_id: disk.vm_id.clone(),
+        },
+    )
 }
 
 pub fn deleted_event(disk: &Disk, operation_id: Option<&str>) -> NewEvent {
-    NewEvent {
-        kind: EventKind::DiskDeleted,
-        subject_id: disk.id.clone(),
-        subject_type: "Disk",
-        operation_id: operation_id.map(str::to_string),
-        payload: json!({"name": disk.name}),
-    }
+    NewEvent::new(
+        &disk.id,
+        operation_id,
+        Payload::DiskDeleted {
+            name: disk.name.clone(),
+        },
+    )
 }
 
 pub fn detached_event(disk: &Disk, vm_id: &str, operation_id: Option<&str>) -> NewEvent {
-    NewEvent {
-        kind: EventKind::DiskDetached,
-        subject_id: disk.id.clone(),
-        subject_type: "Disk",
-        operation_id: operation_id.map(str::to_string),
-        payload: json!({"name": disk.name, "vmId": vm_id}),
-    }
+    NewEvent::new(
+        &disk.id,
+        operation_id,
+        Payload::DiskDetached {
+            name: disk.name.clone(),
+            vm_id: vm_id.to_string(),
+        },
+    )
 }
 
 pub struct CreateDisk {
@@ -97,40 +99,21 @@ pub async fn create(app: &Ctx, input: CreateDisk, dry_run: bool) -> ApiResult<Ch
     if dry_run {
         return Ok(Change::planned(disk, app.hypervisor.plan(&action)));
     }
-    let op = operation::begin(app, &operation::new_id(), "CREATE_DISK", "Disk", &disk.id).await?;
-    let steps = match app.hypervisor.execute(&action).await {
-        Ok(outcome) => outcome.steps,
-        Err(e) => {
-            let e = ApiError::from(e);
-            operation::finish(app, op, &[], Some(&e)).await?;
-            return Err(e);
-        }
-    };
-    let written = async {
-        let mut w = app.bus.writer().await?;
-        ensure_name_free(w.txn(), &disk.name).await?;
-        let disk = model::ActiveModel::from(disk.clone())
-            .insert(w.txn())
-            .await?;
-        w.record(created_event(&disk, Some(&op.id))).await?;
-        w.commit().await?;
-        ApiResult::Ok(disk)
-    }
-    .await;
-    if written.is_err()
-        && let Err(undo) = app
-            .hypervisor
-            .execute(&VmAction::DeleteDisk(spec(app, &disk)))
-            .await
-    {
-        tracing::error!(error = %undo, "removing the file of a failed createDisk");
-    }
-    let op = operation::finish(app, op, &steps, written.as_ref().err()).await?;
-    Ok(Change {
-        object: written?,
-        operation: Some(op),
-        plan: steps,
+    let request = Request::new(OperationKind::CreateDisk, SubjectType::Disk, &disk.id);
+    operation::run(app, request, async |env| {
+        env.vm(&action).await?;
+        env.undo_with(HostAction::Vm(VmAction::DeleteDisk(spec(app, &disk))));
+        env.commit(async |w, op| {
+            ensure_name_free(w.txn(), &disk.name).await?;
+            let disk = model::ActiveModel::from(disk.clone())
+                .insert(w.txn())
+                .await?;
+            w.record(created_event(&disk, Some(op))).await?;
+            Ok(disk)
+        })
+        .await
     })
+    .await
 }
 
 pub async fn find_disk(app: &Ctx, id: &str) -> ApiResult<Disk> {
@@ -160,94 +143,52 @@ pub async fn attach(
         }
     };
     let op_id = operation::new_id();
-    let _vm_guard = app.locks.lock(&vm_id, &op_id, "ATTACH_DISK").await?;
-    let _disk_guard = app.locks.lock(&disk_id, &op_id, "ATTACH_DISK").await?;
-    // The rows are read under the locks, with no read before them: each read
-    // on its own costs a pooled connection. A real attach reads them in the
-    // write session that then records its operation, so the checks and the
-    // record see the same rows, and the whole write is two requests to
-    // SQLite (the reads, then `RUNNING` committed), not one per statement.
-    let mut session = match dry_run {
-        true => None,
-        false => Some(app.bus.session().await?),
-    };
-    let (disk, vm) = read_for_attach(app, session.as_mut(), &disk_id, &vm_id).await?;
+    let kind = OperationKind::AttachDisk;
+    let _vm_guard = app.locks.lock(&vm_id, &op_id, kind).await?;
+    let _disk_guard = app.locks.lock(&disk_id, &op_id, kind).await?;
+    let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk_id).await?;
+    let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &vm_id).await?;
     if disk.attachment != Attachment::Detached {
         return Err(ApiError::Conflict(format!(
             "disk {:?} is already attached",
             disk.name
         )));
     }
-    let hot = matches!(vm.state, VmState::Running | VmState::Paused);
-    if !hot && vm.state != VmState::Stopped && vm.state != VmState::Crashed {
-        return Err(ApiError::InvalidState(format!(
-            "cannot attach a disk to VM {:?} while it is {}",
-            vm.name, vm.state
-        )));
-    }
-    let action = hot.then(|| VmAction::AttachDisk {
+    let plug = vm::plug(&vm, "attach a disk to")?;
+    let action = (plug == Plug::Hot).then(|| VmAction::AttachDisk {
         vm_id: vm.id.clone(),
         disk: spec(app, &disk),
     });
-    let plan = action.iter().flat_map(|a| app.hypervisor.plan(a)).collect();
-    let Some(session) = session else {
+    if dry_run {
+        let plan = action.iter().flat_map(|a| app.hypervisor.plan(a)).collect();
         return Ok(Change::planned(disk, plan));
-    };
-    let op = operation::begin_session(session, &op_id, "ATTACH_DISK", "Disk", &disk.id).await?;
-    let result = async {
-        let steps = match &action {
-            Some(action) => app.hypervisor.execute(action).await?.steps,
-            None => Vec::new(),
-        };
-        // The change, its event and the operation's success: one transaction,
-        // one request.
-        let mut row = disk.clone().into_active_model();
-        row.vm_id = Set(Some(vm.id.clone()));
-        row.attachment = Set(Attachment::Attached);
-        row.updated_at = Set(Utc::now());
-        let changes = vec![
-            events::update_returning(row)?,
-            events::update_returning(operation::finished_row(op.clone(), &steps, None))?,
-        ];
-        let event = NewEvent {
-            kind: EventKind::DiskAttached,
-            subject_id: disk.id.clone(),
-            subject_type: "Disk",
-            operation_id: Some(op.id.clone()),
-            payload: json!({"name": disk.name, "vmId": vm.id, "hot": hot}),
-        };
-        let session = app.bus.session().await?;
-        let (rows, _) = session.commit(changes, vec![event]).await?;
-        let disk = Disk::from_query_result(&rows[0], "")?;
-        let done = operation::Operation::from_query_result(&rows[1], "")?;
-        operation::count_finished(&done);
-        ApiResult::Ok((disk, steps, done))
     }
-    .await;
-    operation::conclude_done(app, op, result).await
-}
-
-/// The disk, then the VM, as `attach` checks them: through the write
-/// session when there is one.
-async fn read_for_attach(
-    app: &Ctx,
-    session: Option<&mut WriteSession<'_>>,
-    disk_id: &str,
-    vm_id: &str,
-) -> ApiResult<(Disk, vm::Vm)> {
-    match session {
-        Some(s) => {
-            s.find_two::<model::Entity, vm::model::Entity>(("disk", disk_id), ("VM", vm_id))
-                .await
+    let request = Request::with_id(op_id, kind, SubjectType::Disk, &disk.id);
+    operation::run(app, request, async |env| {
+        if let Some(action) = &action {
+            env.vm(action).await?;
         }
-        None => {
-            let disk = find_in::<model::Entity, _>(&app.db, "disk", disk_id).await?;
-            Ok((
-                disk,
-                find_in::<vm::model::Entity, _>(&app.db, "VM", vm_id).await?,
+        env.commit(async |w, op| {
+            let mut row = disk.clone().into_active_model();
+            row.vm_id = Set(Some(vm.id.clone()));
+            row.attachment = Set(Attachment::Attached);
+            row.updated_at = Set(Utc::now());
+            let disk = row.update(w.txn()).await?;
+            w.record(NewEvent::new(
+                &disk.id,
+                Some(op),
+                Payload::DiskAttached {
+                    name: disk.name.clone(),
+                    vm_id: vm.id.clone(),
+                    hot: plug == Plug::Hot,
+                },
             ))
-        }
-    }
+            .await?;
+            Ok(disk)
+        })
+        .await
+    })
+    .await
 }
 
 /// Detaches a disk from its VM: unplugged when the VM runs, dropped from the next start otherwise.
@@ -260,8 +201,9 @@ pub async fn detach(app: &Ctx, disk_id: &str, dry_run: bool) -> ApiResult<Change
         )));
     };
     let op_id = operation::new_id();
-    let _vm_guard = app.locks.lock(&vm_id, &op_id, "DETACH_DISK").await?;
-    let _disk_guard = app.locks.lock(&disk.id, &op_id, "DETACH_DISK").await?;
+    let kind = OperationKind::DetachDisk;
+    let _vm_guard = app.locks.lock(&vm_id, &op_id, kind).await?;
+    let _disk_guard = app.locks.lock(&disk.id, &op_id, kind).await?;
     let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &vm_id).await?;
     let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk.id).await?;
     if disk.attachment != Attachment::Attached || disk.vm_id.as_deref() != Some(vm.id.as_str()) {
@@ -270,58 +212,48 @@ pub async fn detach(app: &Ctx, disk_id: &str, dry_run: bool) -> ApiResult<Change
             disk.name, disk.attachment
         )));
     }
-    let hot = matches!(vm.state, VmState::Running | VmState::Paused);
-    if !hot && vm.state != VmState::Stopped && vm.state != VmState::Crashed {
-        return Err(ApiError::InvalidState(format!(
-            "cannot detach a disk from VM {:?} while it is {}",
-            vm.name, vm.state
-        )));
-    }
-    let action = hot.then(|| VmAction::DetachDisk {
+    let plug = vm::plug(&vm, "detach a disk from")?;
+    let action = (plug == Plug::Hot).then(|| VmAction::DetachDisk {
         vm_id: vm.id.clone(),
         disk: spec(app, &disk),
     });
-    let plan = action.iter().flat_map(|a| app.hypervisor.plan(a)).collect();
     if dry_run {
+        let plan = action.iter().flat_map(|a| app.hypervisor.plan(a)).collect();
         return Ok(Change::planned(disk, plan));
     }
-    let op = operation::begin(app, &op_id, "DETACH_DISK", "Disk", &disk.id).await?;
-    let result = async {
+    let request = Request::with_id(op_id, kind, SubjectType::Disk, &disk.id);
+    operation::run(app, request, async |env| {
         let outcome = match &action {
-            Some(action) => app.hypervisor.execute(action).await?,
+            Some(action) => env.vm(action).await?,
             None => Default::default(),
         };
         if outcome.detach_pending {
             // The guest has not let go yet: the disk stays visible as DETACHING
             // and the detach completes when it does, without holding the VM.
-            let disk =
-                set_attachment(app, &disk, Some(&vm.id), Attachment::Detaching, None).await?;
+            let disk = env
+                .commit(async |w, _| {
+                    set_attachment(w, &disk, Some(&vm.id), Attachment::Detaching, None).await
+                })
+                .await?;
             spawn_finish_detach(app, disk.clone(), vm.id.clone());
-            return ApiResult::Ok((disk, outcome.steps));
+            return Ok(disk);
         }
-        let disk = set_attachment(
-            app,
-            &disk,
-            None,
-            Attachment::Detached,
-            Some((&vm.id, &op.id)),
-        )
-        .await?;
-        ApiResult::Ok((disk, outcome.steps))
-    }
-    .await;
-    operation::conclude(app, op, result).await
+        env.commit(async |w, op| {
+            set_attachment(w, &disk, None, Attachment::Detached, Some((&vm.id, op))).await
+        })
+        .await
+    })
+    .await
 }
 
 /// Writes a disk's attachment; `detached_from` journals a DISK_DETACHED event.
 async fn set_attachment(
-    app: &Ctx,
+    w: &mut Writer<'_>,
     disk: &Disk,
     vm_id: Option<&str>,
     attachment: Attachment,
     detached_from: Option<(&str, &str)>,
 ) -> ApiResult<Disk> {
-    let mut w = app.bus.writer().await?;
     let mut row = disk.clone().into_active_model();
     row.vm_id = Set(vm_id.map(str::to_string));
     row.attachment = Set(attachment);
@@ -330,7 +262,6 @@ async fn set_attachment(
     if let Some((vm_id, op_id)) = detached_from {
         w.record(detached_event(&disk, vm_id, Some(op_id))).await?;
     }
-    w.commit().await?;
     Ok(disk)
 }
 
@@ -396,7 +327,8 @@ pub async fn release_detaching(app: &Ctx, vm_id: &str) -> ApiResult<()> {
 pub async fn delete(app: &Ctx, disk_id: &str, dry_run: bool) -> ApiResult<Change<Disk>> {
     let disk = find_disk(app, disk_id).await?;
     let op_id = operation::new_id();
-    let _disk_guard = app.locks.lock(&disk.id, &op_id, "DELETE_DISK").await?;
+    let kind = OperationKind::DeleteDisk;
+    let _disk_guard = app.locks.lock(&disk.id, &op_id, kind).await?;
     let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk.id).await?;
     if disk.vm_id.is_some() {
         return Err(ApiError::Conflict(format!(
@@ -408,18 +340,18 @@ pub async fn delete(app: &Ctx, disk_id: &str, dry_run: bool) -> ApiResult<Change
     if dry_run {
         return Ok(Change::planned(disk, app.hypervisor.plan(&action)));
     }
-    let op = operation::begin(app, &op_id, "DELETE_DISK", "Disk", &disk.id).await?;
-    let result = async {
+    let request = Request::with_id(op_id, kind, SubjectType::Disk, &disk.id);
+    operation::run(app, request, async |env| {
         // The file goes first: if it cannot be removed, the row stays and says so.
-        let steps = app.hypervisor.execute(&action).await?.steps;
-        let mut w = app.bus.writer().await?;
-        disk.clone().delete(w.txn()).await?;
-        w.record(deleted_event(&disk, Some(&op.id))).await?;
-        w.commit().await?;
-        ApiResult::Ok((disk, steps))
-    }
-    .await;
-    operation::conclude(app, op, result).await
+        env.vm(&action).await?;
+        env.commit(async |w, op| {
+            disk.clone().delete(w.txn()).await?;
+            w.record(deleted_event(&disk, Some(op))).await?;
+            Ok(disk.clone())
+        })
+        .await
+    })
+    .await
 }
 
 /// Grows a disk (never shrinks: that would cut a guest's filesystem). A disk
@@ -433,11 +365,12 @@ pub async fn resize(
     let disk = find_disk(app, disk_id).await?;
     let size = validate::size_bytes(&app.config.limits, "sizeBytes", size_bytes)?;
     let op_id = operation::new_id();
+    let kind = OperationKind::ResizeDisk;
     let _vm_guard = match &disk.vm_id {
-        Some(vm_id) => Some(app.locks.lock(vm_id, &op_id, "RESIZE_DISK").await?),
+        Some(vm_id) => Some(app.locks.lock(vm_id, &op_id, kind).await?),
         None => None,
     };
-    let _disk_guard = app.locks.lock(&disk.id, &op_id, "RESIZE_DISK").await?;
+    let _disk_guard = app.locks.lock(&disk.id, &op_id, kind).await?;
     let locked_vm = disk.vm_id;
     let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk.id).await?;
     if disk.vm_id.is_some() && disk.vm_id != locked_vm {
@@ -458,15 +391,9 @@ pub async fn resize(
     let running_vm = match &disk.vm_id {
         Some(vm_id) => {
             let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", vm_id).await?;
-            match vm.state {
-                VmState::Running | VmState::Paused => Some(vm.id),
-                VmState::Stopped | VmState::Crashed => None,
-                other => {
-                    return Err(ApiError::InvalidState(format!(
-                        "cannot resize a disk of VM {:?} while it is {other}",
-                        vm.name
-                    )));
-                }
+            match vm::plug(&vm, "resize a disk of")? {
+                Plug::Hot => Some(vm.id),
+                Plug::Cold => None,
             }
         }
         None => None,
@@ -479,25 +406,27 @@ pub async fn resize(
     if dry_run {
         return Ok(Change::planned(disk, app.hypervisor.plan(&action)));
     }
-    let op = operation::begin(app, &op_id, "RESIZE_DISK", "Disk", &disk.id).await?;
-    let result = async {
-        let steps = app.hypervisor.execute(&action).await?.steps;
-        let mut w = app.bus.writer().await?;
-        let mut row = disk.clone().into_active_model();
-        row.size_bytes = Set(size as i64);
-        row.updated_at = Set(Utc::now());
-        let resized = row.update(w.txn()).await?;
-        w.record(NewEvent {
-            kind: EventKind::DiskResized,
-            subject_id: resized.id.clone(),
-            subject_type: "Disk",
-            operation_id: Some(op.id.clone()),
-            payload: json!({"name": resized.name, "from": disk.size_bytes, "to": resized.size_bytes}),
+    let request = Request::with_id(op_id, kind, SubjectType::Disk, &disk.id);
+    operation::run(app, request, async |env| {
+        env.vm(&action).await?;
+        env.commit(async |w, op| {
+            let mut row = disk.clone().into_active_model();
+            row.size_bytes = Set(size as i64);
+            row.updated_at = Set(Utc::now());
+            let resized = row.update(w.txn()).await?;
+            w.record(NewEvent::new(
+                &resized.id,
+                Some(op),
+                Payload::DiskResized {
+                    name: resized.name.clone(),
+                    from: disk.size_bytes,
+                    to: resized.size_bytes,
+                },
+            ))
+            .await?;
+            Ok(resized)
         })
-        .await?;
-        w.commit().await?;
-        ApiResult::Ok((resized, steps))
-    }
-    .await;
-    operation::conclude(app, op, result).await
+        .await
+    })
+    .await
 }

@@ -66,6 +66,7 @@ impl DryRunHypervisor {
             VmAction::Reset { .. }
             | VmAction::CreateDisk(_)
             | VmAction::DeleteDisk(_)
+            | VmAction::DeleteImage { .. }
             | VmAction::AttachDisk { .. }
             | VmAction::DetachDisk { .. }
             | VmAction::AttachNic { .. }

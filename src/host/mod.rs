@@ -310,6 +310,34 @@ pub enum VmAction {
         dest: PathBuf,
         disk: bool,
     },
+    /// Remove an imported image's file from storage; a missing one is fine.
+    DeleteImage {
+        path: PathBuf,
+    },
+}
+
+impl VmAction {
+    /// The action's name, as an operation's `failedStep` gives it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            VmAction::Start(_) => "start",
+            VmAction::Stop { .. } => "stop",
+            VmAction::Pause { .. } => "pause",
+            VmAction::Resume { .. } => "resume",
+            VmAction::Reset { .. } => "reset",
+            VmAction::CreateDisk(_) => "createDisk",
+            VmAction::DeleteDisk(_) => "deleteDisk",
+            VmAction::AttachDisk { .. } => "attachDisk",
+            VmAction::DetachDisk { .. } => "detachDisk",
+            VmAction::AttachNic { .. } => "attachNic",
+            VmAction::DetachNic { .. } => "detachNic",
+            VmAction::Destroy { .. } => "destroy",
+            VmAction::ResizeDisk { .. } => "resizeDisk",
+            VmAction::InspectImage { .. } => "inspectImage",
+            VmAction::ImportImage { .. } => "importImage",
+            VmAction::DeleteImage { .. } => "deleteImage",
+        }
+    }
 }
 
 /// What an imported file turned out to be.
@@ -492,6 +520,18 @@ pub enum NetworkAction {
     EnsureTap { tap: String, bridge: String },
     /// Delete a tap vman made; a missing one is fine.
     DeleteTap { tap: String },
+}
+
+impl NetworkAction {
+    /// The action's name, as an operation's `failedStep` gives it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NetworkAction::CreateNetwork { .. } => "createNetwork",
+            NetworkAction::DeleteNetwork { .. } => "deleteNetwork",
+            NetworkAction::EnsureTap { .. } => "ensureTap",
+            NetworkAction::DeleteTap { .. } => "deleteTap",
+        }
+    }
 }
 
 /// An 802.1Q link `<parent>.<vlan_id>` on an uplink.

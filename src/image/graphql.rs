@@ -132,11 +132,6 @@ impl ImageMutation {
 
     /// Fails with CONFLICT while templates use it.
     async fn delete_image(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ImagePayload> {
-        let image = super::delete(api::services(ctx), &id).await.gql()?;
-        Ok(ImagePayload {
-            image: ImageObject(image),
-            operation: None,
-            plan: Vec::new(),
-        })
+        Ok(super::delete(api::services(ctx), &id).await.gql()?.into())
     }
 }

@@ -11,14 +11,13 @@ use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, ModelTrait, PaginatorTrait, QueryFilter,
 };
-use serde_json::json;
 
 use crate::{
     context::Ctx,
     error::{ApiError, ApiResult},
-    events::{EventKind, NewEvent, find_in},
+    events::{NewEvent, Payload, find_in},
     host::VmAction,
-    operation::{self, Change},
+    operation::{self, Change, HostAction, OperationKind, Request, SubjectType},
     validate,
 };
 pub use model::{ImageKind, Model as Image};
@@ -92,63 +91,54 @@ pub async fn import(app: &Ctx, input: ImportImage, dry_run: bool) -> ApiResult<C
         plan.extend(app.hypervisor.plan(&action));
         return Ok(Change::planned(image, plan));
     }
-    let op = operation::begin(
-        app,
-        &operation::new_id(),
-        "IMPORT_IMAGE",
-        "Image",
-        &image.id,
-    )
-    .await?;
-    let result = async {
-        let outcome = app.hypervisor.execute(&action).await?;
+    let request = Request::new(OperationKind::ImportImage, SubjectType::Image, &image.id);
+    operation::run(app, request, async |env| {
+        let outcome = env.vm(&action).await?;
         if let Some(found) = &outcome.image {
             image.format = found.format;
             image.size_bytes = i64::try_from(found.size_bytes).unwrap_or(i64::MAX);
         }
-        let written = async {
-            let mut w = app.bus.writer().await?;
+        env.undo_with(HostAction::Vm(VmAction::DeleteImage {
+            path: path(app, &image),
+        }));
+        env.commit(async |w, op| {
             ensure_name_free(w.txn(), &image.name).await?;
-            let image = model::ActiveModel::from(image.clone()).insert(w.txn()).await?;
-            w.record(NewEvent {
-                kind: EventKind::ImageImported,
-                subject_id: image.id.clone(),
-                subject_type: "Image",
-                operation_id: Some(op.id.clone()),
-                payload: json!({"name": image.name, "kind": image.kind, "sizeBytes": image.size_bytes}),
-            })
+            let image = model::ActiveModel::from(image.clone())
+                .insert(w.txn())
+                .await?;
+            w.record(NewEvent::new(
+                &image.id,
+                Some(op),
+                Payload::ImageImported {
+                    name: image.name.clone(),
+                    kind: image.kind,
+                    size_bytes: image.size_bytes,
+                },
+            ))
             .await?;
-            w.commit().await?;
-            ApiResult::Ok(image)
-        }
-        .await;
-        if written.is_err() {
-            let _ = std::fs::remove_file(path(app, &image));
-        }
-        ApiResult::Ok((written?, outcome.steps))
-    }
-    .await;
-    operation::conclude(app, op, result).await
+            Ok(image)
+        })
+        .await
+    })
+    .await
 }
 
 async fn ensure_name_free(db: &impl sea_orm::ConnectionTrait, name: &str) -> ApiResult<()> {
     crate::db::ensure_free::<model::Entity>(db, model::Column::Name, name, "an image").await
 }
 
-/// Deletes an image no template uses.
-pub async fn delete(app: &Ctx, id: &str) -> ApiResult<Image> {
-    let id = validate::id("id", id)?;
-    let mut w = app.bus.writer().await?;
-    let image = find_in::<model::Entity, _>(w.txn(), "image", &id).await?;
+/// The image `id`, if no template uses it.
+async fn ensure_unused(db: &impl sea_orm::ConnectionTrait, id: &str) -> ApiResult<Image> {
     use crate::template::model as t;
+    let image = find_in::<model::Entity, _>(db, "image", id).await?;
     let users = t::Entity::find()
         .filter(
             sea_orm::Condition::any()
-                .add(t::Column::BaseImageId.eq(&id))
-                .add(t::Column::KernelImageId.eq(&id))
-                .add(t::Column::InitrdImageId.eq(&id)),
+                .add(t::Column::BaseImageId.eq(id))
+                .add(t::Column::KernelImageId.eq(id))
+                .add(t::Column::InitrdImageId.eq(id)),
         )
-        .count(w.txn())
+        .count(db)
         .await?;
     if users > 0 {
         return Err(ApiError::Conflict(format!(
@@ -156,22 +146,42 @@ pub async fn delete(app: &Ctx, id: &str) -> ApiResult<Image> {
             image.name
         )));
     }
-    image.clone().delete(w.txn()).await?;
-    w.record(NewEvent {
-        kind: EventKind::ImageDeleted,
-        subject_id: image.id.clone(),
-        subject_type: "Image",
-        operation_id: None,
-        payload: json!({"name": image.name}),
-    })
-    .await?;
-    w.commit().await?;
-    if let Err(e) = std::fs::remove_file(path(app, &image))
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(image = %image.id, error = %e, "removing an image file");
-    }
     Ok(image)
+}
+
+/// Deletes an image no template uses: its row, then its file.
+pub async fn delete(app: &Ctx, id: &str) -> ApiResult<Change<Image>> {
+    let id = validate::id("id", id)?;
+    // Refused before any operation is recorded; checked again in the write.
+    ensure_unused(&app.db, &id).await?;
+    let request = Request::new(OperationKind::DeleteImage, SubjectType::Image, &id);
+    operation::run(app, request, async |env| {
+        let image = env
+            .commit(async |w, op| {
+                let image = ensure_unused(w.txn(), &id).await?;
+                image.clone().delete(w.txn()).await?;
+                w.record(NewEvent::new(
+                    &image.id,
+                    Some(op),
+                    Payload::ImageDeleted {
+                        name: image.name.clone(),
+                    },
+                ))
+                .await?;
+                Ok(image)
+            })
+            .await?;
+        // The row is gone: a file that cannot be removed is for the
+        // coherence sweep to report, not a reason to fail.
+        let removal = VmAction::DeleteImage {
+            path: path(app, &image),
+        };
+        if let Err(e) = env.vm(&removal).await {
+            tracing::warn!(image = %image.id, error = %e, "removing an image file");
+        }
+        Ok(image)
+    })
+    .await
 }
 
 #[cfg(test)]

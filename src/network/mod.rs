@@ -15,14 +15,13 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, ModelTrait, PaginatorTrait,
     QueryFilter,
 };
-use serde_json::json;
 
 use crate::{
     context::Ctx,
     error::{ApiError, ApiResult},
-    events::{EventKind, NewEvent, find_in},
+    events::{NewEvent, Payload, find_in},
     host::{NetworkAction, VlanLink},
-    operation::{self, Change},
+    operation::{self, Change, HostAction, OperationKind, Request, SubjectType},
     validate,
 };
 pub use model::{Model as Network, nic::Model as Nic};
@@ -145,45 +144,36 @@ pub async fn create(app: &Ctx, input: CreateNetwork, dry_run: bool) -> ApiResult
     if dry_run {
         return Ok(Change::planned(network, app.network.plan(&action)));
     }
-    let op = operation::begin(
-        app,
-        &operation::new_id(),
-        "CREATE_NETWORK",
-        "Network",
+    let request = Request::new(
+        OperationKind::CreateNetwork,
+        SubjectType::Network,
         &network.id,
-    )
-    .await?;
-    let result = async {
-        let made = app.network.execute(&action).await;
-        let written = match made {
-            Ok(outcome) => async {
-                let mut w = app.bus.writer().await?;
-                ensure_free(w.txn(), &network.name, network.vlan_id).await?;
-                let network = model::ActiveModel::from(network.clone()).insert(w.txn()).await?;
-                w.record(NewEvent {
-                    kind: EventKind::NetworkCreated,
-                    subject_id: network.id.clone(),
-                    subject_type: "Network",
-                    operation_id: Some(op.id.clone()),
-                    payload: json!({"name": network.name, "vlanId": network.vlan_id, "bridge": network.bridge, "uplink": network.uplink}),
-                })
+    );
+    operation::run(app, request, async |env| {
+        // Take back what was made (only vman's links: another's is refused).
+        env.undo_with(HostAction::Network(delete_action(&network)));
+        env.network(&action).await?;
+        env.commit(async |w, op| {
+            ensure_free(w.txn(), &network.name, network.vlan_id).await?;
+            let network = model::ActiveModel::from(network.clone())
+                .insert(w.txn())
                 .await?;
-                w.commit().await?;
-                ApiResult::Ok((network, outcome.steps))
-            }
-            .await,
-            Err(e) => Err(e.into()),
-        };
-        if written.is_err() {
-            // Take back what was made (only vman's links: another's is refused).
-            if let Err(e) = app.network.execute(&delete_action(&network)).await {
-                tracing::error!(error = %e, bridge = %network.bridge, "removing the links of a failed createNetwork");
-            }
-        }
-        written
-    }
-    .await;
-    operation::conclude(app, op, result).await
+            w.record(NewEvent::new(
+                &network.id,
+                Some(op),
+                Payload::NetworkCreated {
+                    name: network.name.clone(),
+                    vlan_id: network.vlan_id,
+                    bridge: network.bridge.clone(),
+                    uplink: network.uplink.clone(),
+                },
+            ))
+            .await?;
+            Ok(network)
+        })
+        .await
+    })
+    .await
 }
 
 pub async fn delete(app: &Ctx, id: &str, dry_run: bool) -> ApiResult<Change<Network>> {
@@ -203,33 +193,36 @@ pub async fn delete(app: &Ctx, id: &str, dry_run: bool) -> ApiResult<Change<Netw
     if dry_run {
         return Ok(Change::planned(network, app.network.plan(&action)));
     }
-    let op = operation::begin(app, &operation::new_id(), "DELETE_NETWORK", "Network", &id).await?;
-    let result = async {
-        let mut w = app.bus.writer().await?;
-        // Under the write lock: a NIC attached meanwhile keeps the network.
-        let nics = model::nic::Entity::find()
-            .filter(model::nic::Column::NetworkId.eq(&id))
-            .count(w.txn())
+    let request = Request::new(OperationKind::DeleteNetwork, SubjectType::Network, &id);
+    operation::run(app, request, async |env| {
+        env.network(&action).await?;
+        // Checked again in the write: a NIC attached meanwhile keeps the
+        // network, and its links are made again.
+        env.undo_with(HostAction::Network(ensure_action(&network)));
+        env.commit(async |w, op| {
+            let nics = model::nic::Entity::find()
+                .filter(model::nic::Column::NetworkId.eq(&id))
+                .count(w.txn())
+                .await?;
+            if nics > 0 {
+                return Err(ApiError::Conflict(format!(
+                    "network {:?} is used by {nics} NIC(s)",
+                    network.name
+                )));
+            }
+            network.clone().delete(w.txn()).await?;
+            w.record(NewEvent::new(
+                &network.id,
+                Some(op),
+                Payload::NetworkDeleted {
+                    name: network.name.clone(),
+                    vlan_id: network.vlan_id,
+                },
+            ))
             .await?;
-        if nics > 0 {
-            return Err(ApiError::Conflict(format!(
-                "network {:?} is used by {nics} NIC(s)",
-                network.name
-            )));
-        }
-        let steps = app.network.execute(&action).await?.steps;
-        network.clone().delete(w.txn()).await?;
-        w.record(NewEvent {
-            kind: EventKind::NetworkDeleted,
-            subject_id: network.id.clone(),
-            subject_type: "Network",
-            operation_id: Some(op.id.clone()),
-            payload: json!({"name": network.name, "vlanId": network.vlan_id}),
+            Ok(network.clone())
         })
-        .await?;
-        w.commit().await?;
-        ApiResult::Ok((network.clone(), steps))
-    }
-    .await;
-    operation::conclude(app, op, result).await
+        .await
+    })
+    .await
 }

@@ -10,18 +10,17 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, ModelTrait,
     QueryFilter, QueryOrder, Set,
 };
-use serde_json::json;
 
 use super::model::{self, nic::Attachment};
 use super::{Network, Nic};
 use crate::{
     context::Ctx,
     error::{ApiError, ApiResult},
-    events::{EventKind, NewEvent, find_in},
+    events::{NewEvent, Payload, Writer, find_in},
     host::{HostStep, NetworkAction, NicSpec, VmAction},
-    operation::{self, Change},
+    operation::{self, Change, HostAction, OperationKind, Request, SubjectType},
     validate,
-    vm::{self, VmState},
+    vm::{self, Plug},
 };
 
 /// NICs per VM: each takes a root port, and positions name taps (two digits).
@@ -121,15 +120,20 @@ pub async fn release_taps(app: &Ctx, vm_id: &str) -> ApiResult<Vec<HostStep>> {
             }
         }
         if nic.attachment == Attachment::Detaching {
-            forget(app, &nic.id, None).await?;
+            let mut w = app.bus.writer().await?;
+            forget(&mut w, &nic.id, None).await?;
+            w.commit().await?;
         }
     }
     Ok(steps)
 }
 
-/// Deletes a NIC row, if it still exists, journaling NIC_DETACHED.
-async fn forget(app: &Ctx, nic_id: &str, operation_id: Option<&str>) -> ApiResult<Option<Nic>> {
-    let mut w = app.bus.writer().await?;
+/// Deletes a NIC row in `w`, if it still exists, journaling NIC_DETACHED.
+async fn forget(
+    w: &mut Writer<'_>,
+    nic_id: &str,
+    operation_id: Option<&str>,
+) -> ApiResult<Option<Nic>> {
     let Some(nic) = model::nic::Entity::find_by_id(nic_id.to_string())
         .one(w.txn())
         .await?
@@ -138,18 +142,20 @@ async fn forget(app: &Ctx, nic_id: &str, operation_id: Option<&str>) -> ApiResul
     };
     nic.clone().delete(w.txn()).await?;
     w.record(detached_event(&nic, operation_id)).await?;
-    w.commit().await?;
     Ok(Some(nic))
 }
 
 pub fn detached_event(nic: &Nic, operation_id: Option<&str>) -> NewEvent {
-    NewEvent {
-        kind: EventKind::NicDetached,
-        subject_id: nic.id.clone(),
-        subject_type: "Nic",
-        operation_id: operation_id.map(str::to_string),
-        payload: json!({"vmId": nic.vm_id, "networkId": nic.network_id, "mac": nic.mac, "tap": nic.tap}),
-    }
+    NewEvent::new(
+        &nic.id,
+        operation_id,
+        Payload::NicDetached {
+            vm_id: nic.vm_id.clone(),
+            network_id: nic.network_id.clone(),
+            mac: nic.mac.clone(),
+            tap: nic.tap.clone(),
+        },
+    )
 }
 
 async fn ensure_mac_free(db: &impl ConnectionTrait, mac: &str) -> ApiResult<()> {
@@ -201,16 +207,11 @@ pub async fn attach(app: &Ctx, input: AttachNic, dry_run: bool) -> ApiResult<Cha
     validate::nic_model(&model)?;
     let mac = input.mac.as_deref().map(validate::mac).transpose()?;
     let op_id = operation::new_id();
-    let _vm_guard = app.locks.lock(&vm_id, &op_id, "ATTACH_NIC").await?;
+    let kind = OperationKind::AttachNic;
+    let _vm_guard = app.locks.lock(&vm_id, &op_id, kind).await?;
     let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &vm_id).await?;
     let network = find_in::<model::Entity, _>(&app.db, "network", &network_id).await?;
-    let hot = matches!(vm.state, VmState::Running | VmState::Paused);
-    if !hot && vm.state != VmState::Stopped && vm.state != VmState::Crashed {
-        return Err(ApiError::InvalidState(format!(
-            "cannot attach a NIC to VM {:?} while it is {}",
-            vm.name, vm.state
-        )));
-    }
+    let hot = vm::plug(&vm, "attach a NIC to")? == Plug::Hot;
     let existing = model::nic::Entity::find()
         .filter(model::nic::Column::VmId.eq(&vm.id))
         .all(&app.db)
@@ -274,40 +275,39 @@ pub async fn attach(app: &Ctx, input: AttachNic, dry_run: bool) -> ApiResult<Cha
             app.network.capabilities().taps.detail
         )));
     }
-    let op = operation::begin(app, &op_id, "ATTACH_NIC", "Nic", &nic.id).await?;
-    let result = async {
-        let mut steps = Vec::new();
+    let request = Request::with_id(op_id, kind, SubjectType::Nic, &nic.id);
+    operation::run(app, request, async |env| {
         if hot {
-            steps.extend(app.network.execute(&ensure_tap).await?.steps);
-            match app.hypervisor.execute(&plug).await {
-                Ok(outcome) => steps.extend(outcome.steps),
-                Err(e) => {
-                    let undo = NetworkAction::DeleteTap { tap: tap.clone() };
-                    if let Err(undo) = app.network.execute(&undo).await {
-                        tracing::error!(%tap, error = %undo, "removing the tap of a failed hot-plug");
-                    }
-                    return Err(e.into());
-                }
-            }
+            env.network(&ensure_tap).await?;
+            env.undo_with(HostAction::Network(NetworkAction::DeleteTap {
+                tap: tap.clone(),
+            }));
+            env.vm(&plug).await?;
         }
-        let mut w = app.bus.writer().await?;
-        find_in::<model::Entity, _>(w.txn(), "network", &network.id).await?;
-        ensure_mac_free(w.txn(), &nic.mac).await?;
-        let nic = model::nic::ActiveModel::from(nic.clone()).insert(w.txn()).await?;
-        w.record(NewEvent {
-            kind: EventKind::NicAttached,
-            subject_id: nic.id.clone(),
-            subject_type: "Nic",
-            operation_id: Some(op.id.clone()),
-            payload: json!({"vmId": nic.vm_id, "networkId": nic.network_id, "mac": nic.mac, "model": nic.model, "tap": nic.tap, "hot": hot}),
+        env.commit(async |w, op| {
+            find_in::<model::Entity, _>(w.txn(), "network", &network.id).await?;
+            ensure_mac_free(w.txn(), &nic.mac).await?;
+            let nic = model::nic::ActiveModel::from(nic.clone())
+                .insert(w.txn())
+                .await?;
+            w.record(NewEvent::new(
+                &nic.id,
+                Some(op),
+                Payload::NicAttached {
+                    vm_id: nic.vm_id.clone(),
+                    network_id: nic.network_id.clone(),
+                    mac: nic.mac.clone(),
+                    model: nic.model.clone(),
+                    tap: nic.tap.clone(),
+                    hot,
+                },
+            ))
+            .await?;
+            Ok(nic)
         })
-        .await?;
-        let done = operation::finish_in(&w, op.clone(), &steps, None).await?;
-        w.commit().await?;
-        ApiResult::Ok((nic, steps, done))
-    }
-    .await;
-    operation::conclude_done(app, op, result).await
+        .await
+    })
+    .await
 }
 
 pub async fn find_nic(app: &Ctx, id: &str) -> ApiResult<Nic> {
@@ -321,7 +321,8 @@ pub async fn find_nic(app: &Ctx, id: &str) -> ApiResult<Nic> {
 pub async fn detach(app: &Ctx, nic_id: &str, dry_run: bool) -> ApiResult<Change<Nic>> {
     let nic = find_nic(app, nic_id).await?;
     let op_id = operation::new_id();
-    let _vm_guard = app.locks.lock(&nic.vm_id, &op_id, "DETACH_NIC").await?;
+    let kind = OperationKind::DetachNic;
+    let _vm_guard = app.locks.lock(&nic.vm_id, &op_id, kind).await?;
     let nic = find_in::<model::nic::Entity, _>(&app.db, "NIC", &nic.id).await?;
     if nic.attachment == Attachment::Detaching {
         return Err(ApiError::Conflict(format!(
@@ -331,13 +332,7 @@ pub async fn detach(app: &Ctx, nic_id: &str, dry_run: bool) -> ApiResult<Change<
     }
     let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &nic.vm_id).await?;
     let network = find_in::<model::Entity, _>(&app.db, "network", &nic.network_id).await?;
-    let hot = matches!(vm.state, VmState::Running | VmState::Paused);
-    if !hot && vm.state != VmState::Stopped && vm.state != VmState::Crashed {
-        return Err(ApiError::InvalidState(format!(
-            "cannot detach a NIC from VM {:?} while it is {}",
-            vm.name, vm.state
-        )));
-    }
+    let hot = vm::plug(&vm, "detach a NIC from")? == Plug::Hot;
     let nic_spec = spec(&nic, &network);
     let unplug = hot.then(|| VmAction::DetachNic {
         vm_id: vm.id.clone(),
@@ -351,31 +346,32 @@ pub async fn detach(app: &Ctx, nic_id: &str, dry_run: bool) -> ApiResult<Change<
         plan.extend(app.network.plan(&remove_tap));
         return Ok(Change::planned(nic, plan));
     }
-    let op = operation::begin(app, &op_id, "DETACH_NIC", "Nic", &nic.id).await?;
-    let result = async {
+    let request = Request::with_id(op_id, kind, SubjectType::Nic, &nic.id);
+    operation::run(app, request, async |env| {
         let outcome = match &unplug {
-            Some(action) => app.hypervisor.execute(action).await?,
+            Some(action) => env.vm(action).await?,
             None => Default::default(),
         };
-        let mut steps = outcome.steps;
         if outcome.detach_pending {
-            let w = app.bus.writer().await?;
-            let mut row = nic.clone().into_active_model();
-            row.attachment = Set(Attachment::Detaching);
-            let nic = row.update(w.txn()).await?;
-            w.commit().await?;
+            let nic = env
+                .commit(async |w, _| {
+                    let mut row = nic.clone().into_active_model();
+                    row.attachment = Set(Attachment::Detaching);
+                    Ok(row.update(w.txn()).await?)
+                })
+                .await?;
             spawn_finish_detach(app, nic.clone(), nic_spec.clone());
-            return ApiResult::Ok((nic, steps));
+            return Ok(nic);
         }
-        steps.extend(app.network.execute(&remove_tap).await?.steps);
-        let mut gone = forget(app, &nic.id, Some(&op.id))
-            .await?
-            .unwrap_or(nic.clone());
-        gone.attachment = Attachment::Detached;
-        ApiResult::Ok((gone, steps))
-    }
-    .await;
-    operation::conclude(app, op, result).await
+        env.network(&remove_tap).await?;
+        env.commit(async |w, op| {
+            let mut gone = forget(w, &nic.id, Some(op)).await?.unwrap_or(nic.clone());
+            gone.attachment = Attachment::Detached;
+            Ok(gone)
+        })
+        .await
+    })
+    .await
 }
 
 fn spawn_finish_detach(app: &Ctx, nic: Nic, spec: NicSpec) {

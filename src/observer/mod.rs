@@ -191,8 +191,7 @@ async fn handle(
             )
             .await?;
             w.commit().await?;
-            crate::disk::release_detaching(app, &vm_id).await?;
-            crate::network::release_taps(app, &vm_id).await?;
+            vm::qemu_gone(app, &vm_id).await?;
         }
     }
     Ok(())

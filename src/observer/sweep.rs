@@ -37,7 +37,7 @@ use crate::{
         Adoption, DiskSeen, LinkSeen, NetworkAction, ProbeTarget, ProcessSeen, QmpSeen, VmProbe,
     },
     network::{self, Network, Nic, model::nic::Attachment as NicAttachment},
-    operation::{OperationStatus, model as operations},
+    operation::{OperationKind, OperationStatus, model as operations},
     vm::{self, Vm, VmState},
 };
 
@@ -724,7 +724,7 @@ async fn repair_on_host(
             Some(Repair::Adopt { pid }) => {
                 let Some(_guard) = app
                     .locks
-                    .try_lock(subject, "coherence-sweep", "COHERENCE_REPAIR")
+                    .try_lock(subject, "coherence-sweep", OperationKind::CoherenceRepair)
                 else {
                     continue;
                 };

@@ -23,13 +23,13 @@ impl OperationObject {
     }
     /// START_VM, STOP_VM, CREATE_DISK, …
     async fn kind(&self) -> &str {
-        &self.0.kind
+        self.0.kind.as_str()
     }
     async fn target_id(&self) -> ID {
         ID(self.0.target_id.clone())
     }
     async fn target_type(&self) -> &str {
-        &self.0.target_type
+        self.0.target_type.as_str()
     }
     async fn status(&self) -> OperationStatus {
         self.0.status
@@ -40,6 +40,12 @@ impl OperationObject {
     /// The `extensions.code` the failure was reported with.
     async fn error_code(&self) -> Option<&str> {
         self.0.error_code.as_deref()
+    }
+    /// The host action the operation failed at (`createDisk`, `start`,
+    /// `ensureTap`, …), when it failed on the host; `steps` holds what was
+    /// done before it (and undone since).
+    async fn failed_step(&self) -> Option<&str> {
+        self.0.failed_step.as_deref()
     }
     /// The host steps taken.
     async fn steps(&self) -> Vec<PlanStep> {

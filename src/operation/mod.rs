@@ -1,19 +1,33 @@
-//! Operations: the record of each accepted request that changes the host.
-//! An operation is written RUNNING before the host is touched and finished
-//! with the steps taken and the outcome, so a failure is never silent.
+//! Operations: the record of each accepted mutation, and the one envelope
+//! ([`run`]) every mutation goes through:
+//!
+//! 1. the operation is recorded `RUNNING` (with its kind and subject) before
+//!    the host is touched;
+//! 2. the mutation's body runs its host actions through the [`Envelope`],
+//!    which records their steps and what would take each back;
+//! 3. the body's final write ([`Envelope::commit`]) commits the change, its
+//!    events and the operation's success in one transaction;
+//! 4. on any error the host actions taken so far are undone, newest first,
+//!    and the operation ends `FAILED` with the error's code and the host
+//!    action it failed at.
+//!
+//! A failure is never silent, and nothing half-made stays behind. Adding a
+//! mutation means: an [`OperationKind`], a plan, a body, a resolver.
 
 pub mod graphql;
+pub mod kind;
 pub mod model;
 
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, FromQueryResult, IntoActiveModel};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
 
 use crate::{
     context::Ctx,
     error::{ApiError, ApiResult},
-    events::WriteSession,
-    host::HostStep,
+    events::Writer,
+    host::{HostStep, NetworkAction, Outcome, VmAction},
 };
+pub use kind::{OperationKind, SubjectType};
 pub use model::{Model as Operation, OperationStatus};
 
 /// A new operation's identity, known before it is written so a lock holder can name it.
@@ -21,72 +35,240 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-pub async fn begin(
-    app: &Ctx,
-    id: &str,
-    kind: &str,
-    target_type: &str,
-    target_id: &str,
-) -> ApiResult<Operation> {
-    begin_in(app.bus.writer().await?, id, kind, target_type, target_id).await
+/// What a mutation is, known before it runs: its identity (the lock holder
+/// names it), its kind and what it targets.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: String,
+    pub kind: OperationKind,
+    pub target: SubjectType,
+    pub target_id: String,
 }
 
-/// Records the operation RUNNING in `w` and commits. A caller may first read
-/// in `w` the rows that decide whether the operation may run: the checks and
-/// the record then see the same rows, and cost no other connection.
-pub async fn begin_in(
-    w: crate::events::Writer<'_>,
-    id: &str,
-    kind: &str,
-    target_type: &str,
-    target_id: &str,
-) -> ApiResult<Operation> {
-    let op = running_row(id, kind, target_type, target_id)
-        .insert(w.txn())
-        .await?;
-    w.commit().await?;
-    crate::telemetry::operation_started(kind);
-    Ok(op)
+impl Request {
+    /// A request with a fresh id.
+    pub fn new(kind: OperationKind, target: SubjectType, target_id: impl Into<String>) -> Request {
+        Request::with_id(new_id(), kind, target, target_id)
+    }
+
+    /// A request under an id already taken (the one its locks were taken for).
+    pub fn with_id(
+        id: String,
+        kind: OperationKind,
+        target: SubjectType,
+        target_id: impl Into<String>,
+    ) -> Request {
+        Request {
+            id,
+            kind,
+            target,
+            target_id: target_id.into(),
+        }
+    }
 }
 
-/// Records the operation RUNNING and commits, through a write session: one
-/// request to SQLite. As with [`begin_in`], the session's reads that
-/// decided the operation may run and this record see the same rows.
-pub async fn begin_session(
-    session: WriteSession<'_>,
-    id: &str,
-    kind: &str,
-    target_type: &str,
-    target_id: &str,
-) -> ApiResult<Operation> {
-    let insert = crate::events::insert_returning(running_row(id, kind, target_type, target_id));
-    let (rows, _) = session.commit(vec![insert], Vec::new()).await?;
-    let op = Operation::from_query_result(&rows[0], "")?;
-    crate::telemetry::operation_started(kind);
-    Ok(op)
+/// A host action of either port: what an envelope runs and undoes.
+#[derive(Debug, Clone)]
+pub enum HostAction {
+    Vm(VmAction),
+    Network(NetworkAction),
 }
 
-/// An operation that starts now.
-fn running_row(id: &str, kind: &str, target_type: &str, target_id: &str) -> model::ActiveModel {
-    model::ActiveModel {
-        id: Set(id.to_string()),
-        kind: Set(kind.to_string()),
-        target_id: Set(target_id.to_string()),
-        target_type: Set(target_type.to_string()),
+impl HostAction {
+    fn name(&self) -> &'static str {
+        match self {
+            HostAction::Vm(action) => action.name(),
+            HostAction::Network(action) => action.name(),
+        }
+    }
+}
+
+/// One operation in flight: the host steps it took, what takes them back,
+/// and, once its final write committed, its finished record.
+pub struct Envelope<'c> {
+    ctx: &'c Ctx,
+    op: Operation,
+    steps: Vec<HostStep>,
+    undo: Vec<HostAction>,
+    failed_at: Option<&'static str>,
+    done: Option<Operation>,
+}
+
+impl<'c> Envelope<'c> {
+    pub fn ctx(&self) -> &'c Ctx {
+        self.ctx
+    }
+
+    /// The operation's id, for the events its writes journal.
+    pub fn id(&self) -> &str {
+        &self.op.id
+    }
+
+    /// Runs a hypervisor action and records its steps.
+    pub async fn vm(&mut self, action: &VmAction) -> ApiResult<Outcome> {
+        let outcome = self.ctx.hypervisor.execute(action).await;
+        self.record(action.name(), outcome)
+    }
+
+    /// Runs a network action and records its steps.
+    pub async fn network(&mut self, action: &NetworkAction) -> ApiResult<Outcome> {
+        let outcome = self.ctx.network.execute(action).await;
+        self.record(action.name(), outcome)
+    }
+
+    fn record(
+        &mut self,
+        name: &'static str,
+        outcome: Result<Outcome, crate::host::HostError>,
+    ) -> ApiResult<Outcome> {
+        match outcome {
+            Ok(outcome) => {
+                self.steps.extend(outcome.steps.iter().cloned());
+                Ok(outcome)
+            }
+            Err(e) => {
+                self.failed_at = Some(name);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Steps taken on the operation's behalf by a shared helper (the taps a
+    /// stopped VM releases).
+    pub fn took(&mut self, steps: Vec<HostStep>) {
+        self.steps.extend(steps);
+    }
+
+    /// What takes back a host change just made, should the operation fail
+    /// later. Undone newest first.
+    pub fn undo_with(&mut self, action: HostAction) {
+        self.undo.push(action);
+    }
+
+    /// The operation's final write: `write` makes the change and journals its
+    /// events, and the operation's success commits with them, in one
+    /// transaction. Nothing is undone after it.
+    pub async fn commit<T>(
+        &mut self,
+        write: impl AsyncFnOnce(&mut Writer<'_>, &str) -> ApiResult<T>,
+    ) -> ApiResult<T> {
+        let mut w = self.ctx.bus.writer().await?;
+        let value = write(&mut w, &self.op.id).await?;
+        let done = finished_row(self.op.clone(), &self.steps, None, None)
+            .update(w.txn())
+            .await?;
+        w.commit().await?;
+        self.undo.clear();
+        self.done = Some(done);
+        Ok(value)
+    }
+
+    /// On failure: takes back what the host actions made, newest first. An
+    /// undo that fails is logged; the others still run.
+    async fn undo_all(&mut self) {
+        while let Some(action) = self.undo.pop() {
+            let undone = match &action {
+                HostAction::Vm(a) => self.ctx.hypervisor.execute(a).await,
+                HostAction::Network(a) => self.ctx.network.execute(a).await,
+            };
+            match undone {
+                Ok(outcome) => self.steps.extend(outcome.steps),
+                Err(e) => tracing::error!(
+                    operation = %self.op.id,
+                    action = action.name(),
+                    error = %e,
+                    "undoing a host action of a failed operation"
+                ),
+            }
+        }
+    }
+}
+
+/// What a mutation did (or, with dry-run, would do).
+pub struct Change<T> {
+    pub object: T,
+    pub operation: Option<Operation>,
+    pub plan: Vec<HostStep>,
+}
+
+impl<T> Change<T> {
+    pub fn planned(object: T, plan: Vec<HostStep>) -> Self {
+        Change {
+            object,
+            operation: None,
+            plan,
+        }
+    }
+}
+
+/// The one envelope: records `request` RUNNING, runs `body`, and ends the
+/// operation SUCCEEDED (with the body's final write, or in a write of its
+/// own when the body made none) or FAILED, after undoing its host actions.
+pub async fn run<T>(
+    ctx: &Ctx,
+    request: Request,
+    body: impl AsyncFnOnce(&mut Envelope<'_>) -> ApiResult<T>,
+) -> ApiResult<Change<T>> {
+    let op = begin(ctx, &request).await?;
+    let mut envelope = Envelope {
+        ctx,
+        op,
+        steps: Vec::new(),
+        undo: Vec::new(),
+        failed_at: None,
+        done: None,
+    };
+    let result = body(&mut envelope).await;
+    let done = match (&result, envelope.done.take()) {
+        // Committed: the change is in, whatever the body did after it.
+        (_, Some(done)) => done,
+        (Ok(_), None) => {
+            let op = envelope.op.clone();
+            finish(ctx, op, &envelope.steps, None, None).await?
+        }
+        (Err(e), None) => {
+            envelope.undo_all().await;
+            let op = envelope.op.clone();
+            finish(ctx, op, &envelope.steps, Some(e), envelope.failed_at).await?
+        }
+    };
+    count_finished(&done);
+    Ok(Change {
+        object: result?,
+        operation: Some(done),
+        plan: envelope.steps,
+    })
+}
+
+/// Records the operation RUNNING, in a write of its own.
+async fn begin(ctx: &Ctx, request: &Request) -> ApiResult<Operation> {
+    let w = ctx.bus.writer().await?;
+    let op = model::ActiveModel {
+        id: Set(request.id.clone()),
+        kind: Set(request.kind),
+        target_id: Set(request.target_id.clone()),
+        target_type: Set(request.target),
         status: Set(OperationStatus::Running),
         error: Set(None),
         error_code: Set(None),
+        failed_step: Set(None),
         steps: Set(serde_json::json!([])),
         started_at: Set(Utc::now()),
         finished_at: Set(None),
     }
+    .insert(w.txn())
+    .await?;
+    w.commit().await?;
+    crate::telemetry::operation_started(request.kind.as_str());
+    Ok(op)
 }
 
-/// The change that records how `op` ended (see [`finish_in`]).
-pub fn finished_row(
+/// The change that records how `op` ended.
+fn finished_row(
     op: Operation,
     steps: &[HostStep],
     error: Option<&ApiError>,
+    failed_at: Option<&str>,
 ) -> model::ActiveModel {
     let mut row = op.into_active_model();
     row.steps = Set(serde_json::to_value(steps).unwrap_or_default());
@@ -97,53 +279,44 @@ pub fn finished_row(
             row.status = Set(OperationStatus::Failed);
             row.error = Set(Some(e.to_string()));
             row.error_code = Set(Some(e.code().to_string()));
+            row.failed_step = Set(failed_at.map(str::to_string));
         }
     }
     row
 }
 
-/// Counts a finished operation in the metrics.
-pub fn count_finished(op: &Operation) {
-    crate::telemetry::operation_finished(
-        &op.kind,
-        op.status == OperationStatus::Succeeded,
-        Utc::now() - op.started_at,
-    );
-}
-
 /// Records how an operation ended, in its own write.
-pub async fn finish(
-    app: &Ctx,
+async fn finish(
+    ctx: &Ctx,
     op: Operation,
     steps: &[HostStep],
     error: Option<&ApiError>,
+    failed_at: Option<&str>,
 ) -> ApiResult<Operation> {
-    let w = app.bus.writer().await?;
-    let op = finish_in(&w, op, steps, error).await?;
+    let w = ctx.bus.writer().await?;
+    let op = finished_row(op, steps, error, failed_at)
+        .update(w.txn())
+        .await?;
     w.commit().await?;
     Ok(op)
 }
 
-/// Records how an operation ended inside the write that makes its change, so
-/// the change and "succeeded" commit together (and cost one write, not two).
-pub async fn finish_in(
-    w: &crate::events::Writer<'_>,
-    op: Operation,
-    steps: &[HostStep],
-    error: Option<&ApiError>,
-) -> ApiResult<Operation> {
-    let op = finished_row(op, steps, error).update(w.txn()).await?;
-    count_finished(&op);
-    Ok(op)
+/// Counts a finished operation in the metrics.
+fn count_finished(op: &Operation) {
+    crate::telemetry::operation_finished(
+        op.kind.as_str(),
+        op.status == OperationStatus::Succeeded,
+        Utc::now() - op.started_at,
+    );
 }
 
 /// At start: operations a previous vman left unfinished (it was killed while
 /// they ran) end as FAILED, saying so. What they did to the host is for
 /// re-adoption and the coherence sweep to find; left RUNNING they would make
 /// the sweep skip their target for ever.
-pub async fn fail_interrupted(app: &Ctx) -> ApiResult<u64> {
+pub async fn fail_interrupted(ctx: &Ctx) -> ApiResult<u64> {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
-    let w = app.bus.writer().await?;
+    let w = ctx.bus.writer().await?;
     let ended = model::Entity::update_many()
         .col_expr(
             model::Column::Status,
@@ -169,60 +342,4 @@ pub async fn fail_interrupted(app: &Ctx) -> ApiResult<u64> {
         );
     }
     Ok(ended)
-}
-
-/// What a mutation did (or, with dry-run, would do).
-pub struct Change<T> {
-    pub object: T,
-    pub operation: Option<Operation>,
-    pub plan: Vec<HostStep>,
-}
-
-impl<T> Change<T> {
-    pub fn planned(object: T, plan: Vec<HostStep>) -> Self {
-        Change {
-            object,
-            operation: None,
-            plan,
-        }
-    }
-}
-
-/// Hands back the change of work whose write already finished `op` (see
-/// [`finish_in`]); a failure is recorded now.
-pub async fn conclude_done<T>(
-    app: &Ctx,
-    op: Operation,
-    result: ApiResult<(T, Vec<HostStep>, Operation)>,
-) -> ApiResult<Change<T>> {
-    match result {
-        Ok((object, plan, done)) => Ok(Change {
-            object,
-            operation: Some(done),
-            plan,
-        }),
-        Err(e) => {
-            finish(app, op, &[], Some(&e)).await?;
-            Err(e)
-        }
-    }
-}
-
-/// Finishes `op` with the result of its work and hands back the change.
-pub async fn conclude<T>(
-    app: &Ctx,
-    op: Operation,
-    result: ApiResult<(T, Vec<HostStep>)>,
-) -> ApiResult<Change<T>> {
-    let (steps, error) = match &result {
-        Ok((_, steps)) => (steps.as_slice(), None),
-        Err(e) => (&[][..], Some(e)),
-    };
-    let op = finish(app, op, steps, error).await?;
-    let (object, steps) = result?;
-    Ok(Change {
-        object,
-        operation: Some(op),
-        plan: steps,
-    })
 }

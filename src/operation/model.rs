@@ -7,12 +7,14 @@ use serde::{Deserialize, Serialize};
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
-    pub kind: String,
+    pub kind: super::OperationKind,
     pub target_id: String,
-    pub target_type: String,
+    pub target_type: super::SubjectType,
     pub status: OperationStatus,
     pub error: Option<String>,
     pub error_code: Option<String>,
+    /// The host action it failed at (`createDisk`, `start`, …), when a host action failed.
+    pub failed_step: Option<String>,
     /// The host steps taken (or planned), as `HostStep` JSON.
     pub steps: Json,
     pub started_at: DateTimeUtc,

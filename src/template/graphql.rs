@@ -2,6 +2,7 @@ use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use super::{CreateTemplate, Template, model};
+use crate::operation::Change;
 use crate::{
     api::{
         self, PlanStep,
@@ -90,9 +91,20 @@ pub struct CreateTemplateInput {
 #[derive(SimpleObject)]
 pub struct TemplatePayload {
     pub template: TemplateObject,
-    /// Template changes touch no host state, so they have no operation.
+    /// The operation that recorded the change (template changes touch no
+    /// host state, so it has no steps).
     pub operation: Option<OperationObject>,
     pub plan: Vec<PlanStep>,
+}
+
+impl From<Change<Template>> for TemplatePayload {
+    fn from(change: Change<Template>) -> Self {
+        TemplatePayload {
+            template: TemplateObject(change.object),
+            operation: change.operation.map(OperationObject),
+            plan: api::plan(&change.plan),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -164,11 +176,7 @@ impl TemplateMutation {
         )
         .await
         .gql()?;
-        Ok(TemplatePayload {
-            template: TemplateObject(template),
-            operation: None,
-            plan: Vec::new(),
-        })
+        Ok(template.into())
     }
 
     /// Fails with CONFLICT while VMs or disks are made from it.
@@ -177,11 +185,6 @@ impl TemplateMutation {
         ctx: &Context<'_>,
         id: ID,
     ) -> async_graphql::Result<TemplatePayload> {
-        let template = super::delete(api::services(ctx), &id).await.gql()?;
-        Ok(TemplatePayload {
-            template: TemplateObject(template),
-            operation: None,
-            plan: Vec::new(),
-        })
+        Ok(super::delete(api::services(ctx), &id).await.gql()?.into())
     }
 }

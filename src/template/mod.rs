@@ -6,15 +6,16 @@ pub mod model;
 
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, ModelTrait, PaginatorTrait, QueryFilter, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, ModelTrait, PaginatorTrait,
+    QueryFilter, Set,
 };
-use serde_json::json;
 
 use crate::{
     context::Ctx,
     error::{ApiError, ApiResult},
-    events::{EventKind, NewEvent, find_in},
+    events::{NewEvent, Payload, find_in},
     image::model::{self as image, ImageKind},
+    operation::{self, Change, OperationKind, Request, SubjectType},
     validate,
 };
 pub use model::Model as Template;
@@ -31,7 +32,7 @@ pub struct CreateTemplate {
     pub default_disk_size_bytes: Option<i64>,
 }
 
-pub async fn create(app: &Ctx, input: CreateTemplate) -> ApiResult<Template> {
+pub async fn create(app: &Ctx, input: CreateTemplate) -> ApiResult<Change<Template>> {
     let limits = &app.config.limits;
     validate::name("name", &input.name)?;
     let description = input.description.unwrap_or_default();
@@ -79,58 +80,85 @@ pub async fn create(app: &Ctx, input: CreateTemplate) -> ApiResult<Template> {
     let [base_image_id, kernel_image_id, initrd_image_id]: [Option<String>; 3] =
         image_ids.try_into().expect("three image references");
 
-    let mut w = app.bus.writer().await?;
-    if model::Entity::find()
-        .filter(model::Column::Name.eq(&input.name))
-        .one(w.txn())
-        .await?
-        .is_some()
-    {
-        return Err(ApiError::Conflict(format!(
-            "a template named {:?} already exists",
-            input.name
-        )));
-    }
-    let now = Utc::now();
-    let template = model::ActiveModel {
-        id: Set(uuid::Uuid::now_v7().to_string()),
-        name: Set(input.name),
-        description: Set(description),
-        vcpus: Set(input.vcpus),
-        memory_mib: Set(input.memory_mib),
-        base_image_id: Set(base_image_id),
-        kernel_image_id: Set(kernel_image_id),
-        initrd_image_id: Set(initrd_image_id),
-        cmdline: Set(input.cmdline),
-        default_disk_size_bytes: Set(input.default_disk_size_bytes),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
-    .insert(w.txn())
-    .await?;
-    w.record(NewEvent {
-        kind: EventKind::TemplateCreated,
-        subject_id: template.id.clone(),
-        subject_type: "Template",
-        operation_id: None,
-        payload: json!({"name": template.name}),
+    // Refused before any operation is recorded; checked again in the write.
+    ensure_name_free(&app.db, &input.name).await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let request = Request::new(OperationKind::CreateTemplate, SubjectType::Template, &id);
+    let change = operation::run(app, request, async |env| {
+        env.commit(async |w, op| {
+            ensure_name_free(w.txn(), &input.name).await?;
+            let now = Utc::now();
+            let template = model::ActiveModel {
+                id: Set(id.clone()),
+                name: Set(input.name.clone()),
+                description: Set(description.clone()),
+                vcpus: Set(input.vcpus),
+                memory_mib: Set(input.memory_mib),
+                base_image_id: Set(base_image_id.clone()),
+                kernel_image_id: Set(kernel_image_id.clone()),
+                initrd_image_id: Set(initrd_image_id.clone()),
+                cmdline: Set(input.cmdline.clone()),
+                default_disk_size_bytes: Set(input.default_disk_size_bytes),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+            .insert(w.txn())
+            .await?;
+            w.record(NewEvent::new(
+                &template.id,
+                Some(op),
+                Payload::TemplateCreated {
+                    name: template.name.clone(),
+                },
+            ))
+            .await?;
+            Ok(template)
+        })
+        .await
     })
     .await?;
-    w.commit().await?;
-    Ok(template)
+    Ok(change)
 }
 
-pub async fn delete(app: &Ctx, id: &str) -> ApiResult<Template> {
+/// Deletes a template no VM or disk is made from.
+pub async fn delete(app: &Ctx, id: &str) -> ApiResult<Change<Template>> {
     let id = validate::id("id", id)?;
-    let mut w = app.bus.writer().await?;
-    let template = find_in::<model::Entity, _>(w.txn(), "template", &id).await?;
+    // Refused before any operation is recorded; checked again in the write.
+    ensure_unused(&app.db, &id).await?;
+    let request = Request::new(OperationKind::DeleteTemplate, SubjectType::Template, &id);
+    operation::run(app, request, async |env| {
+        env.commit(async |w, op| {
+            let template = ensure_unused(w.txn(), &id).await?;
+            template.clone().delete(w.txn()).await?;
+            w.record(NewEvent::new(
+                &template.id,
+                Some(op),
+                Payload::TemplateDeleted {
+                    name: template.name.clone(),
+                },
+            ))
+            .await?;
+            Ok(template)
+        })
+        .await
+    })
+    .await
+}
+
+async fn ensure_name_free(db: &impl ConnectionTrait, name: &str) -> ApiResult<()> {
+    crate::db::ensure_free::<model::Entity>(db, model::Column::Name, name, "a template").await
+}
+
+/// The template `id`, if no VM or disk is made from it.
+async fn ensure_unused(db: &impl ConnectionTrait, id: &str) -> ApiResult<Template> {
+    let template = find_in::<model::Entity, _>(db, "template", id).await?;
     let vms = crate::vm::model::Entity::find()
-        .filter(crate::vm::model::Column::TemplateId.eq(&id))
-        .count(w.txn())
+        .filter(crate::vm::model::Column::TemplateId.eq(id))
+        .count(db)
         .await?;
     let disks = crate::disk::model::Entity::find()
-        .filter(crate::disk::model::Column::BackingTemplateId.eq(&id))
-        .count(w.txn())
+        .filter(crate::disk::model::Column::BackingTemplateId.eq(id))
+        .count(db)
         .await?;
     if vms > 0 || disks > 0 {
         return Err(ApiError::Conflict(format!(
@@ -138,16 +166,6 @@ pub async fn delete(app: &Ctx, id: &str) -> ApiResult<Template> {
             template.name
         )));
     }
-    template.clone().delete(w.txn()).await?;
-    w.record(NewEvent {
-        kind: EventKind::TemplateDeleted,
-        subject_id: template.id.clone(),
-        subject_type: "Template",
-        operation_id: None,
-        payload: json!({"name": template.name}),
-    })
-    .await?;
-    w.commit().await?;
     Ok(template)
 }
 

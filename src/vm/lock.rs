@@ -16,7 +16,10 @@ use std::{
 
 use tokio::sync::OwnedMutexGuard;
 
-use crate::error::{ApiError, ApiResult};
+use crate::{
+    error::{ApiError, ApiResult},
+    operation::OperationKind,
+};
 
 #[derive(Default)]
 struct Slot {
@@ -96,7 +99,12 @@ impl VmLocks {
         }
     }
 
-    fn guard(slot: SlotRef, guard: OwnedMutexGuard<()>, operation_id: &str, kind: &str) -> VmGuard {
+    fn guard(
+        slot: SlotRef,
+        guard: OwnedMutexGuard<()>,
+        operation_id: &str,
+        kind: OperationKind,
+    ) -> VmGuard {
         *slot.slot().holder.lock().expect("vm lock holder") =
             Some((operation_id.to_string(), kind.to_string()));
         VmGuard {
@@ -105,7 +113,12 @@ impl VmLocks {
         }
     }
 
-    pub async fn lock(&self, vm_id: &str, operation_id: &str, kind: &str) -> ApiResult<VmGuard> {
+    pub async fn lock(
+        &self,
+        vm_id: &str,
+        operation_id: &str,
+        kind: OperationKind,
+    ) -> ApiResult<VmGuard> {
         let slot = self.slot(vm_id);
         let mutex = slot.slot().mutex.clone();
         match tokio::time::timeout(self.timeout, mutex.lock_owned()).await {
@@ -129,7 +142,12 @@ impl VmLocks {
 
     /// Takes a VM's lock only if nobody holds it (the observer never queues
     /// behind a mutation).
-    pub fn try_lock(&self, vm_id: &str, operation_id: &str, kind: &str) -> Option<VmGuard> {
+    pub fn try_lock(
+        &self,
+        vm_id: &str,
+        operation_id: &str,
+        kind: OperationKind,
+    ) -> Option<VmGuard> {
         let slot = self.slot(vm_id);
         let guard = slot.slot().mutex.clone().try_lock_owned().ok()?;
         Some(Self::guard(slot, guard, operation_id, kind))
@@ -166,7 +184,12 @@ mod tests {
     ) -> tokio::task::JoinHandle<ApiResult<()>> {
         let waiter = tokio::spawn({
             let locks = locks.clone();
-            async move { locks.lock(id, "op-2", "STOP_VM").await.map(drop) }
+            async move {
+                locks
+                    .lock(id, "op-2", OperationKind::StopVm)
+                    .await
+                    .map(drop)
+            }
         });
         while locks.callers(id) < 2 {
             tokio::task::yield_now().await;
@@ -177,8 +200,11 @@ mod tests {
     #[tokio::test]
     async fn a_second_caller_is_told_who_holds_the_lock() {
         let locks = VmLocks::new(Duration::from_millis(50));
-        let held = locks.lock("vm", "op-1", "START_VM").await.unwrap();
-        match locks.lock("vm", "op-2", "STOP_VM").await {
+        let held = locks
+            .lock("vm", "op-1", OperationKind::StartVm)
+            .await
+            .unwrap();
+        match locks.lock("vm", "op-2", OperationKind::StopVm).await {
             Err(ApiError::VmBusy {
                 operation_id, kind, ..
             }) => {
@@ -186,9 +212,19 @@ mod tests {
             }
             _ => panic!("expected VM_BUSY"),
         }
-        assert!(locks.lock("other-vm", "op-3", "STOP_VM").await.is_ok());
+        assert!(
+            locks
+                .lock("other-vm", "op-3", OperationKind::StopVm)
+                .await
+                .is_ok()
+        );
         drop(held);
-        assert!(locks.lock("vm", "op-2", "STOP_VM").await.is_ok());
+        assert!(
+            locks
+                .lock("vm", "op-2", OperationKind::StopVm)
+                .await
+                .is_ok()
+        );
         assert_eq!(locks.len(), 0, "every guard is gone, so is every slot");
     }
 
@@ -196,15 +232,31 @@ mod tests {
     async fn the_table_keeps_a_slot_only_while_it_is_held_or_awaited() {
         let locks = Arc::new(VmLocks::new(Duration::from_secs(5)));
         // An ID that names nothing: locked, refused by the caller, let go.
-        drop(locks.lock("no-such-vm", "op-1", "START_VM").await.unwrap());
+        drop(
+            locks
+                .lock("no-such-vm", "op-1", OperationKind::StartVm)
+                .await
+                .unwrap(),
+        );
         assert_eq!(locks.len(), 0);
-        assert!(locks.try_lock("no-such-vm", "op-1", "SWEEP").is_some());
+        assert!(
+            locks
+                .try_lock("no-such-vm", "op-1", OperationKind::CoherenceRepair)
+                .is_some()
+        );
         assert_eq!(locks.len(), 0);
 
         // A waiter keeps the slot after the holder lets go, and takes it over.
-        let held = locks.lock("vm", "op-1", "START_VM").await.unwrap();
+        let held = locks
+            .lock("vm", "op-1", OperationKind::StartVm)
+            .await
+            .unwrap();
         let waiter = queue(&locks, "vm").await;
-        assert!(locks.try_lock("vm", "op-3", "SWEEP").is_none());
+        assert!(
+            locks
+                .try_lock("vm", "op-3", OperationKind::CoherenceRepair)
+                .is_none()
+        );
         drop(held);
         assert_eq!(locks.len(), 1, "the waiter still needs the slot");
         waiter.await.unwrap().unwrap();
@@ -214,8 +266,16 @@ mod tests {
     #[tokio::test]
     async fn a_caller_that_gives_up_leaves_nothing_behind() {
         let locks = VmLocks::new(Duration::from_millis(20));
-        let held = locks.lock("vm", "op-1", "START_VM").await.unwrap();
-        assert!(locks.lock("vm", "op-2", "STOP_VM").await.is_err());
+        let held = locks
+            .lock("vm", "op-1", OperationKind::StartVm)
+            .await
+            .unwrap();
+        assert!(
+            locks
+                .lock("vm", "op-2", OperationKind::StopVm)
+                .await
+                .is_err()
+        );
         assert_eq!(locks.holder("vm"), Some(("op-1".into(), "START_VM".into())));
         drop(held);
         assert_eq!(locks.len(), 0);
@@ -225,7 +285,10 @@ mod tests {
     #[tokio::test]
     async fn a_caller_dropped_while_it_waits_leaves_nothing_behind() {
         let locks = Arc::new(VmLocks::new(Duration::from_secs(5)));
-        let held = locks.lock("vm", "op-1", "START_VM").await.unwrap();
+        let held = locks
+            .lock("vm", "op-1", OperationKind::StartVm)
+            .await
+            .unwrap();
         let waiter = queue(&locks, "vm").await;
         drop(held);
         waiter.abort();

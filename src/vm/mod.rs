@@ -19,7 +19,6 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, ModelTrait,
     QueryFilter, QueryOrder, Set,
 };
-use serde_json::json;
 
 use crate::{
     context::Ctx,
@@ -28,10 +27,10 @@ use crate::{
         model::{self as disk_model, Attachment, DiskFormat},
     },
     error::{ApiError, ApiResult},
-    events::{EventKind, NewEvent, Writer, find_in},
+    events::{NewEvent, Payload, Writer, find_in},
     host::{DirectBoot, DiskSpec, HostStep, StopRequest, StopRung, VmAction, VmSpec},
     image::model as image,
-    operation::{self, Change},
+    operation::{self, Change, Envelope, HostAction, OperationKind, Request, SubjectType},
     template::{self, Template},
     validate,
 };
@@ -78,19 +77,16 @@ pub async fn transition_with(
     row.state_reason = Set(Some(reason.to_string()));
     row.updated_at = Set(Utc::now());
     let vm = row.update(w.txn()).await?;
-    w.record(NewEvent {
-        kind: EventKind::VmStateChanged,
-        subject_id: vm.id.clone(),
-        subject_type: "Vm",
-        operation_id: operation_id.map(str::to_string),
-        payload: {
-            let mut payload = json!({"from": from, "to": to, "reason": reason});
-            if !detail.is_null() {
-                payload["detail"] = detail;
-            }
-            payload
+    w.record(NewEvent::new(
+        &vm.id,
+        operation_id,
+        Payload::VmStateChanged {
+            from,
+            to,
+            reason: reason.to_string(),
+            detail: (!detail.is_null()).then_some(detail),
         },
-    })
+    ))
     .await?;
     Ok(vm)
 }
@@ -220,80 +216,51 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
         created_at: now,
         updated_at: now,
     };
-    let action = root.as_ref().map(|root| {
+    let root_spec = root.as_ref().map(|root| {
         let mut spec = disk::spec(app, root);
         spec.backing = base_image.as_ref().map(|i| crate::host::Backing {
             path: crate::image::path(app, i),
             format: i.format.unwrap_or(DiskFormat::Qcow2),
         });
-        VmAction::CreateDisk(spec)
+        spec
     });
-    let plan = action
-        .as_ref()
-        .map(|a| app.hypervisor.plan(a))
-        .unwrap_or_default();
     if dry_run {
+        let plan = root_spec
+            .iter()
+            .flat_map(|spec| app.hypervisor.plan(&VmAction::CreateDisk(spec.clone())))
+            .collect();
         return Ok(Change::planned(vm, plan));
     }
-
-    let op = operation::begin(app, &operation::new_id(), "CREATE_VM", "Vm", &vm_id).await?;
-    let mut steps = Vec::new();
-    if let Some(action) = &action {
-        match app.hypervisor.execute(action).await {
-            Ok(outcome) => steps = outcome.steps,
-            Err(e) => {
-                let e = ApiError::from(e);
-                operation::finish(app, op, &steps, Some(&e)).await?;
-                return Err(e);
-            }
+    let request = Request::new(OperationKind::CreateVm, SubjectType::Vm, &vm_id);
+    operation::run(app, request, async |env| {
+        if let Some(spec) = &root_spec {
+            env.vm(&VmAction::CreateDisk(spec.clone())).await?;
+            env.undo_with(HostAction::Vm(VmAction::DeleteDisk(spec.clone())));
         }
-    }
-    let written = async {
-        let mut w = app.bus.writer().await?;
-        ensure_vm_name_free(w.txn(), &vm.name).await?;
-        let vm = model::ActiveModel::from(vm.clone()).insert(w.txn()).await?;
-        w.record(NewEvent {
-            kind: EventKind::VmCreated,
-            subject_id: vm.id.clone(),
-            subject_type: "Vm",
-            operation_id: Some(op.id.clone()),
-            payload: json!({"name": vm.name, "templateId": vm.template_id}),
+        env.commit(async |w, op| {
+            ensure_vm_name_free(w.txn(), &vm.name).await?;
+            let vm = model::ActiveModel::from(vm.clone()).insert(w.txn()).await?;
+            w.record(NewEvent::new(
+                &vm.id,
+                Some(op),
+                Payload::VmCreated {
+                    name: vm.name.clone(),
+                    template_id: vm.template_id.clone(),
+                },
+            ))
+            .await?;
+            if let Some(root) = &root {
+                disk::ensure_name_free(w.txn(), &root.name).await?;
+                let root = disk_model::ActiveModel::from(root.clone())
+                    .insert(w.txn())
+                    .await?;
+                w.record(disk::created_event(&root, Some(op))).await?;
+            }
+            Ok(vm)
         })
-        .await?;
-        if let Some(root) = &root {
-            disk::ensure_name_free(w.txn(), &root.name).await?;
-            let root = disk_model::ActiveModel::from(root.clone())
-                .insert(w.txn())
-                .await?;
-            w.record(disk::created_event(&root, Some(&op.id))).await?;
-        }
-        w.commit().await?;
-        ApiResult::Ok(vm)
-    }
-    .await;
-    match written {
-        Ok(vm) => {
-            let op = operation::finish(app, op, &steps, None).await?;
-            Ok(Change {
-                object: vm,
-                operation: Some(op),
-                plan: steps,
-            })
-        }
-        Err(e) => {
-            // The host side was made; take it back so nothing half-made remains.
-            if let Some(VmAction::CreateDisk(spec)) = &action
-                && let Err(undo) = app
-                    .hypervisor
-                    .execute(&VmAction::DeleteDisk(spec.clone()))
-                    .await
-            {
-                tracing::error!(error = %undo, disk = %spec.path.display(), "removing the disk of a failed createVm");
-            }
-            operation::finish(app, op, &steps, Some(&e)).await?;
-            Err(e)
-        }
-    }
+        .await
+    })
+    .await
 }
 
 async fn ensure_vm_name_free(db: &impl ConnectionTrait, name: &str) -> ApiResult<()> {
@@ -358,13 +325,24 @@ pub enum Lifecycle {
 }
 
 impl Lifecycle {
-    fn kind(self) -> &'static str {
+    fn kind(self) -> OperationKind {
         match self {
-            Lifecycle::Start => "START_VM",
-            Lifecycle::Stop(_) => "STOP_VM",
-            Lifecycle::Restart { .. } => "RESTART_VM",
-            Lifecycle::Pause => "PAUSE_VM",
-            Lifecycle::Resume => "RESUME_VM",
+            Lifecycle::Start => OperationKind::StartVm,
+            Lifecycle::Stop(_) => OperationKind::StopVm,
+            Lifecycle::Restart { .. } => OperationKind::RestartVm,
+            Lifecycle::Pause => OperationKind::PauseVm,
+            Lifecycle::Resume => OperationKind::ResumeVm,
+        }
+    }
+
+    /// What the request does, in an error message ("cannot start VM …").
+    fn verb(self) -> &'static str {
+        match self {
+            Lifecycle::Start => "start",
+            Lifecycle::Stop(_) => "stop",
+            Lifecycle::Restart { .. } => "restart",
+            Lifecycle::Pause => "pause",
+            Lifecycle::Resume => "resume",
         }
     }
 
@@ -397,7 +375,7 @@ pub async fn lifecycle(
     if !request.allowed_from().contains(&vm.state) {
         return Err(ApiError::InvalidState(format!(
             "cannot {} VM {:?}: it is {}",
-            request.kind().trim_end_matches("_VM").to_lowercase(),
+            request.verb(),
             vm.name,
             vm.state
         )));
@@ -433,23 +411,19 @@ pub async fn lifecycle(
             .collect();
         return Ok(Change::planned(vm, plan));
     }
-
-    let op = operation::begin(app, &op_id, request.kind(), "Vm", &vm.id).await?;
     let desired = match request {
         Lifecycle::Stop(_) => VmState::Stopped,
         Lifecycle::Pause => VmState::Paused,
-        _ => VmState::Running,
+        Lifecycle::Start | Lifecycle::Restart { .. } | Lifecycle::Resume => VmState::Running,
     };
-    set_desired(app, &vm, desired).await?;
-    let mut steps = Vec::new();
-    let result = run_actions(app, &vm, &actions, &op.id, &mut steps).await;
-    let op = operation::finish(app, op, &steps, result.as_ref().err()).await?;
-    let vm = result?;
-    Ok(Change {
-        object: vm,
-        operation: Some(op),
-        plan: steps,
+    let request = Request::with_id(op_id, request.kind(), SubjectType::Vm, &vm.id);
+    operation::run(app, request, async |env| {
+        set_desired(app, &vm, desired).await?;
+        let Landing { to, reason } = run_actions(env, &vm, &actions).await?;
+        env.commit(async |w, op| transition(w, &vm.id, to, reason, Some(op)).await)
+            .await
     })
+    .await
 }
 
 /// A lifecycle action's plan with its NICs' taps: made before a start,
@@ -471,91 +445,138 @@ fn plan_with_taps(app: &Ctx, action: &VmAction, nics: &[crate::host::NicSpec]) -
     plan
 }
 
-/// Makes the taps a start needs, before QEMU opens them.
-async fn make_taps(app: &Ctx, spec: &VmSpec, steps: &mut Vec<HostStep>) -> ApiResult<()> {
-    for action in crate::network::nic::start_actions(&spec.nics) {
-        steps.extend(app.network.execute(&action).await?.steps);
-    }
-    Ok(())
+/// Where a run of lifecycle actions leaves the VM: the state its operation
+/// records with its success, and why.
+struct Landing {
+    to: VmState,
+    reason: &'static str,
 }
 
-/// Executes actions in order, moving the VM through the in-between states.
-async fn run_actions(
-    app: &Ctx,
-    vm: &Vm,
-    actions: &[VmAction],
-    op: &str,
-    steps: &mut Vec<HostStep>,
-) -> ApiResult<Vm> {
-    let mut current = vm.clone();
-    for action in actions {
-        let (before, after, failed): (Option<VmState>, VmState, VmState) = match action {
-            VmAction::Start(_) => (Some(VmState::Starting), VmState::Running, VmState::Stopped),
-            VmAction::Stop { .. } => (Some(VmState::Stopping), VmState::Stopped, VmState::Unknown),
-            VmAction::Pause { .. } => (None, VmState::Paused, current.state),
-            VmAction::Resume { .. } => (None, VmState::Running, current.state),
-            VmAction::Reset { .. } => (None, current.state, current.state),
-            _ => unreachable!("only lifecycle actions reach run_actions"),
-        };
-        if let Some(before) = before.filter(|b| *b != current.state) {
-            current = set_state(app, &vm.id, before, describe(action), Some(op)).await?;
+/// How one lifecycle action moves a VM: the in-between state it records
+/// first (if any), where it lands, and where a failure leaves it.
+struct Moves {
+    before: Option<VmState>,
+    after: VmState,
+    failed: VmState,
+}
+
+fn moves(action: &VmAction, current: VmState) -> Moves {
+    let (before, after, failed) = match action {
+        VmAction::Start(_) => (Some(VmState::Starting), VmState::Running, VmState::Stopped),
+        VmAction::Stop { .. } => (Some(VmState::Stopping), VmState::Stopped, VmState::Unknown),
+        VmAction::Pause { .. } => (None, VmState::Paused, current),
+        VmAction::Resume { .. } => (None, VmState::Running, current),
+        VmAction::Reset { .. } => (None, current, current),
+        VmAction::CreateDisk(_)
+        | VmAction::DeleteDisk(_)
+        | VmAction::AttachDisk { .. }
+        | VmAction::DetachDisk { .. }
+        | VmAction::AttachNic { .. }
+        | VmAction::DetachNic { .. }
+        | VmAction::Destroy { .. }
+        | VmAction::ResizeDisk { .. }
+        | VmAction::InspectImage { .. }
+        | VmAction::ImportImage { .. }
+        | VmAction::DeleteImage { .. } => {
+            unreachable!("only lifecycle actions move a VM between states")
+        }
+    };
+    Moves {
+        before,
+        after,
+        failed,
+    }
+}
+
+/// Executes lifecycle actions in order, recording the in-between states as
+/// they happen; the last landing is for the caller to record (with its
+/// operation's success). A failure records where it left the VM.
+async fn run_actions(env: &mut Envelope<'_>, vm: &Vm, actions: &[VmAction]) -> ApiResult<Landing> {
+    let app = env.ctx();
+    let mut current = vm.state;
+    let mut landing = Landing {
+        to: current,
+        reason: "no action",
+    };
+    for (i, action) in actions.iter().enumerate() {
+        // The previous action's landing, now that another follows it.
+        if i > 0 && landing.to != current {
+            set_state(app, &vm.id, landing.to, landing.reason, Some(env.id())).await?;
+            current = landing.to;
+        }
+        let Moves {
+            before,
+            after,
+            failed,
+        } = moves(action, current);
+        if let Some(before) = before.filter(|b| *b != current) {
+            set_state(app, &vm.id, before, describe(action), Some(env.id())).await?;
+            current = before;
         }
         let executed = match action {
-            VmAction::Start(spec) => match make_taps(app, spec, steps).await {
-                Ok(()) => app.hypervisor.execute(action).await.map_err(ApiError::from),
+            VmAction::Start(spec) => match make_taps(env, spec).await {
+                Ok(()) => env.vm(action).await,
                 Err(e) => Err(e),
             },
-            _ => app.hypervisor.execute(action).await.map_err(ApiError::from),
+            _ => env.vm(action).await,
         };
         match executed {
             Ok(outcome) => {
-                steps.extend(outcome.steps);
-                let reason = match (action, outcome.stop_rung) {
-                    (_, Some(StopRung::GuestShutdown)) => "guest shutdown",
-                    (_, Some(StopRung::Quit)) => "stopped by QEMU quit",
-                    (_, Some(StopRung::Kill)) => "QEMU killed",
-                    (VmAction::Stop { .. }, None) => "QEMU was not running",
-                    (VmAction::Start(_), _) => "started",
-                    _ => describe(action),
+                landing = Landing {
+                    to: after,
+                    reason: landed(action, outcome.stop_rung),
                 };
-                if after != current.state {
-                    current = set_state(app, &vm.id, after, reason, Some(op)).await?;
-                }
                 if after == VmState::Stopped {
-                    crate::disk::release_detaching(app, &vm.id).await?;
-                    steps.extend(crate::network::release_taps(app, &vm.id).await?);
+                    let steps = qemu_gone(app, &vm.id).await?;
+                    env.took(steps);
                 }
             }
             Err(e) => {
-                if let VmAction::Start(_) = action
-                    && !matches!(e, ApiError::Timeout(_))
-                {
-                    // QEMU is not running: the taps made for it go.
-                    steps.extend(crate::network::release_taps(app, &vm.id).await?);
-                }
-                // A QEMU that does not answer leaves the VM's real state unknown.
+                // A QEMU that does not answer leaves the VM's real state unknown
+                // (and its taps in use).
                 let failed = if matches!(e, ApiError::Timeout(_)) {
                     VmState::Unknown
                 } else {
                     failed
                 };
-                if failed != current.state {
-                    set_state(
-                        app,
-                        &vm.id,
-                        failed,
-                        &format!("{} failed: {e}", describe(action)),
-                        Some(op),
-                    )
-                    .await?;
+                if let VmAction::Start(_) = action
+                    && failed != VmState::Unknown
+                {
+                    let steps = qemu_gone(app, &vm.id).await?;
+                    env.took(steps);
+                }
+                if failed != current {
+                    let reason = format!("{} failed: {e}", describe(action));
+                    set_state(app, &vm.id, failed, &reason, Some(env.id())).await?;
                 }
                 return Err(e);
             }
         }
     }
-    Ok(current)
+    Ok(landing)
 }
 
+/// Makes the taps a start needs, before QEMU opens them.
+async fn make_taps(env: &mut Envelope<'_>, spec: &VmSpec) -> ApiResult<()> {
+    for action in crate::network::nic::start_actions(&spec.nics) {
+        env.network(&action).await?;
+    }
+    Ok(())
+}
+
+/// The reason a VM's state records once an action succeeded.
+fn landed(action: &VmAction, rung: Option<StopRung>) -> &'static str {
+    match (action, rung) {
+        (_, Some(StopRung::GuestShutdown)) => "guest shutdown",
+        (_, Some(StopRung::Quit)) => "stopped by QEMU quit",
+        (_, Some(StopRung::Kill)) => "QEMU killed",
+        (VmAction::Stop { .. }, None) => "QEMU was not running",
+        (VmAction::Start(_), None) => "started",
+        (action, None) => describe(action),
+    }
+}
+
+/// What a lifecycle action is, in a VM's state reason.
 fn describe(action: &VmAction) -> &'static str {
     match action {
         VmAction::Start(_) => "start requested",
@@ -564,8 +585,47 @@ fn describe(action: &VmAction) -> &'static str {
         VmAction::Pause { .. } => "paused",
         VmAction::Resume { .. } => "resumed",
         VmAction::Reset { .. } => "reset",
-        _ => "host action",
+        VmAction::CreateDisk(_)
+        | VmAction::DeleteDisk(_)
+        | VmAction::AttachDisk { .. }
+        | VmAction::DetachDisk { .. }
+        | VmAction::AttachNic { .. }
+        | VmAction::DetachNic { .. }
+        | VmAction::Destroy { .. }
+        | VmAction::ResizeDisk { .. }
+        | VmAction::InspectImage { .. }
+        | VmAction::ImportImage { .. }
+        | VmAction::DeleteImage { .. } => "host action",
     }
+}
+
+/// Where a device change on a VM goes: into its running QEMU now, or into
+/// its next start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plug {
+    Hot,
+    Cold,
+}
+
+/// The one hot/cold decision for disks and NICs: a running or paused VM
+/// takes the change live, a stopped or crashed one at its next start; in
+/// any other state `doing` (say "attach a disk to") is refused.
+pub fn plug(vm: &Vm, doing: &str) -> ApiResult<Plug> {
+    match vm.state {
+        VmState::Running | VmState::Paused => Ok(Plug::Hot),
+        VmState::Stopped | VmState::Crashed => Ok(Plug::Cold),
+        VmState::Starting | VmState::Stopping | VmState::Unknown => Err(ApiError::InvalidState(
+            format!("cannot {doing} VM {:?} while it is {}", vm.name, vm.state),
+        )),
+    }
+}
+
+/// Call when a VM's QEMU is gone (a stop, a failed start, a crash, a guest
+/// power-off): its DETACHING disks are detached, the taps of its NICs
+/// removed and its DETACHING NICs forgotten. Returns the host steps taken.
+pub async fn qemu_gone(app: &Ctx, vm_id: &str) -> ApiResult<Vec<HostStep>> {
+    crate::disk::release_detaching(app, vm_id).await?;
+    crate::network::release_taps(app, vm_id).await
 }
 
 /// Deletes a VM, stopping it first; its disks go with it unless `delete_disks` is false,
@@ -578,28 +638,26 @@ pub async fn delete(
 ) -> ApiResult<Change<Vm>> {
     let id = validate::id("id", id)?;
     let op_id = operation::new_id();
-    let _guard = app.locks.lock(&id, &op_id, "DELETE_VM").await?;
+    let _guard = app.locks.lock(&id, &op_id, OperationKind::DeleteVm).await?;
     let vm = find_in::<model::Entity, _>(&app.db, "VM", &id).await?;
     let disks = disk_model::Entity::find()
         .filter(disk_model::Column::VmId.eq(&id))
         .all(&app.db)
         .await?;
-    let mut actions = Vec::new();
-    if vm.state != VmState::Stopped && vm.state != VmState::Crashed {
-        actions.push(VmAction::Stop {
+    let stop =
+        (vm.state != VmState::Stopped && vm.state != VmState::Crashed).then(|| VmAction::Stop {
             vm_id: id.clone(),
             request: StopRequest {
                 force: true,
                 timeout_ms: app.config.qemu.stop_timeout.as_millis() as u64,
             },
         });
-    }
-    actions.push(VmAction::Destroy {
+    let mut removals = vec![VmAction::Destroy {
         vm_id: id.clone(),
         run_dir: run_dir(app, &id),
-    });
+    }];
     if delete_disks {
-        actions.extend(
+        removals.extend(
             disks
                 .iter()
                 .map(|d| VmAction::DeleteDisk(disk::spec(app, d))),
@@ -611,63 +669,57 @@ pub async fn delete(
         .await?;
     if dry_run {
         let nic_specs = crate::network::nic::specs(app, &vm.id).await?;
-        let plan = actions
+        let plan = stop
             .iter()
+            .chain(&removals)
             .flat_map(|a| plan_with_taps(app, a, &nic_specs))
             .collect();
         return Ok(Change::planned(vm, plan));
     }
-
-    let op = operation::begin(app, &op_id, "DELETE_VM", "Vm", &id).await?;
-    let mut steps = Vec::new();
-    let result = async {
-        for action in &actions {
-            if let VmAction::Stop { .. } = action {
-                run_actions(app, &vm, std::slice::from_ref(action), &op.id, &mut steps).await?;
-            } else {
-                steps.extend(app.hypervisor.execute(action).await?.steps);
+    let request = Request::with_id(op_id, OperationKind::DeleteVm, SubjectType::Vm, &id);
+    operation::run(app, request, async |env| {
+        if let Some(stop) = &stop {
+            let Landing { to, reason } = run_actions(env, &vm, std::slice::from_ref(stop)).await?;
+            set_state(app, &id, to, reason, Some(env.id())).await?;
+        }
+        for action in &removals {
+            env.vm(action).await?;
+        }
+        env.commit(async |w, op| {
+            for d in &disks {
+                if delete_disks {
+                    d.clone().delete(w.txn()).await?;
+                    w.record(disk::deleted_event(d, Some(op))).await?;
+                } else {
+                    let mut row = d.clone().into_active_model();
+                    row.vm_id = Set(None);
+                    row.attachment = Set(Attachment::Detached);
+                    row.updated_at = Set(Utc::now());
+                    row.update(w.txn()).await?;
+                    w.record(disk::detached_event(d, &id, Some(op))).await?;
+                }
             }
-        }
-        let mut w = app.bus.writer().await?;
-        for d in &disks {
-            if delete_disks {
-                d.clone().delete(w.txn()).await?;
-                w.record(disk::deleted_event(d, Some(&op.id))).await?;
-            } else {
-                let mut row = d.clone().into_active_model();
-                row.vm_id = Set(None);
-                row.attachment = Set(Attachment::Detached);
-                row.updated_at = Set(Utc::now());
-                row.update(w.txn()).await?;
-                w.record(disk::detached_event(d, &id, Some(&op.id))).await?;
+            for nic in &nics {
+                nic.clone().delete(w.txn()).await?;
+                w.record(crate::network::nic::detached_event(nic, Some(op)))
+                    .await?;
             }
-        }
-        for nic in &nics {
-            nic.clone().delete(w.txn()).await?;
-            w.record(crate::network::nic::detached_event(nic, Some(&op.id)))
-                .await?;
-        }
-        let current = find_in::<model::Entity, _>(w.txn(), "VM", &id).await?;
-        current.clone().delete(w.txn()).await?;
-        w.record(NewEvent {
-            kind: EventKind::VmDeleted,
-            subject_id: id.clone(),
-            subject_type: "Vm",
-            operation_id: Some(op.id.clone()),
-            payload: json!({"name": current.name, "deletedDisks": delete_disks}),
+            let current = find_in::<model::Entity, _>(w.txn(), "VM", &id).await?;
+            current.clone().delete(w.txn()).await?;
+            w.record(NewEvent::new(
+                &id,
+                Some(op),
+                Payload::VmDeleted {
+                    name: current.name.clone(),
+                    deleted_disks: delete_disks,
+                },
+            ))
+            .await?;
+            Ok(current)
         })
-        .await?;
-        w.commit().await?;
-        ApiResult::Ok(current)
-    }
-    .await;
-    let op = operation::finish(app, op, &steps, result.as_ref().err()).await?;
-    let vm = result?;
-    Ok(Change {
-        object: vm,
-        operation: Some(op),
-        plan: steps,
+        .await
     })
+    .await
 }
 
 /// How many VMs are in each state (every state, zeros included).

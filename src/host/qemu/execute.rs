@@ -22,6 +22,10 @@ impl QemuHypervisor {
             }
             VmAction::CreateDisk(disk) => create_disk(disk, planned()).await,
             VmAction::DeleteDisk(disk) => self.delete_disk(disk, planned()),
+            VmAction::DeleteImage { path } => {
+                files::delete_file(path)?;
+                Ok(took(planned()))
+            }
             VmAction::AttachDisk { vm_id, disk } => self.attach_disk(vm_id, disk).await,
             VmAction::DetachDisk { vm_id, disk } => self.detach_disk(vm_id, disk).await,
             VmAction::AttachNic { vm_id, nic } => self.attach_nic(vm_id, nic).await,

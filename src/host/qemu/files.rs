@@ -164,7 +164,12 @@ pub(super) async fn import_image(
 
 /// Removes a disk's file; one already gone is what was asked.
 pub(super) fn delete_disk(disk: &DiskSpec) -> Result<(), HostError> {
-    removed(&disk.path, std::fs::remove_file(&disk.path))
+    delete_file(&disk.path)
+}
+
+/// Removes a file from storage; one already gone is what was asked.
+pub(super) fn delete_file(path: &Path) -> Result<(), HostError> {
+    removed(path, std::fs::remove_file(path))
 }
 
 /// Removes a stopped VM's run directory; one already gone is what was asked.

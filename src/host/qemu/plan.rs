@@ -54,6 +54,7 @@ pub fn plan(options: &QemuOptions, action: &VmAction) -> Vec<HostStep> {
         VmAction::DeleteDisk(disk) => vec![HostStep::RemoveFile {
             path: disk.path.clone(),
         }],
+        VmAction::DeleteImage { path } => vec![HostStep::RemoveFile { path: path.clone() }],
         VmAction::AttachDisk { vm_id, disk } => {
             hotplug::attach_disk(vm_id, disk, &argv::root_port_id(1))
         }
