@@ -42,7 +42,8 @@ impl OperationObject {
     async fn error(&self) -> Option<&str> {
         self.0.error.as_deref()
     }
-    /// The `extensions.code` the failure was reported with.
+    /// The `extensions.code` the failure was reported with; INTERRUPTED when
+    /// vman stopped while it ran.
     async fn error_code(&self) -> Option<&str> {
         self.0.error_code.as_deref()
     }
