@@ -75,7 +75,7 @@ pub enum Attachment {
     /// Part of a VM: plugged in while it runs, passed at its next start otherwise.
     #[sea_orm(string_value = "ATTACHED")]
     Attached,
-    /// Hot-plug in progress.
+    /// Not used: a hot-plug finishes within its mutation.
     #[sea_orm(string_value = "ATTACHING")]
     Attaching,
     /// Unplug requested; waiting for the guest to let go.
