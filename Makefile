@@ -26,6 +26,9 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-# Regenerate schema.graphql after changing the schema; review the diff.
+# Regenerate schema.graphql after changing the schema; review the diff. Then
+# lint it: every type, field, argument and value needs a description
+# (tests/docs_drift.rs runs the same check in `make test`).
 schema:
 	cargo run --quiet -- schema > schema.graphql
+	npm run --silent --prefix tests/js schema-lint

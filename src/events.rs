@@ -47,6 +47,7 @@ pub mod model {
 
 pub use model::Model as Event;
 
+/// What a journal event records.
 #[derive(
     Debug,
     Clone,
@@ -61,36 +62,52 @@ pub use model::Model as Event;
 )]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum EventKind {
+    /// A template was created.
     #[sea_orm(string_value = "TEMPLATE_CREATED")]
     TemplateCreated,
+    /// A template was deleted.
     #[sea_orm(string_value = "TEMPLATE_DELETED")]
     TemplateDeleted,
+    /// A VM was created.
     #[sea_orm(string_value = "VM_CREATED")]
     VmCreated,
+    /// A VM was deleted.
     #[sea_orm(string_value = "VM_DELETED")]
     VmDeleted,
+    /// A VM moved from one state to another (as `vmStateChanged` sends).
     #[sea_orm(string_value = "VM_STATE_CHANGED")]
     VmStateChanged,
+    /// A disk was created (for a VM's root disk too).
     #[sea_orm(string_value = "DISK_CREATED")]
     DiskCreated,
+    /// A disk was attached to a VM (the payload's `hot` says whether live).
     #[sea_orm(string_value = "DISK_ATTACHED")]
     DiskAttached,
+    /// A disk was detached from a VM (also when its VM is deleted with `deleteDisks: false`).
     #[sea_orm(string_value = "DISK_DETACHED")]
     DiskDetached,
+    /// A disk and its file were deleted.
     #[sea_orm(string_value = "DISK_DELETED")]
     DiskDeleted,
+    /// A disk grew (the payload has `from` and `to`, in bytes).
     #[sea_orm(string_value = "DISK_RESIZED")]
     DiskResized,
+    /// A network was created.
     #[sea_orm(string_value = "NETWORK_CREATED")]
     NetworkCreated,
+    /// A network was deleted.
     #[sea_orm(string_value = "NETWORK_DELETED")]
     NetworkDeleted,
+    /// A NIC was added to a VM.
     #[sea_orm(string_value = "NIC_ATTACHED")]
     NicAttached,
+    /// A NIC was removed (also for each NIC of a deleted VM).
     #[sea_orm(string_value = "NIC_DETACHED")]
     NicDetached,
+    /// An image was copied into storage.
     #[sea_orm(string_value = "IMAGE_IMPORTED")]
     ImageImported,
+    /// An image and its file were deleted.
     #[sea_orm(string_value = "IMAGE_DELETED")]
     ImageDeleted,
     /// The coherence sweep found a drift (the payload is the issue).

@@ -6,13 +6,19 @@ use serde::Serialize;
 
 use crate::app::App;
 
+/// One readiness check.
 #[derive(Debug, Clone, Serialize, async_graphql::SimpleObject)]
 pub struct HealthCheck {
+    /// What was checked: `database`, `writable <dir>`, `binary <program>`,
+    /// `network capabilities`.
     pub name: String,
+    /// Whether it passed.
     pub ok: bool,
+    /// What was found, or why it failed.
     pub detail: String,
 }
 
+/// Whether vman is ready to serve, as `/readyz` reports it.
 #[derive(Debug, Clone, Serialize, async_graphql::SimpleObject)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
@@ -20,6 +26,7 @@ pub struct Health {
     pub ready: bool,
     /// Host steps are planned and recorded, not executed.
     pub dry_run: bool,
+    /// Every check, passed or not.
     pub checks: Vec<HealthCheck>,
     /// What the host's networking can do (probed at start): VLAN links are
     /// needed only by networks with an uplink, taps by NICs. An unsupported

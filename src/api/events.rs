@@ -24,21 +24,29 @@ impl EventObject {
     async fn sequence(&self) -> String {
         self.0.sequence.to_string()
     }
+    /// What changed.
     async fn kind(&self) -> EventKind {
         self.0.kind
     }
+    /// The ID of what changed.
     async fn subject_id(&self) -> ID {
         ID(self.0.subject_id.clone())
     }
+    /// What `subjectId` names: `Template`, `Vm`, `Disk`, `Network`, `Nic`,
+    /// `Image` or `CoherenceIssue`.
     async fn subject_type(&self) -> &str {
         self.0.subject_type.as_str()
     }
+    /// The operation that caused it; null when no operation did (template
+    /// changes, image deletions, what the observer or the coherence sweep saw, …).
     async fn operation_id(&self) -> Option<ID> {
         self.0.operation_id.clone().map(ID)
     }
+    /// The details, which depend on `kind` (see the API guide).
     async fn payload(&self) -> Json<serde_json::Value> {
         Json(self.0.payload.clone())
     }
+    /// When it was journaled.
     async fn at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.at
     }
@@ -48,12 +56,20 @@ impl EventObject {
 #[derive(SimpleObject)]
 #[graphql(complex)]
 pub struct VmStateChange {
+    /// The VM's ID.
     pub vm_id: ID,
+    /// The state it left.
     pub from: VmState,
+    /// The state it entered.
     pub to: VmState,
+    /// Why (e.g. "started", "guest shutdown").
     pub reason: Option<String>,
+    /// The operation that caused it; null when no operation did (what the
+    /// observer or the coherence sweep saw, re-adoption at start).
     pub operation_id: Option<ID>,
+    /// The journal sequence; pass it as `after` to resume.
     pub sequence: String,
+    /// When it was journaled.
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -107,8 +123,8 @@ impl EventQuery {
     async fn events(
         &self,
         ctx: &Context<'_>,
-        after: Option<String>,
-        first: Option<i32>,
+        #[graphql(desc = "A sequence: only events after it.")] after: Option<String>,
+        #[graphql(desc = "At most this many (default 50, at most 500).")] first: Option<i32>,
     ) -> async_graphql::Result<Page<EventObject>> {
         let app = super::services(ctx);
         let after = parse_sequence(after).gql()?;
@@ -136,7 +152,7 @@ impl EventSubscription {
     async fn events(
         &self,
         ctx: &Context<'_>,
-        after: Option<String>,
+        #[graphql(desc = "A sequence: first send the events after it.")] after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = EventObject> + use<>> {
         let after = parse_sequence(after).gql()?;
         Ok(super::services(ctx).bus.stream(after).map(EventObject))
@@ -147,8 +163,8 @@ impl EventSubscription {
     async fn vm_state_changed(
         &self,
         ctx: &Context<'_>,
-        vm_id: Option<ID>,
-        after: Option<String>,
+        #[graphql(desc = "Only this VM's changes.")] vm_id: Option<ID>,
+        #[graphql(desc = "A sequence: first send the changes after it.")] after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = VmStateChange> + use<>> {
         let vm_id = vm_id
             .map(|id| crate::validate::id("vmId", &id))

@@ -18,6 +18,7 @@ use crate::{
     host::HostStep,
 };
 
+/// What can be read: every object, the journal, and health.
 #[derive(MergedObject, Default)]
 pub struct Query(
     node::NodeQuery,
@@ -32,6 +33,8 @@ pub struct Query(
     health::HealthQuery,
 );
 
+/// What changes vman's records and the host. Mutations that touch the host
+/// take `dryRun` and record an operation.
 #[derive(MergedObject, Default)]
 pub struct Mutation(
     crate::template::graphql::TemplateMutation,
@@ -42,6 +45,8 @@ pub struct Mutation(
     crate::coherence::graphql::CoherenceMutation,
 );
 
+/// Live streams from the journal, over the websocket; each can resume
+/// after a sequence.
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(
     events::EventSubscription,
@@ -130,6 +135,8 @@ where
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bytes(pub i64);
 
+/// A size in bytes: a whole number, as a JSON number (exact up to 2^53) or a
+/// decimal string. Results are JSON numbers.
 #[async_graphql::Scalar(name = "Bytes")]
 impl async_graphql::ScalarType for Bytes {
     fn parse(value: async_graphql::Value) -> async_graphql::InputValueResult<Self> {

@@ -14,8 +14,9 @@ use crate::{
     vm::graphql::VmObject,
 };
 
+/// An object with an ID, which `node(id)` finds.
 #[derive(Interface)]
-#[graphql(field(name = "id", ty = "ID"))]
+#[graphql(field(name = "id", ty = "ID", desc = "A UUID, unique across all objects."))]
 pub enum Node {
     Template(TemplateObject),
     Vm(VmObject),
@@ -32,7 +33,11 @@ pub struct NodeQuery;
 #[Object]
 impl NodeQuery {
     /// Any object by its ID.
-    async fn node(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Node>> {
+    async fn node(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The object's ID.")] id: ID,
+    ) -> async_graphql::Result<Option<Node>> {
         find(ctx, &id).await.gql()
     }
 }

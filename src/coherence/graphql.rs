@@ -23,9 +23,11 @@ pub struct CoherenceIssueObject(pub CoherenceIssue);
 /// found by the observer's coherence sweep.
 #[Object(name = "CoherenceIssue")]
 impl CoherenceIssueObject {
+    /// A UUID (issues sort by detection time); not a `Node`.
     pub async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// What kind of drift it is.
     async fn kind(&self) -> CoherenceKind {
         self.0.kind
     }
@@ -50,6 +52,7 @@ impl CoherenceIssueObject {
     async fn observed(&self) -> &str {
         &self.0.observed
     }
+    /// When a sweep first saw it.
     async fn detected_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.detected_at
     }
@@ -57,6 +60,7 @@ impl CoherenceIssueObject {
     async fn resolved_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         self.0.resolved_at
     }
+    /// True while the drift lasts (`resolvedAt` is null).
     async fn open(&self) -> bool {
         self.0.resolved_at.is_none()
     }
@@ -70,11 +74,15 @@ impl CoherenceIssueObject {
 #[derive(SimpleObject)]
 #[graphql(name = "SweepReport")]
 pub struct SweepReportObject {
+    /// When the sweep began.
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// How long it took, in milliseconds.
     pub took_ms: f64,
+    /// VMs it compared with the host.
     pub vms_checked: i32,
     /// VMs left alone: an operation in flight, starting or stopping.
     pub vms_skipped: i32,
+    /// Disk files it read (always 0 in dry-run mode).
     pub disks_checked: i32,
     /// Every drift this sweep saw, open or just repaired.
     pub findings: Vec<CoherenceIssueObject>,
@@ -110,9 +118,10 @@ impl CoherenceQuery {
     async fn coherence_issues(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "True: open ones only; false: resolved ones only; omitted: all.")]
         open: Option<bool>,
-        after: Option<String>,
-        first: Option<i32>,
+        #[graphql(desc = "Only those after this cursor (an `endCursor`).")] after: Option<String>,
+        #[graphql(desc = "At most this many (default 50, at most 500).")] first: Option<i32>,
     ) -> async_graphql::Result<Page<CoherenceIssueObject>> {
         let after = id_cursor(after).gql()?;
         page(
@@ -175,19 +184,25 @@ impl CoherenceMutation {
     }
 }
 
+/// What happened to an issue.
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
 pub enum IssueChange {
+    /// A sweep found a new drift.
     Opened,
+    /// The drift is gone, or was repaired (the issue's `action` says which).
     Resolved,
 }
 
 /// An issue opened or resolved, in journal order.
 #[derive(SimpleObject)]
 pub struct CoherenceIssueChange {
+    /// Opened or resolved.
     pub change: IssueChange,
+    /// The issue as the event recorded it (its `vm` is read now).
     pub issue: CoherenceIssueObject,
     /// The journal sequence; pass it as `after` to resume.
     pub sequence: String,
+    /// When the change was journaled.
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -218,7 +233,7 @@ impl CoherenceSubscription {
     async fn coherence_issues(
         &self,
         ctx: &Context<'_>,
-        after: Option<String>,
+        #[graphql(desc = "A sequence: first send the changes after it.")] after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = CoherenceIssueChange> + use<>> {
         let after = api::events::parse_sequence(after).gql()?;
         Ok(api::services(ctx)

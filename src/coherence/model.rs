@@ -62,13 +62,16 @@ pub enum CoherenceKind {
     /// A QEMU process in a run directory that belongs to no VM.
     #[sea_orm(string_value = "ORPHAN_PROCESS")]
     OrphanProcess,
+    /// No file at the disk's path.
     #[sea_orm(string_value = "DISK_FILE_MISSING")]
     DiskFileMissing,
     /// The file exists but cannot be read or is not a regular file.
     #[sea_orm(string_value = "DISK_FILE_UNREADABLE")]
     DiskFileUnreadable,
+    /// `qemu-img info` reports another format than the disk's.
     #[sea_orm(string_value = "DISK_FORMAT_MISMATCH")]
     DiskFormatMismatch,
+    /// The file's virtual size (qcow2) or length (raw) is not the disk's `sizeBytes`.
     #[sea_orm(string_value = "DISK_SIZE_MISMATCH")]
     DiskSizeMismatch,
     /// The database says the disk is attached to the running VM; QEMU lacks it.
@@ -77,10 +80,13 @@ pub enum CoherenceKind {
     /// QEMU has the disk's device; the database says it is not attached there.
     #[sea_orm(string_value = "DISK_UNEXPECTED_IN_QEMU")]
     DiskUnexpectedInQemu,
+    /// No link has the network's bridge name.
     #[sea_orm(string_value = "BRIDGE_MISSING")]
     BridgeMissing,
+    /// The network's bridge exists but is down.
     #[sea_orm(string_value = "BRIDGE_DOWN")]
     BridgeDown,
+    /// An attached NIC of a running or paused VM has no tap.
     #[sea_orm(string_value = "TAP_MISSING")]
     TapMissing,
     /// The tap exists but is not enslaved to its network's bridge.

@@ -20,21 +20,27 @@ pub struct DiskObject(pub Disk);
 /// A disk file in storage, named by vman from its ID.
 #[Object(name = "Disk")]
 impl DiskObject {
+    /// A UUID, unique across all objects; the file is named from it.
     pub async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// Unique among disks.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// The file's format.
     async fn format(&self) -> DiskFormat {
         self.0.format
     }
+    /// The size the guest sees, in bytes.
     async fn size_bytes(&self) -> api::Bytes {
         api::Bytes(self.0.size_bytes)
     }
+    /// Whether it is part of a VM.
     async fn attachment(&self) -> Attachment {
         self.0.attachment
     }
+    /// The VM it is attached to; null when DETACHED.
     async fn vm(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<VmObject>> {
         let vm = api::load::<crate::vm::model::Entity>(ctx, self.0.vm_id.as_deref()).await?;
         Ok(vm.map(VmObject))
@@ -49,18 +55,25 @@ impl DiskObject {
                 .await?;
         Ok(template.map(TemplateObject))
     }
+    /// When the disk was created.
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at
     }
+    /// When the disk last changed (attached, detached, resized).
     async fn updated_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.updated_at
     }
 }
 
+/// A new, empty disk.
 #[derive(InputObject)]
 pub struct CreateDiskInput {
+    /// 1 to 63 characters: a lowercase letter, then lowercase letters, digits
+    /// or `-`. Unique among disks.
     pub name: String,
+    /// A multiple of 512, from 1 MiB to `limits.max_disk_bytes`.
     pub size_bytes: api::Bytes,
+    /// The file's format.
     #[graphql(default_with = "DiskFormat::Qcow2")]
     pub format: DiskFormat,
 }
@@ -68,8 +81,11 @@ pub struct CreateDiskInput {
 /// The result of a disk mutation; see `VmPayload` for `dryRun`.
 #[derive(SimpleObject)]
 pub struct DiskPayload {
+    /// The disk after the mutation (as it was, for `deleteDisk`).
     pub disk: DiskObject,
+    /// The record of the host work; null with `dryRun: true`.
     pub operation: Option<OperationObject>,
+    /// The host steps taken, or with `dryRun: true` those that would be.
     pub plan: Vec<PlanStep>,
 }
 
@@ -92,9 +108,9 @@ impl DiskQuery {
     async fn disks(
         &self,
         ctx: &Context<'_>,
-        vm_id: Option<ID>,
-        first: Option<i32>,
-        after: Option<String>,
+        #[graphql(desc = "Only the disks of this VM.")] vm_id: Option<ID>,
+        #[graphql(desc = "At most this many (default 50, at most 500).")] first: Option<i32>,
+        #[graphql(desc = "Only those after this cursor (an `endCursor`).")] after: Option<String>,
     ) -> async_graphql::Result<Page<DiskObject>> {
         let after = id_cursor(after).gql()?;
         let mut select = model::Entity::find();
@@ -118,8 +134,8 @@ impl DiskQuery {
     async fn disk(
         &self,
         ctx: &Context<'_>,
-        id: Option<ID>,
-        name: Option<String>,
+        #[graphql(desc = "The disk's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The disk's name; or give `id`.")] name: Option<String>,
     ) -> async_graphql::Result<Option<DiskObject>> {
         let found = api::by_id_or_name::<model::Entity>(ctx, id, name, model::Column::Name).await?;
         Ok(found.map(DiskObject))
@@ -131,11 +147,16 @@ pub struct DiskMutation;
 
 #[Object]
 impl DiskMutation {
+    /// Creates an empty, DETACHED disk file in storage.
     async fn create_disk(
         &self,
         ctx: &Context<'_>,
-        input: CreateDiskInput,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "What the disk is.")] input: CreateDiskInput,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<DiskPayload> {
         let input = CreateDisk {
             name: input.name,
@@ -152,9 +173,13 @@ impl DiskMutation {
     async fn attach_disk(
         &self,
         ctx: &Context<'_>,
-        disk_id: ID,
-        vm_id: ID,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "The disk's ID; it must be DETACHED.")] disk_id: ID,
+        #[graphql(desc = "The VM's ID.")] vm_id: ID,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<DiskPayload> {
         Ok(super::attach(api::services(ctx), &disk_id, &vm_id, dry_run)
             .await
@@ -162,11 +187,17 @@ impl DiskMutation {
             .into())
     }
 
+    /// Unplugs a disk from a running VM (waiting up to 3 s for the guest to let
+    /// go; DETACHING after that), or detaches it from a stopped one at once.
     async fn detach_disk(
         &self,
         ctx: &Context<'_>,
-        disk_id: ID,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "The disk's ID; it must be ATTACHED.")] disk_id: ID,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<DiskPayload> {
         Ok(super::detach(api::services(ctx), &disk_id, dry_run)
             .await
@@ -178,9 +209,16 @@ impl DiskMutation {
     async fn resize_disk(
         &self,
         ctx: &Context<'_>,
-        disk_id: ID,
+        #[graphql(desc = "The disk's ID.")] disk_id: ID,
+        #[graphql(
+            desc = "The new size: larger than now, a multiple of 512, at most `limits.max_disk_bytes`."
+        )]
         size_bytes: api::Bytes,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<DiskPayload> {
         Ok(
             super::resize(api::services(ctx), &disk_id, size_bytes.0, dry_run)
@@ -194,8 +232,12 @@ impl DiskMutation {
     async fn delete_disk(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "The disk's ID.")] id: ID,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<DiskPayload> {
         Ok(super::delete(api::services(ctx), &id, dry_run)
             .await

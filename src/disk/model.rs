@@ -17,6 +17,7 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
 }
 
+/// A disk file's format.
 #[derive(
     Debug,
     Clone,
@@ -31,10 +32,12 @@ pub struct Model {
 )]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum DiskFormat {
+    /// QEMU's copy-on-write format: the file grows as the guest writes.
     #[sea_orm(string_value = "QCOW2")]
     #[graphql(name = "QCOW2")]
     #[serde(rename = "qcow2")]
     Qcow2,
+    /// A plain image, byte for byte what the guest sees.
     #[sea_orm(string_value = "RAW")]
     #[serde(rename = "raw")]
     Raw,
@@ -50,6 +53,7 @@ impl DiskFormat {
     }
 }
 
+/// Whether a disk or NIC is part of a VM.
 #[derive(
     Debug,
     Clone,
@@ -71,7 +75,7 @@ pub enum Attachment {
     /// Part of a VM: plugged in while it runs, passed at its next start otherwise.
     #[sea_orm(string_value = "ATTACHED")]
     Attached,
-    /// Hot-plug in progress.
+    /// Not used: a hot-plug finishes within its mutation.
     #[sea_orm(string_value = "ATTACHING")]
     Attaching,
     /// Unplug requested; waiting for the guest to let go.

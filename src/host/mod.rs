@@ -568,6 +568,7 @@ pub struct LinkSeen {
 /// Whether the host can do one thing vman may need, and why (not).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, async_graphql::SimpleObject)]
 pub struct Capability {
+    /// Whether this host can do it.
     pub supported: bool,
     /// How it was found out; for an unsupported one, the error the kernel gave.
     pub detail: String,

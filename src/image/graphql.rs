@@ -28,22 +28,28 @@ impl ImageObject {
 /// A file in storage that templates build on.
 #[Object(name = "Image")]
 impl ImageObject {
+    /// A UUID, unique across all objects; the file is named from it.
     pub async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// Unique among images.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// What the file is for.
     async fn kind(&self) -> model::ImageKind {
         self.0.kind
     }
-    /// Disk images only.
+    /// The format of a DISK image; null for other kinds (and in dry-run mode).
     async fn format(&self) -> Option<DiskFormat> {
         self.0.format
     }
+    /// A DISK image's virtual size, other kinds' file size, in bytes (0 in
+    /// dry-run mode).
     async fn size_bytes(&self) -> api::Bytes {
         api::Bytes(self.0.size_bytes)
     }
+    /// When the image was imported.
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at
     }
@@ -54,11 +60,12 @@ pub struct ImageQuery;
 
 #[Object]
 impl ImageQuery {
+    /// All images, oldest first.
     async fn images(
         &self,
         ctx: &Context<'_>,
-        first: Option<i32>,
-        after: Option<String>,
+        #[graphql(desc = "At most this many (default 50, at most 500).")] first: Option<i32>,
+        #[graphql(desc = "Only those after this cursor (an `endCursor`).")] after: Option<String>,
     ) -> async_graphql::Result<Page<ImageObject>> {
         let after = id_cursor(after).gql()?;
         page(
@@ -74,15 +81,24 @@ impl ImageQuery {
         .gql()
     }
 
-    async fn image(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<ImageObject>> {
+    /// An image by ID.
+    async fn image(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The image's ID.")] id: ID,
+    ) -> async_graphql::Result<Option<ImageObject>> {
         let id = validate::id("id", &id).gql()?;
         ImageObject::load(ctx, Some(&id)).await
     }
 }
 
+/// A file to import.
 #[derive(InputObject)]
 pub struct ImportImageInput {
+    /// 1 to 63 characters: a lowercase letter, then lowercase letters, digits
+    /// or `-`. Unique among images.
     pub name: String,
+    /// What the file is for.
     pub kind: model::ImageKind,
     /// A file inside the configured import directory, as a relative path.
     pub path: String,
@@ -91,8 +107,11 @@ pub struct ImportImageInput {
 /// The result of an image mutation; see `VmPayload` for `dryRun`.
 #[derive(SimpleObject)]
 pub struct ImagePayload {
+    /// The image after the mutation (as it was, for `deleteImage`).
     pub image: ImageObject,
+    /// The record of the host work; null with `dryRun: true` and for `deleteImage`.
     pub operation: Option<OperationObject>,
+    /// The host steps taken, or with `dryRun: true` those that would be.
     pub plan: Vec<PlanStep>,
 }
 
@@ -116,8 +135,12 @@ impl ImageMutation {
     async fn import_image(
         &self,
         ctx: &Context<'_>,
-        input: ImportImageInput,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "The file and what it is.")] input: ImportImageInput,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<ImagePayload> {
         let input = super::ImportImage {
             name: input.name,
@@ -131,7 +154,11 @@ impl ImageMutation {
     }
 
     /// Fails with CONFLICT while templates use it.
-    async fn delete_image(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ImagePayload> {
+    async fn delete_image(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The image's ID.")] id: ID,
+    ) -> async_graphql::Result<ImagePayload> {
         Ok(super::delete(api::services(ctx), &id).await.gql()?.into())
     }
 }

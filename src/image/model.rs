@@ -15,6 +15,7 @@ pub struct Model {
     pub created_at: DateTimeUtc,
 }
 
+/// What an image is for.
 #[derive(
     Debug,
     Clone,
@@ -29,10 +30,13 @@ pub struct Model {
 )]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum ImageKind {
+    /// A qcow2 or raw disk image that templates use as a base image.
     #[sea_orm(string_value = "DISK")]
     Disk,
+    /// A Linux kernel for direct boot.
     #[sea_orm(string_value = "KERNEL")]
     Kernel,
+    /// An initial ramdisk for direct boot.
     #[sea_orm(string_value = "INITRD")]
     Initrd,
 }

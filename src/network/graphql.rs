@@ -18,12 +18,15 @@ pub struct NetworkObject(pub Network);
 /// A VLAN and the bridge that carries it on this host.
 #[Object(name = "Network")]
 impl NetworkObject {
+    /// A UUID, unique across all objects.
     pub async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// Unique among networks.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// The 802.1Q VLAN id, 1 to 4094; unique among networks.
     async fn vlan_id(&self) -> i32 {
         self.0.vlan_id
     }
@@ -75,6 +78,7 @@ impl NetworkObject {
             problems,
         })
     }
+    /// The NICs on this network, oldest first.
     async fn nics(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<NicObject>> {
         let nics = model::nic::Entity::find()
             .filter(model::nic::Column::NetworkId.eq(&self.0.id))
@@ -85,6 +89,7 @@ impl NetworkObject {
             .gql()?;
         Ok(nics.into_iter().map(NicObject).collect())
     }
+    /// When the network was created.
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at
     }
@@ -96,12 +101,15 @@ pub struct NicObject(pub Nic);
 /// A VM's network interface on a network.
 #[Object(name = "Nic")]
 impl NicObject {
+    /// A UUID, unique across all objects.
     pub async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// The MAC address the guest sees, in lower case (`02:…` when generated).
     async fn mac(&self) -> &str {
         &self.0.mac
     }
+    /// The QEMU device model: `virtio-net-pci` or `e1000e`.
     async fn model(&self) -> &str {
         &self.0.model
     }
@@ -118,10 +126,12 @@ impl NicObject {
     async fn attachment(&self) -> crate::disk::Attachment {
         self.0.attachment
     }
+    /// The VM the NIC belongs to.
     async fn vm(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<VmObject>> {
         let vm = api::load::<crate::vm::model::Entity>(ctx, Some(&self.0.vm_id)).await?;
         Ok(vm.map(VmObject))
     }
+    /// The network the NIC is on.
     async fn network(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<NetworkObject>> {
         let network = api::load::<model::Entity>(ctx, Some(&self.0.network_id)).await?;
         Ok(network.map(NetworkObject))
@@ -131,7 +141,9 @@ impl NicObject {
 /// What the host shows of a network.
 #[derive(SimpleObject)]
 pub struct NetworkStatus {
+    /// A link with the bridge's name exists.
     pub bridge_exists: bool,
+    /// The bridge exists and is up.
     pub bridge_up: bool,
     /// With an uplink: its VLAN link exists, is up and is on the bridge. Null without one.
     pub vlan_link_ready: Option<bool>,
@@ -141,8 +153,11 @@ pub struct NetworkStatus {
     pub problems: Vec<String>,
 }
 
+/// A new network.
 #[derive(InputObject)]
 pub struct CreateNetworkInput {
+    /// 1 to 63 characters: a lowercase letter, then lowercase letters, digits
+    /// or `-`. Unique among networks.
     pub name: String,
     /// 1 to 4094, unique.
     pub vlan_id: i32,
@@ -156,8 +171,11 @@ pub struct CreateNetworkInput {
 /// `detachNic` the NIC is gone (or DETACHING while the guest lets go).
 #[derive(SimpleObject)]
 pub struct NicPayload {
+    /// The NIC after the mutation.
     pub nic: NicObject,
+    /// The record of the host work; null with `dryRun: true`.
     pub operation: Option<OperationObject>,
+    /// The host steps taken, or with `dryRun: true` those that would be.
     pub plan: Vec<PlanStep>,
 }
 
@@ -174,8 +192,11 @@ impl From<Change<Nic>> for NicPayload {
 /// The result of a network mutation; see `VmPayload` for `dryRun`.
 #[derive(SimpleObject)]
 pub struct NetworkPayload {
+    /// The network after the mutation (as it was, for `deleteNetwork`).
     pub network: NetworkObject,
+    /// The record of the host work; null with `dryRun: true`.
     pub operation: Option<OperationObject>,
+    /// The host steps taken, or with `dryRun: true` those that would be.
     pub plan: Vec<PlanStep>,
 }
 
@@ -194,11 +215,12 @@ pub struct NetworkQuery;
 
 #[Object]
 impl NetworkQuery {
+    /// All networks, oldest first.
     async fn networks(
         &self,
         ctx: &Context<'_>,
-        first: Option<i32>,
-        after: Option<String>,
+        #[graphql(desc = "At most this many (default 50, at most 500).")] first: Option<i32>,
+        #[graphql(desc = "Only those after this cursor (an `endCursor`).")] after: Option<String>,
     ) -> async_graphql::Result<Page<NetworkObject>> {
         let after = id_cursor(after).gql()?;
         page(
@@ -218,8 +240,8 @@ impl NetworkQuery {
     async fn network(
         &self,
         ctx: &Context<'_>,
-        id: Option<ID>,
-        name: Option<String>,
+        #[graphql(desc = "The network's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The network's name; or give `id`.")] name: Option<String>,
     ) -> async_graphql::Result<Option<NetworkObject>> {
         let found = api::by_id_or_name::<model::Entity>(ctx, id, name, model::Column::Name).await?;
         Ok(found.map(NetworkObject))
@@ -231,11 +253,17 @@ pub struct NetworkMutation;
 
 #[Object]
 impl NetworkMutation {
+    /// Records a network, makes its bridge (with an uplink, its VLAN link too)
+    /// and sets it up.
     async fn create_network(
         &self,
         ctx: &Context<'_>,
-        input: CreateNetworkInput,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "What the network is.")] input: CreateNetworkInput,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<NetworkPayload> {
         let input = CreateNetwork {
             name: input.name,
@@ -252,8 +280,12 @@ impl NetworkMutation {
     async fn delete_network(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "The network's ID.")] id: ID,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<NetworkPayload> {
         Ok(super::delete(api::services(ctx), &id, dry_run)
             .await
@@ -268,11 +300,16 @@ impl NetworkMutation {
     async fn attach_nic(
         &self,
         ctx: &Context<'_>,
-        vm_id: ID,
-        network_id: ID,
+        #[graphql(desc = "The VM's ID.")] vm_id: ID,
+        #[graphql(desc = "The network's ID.")] network_id: ID,
+        #[graphql(desc = "Six hex pairs joined by `:`, unicast, not all zeros, unused.")]
         mac: Option<String>,
-        model: Option<String>,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "`virtio-net-pci` (the default) or `e1000e`.")] model: Option<String>,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<NicPayload> {
         let input = AttachNic {
             vm_id: vm_id.0,
@@ -290,8 +327,12 @@ impl NetworkMutation {
     async fn detach_nic(
         &self,
         ctx: &Context<'_>,
-        nic_id: ID,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "The NIC's ID.")] nic_id: ID,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<NicPayload> {
         Ok(super::nic::detach(api::services(ctx), &nic_id, dry_run)
             .await

@@ -18,6 +18,7 @@ pub struct OperationObject(pub Operation);
 /// One accepted request that changed (or tried to change) the host.
 #[Object(name = "Operation")]
 impl OperationObject {
+    /// A UUID, unique across all objects.
     pub async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
@@ -25,19 +26,24 @@ impl OperationObject {
     async fn kind(&self) -> &str {
         self.0.kind.as_str()
     }
+    /// The ID of what it acts on (a disk operation's target is the disk).
     async fn target_id(&self) -> ID {
         ID(self.0.target_id.clone())
     }
+    /// What `targetId` names: `Vm`, `Disk`, `Network`, `Nic` or `Image`.
     async fn target_type(&self) -> &str {
         self.0.target_type.as_str()
     }
+    /// Where it is: RUNNING, then SUCCEEDED or FAILED.
     async fn status(&self) -> OperationStatus {
         self.0.status
     }
+    /// Why it failed; null unless FAILED.
     async fn error(&self) -> Option<&str> {
         self.0.error.as_deref()
     }
-    /// The `extensions.code` the failure was reported with.
+    /// The `extensions.code` the failure was reported with; INTERRUPTED when
+    /// vman stopped while it ran.
     async fn error_code(&self) -> Option<&str> {
         self.0.error_code.as_deref()
     }
@@ -52,9 +58,11 @@ impl OperationObject {
         let steps: Vec<HostStep> = serde_json::from_value(self.0.steps.clone()).unwrap_or_default();
         api::plan(&steps)
     }
+    /// When it was recorded RUNNING, before the host was touched.
     async fn started_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.started_at
     }
+    /// When it ended; null while RUNNING.
     async fn finished_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         self.0.finished_at
     }
@@ -69,9 +77,9 @@ impl OperationQuery {
     async fn operations(
         &self,
         ctx: &Context<'_>,
-        vm_id: Option<ID>,
-        first: Option<i32>,
-        after: Option<String>,
+        #[graphql(desc = "Only operations whose target is this VM.")] vm_id: Option<ID>,
+        #[graphql(desc = "At most this many (default 50, at most 500).")] first: Option<i32>,
+        #[graphql(desc = "Only those after this cursor (an `endCursor`).")] after: Option<String>,
     ) -> async_graphql::Result<Page<OperationObject>> {
         let after = id_cursor(after).gql()?;
         let mut select = model::Entity::find();
@@ -92,10 +100,11 @@ impl OperationQuery {
         .gql()
     }
 
+    /// An operation by ID.
     async fn operation(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The operation's ID.")] id: ID,
     ) -> async_graphql::Result<Option<OperationObject>> {
         let id = validate::id("id", &id).gql()?;
         let op = model::Entity::find_by_id(id)

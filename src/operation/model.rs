@@ -21,6 +21,7 @@ pub struct Model {
     pub finished_at: Option<DateTimeUtc>,
 }
 
+/// Where an operation is.
 #[derive(
     Debug,
     Clone,
@@ -35,12 +36,17 @@ pub struct Model {
 )]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum OperationStatus {
+    /// Not used.
     #[sea_orm(string_value = "PENDING")]
     Pending,
+    /// Recorded before the host is touched; the work is under way.
     #[sea_orm(string_value = "RUNNING")]
     Running,
+    /// It did what was asked.
     #[sea_orm(string_value = "SUCCEEDED")]
     Succeeded,
+    /// It failed (see `error` and `errorCode`), or vman stopped while it ran
+    /// (`errorCode` INTERRUPTED).
     #[sea_orm(string_value = "FAILED")]
     Failed,
 }

@@ -20,18 +20,23 @@ pub struct TemplateObject(pub Template);
 /// A recipe for VMs.
 #[Object(name = "Template")]
 impl TemplateObject {
+    /// A UUID, unique across all objects.
     pub async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// Unique among templates.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// Free text; empty when none was given.
     async fn description(&self) -> &str {
         &self.0.description
     }
+    /// Virtual CPUs a VM made from this template gets unless it asks otherwise.
     async fn vcpus(&self) -> i32 {
         self.0.vcpus
     }
+    /// Memory in MiB a VM made from this template gets unless it asks otherwise.
     async fn memory_mib(&self) -> i64 {
         self.0.memory_mib
     }
@@ -39,15 +44,20 @@ impl TemplateObject {
     async fn base_image(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ImageObject>> {
         ImageObject::load(ctx, self.0.base_image_id.as_deref()).await
     }
+    /// The KERNEL image VMs boot directly; null: they boot from their disks.
     async fn kernel(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ImageObject>> {
         ImageObject::load(ctx, self.0.kernel_image_id.as_deref()).await
     }
+    /// The INITRD image for direct boot; null without one.
     async fn initrd(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ImageObject>> {
         ImageObject::load(ctx, self.0.initrd_image_id.as_deref()).await
     }
+    /// Kernel command line for direct boot; null without one.
     async fn cmdline(&self) -> Option<&str> {
         self.0.cmdline.as_deref()
     }
+    /// Size of the root disk a VM gets when it does not ask for one. Null: the
+    /// base image's size, or no root disk without a base image.
     async fn default_disk_size_bytes(&self) -> Option<api::Bytes> {
         self.0.default_disk_size_bytes.map(api::Bytes)
     }
@@ -62,19 +72,27 @@ impl TemplateObject {
             .gql()?;
         Ok(vms.into_iter().map(VmObject).collect())
     }
+    /// When the template was created.
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at
     }
+    /// When the template was last changed.
     async fn updated_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.updated_at
     }
 }
 
+/// A new template.
 #[derive(InputObject)]
 pub struct CreateTemplateInput {
+    /// 1 to 63 characters: a lowercase letter, then lowercase letters, digits
+    /// or `-`. Unique among templates.
     pub name: String,
+    /// Free text, at most 4096 bytes.
     pub description: Option<String>,
+    /// Virtual CPUs, 1 to `limits.max_vcpus`.
     pub vcpus: i32,
+    /// Memory in MiB, 16 to `limits.max_memory_mib`.
     pub memory_mib: i64,
     /// An imported DISK image; VMs get a qcow2 overlay of it as their root disk.
     pub base_image_id: Option<ID>,
@@ -88,12 +106,15 @@ pub struct CreateTemplateInput {
     pub default_disk_size_bytes: Option<api::Bytes>,
 }
 
+/// The result of a template mutation.
 #[derive(SimpleObject)]
 pub struct TemplatePayload {
+    /// The template created, or the one deleted as it was.
     pub template: TemplateObject,
     /// The operation that recorded the change (template changes touch no
     /// host state, so it has no steps).
     pub operation: Option<OperationObject>,
+    /// Always empty: there are no host steps.
     pub plan: Vec<PlanStep>,
 }
 
@@ -112,11 +133,12 @@ pub struct TemplateQuery;
 
 #[Object]
 impl TemplateQuery {
+    /// All templates, oldest first.
     async fn templates(
         &self,
         ctx: &Context<'_>,
-        first: Option<i32>,
-        after: Option<String>,
+        #[graphql(desc = "At most this many (default 50, at most 500).")] first: Option<i32>,
+        #[graphql(desc = "Only those after this cursor (an `endCursor`).")] after: Option<String>,
     ) -> async_graphql::Result<Page<TemplateObject>> {
         let after = id_cursor(after).gql()?;
         page(
@@ -136,8 +158,8 @@ impl TemplateQuery {
     async fn template(
         &self,
         ctx: &Context<'_>,
-        id: Option<ID>,
-        name: Option<String>,
+        #[graphql(desc = "The template's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The template's name; or give `id`.")] name: Option<String>,
     ) -> async_graphql::Result<Option<TemplateObject>> {
         let found = super::find(
             api::services(ctx),
@@ -155,10 +177,11 @@ pub struct TemplateMutation;
 
 #[Object]
 impl TemplateMutation {
+    /// Records a template; nothing on the host changes.
     async fn create_template(
         &self,
         ctx: &Context<'_>,
-        input: CreateTemplateInput,
+        #[graphql(desc = "What the template is.")] input: CreateTemplateInput,
     ) -> async_graphql::Result<TemplatePayload> {
         let template = super::create(
             api::services(ctx),
@@ -183,7 +206,7 @@ impl TemplateMutation {
     async fn delete_template(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The template's ID.")] id: ID,
     ) -> async_graphql::Result<TemplatePayload> {
         Ok(super::delete(api::services(ctx), &id).await.gql()?.into())
     }

@@ -22,20 +22,25 @@ pub struct VmObject(pub Vm);
 /// A virtual machine.
 #[Object(name = "Vm")]
 impl VmObject {
+    /// A UUID, unique across all objects.
     pub async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// Unique among VMs.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// The template it was made from; null when made without one.
     async fn template(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<TemplateObject>> {
         let template =
             api::load::<crate::template::model::Entity>(ctx, self.0.template_id.as_deref()).await?;
         Ok(template.map(TemplateObject))
     }
+    /// Virtual CPUs.
     async fn vcpus(&self) -> i32 {
         self.0.vcpus
     }
+    /// Memory in MiB.
     async fn memory_mib(&self) -> i64 {
         self.0.memory_mib
     }
@@ -56,10 +61,12 @@ impl VmObject {
     async fn coherence_issues(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "True: open ones only; false: resolved ones only; omitted: all.")]
         open: Option<bool>,
     ) -> async_graphql::Result<Vec<crate::coherence::graphql::CoherenceIssueObject>> {
         crate::coherence::graphql::of_vm(ctx, &self.0.id, open).await
     }
+    /// The disks attached to it (DETACHING ones included), oldest first.
     async fn disks(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<DiskObject>> {
         let disks = crate::disk::model::Entity::find()
             .filter(crate::disk::model::Column::VmId.eq(&self.0.id))
@@ -70,6 +77,7 @@ impl VmObject {
             .gql()?;
         Ok(disks.into_iter().map(DiskObject).collect())
     }
+    /// Its NICs, by `position`.
     async fn nics(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<NicObject>> {
         use crate::network::model::nic;
         let nics = nic::Entity::find()
@@ -81,19 +89,25 @@ impl VmObject {
             .gql()?;
         Ok(nics.into_iter().map(NicObject).collect())
     }
+    /// When the VM was created.
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at
     }
+    /// When the VM's record last changed (its state, say).
     async fn updated_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.updated_at
     }
 }
 
+/// A new VM.
 #[derive(InputObject)]
 pub struct CreateVmInput {
+    /// 1 to 63 characters: a lowercase letter, then lowercase letters, digits
+    /// or `-`. Unique among VMs; its root disk is named `<name>-root`.
     pub name: String,
     /// The template by ID; or give `templateName`.
     pub template_id: Option<ID>,
+    /// The template by name; or give `templateId`.
     pub template_name: Option<String>,
     /// Defaults to the template's; required without a template.
     pub vcpus: Option<i32>,
@@ -107,8 +121,11 @@ pub struct CreateVmInput {
 /// `operation` is null and `plan` lists the host steps that would run.
 #[derive(SimpleObject)]
 pub struct VmPayload {
+    /// The VM after the mutation (as it was, for `deleteVm`).
     pub vm: VmObject,
+    /// The record of the host work; null with `dryRun: true`.
     pub operation: Option<OperationObject>,
+    /// The host steps taken, or with `dryRun: true` those that would be.
     pub plan: Vec<PlanStep>,
 }
 
@@ -127,13 +144,14 @@ pub struct VmQuery;
 
 #[Object]
 impl VmQuery {
+    /// VMs, oldest first.
     async fn vms(
         &self,
         ctx: &Context<'_>,
-        state: Option<VmState>,
-        name_contains: Option<String>,
-        first: Option<i32>,
-        after: Option<String>,
+        #[graphql(desc = "Only VMs in this state.")] state: Option<VmState>,
+        #[graphql(desc = "Only VMs whose name contains this text.")] name_contains: Option<String>,
+        #[graphql(desc = "At most this many (default 50, at most 500).")] first: Option<i32>,
+        #[graphql(desc = "Only those after this cursor (an `endCursor`).")] after: Option<String>,
     ) -> async_graphql::Result<Page<VmObject>> {
         let after = id_cursor(after).gql()?;
         let mut select = model::Entity::find();
@@ -161,8 +179,8 @@ impl VmQuery {
     async fn vm(
         &self,
         ctx: &Context<'_>,
-        id: Option<ID>,
-        name: Option<String>,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
     ) -> async_graphql::Result<Option<VmObject>> {
         let found = api::by_id_or_name::<model::Entity>(ctx, id, name, model::Column::Name).await?;
         Ok(found.map(VmObject))
@@ -178,8 +196,12 @@ impl VmMutation {
     async fn create_vm(
         &self,
         ctx: &Context<'_>,
-        input: CreateVmInput,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "What the VM is.")] input: CreateVmInput,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
         let input = CreateVm {
             name: input.name,
@@ -195,11 +217,16 @@ impl VmMutation {
             .into())
     }
 
+    /// Starts QEMU for a STOPPED or CRASHED VM: STARTING, then RUNNING.
     async fn start_vm(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
         lifecycle(ctx, &id, Lifecycle::Start, dry_run).await
     }
@@ -209,10 +236,14 @@ impl VmMutation {
     async fn stop_vm(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        #[graphql(default = false)] force: bool,
-        timeout_seconds: Option<i32>,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(default = false, desc = "End QEMU without asking the guest.")] force: bool,
+        #[graphql(desc = "1 to 3600; default `qemu.stop_timeout`.")] timeout_seconds: Option<i32>,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
         let app = api::services(ctx);
         let timeout_ms = match timeout_seconds {
@@ -232,27 +263,45 @@ impl VmMutation {
     async fn restart_vm(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        #[graphql(default = false)] hard: bool,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(
+            default = false,
+            desc = "Reset the machine (QMP `system_reset`) instead."
+        )]
+        hard: bool,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
         lifecycle(ctx, &id, Lifecycle::Restart { hard }, dry_run).await
     }
 
+    /// Pauses a RUNNING VM (QMP `stop`): PAUSED.
     async fn pause_vm(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
         lifecycle(ctx, &id, Lifecycle::Pause, dry_run).await
     }
 
+    /// Resumes a PAUSED VM (QMP `cont`): RUNNING.
     async fn resume_vm(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
         lifecycle(ctx, &id, Lifecycle::Resume, dry_run).await
     }
@@ -262,9 +311,14 @@ impl VmMutation {
     async fn delete_vm(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        #[graphql(default = true)] delete_disks: bool,
-        #[graphql(default = false)] dry_run: bool,
+        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(default = true, desc = "False: detach the VM's disks and keep them.")]
+        delete_disks: bool,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
         Ok(
             super::delete(api::services(ctx), &id, delete_disks, dry_run)

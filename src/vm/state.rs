@@ -6,6 +6,7 @@
 use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// Where a VM is in its life, as the host was last seen.
 #[derive(
     Debug,
     Clone,
@@ -22,18 +23,26 @@ use serde::{Deserialize, Serialize};
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum VmState {
+    /// No QEMU of the VM runs.
     #[sea_orm(string_value = "STOPPED")]
     Stopped,
+    /// vman is starting its QEMU.
     #[sea_orm(string_value = "STARTING")]
     Starting,
+    /// The guest runs.
     #[sea_orm(string_value = "RUNNING")]
     Running,
+    /// QEMU runs, but the guest's CPUs are paused.
     #[sea_orm(string_value = "PAUSED")]
     Paused,
+    /// vman is stopping its QEMU.
     #[sea_orm(string_value = "STOPPING")]
     Stopping,
+    /// Its QEMU ended without a requested stop.
     #[sea_orm(string_value = "CRASHED")]
     Crashed,
+    /// vman cannot tell: QMP did not answer in time, or a restarted vman could
+    /// not re-adopt its QEMU.
     #[sea_orm(string_value = "UNKNOWN")]
     Unknown,
 }
