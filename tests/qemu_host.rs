@@ -35,12 +35,7 @@ async fn a_bare_vm_starts_stops_by_force_and_leaves_nothing_behind() {
     let server = TestServer::real(accel()).await;
     server.create_template("bare").await;
     let vm = server.create_vm("bare-1", "bare").await;
-    let started = server
-        .ok(
-            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    let started = server.start_vm(&vm).await;
     assert_eq!(started["startVm"]["vm"]["state"], "RUNNING");
     let pid = pid_of(&server, &vm);
     assert!(alive(pid));
@@ -466,12 +461,7 @@ async fn a_qemu_killed_behind_vmans_back_is_a_crash_pushed_to_subscribers() {
     assert_eq!(crash["payload"]["detail"]["exit"], "signal 9 (SIGKILL)");
     assert!(crash["payload"]["detail"].get("qemuLog").is_some());
     // A crashed VM starts again.
-    let started = server
-        .ok(
-            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    let started = server.start_vm(&vm).await;
     assert_eq!(started["startVm"]["vm"]["state"], "RUNNING");
     ws.close().await;
 }
@@ -534,12 +524,7 @@ async fn a_vm_from_a_base_image_gets_a_qcow2_overlay_of_it() {
             .unwrap()
             .ends_with(image["id"].as_str().unwrap())
     );
-    let started = server
-        .ok(
-            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    let started = server.start_vm(&vm).await;
     assert_eq!(started["startVm"]["vm"]["state"], "RUNNING");
     server
         .ok(

@@ -426,12 +426,7 @@ async fn the_legacy_graphql_ws_protocol_works_end_to_end() {
         "variables": {"vm": vm, "after": head(&server).await},
     }}))
     .await;
-    let started = server
-        .ok(
-            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    let started = server.start_vm(&vm).await;
     assert_eq!(started["startVm"]["vm"]["state"], "RUNNING");
     for (from, to) in [("STOPPED", "STARTING"), ("STARTING", "RUNNING")] {
         let data = ws.recv().await;

@@ -373,13 +373,26 @@ pub enum Adoption {
     },
 }
 
+/// The QMP events the observer acts on; any other keeps QEMU's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QmpEvent {
+    /// The guest (or QEMU) is shutting down: the exit that follows is not a crash.
+    Shutdown,
+    /// The VM was paused.
+    Stop,
+    /// The VM runs again.
+    Resume,
+    /// Any other event, by QEMU's name for it.
+    Other(String),
+}
+
 /// Something the host reported about a VM on its own (for the observer).
 #[derive(Debug, Clone)]
 pub enum HostEvent {
-    /// A QMP event, by name, with its data.
+    /// A QMP event, with its data.
     Qmp {
         vm_id: String,
-        event: String,
+        event: QmpEvent,
         data: serde_json::Value,
     },
     /// The QMP connection closed.

@@ -21,7 +21,7 @@ use tokio::sync::broadcast;
 use crate::{
     context::Ctx,
     error::ApiResult,
-    host::HostEvent,
+    host::{HostEvent, QmpEvent},
     vm::{self, VmState},
 };
 
@@ -118,7 +118,7 @@ async fn handle(
 ) -> crate::error::ApiResult<()> {
     match event {
         HostEvent::Qmp { vm_id, event, data } => {
-            if event == "SHUTDOWN" {
+            if event == QmpEvent::Shutdown {
                 shutting_down.insert(vm_id.clone());
             }
             // A mutation in flight records its own changes, with its operation id.
@@ -128,8 +128,8 @@ async fn handle(
             let Some(vm) = current(app, &vm_id).await? else {
                 return Ok(());
             };
-            match (event.as_str(), vm.state) {
-                ("STOP", VmState::Running) => {
+            match (event, vm.state) {
+                (QmpEvent::Stop, VmState::Running) => {
                     let reason = format!(
                         "paused by QEMU ({})",
                         data.get("reason")
@@ -138,7 +138,7 @@ async fn handle(
                     );
                     vm::set_state(app, &vm_id, VmState::Paused, &reason, None).await?;
                 }
-                ("RESUME", VmState::Paused | VmState::Unknown) => {
+                (QmpEvent::Resume, VmState::Paused | VmState::Unknown) => {
                     vm::set_state(
                         app,
                         &vm_id,
@@ -148,7 +148,10 @@ async fn handle(
                     )
                     .await?;
                 }
-                _ => {}
+                // In any other state a pause or resume changes nothing; a
+                // shutdown is for the exit that follows.
+                (QmpEvent::Stop | QmpEvent::Resume, _) => {}
+                (QmpEvent::Shutdown | QmpEvent::Other(_), _) => {}
             }
         }
         HostEvent::QmpClosed { .. } => {

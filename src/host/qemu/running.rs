@@ -21,7 +21,7 @@ use super::{
     process::{self, ExitStatus, QemuProcess},
     qmp::{QmpClient, QmpNotice},
 };
-use crate::host::{HostError, HostEvent, VmSpec};
+use crate::host::{HostError, HostEvent, QmpEvent, VmSpec};
 
 /// What the watchers of one VM have seen.
 #[derive(Default)]
@@ -140,9 +140,15 @@ async fn watch_qmp(
                     }
                     _ => {}
                 }
+                let event = match event.as_ref() {
+                    qapi::qmp::Event::SHUTDOWN { .. } => QmpEvent::Shutdown,
+                    qapi::qmp::Event::STOP { .. } => QmpEvent::Stop,
+                    qapi::qmp::Event::RESUME { .. } => QmpEvent::Resume,
+                    _ => QmpEvent::Other(name),
+                };
                 let _ = events.send(HostEvent::Qmp {
                     vm_id: watched.vm_id.clone(),
-                    event: name,
+                    event,
                     data,
                 });
             }
