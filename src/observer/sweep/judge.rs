@@ -612,3 +612,6 @@ pub fn still_unclaimed(drifts: Vec<Drift>, now: &Rows, held: &HashSet<String>) -
     }
     Unclaimed { kept, withdrawn }
 }
+
+#[cfg(test)]
+mod tests;
