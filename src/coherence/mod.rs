@@ -30,6 +30,8 @@ pub enum Area {
     Orphans,
     /// Bridges and taps.
     Links,
+    /// The files in storage.
+    Storage,
 }
 
 impl CoherenceKind {
@@ -45,6 +47,7 @@ impl CoherenceKind {
             }
             DiskNotInQemu | DiskUnexpectedInQemu => Area::DiskInQemu,
             BridgeMissing | BridgeDown | TapMissing | TapNotOnBridge => Area::Links,
+            StrayStorageFile => Area::Storage,
         }
     }
 }

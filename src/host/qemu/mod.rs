@@ -1065,6 +1065,19 @@ impl Hypervisor for Qemu {
         found.sort_by(|a, b| a.run_dir.cmp(&b.run_dir));
         found
     }
+
+    async fn list_dir(&self, dir: &Path) -> Option<Vec<super::FileSeen>> {
+        let mut found: Vec<super::FileSeen> = std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|entry| super::FileSeen {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                directory: entry.file_type().is_ok_and(|t| t.is_dir()),
+            })
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(found)
+    }
 }
 
 async fn create_disk(steps: &[HostStep], disk: &DiskSpec) -> Result<(), HostError> {

@@ -13,14 +13,16 @@
 //!   `UNKNOWN`, and it leaves `UNKNOWN` as soon as QMP answers again.
 //! - What it would *change* is a [`Repair`]: mark a dead VM `CRASHED`, re-sync
 //!   the state from QMP, re-adopt a QEMU of a known VM, make a bridge or a tap
-//!   again. A user's disk file and a process nobody owns get none.
+//!   again. A user's disk file, a file in storage no row owns and a process
+//!   nobody owns get none: they are only reported.
 
 use std::{
     collections::{HashMap, HashSet},
+    path::Path,
     time::Duration,
 };
 
-use super::snapshot::{DiskFile, Rows, Snapshot};
+use super::snapshot::{DiskFile, Listing, Rows, Snapshot, StorageSeen};
 use crate::{
     coherence::{Area, CoherenceIssue, CoherenceKind, Finding},
     disk::{Attachment, Disk},
@@ -73,6 +75,8 @@ pub struct Checked {
     pub orphans: bool,
     /// Networks and NICs whose links were compared.
     pub links: HashSet<String>,
+    /// Whether storage's files were compared with the rows.
+    pub storage: bool,
     /// Subjects and VMs an operation or a mutation took during the sweep:
     /// what was seen of them is not judged either way.
     pub withdrawn: HashSet<String>,
@@ -97,6 +101,7 @@ impl Checked {
                 .is_some_and(|vm| self.vm_disks.contains(vm)),
             Area::Orphans => self.orphans,
             Area::Links => self.links.contains(&issue.subject_id),
+            Area::Storage => self.storage,
         }
     }
 }
@@ -104,7 +109,8 @@ impl Checked {
 /// Everything the judge decided about one snapshot.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Judgement {
-    /// In the order they were found: VMs, disk files, run directories, links.
+    /// In the order they were found: VMs, disk files, run directories, links,
+    /// storage.
     pub drifts: Vec<Drift>,
     pub observations: Vec<Observation>,
     pub checked: Checked,
@@ -196,6 +202,10 @@ pub fn judge(snap: &Snapshot) -> Judgement {
             .map(|(vm, _)| vm.id.as_str())
             .collect();
         judge_links(rows, &running, links, &mut out);
+    }
+
+    if let Some(storage) = &snap.storage {
+        stray_files(rows, storage, &mut out);
     }
     out
 }
@@ -573,6 +583,77 @@ fn judge_links(
     }
 }
 
+/// The operation kind whose file is named from a row it has not written yet,
+/// and from another id than its target: `createVm` makes its root disk's file
+/// before the disk's row, under an operation that names the VM.
+const CREATE_VM: &str = "CREATE_VM";
+
+/// The id of the row a file in storage is named from: what comes before its
+/// first dot (`<disk-id>.qcow2`, `<disk-id>.qcow2.partial`, `<image-id>`).
+fn named_from(file_name: &str) -> &str {
+    file_name.split('.').next().unwrap_or_default()
+}
+
+/// Files in storage that no row owns. A file named from a disk's (or an
+/// image's) id is that row's: its own file, or a copy of it set aside, about
+/// which the disk-file kinds say what there is to say. One whose row an
+/// operation is making is left to it.
+fn stray_files(rows: &Rows, storage: &StorageSeen, out: &mut Judgement) {
+    // While a createVm runs, any disk file with no row may be its: storage
+    // waits for the next sweep.
+    if rows.busy_kinds.contains(CREATE_VM) {
+        return;
+    }
+    out.checked.storage = true;
+    let disks: HashSet<&str> = rows.disks.iter().map(|d| d.id.as_str()).collect();
+    let images: HashSet<&str> = rows.images.iter().map(String::as_str).collect();
+    // Each listing, the rows that own its files, and what makes them.
+    let places: [(&Listing, &HashSet<&str>, &str, &str); 2] = [
+        (&storage.disks, &disks, "disk", "a createDisk or createVm"),
+        (&storage.images, &images, "image", "an importImage"),
+    ];
+    for (listing, owners, owner, maker) in places {
+        for entry in &listing.entries {
+            let path = listing.dir.join(&entry.name);
+            // vman's own directory, and the file system's.
+            if entry.directory && (path == storage.images.dir || entry.name == "lost+found") {
+                continue;
+            }
+            let id = named_from(&entry.name);
+            if owners.contains(id) {
+                continue;
+            }
+            let shown = path.display().to_string();
+            if rows.busy.contains(id) {
+                out.checked.withdrawn.insert(shown);
+                continue;
+            }
+            let observed = if entry.directory {
+                format!("{shown} is a directory no {owner} owns (left alone)")
+            } else if entry.name.ends_with(".partial") {
+                format!("{shown} is what {maker} left unfinished; no {owner} owns it (left alone)")
+            } else {
+                format!("{shown} belongs to no {owner} (left alone)")
+            };
+            out.drifts.push(Drift {
+                finding: Finding {
+                    kind: CoherenceKind::StrayStorageFile,
+                    subject_type: "StorageFile",
+                    subject_id: shown,
+                    vm_id: None,
+                    expected: format!(
+                        "every file in {} belongs to one of the {owner}s",
+                        listing.dir.display()
+                    ),
+                    observed,
+                },
+                // It may be a user's: never deleted.
+                repair: None,
+            });
+        }
+    }
+}
+
 /// What [`still_unclaimed`] kept, and what it set aside.
 #[derive(Debug, Default, PartialEq)]
 pub struct Unclaimed {
@@ -583,7 +664,9 @@ pub struct Unclaimed {
 
 /// The drifts whose subject (and VM) still exists in `now`, and that no
 /// operation (`now.busy`) or mutation's lock (`held`) has taken since the
-/// snapshot. A run directory belongs to no row and no operation.
+/// snapshot. A run directory belongs to no row and no operation; a stray file
+/// is still stray if no row is named like it now, and no operation may be
+/// making its row.
 pub fn still_unclaimed(drifts: Vec<Drift>, now: &Rows, held: &HashSet<String>) -> Unclaimed {
     let exists: HashSet<&str> = now
         .vms
@@ -592,12 +675,21 @@ pub fn still_unclaimed(drifts: Vec<Drift>, now: &Rows, held: &HashSet<String>) -
         .chain(now.disks.iter().map(|d| d.id.as_str()))
         .chain(now.networks.iter().map(|n| n.id.as_str()))
         .chain(now.nics.iter().map(|n| n.id.as_str()))
+        .chain(now.images.iter().map(String::as_str))
         .collect();
     let claimed = |id: &str| now.busy.contains(id) || held.contains(id);
     let (kept, dropped): (Vec<Drift>, Vec<Drift>) = drifts.into_iter().partition(|d| {
         let f = &d.finding;
         let subject_ok = match f.subject_type {
             "RunDir" => true,
+            "StorageFile" => {
+                let name = Path::new(&f.subject_id)
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy();
+                let id = named_from(&name);
+                !exists.contains(id) && !claimed(id) && !now.busy_kinds.contains(CREATE_VM)
+            }
             _ => {
                 exists.contains(f.subject_id.as_str())
                     || f.kind == CoherenceKind::DiskUnexpectedInQemu

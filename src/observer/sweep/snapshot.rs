@@ -1,9 +1,10 @@
 //! The sweep's first stage: everything one sweep judges, read at one time.
 //! It reads the database once and asks the host through its ports (every VM
 //! at once, each probe bounded by `observer.probe_timeout`; disk files a few
-//! at a time; one listing of `run/`; one read of the links). It decides
-//! nothing and writes nothing: which VMs and disks are worth asking about is
-//! the judge's rule, applied here only to spare the host the questions.
+//! at a time; one listing each of `run/`, `storage/` and `storage/images/`;
+//! one read of the links). It decides nothing and writes nothing: which VMs
+//! and disks are worth asking about is the judge's rule, applied here only to
+//! spare the host the questions.
 //!
 //! [`still_unclaimed`] reads the rows again just before anything is written,
 //! so that what changed hands meanwhile is not taken for drift.
@@ -22,7 +23,8 @@ use crate::{
     context::Ctx,
     disk::{self, Disk},
     error::ApiResult,
-    host::{DiskSeen, LinkSeen, OrphanSeen, ProbeTarget, VmProbe},
+    host::{DiskSeen, FileSeen, LinkSeen, OrphanSeen, ProbeTarget, VmProbe},
+    image,
     network::{self, Network, Nic},
     operation::{OperationStatus, model as operations},
     vm::{self, Vm},
@@ -40,8 +42,12 @@ pub struct Rows {
     pub disks: Vec<Disk>,
     pub networks: Vec<Network>,
     pub nics: Vec<Nic>,
+    /// The images' ids.
+    pub images: HashSet<String>,
     /// Targets of operations still running.
     pub busy: HashSet<String>,
+    /// Kinds of operations still running (`CREATE_VM`, …).
+    pub busy_kinds: HashSet<String>,
 }
 
 /// A disk's file as the host showed it.
@@ -49,6 +55,22 @@ pub struct Rows {
 pub struct DiskFile {
     pub path: PathBuf,
     pub seen: DiskSeen,
+}
+
+/// One directory's entries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listing {
+    pub dir: PathBuf,
+    pub entries: Vec<FileSeen>,
+}
+
+/// What storage holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageSeen {
+    /// `storage/`: the disks' files (`<disk-id>.<format>`), and `images/`.
+    pub disks: Listing,
+    /// `storage/images/`: the images' files (`<image-id>`).
+    pub images: Listing,
 }
 
 /// Everything one sweep judges.
@@ -66,6 +88,8 @@ pub struct Snapshot {
     pub orphans: Vec<OrphanSeen>,
     /// The host's links by name (None: they could not be read in time).
     pub links: Option<HashMap<String, LinkSeen>>,
+    /// Storage's files (None: the port cannot tell, as in a dry run).
+    pub storage: Option<StorageSeen>,
     /// How long a probe waited on QMP (`observer.probe_timeout`).
     pub probe_timeout: Duration,
 }
@@ -76,21 +100,28 @@ pub async fn rows(app: &Ctx) -> ApiResult<Rows> {
     let disks = disk::model::Entity::find().all(&app.db).await?;
     let networks = network::model::Entity::find().all(&app.db).await?;
     let nics = network::model::nic::Entity::find().all(&app.db).await?;
-    let busy = operations::Entity::find()
+    let images = image::model::Entity::find()
+        .all(&app.db)
+        .await?
+        .into_iter()
+        .map(|image| image.id)
+        .collect();
+    let in_flight = operations::Entity::find()
         .filter(
             operations::Column::Status.is_in([OperationStatus::Pending, OperationStatus::Running]),
         )
         .all(&app.db)
-        .await?
-        .into_iter()
-        .map(|op| op.target_id)
-        .collect();
+        .await?;
+    let busy_kinds = in_flight.iter().map(|op| op.kind.clone()).collect();
+    let busy = in_flight.into_iter().map(|op| op.target_id).collect();
     Ok(Rows {
         vms,
         disks,
         networks,
         nics,
+        images,
         busy,
+        busy_kinds,
     })
 }
 
@@ -173,6 +204,27 @@ pub async fn take(app: &Ctx) -> ApiResult<Snapshot> {
         }
     };
 
+    // Storage: one listing of it, one of its images.
+    let storage_dir = app.config.storage_dir();
+    // Where `image::path` puts every image.
+    let images_dir = storage_dir.join("images");
+    let storage = match (
+        app.hypervisor.list_dir(&storage_dir).await,
+        app.hypervisor.list_dir(&images_dir).await,
+    ) {
+        (Some(disks), Some(images)) => Some(StorageSeen {
+            disks: Listing {
+                dir: storage_dir,
+                entries: disks,
+            },
+            images: Listing {
+                dir: images_dir,
+                entries: images,
+            },
+        }),
+        (None, _) | (_, None) => None,
+    };
+
     Ok(Snapshot {
         rows,
         locked,
@@ -180,6 +232,7 @@ pub async fn take(app: &Ctx) -> ApiResult<Snapshot> {
         disk_files,
         orphans,
         links,
+        storage,
         probe_timeout: timeout,
     })
 }

@@ -13,9 +13,9 @@ use sea_orm::Iterable;
 use super::*;
 use crate::{
     disk::DiskFormat,
-    host::{DiskSeen, LinkSeen, OrphanSeen, ProcessSeen, QmpSeen, VmProbe},
+    host::{DiskSeen, FileSeen, LinkSeen, OrphanSeen, ProcessSeen, QmpSeen, VmProbe},
     network::{Network, Nic},
-    observer::sweep::snapshot::{DiskFile, Rows, Snapshot},
+    observer::sweep::snapshot::{DiskFile, Listing, Rows, Snapshot, StorageSeen},
 };
 
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -947,6 +947,7 @@ fn what_was_looked_at_is_checked_so_its_open_issues_can_resolve() {
             seen: present("qcow2", MIB),
         },
     );
+    snap.storage = Some(storage(&["d-1.qcow2", "images/"], &[]));
     assert_eq!(
         judge(&snap),
         Judgement {
@@ -956,6 +957,7 @@ fn what_was_looked_at_is_checked_so_its_open_issues_can_resolve() {
                 disk_files: ids(&["d-1"]),
                 orphans: true,
                 links: ids(&["net-1", "nic-1"]),
+                storage: true,
                 withdrawn: HashSet::new(),
             },
             ..Judgement::default()
@@ -971,6 +973,7 @@ fn every_coherence_kind_is_found_by_some_case() {
         disk_file_cases(),
         orphan_cases(),
         link_cases(),
+        storage_cases(),
     ]
     .into_iter()
     .flatten()
@@ -1049,4 +1052,212 @@ fn a_device_for_a_disk_with_no_row_and_a_run_directory_are_never_set_aside_for_l
     };
     let kept = still_unclaimed(drifts.clone(), &now, &HashSet::new());
     assert_eq!(kept.kept, drifts);
+}
+
+/// `/data/storage` and `/data/storage/images` as listed; a name ending in `/`
+/// is a directory.
+fn storage(disks: &[&str], images: &[&str]) -> StorageSeen {
+    let listing = |dir: &str, names: &[&str]| Listing {
+        dir: dir.into(),
+        entries: names
+            .iter()
+            .map(|name| FileSeen {
+                name: name.trim_end_matches('/').into(),
+                directory: name.ends_with('/'),
+            })
+            .collect(),
+    };
+    StorageSeen {
+        disks: listing("/data/storage", disks),
+        images: listing("/data/storage/images", images),
+    }
+}
+
+/// Disk `d-1` and image `img-1` exist; storage holds what is listed.
+fn stored(disks: &[&str], images: &[&str]) -> Snapshot {
+    let mut snap = snapshot(Rows {
+        disks: vec![disk("d-1", None, Attachment::Detached)],
+        images: ids(&["img-1"]),
+        ..Rows::default()
+    });
+    snap.storage = Some(storage(disks, images));
+    snap
+}
+
+fn stray(path: &str, expected: &str, observed: &str) -> Drift {
+    Drift {
+        finding: Finding {
+            kind: CoherenceKind::StrayStorageFile,
+            subject_type: "StorageFile",
+            subject_id: path.into(),
+            vm_id: None,
+            expected: expected.into(),
+            observed: observed.into(),
+        },
+        repair: None,
+    }
+}
+
+const IN_STORAGE: &str = "every file in /data/storage belongs to one of the disks";
+const IN_IMAGES: &str = "every file in /data/storage/images belongs to one of the images";
+
+fn storage_cases() -> Vec<Case> {
+    let in_flight = |kind: &str, target: &str, mut snap: Snapshot| {
+        snap.rows.busy.insert(target.into());
+        snap.rows.busy_kinds.insert(kind.into());
+        snap
+    };
+    vec![
+        case(
+            "storage holding its disks' and images' files is coherent",
+            stored(&["d-1.qcow2", "images/", "lost+found/"], &["img-1"]),
+            vec![],
+        ),
+        case(
+            "a disk's file set aside by hand is still that disk's",
+            stored(&["d-1.aside", "images/"], &["img-1"]),
+            vec![],
+        ),
+        case(
+            "the partial file of a disk that was never recorded",
+            stored(&["d-1.qcow2", "d-9.qcow2.partial", "images/"], &[]),
+            vec![stray(
+                "/data/storage/d-9.qcow2.partial",
+                IN_STORAGE,
+                "/data/storage/d-9.qcow2.partial is what a createDisk or createVm left unfinished; no disk owns it (left alone)",
+            )],
+        ),
+        case(
+            "a file and a directory put in storage by hand",
+            stored(&["backup.img", "d-1.qcow2", "images/", "old/"], &[]),
+            vec![
+                stray(
+                    "/data/storage/backup.img",
+                    IN_STORAGE,
+                    "/data/storage/backup.img belongs to no disk (left alone)",
+                ),
+                stray(
+                    "/data/storage/old",
+                    IN_STORAGE,
+                    "/data/storage/old is a directory no disk owns (left alone)",
+                ),
+            ],
+        ),
+        case(
+            "the partial file of an image that was never recorded, and a disk's name among the images",
+            stored(&["images/"], &["d-1.qcow2", "img-1", "img-2.partial"]),
+            vec![
+                stray(
+                    "/data/storage/images/d-1.qcow2",
+                    IN_IMAGES,
+                    "/data/storage/images/d-1.qcow2 belongs to no image (left alone)",
+                ),
+                stray(
+                    "/data/storage/images/img-2.partial",
+                    IN_IMAGES,
+                    "/data/storage/images/img-2.partial is what an importImage left unfinished; no image owns it (left alone)",
+                ),
+            ],
+        ),
+        case(
+            "the partial file of a createDisk in flight is left to it",
+            in_flight(
+                "CREATE_DISK",
+                "d-9",
+                stored(&["d-9.qcow2.partial", "images/"], &[]),
+            ),
+            vec![],
+        ),
+        case(
+            "the partial file of an importImage in flight is left to it",
+            in_flight(
+                "IMPORT_IMAGE",
+                "img-2",
+                stored(&["images/"], &["img-2.partial"]),
+            ),
+            vec![],
+        ),
+        case(
+            "while a createVm runs, a disk file with no row may be its root disk's",
+            in_flight(
+                "CREATE_VM",
+                "vm-new",
+                stored(&["d-9.qcow2.partial", "images/"], &["stray"]),
+            ),
+            vec![],
+        ),
+        case(
+            "storage a port cannot list tells nothing",
+            {
+                let mut snap = stored(&["stray"], &[]);
+                snap.storage = None;
+                snap
+            },
+            vec![],
+        ),
+    ]
+}
+
+#[test]
+fn files_in_storage_no_disk_or_image_owns_are_reported_and_left_alone() {
+    check(storage_cases());
+}
+
+#[test]
+fn storage_is_checked_only_when_listed_and_no_create_vm_runs() {
+    let checked = |snap: &Snapshot| judge(snap).checked;
+    let listed = stored(&["images/"], &[]);
+    assert!(checked(&listed).storage);
+    let mut creating = listed.clone();
+    creating.rows.busy_kinds.insert("CREATE_VM".into());
+    assert!(!checked(&creating).storage);
+    let mut unlisted = listed.clone();
+    unlisted.storage = None;
+    assert!(!checked(&unlisted).storage);
+    // A partial file whose disk an operation is making keeps its issue open.
+    let mut making = stored(&["d-9.qcow2.partial", "images/"], &[]);
+    making.rows.busy.insert("d-9".into());
+    assert_eq!(
+        checked(&making).withdrawn,
+        ids(&["/data/storage/d-9.qcow2.partial"])
+    );
+}
+
+#[test]
+fn a_stray_file_whose_row_appeared_or_is_being_made_since_the_snapshot_is_set_aside() {
+    let drifts = judge(&stored(
+        &["d-9.qcow2.partial", "images/"],
+        &["img-2.partial"],
+    ))
+    .drifts;
+    assert_eq!(drifts.len(), 2);
+    let now = stored(&[], &[]).rows;
+    assert_eq!(
+        still_unclaimed(drifts.clone(), &now, &HashSet::new()).kept,
+        drifts
+    );
+
+    // createDisk finished meanwhile; importImage is still copying.
+    let mut later = now.clone();
+    later.disks.push(disk("d-9", None, Attachment::Detached));
+    later.busy.insert("img-2".into());
+    let judged = still_unclaimed(drifts.clone(), &later, &HashSet::new());
+    assert_eq!(
+        judged,
+        Unclaimed {
+            kept: vec![],
+            withdrawn: ids(&[
+                "/data/storage/d-9.qcow2.partial",
+                "/data/storage/images/img-2.partial"
+            ]),
+        }
+    );
+
+    // A createVm began: any disk file may be its.
+    let mut creating = now.clone();
+    creating.busy_kinds.insert("CREATE_VM".into());
+    assert_eq!(
+        still_unclaimed(drifts, &creating, &HashSet::new()).kept,
+        vec![]
+    );
 }
