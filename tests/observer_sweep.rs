@@ -364,6 +364,65 @@ async fn a_qemu_started_by_hand_in_a_run_dir_is_reported_as_an_orphan_and_left_a
 }
 
 #[tokio::test]
+async fn files_in_storage_no_disk_or_image_owns_are_reported_and_never_removed() {
+    // Under `repair`, and still nothing is removed.
+    let server = sweeping_server(DriftPolicy::Repair, Duration::from_secs(3600)).await;
+    let disk = server.create_disk("data", 1 << 20, "QCOW2").await;
+    let storage = server.app.ctx.config.storage_dir();
+    // What a vman killed in createDisk and in importImage leaves, and a file copied in by hand.
+    let strays = [
+        storage.join("01940000-0000-7000-8000-0000000000aa.qcow2.partial"),
+        storage.join("images/01940000-0000-7000-8000-0000000000bb.partial"),
+        storage.join("notes.txt"),
+    ];
+    for path in &strays {
+        std::fs::write(path, b"not vman's").unwrap();
+    }
+    let shown: Vec<String> = strays.iter().map(|p| p.display().to_string()).collect();
+    let stray_ids = |report: &Value, list: &str| {
+        let mut ids: Vec<String> = report[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["kind"] == "STRAY_STORAGE_FILE")
+            .map(|f| f["subjectId"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut expected = shown.clone();
+    expected.sort();
+
+    let report = sweep_now(&server).await;
+    assert_eq!(stray_ids(&report, "findings"), expected, "{report}");
+    // The disk's own file is its: not stray.
+    assert!(!report.to_string().contains(&disk), "{report}");
+    let partial = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["subjectId"] == shown[0].as_str())
+        .unwrap();
+    assert!(
+        partial["observed"]
+            .as_str()
+            .unwrap()
+            .contains("left unfinished"),
+        "{partial}"
+    );
+    assert!(strays.iter().all(|p| p.exists()));
+
+    // Seen again, the same issues; removed by hand, they resolve.
+    assert_eq!(sweep_now(&server).await["findings"], report["findings"]);
+    for path in &strays {
+        std::fs::remove_file(path).unwrap();
+    }
+    let report = sweep_now(&server).await;
+    assert_eq!(stray_ids(&report, "resolved"), expected, "{report}");
+    assert!(open_issues(&server).await.is_empty());
+}
+
+#[tokio::test]
 async fn under_repair_a_known_qemu_is_readopted_and_a_vm_that_died_unseen_is_marked_crashed() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

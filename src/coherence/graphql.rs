@@ -31,11 +31,11 @@ impl CoherenceIssueObject {
     async fn kind(&self) -> CoherenceKind {
         self.0.kind
     }
-    /// `Vm`, `Disk`, `Network`, `Nic` or `RunDir`.
+    /// `Vm`, `Disk`, `Network`, `Nic`, `RunDir` or `StorageFile`.
     async fn subject_type(&self) -> &str {
-        &self.0.subject_type
+        self.0.subject_type.as_str()
     }
-    /// The subject's ID (a run directory's path for `RunDir`).
+    /// The subject's ID (the path for `RunDir` and `StorageFile`).
     async fn subject_id(&self) -> &str {
         &self.0.subject_id
     }

@@ -30,6 +30,8 @@ pub enum Area {
     Orphans,
     /// Bridges and taps.
     Links,
+    /// The files in storage.
+    Storage,
 }
 
 impl CoherenceKind {
@@ -45,6 +47,7 @@ impl CoherenceKind {
             }
             DiskNotInQemu | DiskUnexpectedInQemu => Area::DiskInQemu,
             BridgeMissing | BridgeDown | TapMissing | TapNotOnBridge => Area::Links,
+            StrayStorageFile => Area::Storage,
         }
     }
 }
@@ -53,7 +56,7 @@ impl CoherenceKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
     pub kind: CoherenceKind,
-    pub subject_type: &'static str,
+    pub subject_type: crate::operation::SubjectType,
     pub subject_id: String,
     pub vm_id: Option<String>,
     pub expected: String,
@@ -69,7 +72,7 @@ pub async fn open(w: &mut Writer<'_>, finding: &Finding) -> ApiResult<CoherenceI
     let issue = model::ActiveModel {
         id: Set(uuid::Uuid::now_v7().to_string()),
         kind: Set(finding.kind),
-        subject_type: Set(finding.subject_type.to_string()),
+        subject_type: Set(finding.subject_type),
         subject_id: Set(finding.subject_id.clone()),
         vm_id: Set(finding.vm_id.clone()),
         expected: Set(finding.expected.clone()),

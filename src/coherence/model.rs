@@ -10,9 +10,9 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
     pub kind: CoherenceKind,
-    /// `Vm`, `Disk`, `Network`, `Nic`, `RunDir`.
-    pub subject_type: String,
-    /// The subject's id (a run directory's path for `RunDir`).
+    /// `Vm`, `Disk`, `Network`, `Nic`, `RunDir`, `StorageFile`.
+    pub subject_type: crate::operation::SubjectType,
+    /// The subject's id (the path for `RunDir` and `StorageFile`).
     pub subject_id: String,
     /// The VM the issue concerns, when there is one.
     pub vm_id: Option<String>,
@@ -92,6 +92,11 @@ pub enum CoherenceKind {
     /// The tap exists but is not enslaved to its network's bridge.
     #[sea_orm(string_value = "TAP_NOT_ON_BRIDGE")]
     TapNotOnBridge,
+    /// A file or directory in storage that no disk or image owns: the
+    /// `.partial` file of a create or import that never finished, or one put
+    /// there by hand. Never deleted.
+    #[sea_orm(string_value = "STRAY_STORAGE_FILE")]
+    StrayStorageFile,
 }
 
 impl CoherenceKind {
@@ -115,6 +120,7 @@ impl CoherenceKind {
             CoherenceKind::BridgeDown => "BRIDGE_DOWN",
             CoherenceKind::TapMissing => "TAP_MISSING",
             CoherenceKind::TapNotOnBridge => "TAP_NOT_ON_BRIDGE",
+            CoherenceKind::StrayStorageFile => "STRAY_STORAGE_FILE",
         }
     }
 }

@@ -148,6 +148,11 @@ impl Hypervisor for DryRunHypervisor {
     async fn orphans(&self, _run_root: &Path, _known: &HashSet<String>) -> Vec<OrphanSeen> {
         Vec::new()
     }
+
+    async fn list_dir(&self, _dir: &Path) -> Option<Vec<super::FileSeen>> {
+        // A dry run creates no files: there is nothing to compare.
+        None
+    }
 }
 
 /// Plans like the netlink port and keeps only what it would have made (the

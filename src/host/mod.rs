@@ -467,6 +467,13 @@ pub struct OrphanSeen {
     pub qemu_pid: Option<i32>,
 }
 
+/// One entry of a directory, as listed (symlinks are not followed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSeen {
+    pub name: String,
+    pub directory: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error("{what}: {source}")]
@@ -510,6 +517,9 @@ pub trait Hypervisor: Send + Sync {
         run_root: &std::path::Path,
         known: &std::collections::HashSet<String>,
     ) -> Vec<OrphanSeen>;
+    /// The entries of a directory vman keeps files in, sorted by name
+    /// (`None`: this port cannot tell, or the directory cannot be read). Reads only.
+    async fn list_dir(&self, dir: &std::path::Path) -> Option<Vec<FileSeen>>;
 }
 
 /// What a network port is asked to do. Every action is idempotent, so the

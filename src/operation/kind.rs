@@ -152,6 +152,10 @@ pub enum SubjectType {
     #[sea_orm(string_value = "RunDir")]
     #[serde(rename = "RunDir")]
     RunDir,
+    /// A file in storage (its path).
+    #[sea_orm(string_value = "StorageFile")]
+    #[serde(rename = "StorageFile")]
+    StorageFile,
 }
 
 impl SubjectType {
@@ -166,6 +170,7 @@ impl SubjectType {
             SubjectType::Image => "Image",
             SubjectType::CoherenceIssue => "CoherenceIssue",
             SubjectType::RunDir => "RunDir",
+            SubjectType::StorageFile => "StorageFile",
         }
     }
 }

@@ -113,4 +113,17 @@ impl Hypervisor for Qemu {
     async fn orphans(&self, run_root: &Path, known: &HashSet<String>) -> Vec<OrphanSeen> {
         probe::orphans(run_root, known)
     }
+
+    async fn list_dir(&self, dir: &Path) -> Option<Vec<super::FileSeen>> {
+        let mut found: Vec<super::FileSeen> = std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|entry| super::FileSeen {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                directory: entry.file_type().is_ok_and(|t| t.is_dir()),
+            })
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(found)
+    }
 }
