@@ -148,6 +148,11 @@ impl Hypervisor for DryRunHypervisor {
     async fn orphans(&self, _run_root: &Path, _known: &HashSet<String>) -> Vec<OrphanSeen> {
         Vec::new()
     }
+
+    async fn remove_partials(&self, _storage: &Path) -> Vec<std::path::PathBuf> {
+        // A dry run made no file, and must not remove a real vman's.
+        Vec::new()
+    }
 }
 
 /// Plans like the netlink port and keeps only what it would have made (the

@@ -497,6 +497,11 @@ pub trait Hypervisor: Send + Sync {
         run_root: &std::path::Path,
         known: &std::collections::HashSet<String>,
     ) -> Vec<OrphanSeen>;
+    /// Removes the `*.partial` files under `storage` and `storage/images`: a
+    /// copy or qemu-img run that vman was killed in the middle of. Only for a
+    /// start, while no operation runs. Returns what it removed; a dry run
+    /// touches nothing.
+    async fn remove_partials(&self, storage: &std::path::Path) -> Vec<PathBuf>;
 }
 
 /// What a network port is asked to do. Every action is idempotent, so the

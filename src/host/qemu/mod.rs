@@ -113,4 +113,8 @@ impl Hypervisor for Qemu {
     async fn orphans(&self, run_root: &Path, known: &HashSet<String>) -> Vec<OrphanSeen> {
         probe::orphans(run_root, known)
     }
+
+    async fn remove_partials(&self, storage: &Path) -> Vec<PathBuf> {
+        files::remove_partials(storage)
+    }
 }
