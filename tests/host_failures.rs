@@ -294,7 +294,7 @@ async fn a_detached_disk_is_created_resized_and_deleted_all_or_nothing() {
 }
 
 #[tokio::test]
-async fn a_disk_hot_plugged_and_grown_in_a_running_vm_is_all_or_nothing() {
+async fn a_disk_hot_plugged_grown_and_unplugged_in_a_running_vm_is_all_or_nothing() {
     let server = real_server().await;
     server.create_template("bare").await;
     let vm = server.create_vm("vm-1", "bare").await;
@@ -311,6 +311,12 @@ async fn a_disk_hot_plugged_and_grown_in_a_running_vm_is_all_or_nothing() {
     })
     .await;
     assert_eq!(resized.size_bytes, 2 << 20);
+    // No guest OS lets go of the disk: the detach waits as DETACHING.
+    let detaching = each_step_fails_cleanly(&server, &["detachDisk"], false, async |ctx| {
+        disk::detach(ctx, &disk, false).await
+    })
+    .await;
+    assert_eq!(format!("{:?}", detaching.attachment), "Detaching");
 }
 
 /// An import's first step (inspecting the file in the import directory)
@@ -365,7 +371,7 @@ async fn an_image_import_fails_cleanly_at_its_inspection_and_at_its_copy() {
 }
 
 #[tokio::test]
-async fn a_start_that_fails_leaves_the_vm_stopped_and_no_qemu() {
+async fn a_start_pause_resume_or_reset_that_fails_leaves_the_vm_as_it_was() {
     let server = real_server().await;
     server.create_template("bare").await;
     let vm = server.create_vm("vm-1", "bare").await;
@@ -375,6 +381,22 @@ async fn a_start_that_fails_leaves_the_vm_stopped_and_no_qemu() {
     .await;
     assert_eq!(started.state, VmState::Running);
     assert_eq!(live_qemus(&server).len(), 1);
+    // Pause, resume and a hard restart (a reset) leave the state as it was.
+    for (request, steps, lands) in [
+        (Lifecycle::Pause, ["pause"], VmState::Paused),
+        (Lifecycle::Resume, ["resume"], VmState::Running),
+        (
+            Lifecycle::Restart { hard: true },
+            ["reset"],
+            VmState::Running,
+        ),
+    ] {
+        let done = each_step_fails_cleanly(&server, &steps, false, async |ctx| {
+            vm::lifecycle(ctx, &vm, request, false).await
+        })
+        .await;
+        assert_eq!(done.state, lands);
+    }
 }
 
 /// A stop whose host action fails cannot tell whether QEMU still runs: the
