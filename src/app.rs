@@ -169,13 +169,27 @@ impl App {
     }
 
     /// What a serving vman does once built: ends the operations a previous
-    /// vman left unfinished, watches the host, re-adopts running VMs and
+    /// vman left unfinished (and removes their partial files), watches the host, re-adopts running VMs and
     /// sweeps for drift.
     pub async fn run_background(&self) {
         // Metrics count from the start, not from the first scrape.
         crate::telemetry::prometheus();
         if let Err(e) = crate::operation::fail_interrupted(&self.ctx).await {
             tracing::error!(error = %e, "ending the operations a previous vman left unfinished");
+        }
+        // Those operations' half-written files: no operation runs yet, so
+        // every partial file is a leftover.
+        let partials = self
+            .ctx
+            .hypervisor
+            .remove_partials(&self.ctx.config.storage_dir())
+            .await;
+        if !partials.is_empty() {
+            let names: Vec<String> = partials.iter().map(|p| p.display().to_string()).collect();
+            tracing::warn!(
+                files = ?names,
+                "removed the partial files of operations a previous vman left unfinished"
+            );
         }
         // Watch first, so nothing the host reports during re-adoption is missed.
         self.observer.clone().spawn();

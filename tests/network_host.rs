@@ -6,15 +6,10 @@
 mod common;
 
 use common::{
-    TestServer, VmanProcess, free_port, kvm_usable,
+    TestServer, VmanProcess, accel, free_port,
     netns::{self, ip, link_names, sys_link},
 };
 use serde_json::{Value, json};
-use vman::config::Accel;
-
-fn accel() -> Accel {
-    if kvm_usable() { Accel::Kvm } else { Accel::Tcg }
-}
 
 async fn real_server() -> TestServer {
     TestServer::start_with(|c| {

@@ -153,6 +153,11 @@ impl Hypervisor for DryRunHypervisor {
         // A dry run creates no files: there is nothing to compare.
         None
     }
+
+    async fn remove_partials(&self, _storage: &Path) -> Vec<std::path::PathBuf> {
+        // A dry run made no file, and must not remove a real vman's.
+        Vec::new()
+    }
 }
 
 /// Plans like the netlink port and keeps only what it would have made (the

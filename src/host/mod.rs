@@ -520,6 +520,12 @@ pub trait Hypervisor: Send + Sync {
     /// The entries of a directory vman keeps files in, sorted by name
     /// (`None`: this port cannot tell, or the directory cannot be read). Reads only.
     async fn list_dir(&self, dir: &std::path::Path) -> Option<Vec<FileSeen>>;
+
+    /// Removes the `*.partial` files under `storage` and `storage/images`: a
+    /// copy or qemu-img run that vman was killed in the middle of. Only for a
+    /// start, while no operation runs. Returns what it removed; a dry run
+    /// touches nothing.
+    async fn remove_partials(&self, storage: &std::path::Path) -> Vec<PathBuf>;
 }
 
 /// What a network port is asked to do. Every action is idempotent, so the

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod failing;
 pub mod netns;
 
 use std::{sync::Arc, time::Duration};
@@ -336,6 +337,15 @@ pub fn kvm_usable() -> bool {
         .write(true)
         .open("/dev/kvm")
         .is_ok()
+}
+
+/// KVM where it can be used, TCG otherwise (a VM without a guest OS runs under either).
+pub fn accel() -> vman::config::Accel {
+    if kvm_usable() {
+        vman::config::Accel::Kvm
+    } else {
+        vman::config::Accel::Tcg
+    }
 }
 
 /// A `vman serve` process of its own, so it can be SIGKILLed.

@@ -3,7 +3,7 @@
 //!
 //! A file reaches its final name only when it is complete and checked: it is
 //! written under a `.partial` name and renamed, and a failure removes the
-//! partial file. A disk image that names a backing or data file is refused,
+//! partial file (one a killed vman left is removed at the next start). A disk image that names a backing or data file is refused,
 //! never opened by a VM. Paths come from the services (storage, import and
 //! run directories); nothing here builds one from user input.
 
@@ -160,6 +160,37 @@ pub(super) async fn import_image(
         let _ = std::fs::remove_file(&partial);
     }
     checked
+}
+
+/// Removes the `*.partial` files directly under `storage` and
+/// `storage/images`, which only an interrupted [`create_disk`] or
+/// [`import_image`] leaves (each removes its own on failure). Call only while
+/// no operation runs: a running one's partial file is in use. A file that
+/// cannot be removed is logged and not returned.
+pub(super) fn remove_partials(storage: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for dir in [storage.to_path_buf(), storage.join("images")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let partial = path.extension().is_some_and(|e| e == "partial")
+                && entry.file_type().is_ok_and(|t| t.is_file());
+            if !partial {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "removing a partial file")
+                }
+            }
+        }
+    }
+    removed.sort();
+    removed
 }
 
 /// Removes a disk's file; one already gone is what was asked.

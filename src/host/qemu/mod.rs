@@ -126,4 +126,8 @@ impl Hypervisor for Qemu {
         found.sort_by(|a, b| a.name.cmp(&b.name));
         Some(found)
     }
+
+    async fn remove_partials(&self, storage: &Path) -> Vec<PathBuf> {
+        files::remove_partials(storage)
+    }
 }
