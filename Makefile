@@ -1,4 +1,4 @@
-# The two commands of the README: `make run` and `make test`.
+# The commands of the README: `make run`, `make test` and `make coverage`.
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
 .PHONY: run test coverage deps guest lint schema
