@@ -1,7 +1,7 @@
-# The two commands of the README: `make run` and `make test`.
+# The commands of the README: `make run`, `make test` and `make coverage`.
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
-.PHONY: run test deps guest lint schema
+.PHONY: run test coverage deps guest lint schema
 
 # Install what is missing, build, and serve on 127.0.0.1:8080 (playground at /).
 # Runs in dry-run mode only when QEMU is truly absent.
@@ -14,6 +14,13 @@ run: deps
 # `cargo test --test qemu_guest`.
 test: deps guest lint
 	cargo test --workspace --lib --bins --tests --no-fail-fast
+
+# Line coverage of src/ by the same tests, one row per file and the total
+# (cargo-llvm-cov, installed on first use; its own target directory, so a
+# first run rebuilds everything instrumented). HTML in target/llvm-cov/html.
+coverage: deps guest
+	./scripts/install-coverage.sh
+	./scripts/coverage.sh
 
 deps:
 	./scripts/install-deps.sh

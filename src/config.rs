@@ -711,3 +711,257 @@ mod tests {
         });
     }
 }
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+
+    /// Every bound `validate` checks, each broken alone on the defaults: the
+    /// error names the key.
+    #[test]
+    fn each_bound_is_checked_and_named() {
+        type Break = fn(&mut Config);
+        let cases: &[(&str, Break)] = &[
+            ("data_dir", |c| c.data_dir = PathBuf::new()),
+            ("observer.interval", |c| {
+                c.observer.interval = Duration::from_secs(7200)
+            }),
+            ("observer.probe_timeout", |c| {
+                c.observer.probe_timeout = Duration::from_millis(1)
+            }),
+            ("observer.probe_timeout", |c| {
+                c.observer.probe_timeout = Duration::from_secs(61)
+            }),
+            ("qemu.stop_timeout", |c| {
+                c.qemu.stop_timeout = Duration::ZERO
+            }),
+            ("qemu.stop_timeout", |c| {
+                c.qemu.stop_timeout = Duration::from_secs(3601)
+            }),
+            ("limits.max_vcpus", |c| c.limits.max_vcpus = 0),
+            ("limits.max_vcpus", |c| c.limits.max_vcpus = 1025),
+            ("limits.max_memory_mib", |c| c.limits.max_memory_mib = 15),
+            ("limits.max_disk_bytes", |c| {
+                c.limits.max_disk_bytes = (1 << 20) - 1
+            }),
+            ("limits.max_disk_bytes", |c| {
+                c.limits.max_disk_bytes = (1 << 50) + 1
+            }),
+            ("limits.vm_lock_timeout", |c| {
+                c.limits.vm_lock_timeout = Duration::ZERO
+            }),
+            ("limits.vm_lock_timeout", |c| {
+                c.limits.vm_lock_timeout = Duration::from_secs(601)
+            }),
+            ("log.max_bytes", |c| c.log.max_bytes = 4095),
+            ("log.keep_files", |c| c.log.keep_files = 0),
+            ("log.level", |c| c.log.level = "vman=[".into()),
+            ("network.bridge_prefix", |c| {
+                c.network.bridge_prefix = String::new()
+            }),
+            ("network.bridge_prefix", |c| {
+                c.network.bridge_prefix = "a".repeat(12)
+            }),
+            ("network.bridge_prefix", |c| {
+                c.network.bridge_prefix = "VMBR".into()
+            }),
+            ("network.uplink", |c| c.network.uplink = Some("a b".into())),
+            ("websocket.init_timeout", |c| {
+                c.websocket.init_timeout = Duration::from_millis(9)
+            }),
+            ("websocket.init_timeout", |c| {
+                c.websocket.init_timeout = Duration::from_secs(601)
+            }),
+            ("websocket.keepalive_interval", |c| {
+                c.websocket.keepalive_interval = Duration::from_millis(9)
+            }),
+            ("websocket.keepalive_interval", |c| {
+                c.websocket.keepalive_interval = Duration::from_secs(3601)
+            }),
+            ("websocket.max_subscriptions", |c| {
+                c.websocket.max_subscriptions = 0
+            }),
+            ("websocket.max_subscriptions", |c| {
+                c.websocket.max_subscriptions = 10_001
+            }),
+            ("websocket.outgoing_buffer", |c| {
+                c.websocket.outgoing_buffer = 65_537
+            }),
+            ("websocket.lag_timeout", |c| {
+                c.websocket.lag_timeout = Duration::from_millis(9)
+            }),
+            ("websocket.lag_timeout", |c| {
+                c.websocket.lag_timeout = Duration::from_secs(601)
+            }),
+        ];
+        assert!(Config::default().validate().is_ok());
+        for (key, break_it) in cases {
+            let mut config = Config::default();
+            break_it(&mut config);
+            match config.validate() {
+                Err(ConfigError::Invalid { key: named, .. }) => assert_eq!(named, *key),
+                other => panic!("{key}: expected Invalid, got {other:?}"),
+            }
+        }
+    }
+
+    /// The edges of each range are allowed.
+    #[test]
+    fn the_edges_of_each_range_are_valid() {
+        let mut config = Config::default();
+        config.observer.interval = Duration::from_millis(100);
+        config.observer.probe_timeout = Duration::from_secs(60);
+        config.qemu.stop_timeout = Duration::from_secs(3600);
+        config.limits.max_vcpus = 1024;
+        config.limits.max_memory_mib = 16;
+        config.limits.max_disk_bytes = 1 << 50;
+        config.log.max_bytes = 4096;
+        config.log.keep_files = 1;
+        config.log.level = "warn,vman=trace".into();
+        config.network.bridge_prefix = "br-0123456".into();
+        config.network.uplink = Some("enp0s31f6".into());
+        config.websocket.max_subscriptions = 10_000;
+        config.websocket.outgoing_buffer = 65_536;
+        config.websocket.lag_timeout = Duration::from_millis(10);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn derived_paths_and_names() {
+        let config = Config {
+            data_dir: PathBuf::from("/d"),
+            ..Config::default()
+        };
+        assert_eq!(config.db_path(), PathBuf::from("/d/vman.db"));
+        assert_eq!(config.import_dir(), PathBuf::from("/d/import"));
+        assert_eq!(
+            config.data_dirs(),
+            ["/d", "/d/storage", "/d/storage/images", "/d/run", "/d/logs"].map(PathBuf::from)
+        );
+        assert_eq!(config.bridge_name(42), "vmbr42");
+        let config = Config {
+            import_dir: Some("/elsewhere".into()),
+            ..config
+        };
+        assert_eq!(config.import_dir(), PathBuf::from("/elsewhere"));
+    }
+
+    #[test]
+    fn ensure_dirs_makes_every_directory_and_keeps_run_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        ensure_dirs(&config).unwrap();
+        for d in config.data_dirs().iter().chain([&config.import_dir()]) {
+            assert!(d.is_dir(), "{}", d.display());
+        }
+        let mode = std::fs::metadata(config.run_dir())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // A second call finds everything there.
+        ensure_dirs(&config).unwrap();
+    }
+
+    #[test]
+    fn environment_keys_map_to_sections() {
+        assert_eq!(
+            env_key_to_path("OBSERVER_PROBE_TIMEOUT"),
+            "observer.probe_timeout"
+        );
+        assert_eq!(
+            env_key_to_path("WEBSOCKET_LAG_TIMEOUT"),
+            "websocket.lag_timeout"
+        );
+        assert_eq!(env_key_to_path("DATA_DIR"), "data_dir");
+        assert_eq!(env_key_to_path("DRY_RUN"), "dry_run");
+        // A section name without `_` after it is a top-level key.
+        assert_eq!(env_key_to_path("LOGX"), "logx");
+
+        let mut dict = Dict::new();
+        insert_path(&mut dict, "limits.max_vcpus", Value::from(4));
+        insert_path(&mut dict, "limits.max_memory_mib", Value::from(64));
+        insert_path(&mut dict, "dry_run", Value::from(true));
+        let Some(Value::Dict(_, limits)) = dict.get("limits") else {
+            panic!("a limits section: {dict:?}");
+        };
+        assert_eq!(limits.len(), 2);
+        assert_eq!(dict.get("dry_run").and_then(Value::to_bool), Some(true));
+        // A path through a value that is not a section is dropped.
+        insert_path(&mut dict, "dry_run.x", Value::from(1));
+        assert_eq!(dict.get("dry_run").and_then(Value::to_bool), Some(true));
+    }
+
+    #[test]
+    fn dotenv_reads_only_vman_keys_and_reports_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(
+            &path,
+            "OTHER=1\nVMAN_LIMITS_MAX_VCPUS=3\nVMAN_NETWORK_BRIDGE_PREFIX=br\n",
+        )
+        .unwrap();
+        let env = DotEnv { path: path.clone() };
+        assert!(env.metadata().name.contains(".env file"));
+        let data = env.data().unwrap();
+        let dict = &data[&Profile::Default];
+        assert!(!dict.contains_key("other"));
+        let Some(Value::Dict(_, limits)) = dict.get("limits") else {
+            panic!("limits from .env: {dict:?}");
+        };
+        assert_eq!(limits.get("max_vcpus").and_then(Value::to_u128), Some(3));
+
+        std::fs::write(&path, "VMAN_X='unterminated\n").unwrap();
+        let err = DotEnv { path: path.clone() }
+            .data()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(".env"), "{err}");
+
+        // An absent file is no values.
+        let absent = DotEnv {
+            path: dir.path().join("none"),
+        };
+        assert!(absent.data().unwrap()[&Profile::Default].is_empty());
+    }
+
+    fn toml_file(toml: &str) -> (tempfile::TempDir, Sources) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vman.toml"), toml).unwrap();
+        let sources = Sources {
+            config_file: dir.path().join("vman.toml"),
+            dotenv_file: dir.path().join(".env"),
+        };
+        (dir, sources)
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn load_errors_say_where_the_value_came_from() {
+        figment::Jail::expect_with(|jail| {
+            // A file that is not TOML: no key to name.
+            let (_dir, sources) = toml_file("data_dir = ");
+            match Config::load(&sources, &CliOverrides::default()) {
+                Err(ConfigError::Load(e)) => assert!(e.to_string().contains("vman.toml"), "{e}"),
+                other => panic!("expected a load error, got {other:?}"),
+            }
+            // A bad value from the environment names the variable's source.
+            let (_dir, sources) = toml_file("");
+            jail.set_env("VMAN_LIMITS_MAX_VCPUS", "many");
+            let err = Config::load(&sources, &CliOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("limits.max_vcpus")
+                    && err.contains("many")
+                    && err.contains("environment"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+}

@@ -215,3 +215,78 @@ mod tests {
         assert_eq!(names, ["vman.log", "vman.log.1", "vman.log.2"]);
     }
 }
+
+#[cfg(test)]
+mod export_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The metrics dashboards read are exported under their names, with
+    /// their labels. (Labels unique to this test: the recorder is global.)
+    #[test]
+    fn helpers_export_their_metrics() {
+        let handle = prometheus();
+        qmp_command("export-test-command", Duration::from_millis(3), true);
+        qmp_command("export-test-command", Duration::from_millis(4), false);
+        lagged_subscriber();
+        events_published(3);
+        operation_started("EXPORT_TEST");
+        operation_finished("EXPORT_TEST", false, chrono::TimeDelta::milliseconds(20));
+        operation_finished("EXPORT_TEST", true, chrono::TimeDelta::milliseconds(20));
+        coherence_finding("export-test-kind");
+        coherence_repair("export-test-kind");
+        coherence_sweep(Duration::from_millis(2), true);
+
+        let text = handle.render();
+        for line in [
+            r#"vman_qmp_timeouts_total{command="export-test-command"} 1"#,
+            r#"vman_qmp_command_duration_seconds_count{command="export-test-command"} 2"#,
+            r#"vman_operations_started_total{kind="EXPORT_TEST"} 1"#,
+            r#"vman_operations_total{kind="EXPORT_TEST",result="failed"} 1"#,
+            r#"vman_operations_total{kind="EXPORT_TEST",result="succeeded"} 1"#,
+            r#"vman_operation_duration_seconds_count{kind="EXPORT_TEST"} 2"#,
+            r#"vman_coherence_findings_total{kind="export-test-kind"} 1"#,
+            r#"vman_coherence_repairs_total{kind="export-test-kind"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
+        for name in [
+            "vman_event_subscriber_lagged_total ",
+            "vman_events_published_total ",
+            "vman_coherence_sweeps_total ",
+            "vman_coherence_sweeps_failed_total ",
+            "vman_coherence_sweep_duration_seconds_bucket{le=\"0.005\"} ",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "no {name} in\n{text}"
+            );
+        }
+    }
+
+    /// `vman serve` logs to a rotated file in the log directory too.
+    #[test]
+    fn logs_go_to_a_file_in_the_log_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            // Only this test's events: the subscriber is process-wide.
+            level: "vman_log_file_test=info".into(),
+            max_bytes: 4096,
+            keep_files: 1,
+        };
+        let guard = init_logging(&config, Some(dir.path())).expect("a file writer");
+        tracing::info!(target: "vman_log_file_test", "into the file");
+        // Dropping the guard flushes the writer's queue.
+        drop(guard);
+        if std::env::var_os("RUST_LOG").is_some() {
+            println!("SKIPPED the log file's content: RUST_LOG replaces the filter");
+            return;
+        }
+        let text = std::fs::read_to_string(dir.path().join("vman.log")).unwrap();
+        assert!(text.contains("into the file"), "{text:?}");
+        assert!(!text.contains('\u{1b}'), "no colours in a file: {text:?}");
+        // Without a log directory there is no file writer to keep.
+        assert!(init_logging(&config, None).is_none());
+    }
+}

@@ -241,3 +241,98 @@ mod tests {
         assert!(err.len() < 300, "{err}");
     }
 }
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn message(result: ApiResult<impl std::fmt::Debug>) -> String {
+        let err = result.expect_err("bad input");
+        assert_eq!(err.code(), "BAD_USER_INPUT", "{err}");
+        err.to_string()
+    }
+
+    #[test]
+    fn vcpus_and_memory_are_bounded_by_the_host_limits() {
+        let mut limits = Config::default().limits;
+        limits.max_vcpus = 4;
+        limits.max_memory_mib = 1024;
+        assert_eq!(vcpus(&limits, 1).unwrap(), 1);
+        assert_eq!(vcpus(&limits, 4).unwrap(), 4);
+        for bad in [0, -1, 5, i32::MIN] {
+            assert!(message(vcpus(&limits, bad)).contains("1 to 4"));
+        }
+        assert_eq!(memory_mib(&limits, 16).unwrap(), 16);
+        assert_eq!(memory_mib(&limits, 1024).unwrap(), 1024);
+        for bad in [15, 0, -16, 1025, i64::MIN] {
+            assert!(message(memory_mib(&limits, bad)).contains("16 to 1024"));
+        }
+    }
+
+    #[test]
+    fn disk_sizes_are_whole_sectors() {
+        let limits = Config::default().limits;
+        assert_eq!(size_bytes(&limits, "sizeBytes", 1 << 20).unwrap(), 1 << 20);
+        let err = message(size_bytes(&limits, "sizeBytes", (1 << 20) + 1));
+        assert!(err.contains("multiple of 512"), "{err}");
+        assert!(message(size_bytes(&limits, "newSize", (1 << 20) - 512)).starts_with("newSize"));
+        assert!(size_bytes(&limits, "sizeBytes", limits.max_disk_bytes as i64).is_ok());
+    }
+
+    #[test]
+    fn nic_models_are_the_offered_ones() {
+        for model in NIC_MODELS {
+            nic_model(model).unwrap();
+        }
+        let err = message(nic_model("rtl8139"));
+        assert!(
+            err.contains("rtl8139") && err.contains("virtio-net-pci, e1000e"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn text_is_bounded_and_has_no_control_characters() {
+        text("description", "two\nlines\tand a tab", 100).unwrap();
+        text("description", &"x".repeat(10), 10).unwrap();
+        assert!(message(text("description", &"x".repeat(11), 10)).contains("longer than 10"));
+        for bad in ["bell\u{7}", "nul\0", "esc\u{1b}[0m", "cr\r"] {
+            assert!(message(text("description", bad, 100)).contains("control characters"));
+        }
+    }
+
+    #[test]
+    fn kernel_command_lines_are_printable_ascii() {
+        cmdline("").unwrap();
+        cmdline("console=ttyS0 root=/dev/vda quiet").unwrap();
+        cmdline(&"x".repeat(2048)).unwrap();
+        for bad in ["x".repeat(2049), "a\tb".into(), "a\nb".into(), "é".into()] {
+            assert!(
+                message(cmdline(&bad)).contains("2048 printable ASCII"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn timeouts_are_one_second_to_one_hour() {
+        assert_eq!(timeout_seconds(1).unwrap(), 1);
+        assert_eq!(timeout_seconds(3600).unwrap(), 3600);
+        for bad in [0, -5, 3601] {
+            assert!(message(timeout_seconds(bad)).contains("1 to 3600"));
+        }
+    }
+
+    #[test]
+    fn long_values_are_cut_on_a_character_boundary() {
+        assert_eq!(shorten("short"), "short");
+        let exact = "x".repeat(80);
+        assert_eq!(shorten(&exact), exact);
+        // 79 ASCII bytes then a 2-byte character straddling byte 80.
+        let straddling = format!("{}é{}", "x".repeat(79), "y".repeat(10));
+        assert_eq!(shorten(&straddling), format!("{}…", "x".repeat(79)));
+        let err = message(id("vmId", &straddling));
+        assert!(err.contains(&format!("{}…", "x".repeat(79))), "{err}");
+    }
+}

@@ -148,3 +148,48 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod naming_tests {
+    use super::VmState::{self, *};
+    use sea_orm::{ActiveEnum, Iterable};
+
+    #[test]
+    fn names_are_the_same_in_every_representation() {
+        for state in VmState::iter() {
+            let name = state.as_str();
+            assert_eq!(state.to_string(), name);
+            assert_eq!(serde_json::to_value(state).unwrap(), name);
+            assert_eq!(state.to_value(), name);
+            assert_eq!(VmState::try_from_value(&name.to_string()).unwrap(), state);
+        }
+        assert_eq!(VmState::iter().count(), 7);
+        assert!(VmState::try_from_value(&"running".to_string()).is_err());
+    }
+
+    #[test]
+    fn live_states_are_those_with_a_process() {
+        let live: Vec<VmState> = VmState::iter().filter(|s| s.is_live()).collect();
+        assert_eq!(live, [Starting, Running, Paused, Stopping]);
+    }
+
+    #[test]
+    fn the_transition_table() {
+        // Rows: from; columns in `VmState::iter()` order:
+        // STOPPED STARTING RUNNING PAUSED STOPPING CRASHED UNKNOWN.
+        let table = [
+            (Stopped, "-x----x"),
+            (Starting, "x-xxxxx"),
+            (Running, "x--xxxx"),
+            (Paused, "x-x-xxx"),
+            (Stopping, "x-x--xx"),
+            (Crashed, "xx----x"),
+            (Unknown, "xxxxxx-"),
+        ];
+        for (from, row) in table {
+            for (to, cell) in VmState::iter().zip(row.chars()) {
+                assert_eq!(from.can_become(to), cell == 'x', "{from} -> {to}");
+            }
+        }
+    }
+}

@@ -425,3 +425,146 @@ mod tests {
         assert_eq!(truncate("aé", 3), "aé");
     }
 }
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    #[test]
+    fn protocol_names_round_trip() {
+        for name in Protocol::NAMES {
+            assert!(Protocol::from_name(name).is_some(), "{name}");
+        }
+        assert_eq!(
+            Protocol::from_name("graphql-transport-ws"),
+            Some(Protocol::TransportWs)
+        );
+        assert_eq!(Protocol::from_name("graphql-ws"), Some(Protocol::LegacyWs));
+        assert_eq!(Protocol::from_name("GRAPHQL-WS"), None);
+        assert_eq!(Protocol::from_name(""), None);
+    }
+
+    #[test]
+    fn an_empty_or_null_operation_name_names_no_operation() {
+        for name in [r#""""#, "null"] {
+            let text = format!(
+                r#"{{"type":"subscribe","id":"a","payload":{{"query":"{{ a }}","operationName":{name},"variables":null,"extensions":null}}}}"#
+            );
+            let Ok(ClientMessage::Subscribe { request, .. }) =
+                parse(Protocol::TransportWs, text.as_bytes())
+            else {
+                panic!("{text} is a valid subscribe");
+            };
+            assert_eq!(request.operation_name, None, "{text}");
+            assert!(request.extensions.0.is_empty());
+        }
+    }
+
+    #[test]
+    fn ping_and_pong_payloads() {
+        let Ok(ClientMessage::Ping(Some(payload))) = parse(
+            Protocol::TransportWs,
+            br#"{"type":"ping","payload":{"at":1}}"#,
+        ) else {
+            panic!("a ping with a payload");
+        };
+        assert_eq!(payload["at"], 1);
+        assert!(matches!(
+            parse(
+                Protocol::TransportWs,
+                br#"{"type":"pong","payload":{"x":1}}"#
+            ),
+            Ok(ClientMessage::Pong)
+        ));
+        assert!(parse(Protocol::TransportWs, br#"{"type":"pong","payload":1}"#).is_err());
+        assert_eq!(
+            ServerMessage::Pong(None).encode(Protocol::TransportWs),
+            r#"{"type":"pong"}"#
+        );
+    }
+
+    #[test]
+    fn invalid_frames_say_why() {
+        let reason = |protocol, bytes: &[u8]| match parse(protocol, bytes) {
+            Err(Invalid(reason)) => reason,
+            Ok(message) => panic!("{message:?} should be invalid"),
+        };
+        assert_eq!(
+            reason(Protocol::LegacyWs, b"\xff\xfe"),
+            "Invalid message: not JSON"
+        );
+        assert_eq!(
+            reason(Protocol::TransportWs, b"\"text\""),
+            "Invalid message: not a JSON object"
+        );
+        assert_eq!(
+            reason(Protocol::TransportWs, br#"{"id":"1"}"#),
+            "Invalid message: no \"type\""
+        );
+        assert_eq!(
+            reason(
+                Protocol::LegacyWs,
+                br#"{"type":"connection_terminate_now"}"#
+            ),
+            "Invalid message type \"connection_terminate_now\""
+        );
+        assert_eq!(
+            reason(Protocol::TransportWs, br#"{"type":"connection_terminate"}"#),
+            "Invalid message type \"connection_terminate\""
+        );
+        assert_eq!(
+            reason(
+                Protocol::LegacyWs,
+                br#"{"type":"start","id":"1","payload":[]}"#
+            ),
+            "\"start\" needs an object \"payload\""
+        );
+        assert_eq!(
+            reason(Protocol::LegacyWs, br#"{"type":"stop"}"#),
+            "\"stop\" needs a non-empty string \"id\""
+        );
+        assert_eq!(
+            reason(
+                Protocol::TransportWs,
+                br#"{"type":"subscribe","id":"1","payload":{"query":"{ a }","variables":1}}"#
+            ),
+            "\"subscribe\" needs \"payload.variables\" to be an object or null"
+        );
+    }
+
+    #[test]
+    fn legacy_errors_and_connection_errors() {
+        // A legacy `error` carries one error; none makes no payload.
+        assert_eq!(
+            ServerMessage::Error {
+                id: "3",
+                errors: &[]
+            }
+            .encode(Protocol::LegacyWs),
+            r#"{"type":"error","id":"3"}"#
+        );
+        assert_eq!(
+            ServerMessage::Error {
+                id: "3",
+                errors: &[]
+            }
+            .encode(Protocol::TransportWs),
+            r#"{"type":"error","id":"3","payload":[]}"#
+        );
+        let text = ServerMessage::ConnectionError {
+            message: "bad \"frame\"",
+        }
+        .encode(Protocol::LegacyWs);
+        assert_eq!(
+            text,
+            r#"{"type":"connection_error","payload":{"message":"bad \"frame\""}}"#
+        );
+    }
+
+    #[test]
+    fn truncate_at_every_width() {
+        let text = "añb€";
+        let widths: Vec<&str> = (0..=text.len()).map(|n| truncate(text, n)).collect();
+        assert_eq!(widths, ["", "a", "a", "añ", "añb", "añb", "añb", "añb€"]);
+    }
+}

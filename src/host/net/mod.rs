@@ -333,3 +333,238 @@ impl HostNetwork for NetlinkNetwork {
         self.capabilities.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The netlink port against a real kernel, in a network namespace of the
+    //! test's own thread (as the VLAN probe does), so no host link is seen.
+
+    use std::future::Future;
+
+    use rtnetlink::LinkVeth;
+
+    use super::*;
+    use crate::host::{Capability, VlanLink};
+
+    /// Runs `body` on a thread moved to a fresh network namespace, or says
+    /// why it was skipped when this host does not let the test make one.
+    fn in_own_namespace<F, Fut>(test: &str, body: F)
+    where
+        F: FnOnce(NetlinkNetwork) -> Fut + Send + 'static,
+        Fut: Future<Output = ()>,
+    {
+        let ran: Result<(), nix::Error> = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(async { body(NetlinkNetwork::start().await.expect("netlink")).await });
+            Ok(())
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        if let Err(e) = ran {
+            println!("SKIPPED {test}: unshare(CLONE_NEWNET) is not permitted here: {e}");
+        }
+    }
+
+    /// The error `step` fails with.
+    async fn refused(network: &NetlinkNetwork, step: HostStep) -> String {
+        match network.run(&step).await {
+            Err(e) => e.to_string(),
+            Ok(()) => panic!("{step:?} succeeded"),
+        }
+    }
+
+    async fn create_network(network: &NetlinkNetwork, bridge: &str) {
+        network
+            .execute(&NetworkAction::CreateNetwork {
+                bridge: bridge.into(),
+                vlan_link: None,
+            })
+            .await
+            .expect("a network");
+    }
+
+    async fn ensure_tap(network: &NetlinkNetwork, tap: &str, bridge: &str) -> Outcome {
+        network
+            .execute(&NetworkAction::EnsureTap {
+                tap: tap.into(),
+                bridge: bridge.into(),
+            })
+            .await
+            .expect("a tap")
+    }
+
+    /// A veth pair made by someone else (no vman alias).
+    async fn foreign_veth(network: &NetlinkNetwork, a: &str, b: &str) {
+        network
+            .handle
+            .link()
+            .add(LinkVeth::new(a, b).build())
+            .execute()
+            .await
+            .expect("a veth pair");
+    }
+
+    #[test]
+    fn links_vman_did_not_make_are_never_touched() {
+        in_own_namespace(
+            "links_vman_did_not_make_are_never_touched",
+            |network| async move {
+                foreign_veth(&network, "theirs0", "theirs1").await;
+                create_network(&network, "vmbr1").await;
+                let theirs = String::from("theirs0");
+                for step in [
+                    HostStep::AddBridge {
+                        name: theirs.clone(),
+                    },
+                    HostStep::SetUp {
+                        name: theirs.clone(),
+                    },
+                    HostStep::DeleteLink {
+                        name: theirs.clone(),
+                    },
+                    HostStep::SetMaster {
+                        name: "vmbr1".into(),
+                        master: theirs.clone(),
+                    },
+                ] {
+                    let err = refused(&network, step.clone()).await;
+                    assert!(
+                        err.contains("theirs0 (veth) exists and was not made by vman"),
+                        "{step:?}: {err}"
+                    );
+                }
+                let links = network.links().await.unwrap();
+                let theirs = &links["theirs0"];
+                assert!(!theirs.owned && !theirs.up, "{theirs:?}");
+                assert_eq!(theirs.kind.as_deref(), Some("veth"));
+            },
+        );
+    }
+
+    #[test]
+    fn steps_on_missing_links_fail_and_deleting_nothing_is_fine() {
+        in_own_namespace(
+            "steps_on_missing_links_fail_and_deleting_nothing_is_fine",
+            |network| async move {
+                network
+                    .run(&HostStep::DeleteLink {
+                        name: "gone0".into(),
+                    })
+                    .await
+                    .expect("deleting a missing link is done already");
+                assert_eq!(
+                    refused(
+                        &network,
+                        HostStep::SetUp {
+                            name: "gone0".into()
+                        }
+                    )
+                    .await,
+                    "link gone0 does not exist"
+                );
+                assert_eq!(
+                    refused(
+                        &network,
+                        HostStep::CreateDir {
+                            path: "/tmp/x".into()
+                        }
+                    )
+                    .await,
+                    "the network port cannot create directory /tmp/x"
+                );
+            },
+        );
+    }
+
+    #[test]
+    fn a_tap_is_enslaved_only_to_a_bridge() {
+        in_own_namespace("a_tap_is_enslaved_only_to_a_bridge", |network| async move {
+            if !network.capabilities().taps.supported {
+                println!("SKIPPED a_tap_is_enslaved_only_to_a_bridge: no taps here");
+                return;
+            }
+            create_network(&network, "vmbr1").await;
+            assert_eq!(ensure_tap(&network, "vmtap0", "vmbr1").await.steps.len(), 3);
+            let links = network.links().await.unwrap();
+            let tap = &links["vmtap0"];
+            assert!(tap.owned && tap.up, "{tap:?}");
+            assert_eq!(tap.kind.as_deref(), Some("tun"));
+            assert_eq!(tap.master.as_deref(), Some("vmbr1"));
+            assert!(links["vmbr1"].owned && links["vmbr1"].up);
+
+            // Repeating the action changes nothing and succeeds.
+            ensure_tap(&network, "vmtap0", "vmbr1").await;
+            let bridge_into_tap = HostStep::SetMaster {
+                name: "vmbr1".into(),
+                master: "vmtap0".into(),
+            };
+            assert_eq!(
+                refused(&network, bridge_into_tap).await,
+                "vmtap0 is not a bridge"
+            );
+            // A bridge name taken by vman's tap is not made a bridge.
+            let err = refused(
+                &network,
+                HostStep::AddBridge {
+                    name: "vmtap0".into(),
+                },
+            )
+            .await;
+            assert!(err.contains("vmtap0 (tun)"), "{err}");
+
+            for action in [
+                NetworkAction::DeleteTap {
+                    tap: "vmtap0".into(),
+                },
+                NetworkAction::DeleteNetwork {
+                    bridge: "vmbr1".into(),
+                    vlan_link: None,
+                },
+            ] {
+                network.execute(&action).await.unwrap();
+            }
+            let links = network.links().await.unwrap();
+            assert!(!links.contains_key("vmtap0") && !links.contains_key("vmbr1"));
+        });
+    }
+
+    #[test]
+    fn vlan_links_need_the_capability_and_an_existing_uplink() {
+        in_own_namespace(
+            "vlan_links_need_the_capability_and_an_existing_uplink",
+            |mut network| async move {
+                let step = HostStep::AddVlanLink {
+                    name: "up0.7".into(),
+                    parent: "up0".into(),
+                    vlan_id: 7,
+                };
+                network.capabilities.vlan_links = Capability {
+                    supported: false,
+                    detail: "no 8021q".into(),
+                };
+                let err = refused(&network, step.clone()).await;
+                assert!(
+                    err.contains(
+                        "cannot create 802.1Q VLAN links (capability vlanLinks: no 8021q)"
+                    ),
+                    "{err}"
+                );
+                network.capabilities.vlan_links.supported = true;
+                assert_eq!(refused(&network, step).await, "uplink up0 does not exist");
+                // The same through the action a network with an uplink runs.
+                let err = network
+                    .execute(&NetworkAction::CreateNetwork {
+                        bridge: "vmbr7".into(),
+                        vlan_link: Some(VlanLink::new("up0", 7)),
+                    })
+                    .await
+                    .unwrap_err();
+                assert_eq!(err.to_string(), "uplink up0 does not exist");
+            },
+        );
+    }
+}

@@ -54,3 +54,20 @@ pub fn usable() -> Result<(), std::io::Error> {
         .open(TUN)
         .map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_names_must_fit_the_kernel() {
+        for bad in ["", "sixteen-chars-xx"] {
+            match create_persistent(bad) {
+                Err(HostError::Failed(why)) => {
+                    assert!(why.contains("must be 1 to 15 bytes"), "{why}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+}
