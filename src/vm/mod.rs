@@ -452,21 +452,37 @@ struct Landing {
     reason: &'static str,
 }
 
-/// How one lifecycle action moves a VM: the in-between state it records
-/// first (if any), where it lands, and where a failure leaves it.
+/// How one lifecycle action moves a VM: what it is (in a state reason), the
+/// in-between state it records first (if any), where it lands, and where a
+/// failure leaves it.
 struct Moves {
+    doing: &'static str,
     before: Option<VmState>,
     after: VmState,
     failed: VmState,
 }
 
 fn moves(action: &VmAction, current: VmState) -> Moves {
-    let (before, after, failed) = match action {
-        VmAction::Start(_) => (Some(VmState::Starting), VmState::Running, VmState::Stopped),
-        VmAction::Stop { .. } => (Some(VmState::Stopping), VmState::Stopped, VmState::Unknown),
-        VmAction::Pause { .. } => (None, VmState::Paused, current),
-        VmAction::Resume { .. } => (None, VmState::Running, current),
-        VmAction::Reset { .. } => (None, current, current),
+    let (doing, before, after, failed) = match action {
+        VmAction::Start(_) => (
+            "start requested",
+            Some(VmState::Starting),
+            VmState::Running,
+            VmState::Stopped,
+        ),
+        VmAction::Stop { request, .. } => (
+            if request.force {
+                "forced stop requested"
+            } else {
+                "stop requested"
+            },
+            Some(VmState::Stopping),
+            VmState::Stopped,
+            VmState::Unknown,
+        ),
+        VmAction::Pause { .. } => ("paused", None, VmState::Paused, current),
+        VmAction::Resume { .. } => ("resumed", None, VmState::Running, current),
+        VmAction::Reset { .. } => ("reset", None, current, current),
         VmAction::CreateDisk(_)
         | VmAction::DeleteDisk(_)
         | VmAction::AttachDisk { .. }
@@ -482,6 +498,7 @@ fn moves(action: &VmAction, current: VmState) -> Moves {
         }
     };
     Moves {
+        doing,
         before,
         after,
         failed,
@@ -505,12 +522,13 @@ async fn run_actions(env: &mut Envelope<'_>, vm: &Vm, actions: &[VmAction]) -> A
             current = landing.to;
         }
         let Moves {
+            doing,
             before,
             after,
             failed,
         } = moves(action, current);
         if let Some(before) = before.filter(|b| *b != current) {
-            set_state(app, &vm.id, before, describe(action), Some(env.id())).await?;
+            set_state(app, &vm.id, before, doing, Some(env.id())).await?;
             current = before;
         }
         let executed = match action {
@@ -524,7 +542,7 @@ async fn run_actions(env: &mut Envelope<'_>, vm: &Vm, actions: &[VmAction]) -> A
             Ok(outcome) => {
                 landing = Landing {
                     to: after,
-                    reason: landed(action, outcome.stop_rung),
+                    reason: landed(action, outcome.stop_rung, doing),
                 };
                 if after == VmState::Stopped {
                     let steps = qemu_gone(app, &vm.id).await?;
@@ -546,7 +564,7 @@ async fn run_actions(env: &mut Envelope<'_>, vm: &Vm, actions: &[VmAction]) -> A
                     env.took(steps);
                 }
                 if failed != current {
-                    let reason = format!("{} failed: {e}", describe(action));
+                    let reason = format!("{doing} failed: {e}");
                     set_state(app, &vm.id, failed, &reason, Some(env.id())).await?;
                 }
                 return Err(e);
@@ -565,37 +583,14 @@ async fn make_taps(env: &mut Envelope<'_>, spec: &VmSpec) -> ApiResult<()> {
 }
 
 /// The reason a VM's state records once an action succeeded.
-fn landed(action: &VmAction, rung: Option<StopRung>) -> &'static str {
+fn landed(action: &VmAction, rung: Option<StopRung>, doing: &'static str) -> &'static str {
     match (action, rung) {
         (_, Some(StopRung::GuestShutdown)) => "guest shutdown",
         (_, Some(StopRung::Quit)) => "stopped by QEMU quit",
         (_, Some(StopRung::Kill)) => "QEMU killed",
         (VmAction::Stop { .. }, None) => "QEMU was not running",
         (VmAction::Start(_), None) => "started",
-        (action, None) => describe(action),
-    }
-}
-
-/// What a lifecycle action is, in a VM's state reason.
-fn describe(action: &VmAction) -> &'static str {
-    match action {
-        VmAction::Start(_) => "start requested",
-        VmAction::Stop { request, .. } if request.force => "forced stop requested",
-        VmAction::Stop { .. } => "stop requested",
-        VmAction::Pause { .. } => "paused",
-        VmAction::Resume { .. } => "resumed",
-        VmAction::Reset { .. } => "reset",
-        VmAction::CreateDisk(_)
-        | VmAction::DeleteDisk(_)
-        | VmAction::AttachDisk { .. }
-        | VmAction::DetachDisk { .. }
-        | VmAction::AttachNic { .. }
-        | VmAction::DetachNic { .. }
-        | VmAction::Destroy { .. }
-        | VmAction::ResizeDisk { .. }
-        | VmAction::InspectImage { .. }
-        | VmAction::ImportImage { .. }
-        | VmAction::DeleteImage { .. } => "host action",
+        (_, None) => doing,
     }
 }
 
