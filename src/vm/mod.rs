@@ -531,13 +531,14 @@ async fn run_actions(env: &mut Envelope<'_>, vm: &Vm, actions: &[VmAction]) -> A
             set_state(app, &vm.id, before, doing, Some(env.id())).await?;
             current = before;
         }
-        let executed = match action {
-            VmAction::Start(spec) => match make_taps(env, spec).await {
-                Ok(()) => env.vm(action).await,
-                Err(e) => Err(e),
-            },
-            _ => env.vm(action).await,
-        };
+        let executed = async {
+            // A start's taps exist before QEMU opens them.
+            if let VmAction::Start(spec) = action {
+                make_taps(env, spec).await?;
+            }
+            env.vm(action).await
+        }
+        .await;
         match executed {
             Ok(outcome) => {
                 landing = Landing {
