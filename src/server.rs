@@ -72,7 +72,17 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr) -> std::io::Result<()> {
 
 /// Serves on a bound listener until `app.cancel` fires.
 pub async fn serve_on(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    tracing::info!(address = %listener.local_addr()?, "vman is serving GraphQL at /graphql");
+    let at = listener.local_addr()?;
+    let config = &app.ctx.config;
+    tracing::info!(
+        playground = %format!("http://{at}/"),
+        graphql = %format!("http://{at}/graphql"),
+        websocket = %format!("ws://{at}/graphql/ws"),
+        metrics = %format!("http://{at}/metrics"),
+        data_dir = %config.data_dir.display(),
+        dry_run = config.dry_run,
+        "vman is serving"
+    );
     let cancel = app.ctx.cancel.clone();
     axum::serve(listener, router(app))
         .with_graceful_shutdown(async move { cancel.cancelled().await })

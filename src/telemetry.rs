@@ -24,7 +24,14 @@ use crate::config::LogConfig;
 pub fn init_logging(config: &LogConfig, log_dir: Option<&Path>) -> Option<WorkerGuard> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
-    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false);
+    // Colours only for a person at a terminal (not in a journal or a pipe),
+    // and not when NO_COLOR asks for none.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let stderr = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(colour);
     let (file, guard) = match log_dir {
         Some(dir) => {
             let rotating = FileRotate::new(

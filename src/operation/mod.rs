@@ -301,12 +301,21 @@ async fn finish(
     Ok(op)
 }
 
-/// Counts a finished operation in the metrics.
+/// Counts a finished operation in the metrics, and logs it: one INFO line
+/// per operation, whatever its outcome.
 fn count_finished(op: &Operation) {
-    crate::telemetry::operation_finished(
-        op.kind.as_str(),
-        op.status == OperationStatus::Succeeded,
-        Utc::now() - op.started_at,
+    let took = Utc::now() - op.started_at;
+    let succeeded = op.status == OperationStatus::Succeeded;
+    crate::telemetry::operation_finished(op.kind.as_str(), succeeded, took);
+    tracing::info!(
+        operation = %op.id,
+        kind = %op.kind,
+        target = %format!("{} {}", op.target_type.as_str(), op.target_id),
+        result = %op.status.as_str(),
+        took_ms = took.num_milliseconds(),
+        error_code = op.error_code.as_deref(),
+        failed_step = op.failed_step.as_deref(),
+        "operation finished"
     );
 }
 
