@@ -26,6 +26,17 @@ fn pid_of(server: &TestServer, vm: &str) -> i32 {
         .unwrap()
 }
 
+/// The size of a RAW disk's file in storage.
+fn raw_disk_len(server: &TestServer, disk: &str) -> u64 {
+    let path = server
+        .app
+        .ctx
+        .config
+        .storage_dir()
+        .join(format!("{disk}.raw"));
+    std::fs::metadata(path).unwrap().len()
+}
+
 fn alive(pid: i32) -> bool {
     vman::host::qemu::process::is_alive(pid)
 }
@@ -169,19 +180,7 @@ async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_
             .unwrap()
             .contains("block_resize")
     );
-    assert_eq!(
-        std::fs::metadata(
-            server
-                .app
-                .ctx
-                .config
-                .storage_dir()
-                .join(format!("{disk}.raw"))
-        )
-        .unwrap()
-        .len(),
-        2097152
-    );
+    assert_eq!(raw_disk_len(&server, &disk), 2097152);
     assert_eq!(
         server
             .error_code(
@@ -228,19 +227,7 @@ async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_
     server
         .ok("mutation($d: ID!) { resizeDisk(diskId: $d, sizeBytes: 4194304) { disk { sizeBytes } } }", json!({"d": disk}))
         .await;
-    assert_eq!(
-        std::fs::metadata(
-            server
-                .app
-                .ctx
-                .config
-                .storage_dir()
-                .join(format!("{disk}.raw"))
-        )
-        .unwrap()
-        .len(),
-        4194304
-    );
+    assert_eq!(raw_disk_len(&server, &disk), 4194304);
 }
 
 #[tokio::test]
