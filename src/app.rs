@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::Auth,
     config::Config,
     context::Ctx,
     events::EventBus,
@@ -29,6 +30,8 @@ pub struct App {
     pub observer: Arc<Observer>,
     /// What could not be re-adopted at start, for `health` (never silently dropped).
     pub adoption_problems: AdoptionProblems,
+    /// Who may use the API.
+    pub auth: Arc<Auth>,
     _lock: DataDirLock,
 }
 
@@ -159,8 +162,10 @@ impl App {
             locks: Arc::new(VmLocks::new(config.limits.vm_lock_timeout)),
             config: Arc::new(config),
             cancel,
+            actor: crate::auth::VMAN.into(),
         };
         Ok(App {
+            auth: Arc::new(Auth::new(&ctx.config, ctx.db.clone())),
             observer: Arc::new(Observer::new(ctx.clone())),
             ctx,
             adoption_problems: Default::default(),
@@ -191,6 +196,7 @@ impl App {
                 "removed the partial files of operations a previous vman left unfinished"
             );
         }
+        tokio::spawn(self.auth.clone().watch_revocations(self.ctx.cancel.clone()));
         // Watch first, so nothing the host reports during re-adoption is missed.
         self.observer.clone().spawn();
         if self.ctx.hypervisor.is_dry_run() {

@@ -35,6 +35,42 @@ pub struct Config {
     pub limits: Limits,
     pub network: NetworkConfig,
     pub websocket: WebsocketConfig,
+    pub auth: AuthConfig,
+    pub http: HttpConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Who may use the API (see `auth`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `token`: every request needs an API token; `none`: every caller is
+    /// `local`, an admin (allowed only on a loopback listen address).
+    pub mode: AuthMode,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    None,
+    Token,
+}
+
+/// Plain HTTP requests from browsers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Origins (`https://dash.example:8443`) whose pages may call the API;
+    /// CORS preflights from them are answered. None by default.
+    pub cors_origins: Vec<String>,
+}
+
+/// The `/metrics` endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` without a token (with `auth.mode = "token"`).
+    pub public: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -98,6 +134,11 @@ pub struct Limits {
     /// How long a mutation waits for another one on the same VM before `VM_BUSY`.
     #[serde(with = "humantime_serde")]
     pub vm_lock_timeout: Duration,
+    /// Requests per second one API token may make (a short burst of as many
+    /// is allowed); more get 429. 0: no limit.
+    pub requests_per_second: u32,
+    /// Websocket connections one API token may hold open at once.
+    pub websocket_connections_per_token: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -130,6 +171,9 @@ pub struct WebsocketConfig {
     /// its subscription ends with a "lagged" error.
     #[serde(with = "humantime_serde")]
     pub lag_timeout: Duration,
+    /// Origins whose pages may open a websocket, besides vman's own. An
+    /// upgrade without an `Origin` header (not from a browser) is always let in.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -160,6 +204,8 @@ impl Default for Config {
                 max_memory_mib: default_max_memory_mib(),
                 max_disk_bytes: 16 << 40,
                 vm_lock_timeout: Duration::from_secs(2),
+                requests_per_second: 100,
+                websocket_connections_per_token: 100,
             },
             network: NetworkConfig {
                 bridge_prefix: "vmbr".into(),
@@ -171,7 +217,15 @@ impl Default for Config {
                 max_subscriptions: 100,
                 outgoing_buffer: 256,
                 lag_timeout: Duration::from_secs(5),
+                allowed_origins: Vec::new(),
             },
+            auth: AuthConfig {
+                mode: AuthMode::None,
+            },
+            http: HttpConfig {
+                cors_origins: Vec::new(),
+            },
+            metrics: MetricsConfig { public: false },
         }
     }
 }
@@ -192,8 +246,31 @@ fn default_max_memory_mib() -> u64 {
         .map_or(4096, |kib| kib / 1024)
 }
 
+/// An exact browser origin: `http(s)://host[:port]`, nothing after.
+fn is_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' '])
+        && http::uri::Authority::try_from(rest).is_ok()
+}
+
 /// Sections whose keys are joined with `_` in environment names.
-const SECTIONS: &[&str] = &["log", "observer", "qemu", "limits", "network", "websocket"];
+const SECTIONS: &[&str] = &[
+    "log",
+    "observer",
+    "qemu",
+    "limits",
+    "network",
+    "websocket",
+    "auth",
+    "http",
+    "metrics",
+];
 
 fn env_key_to_path(key: &str) -> String {
     let key = key.to_ascii_lowercase();
@@ -510,6 +587,42 @@ impl Config {
                 "must be between 10ms and 10m",
             ));
         }
+        for (key, origins) in [
+            ("http.cors_origins", &self.http.cors_origins),
+            ("websocket.allowed_origins", &ws.allowed_origins),
+        ] {
+            if let Some(origin) = origins.iter().find(|origin| !is_origin(origin)) {
+                return Err(bad(
+                    key,
+                    origin,
+                    "each must be an exact origin: http:// or https://, a host and maybe a port, no path (https://dash.example:8443)",
+                ));
+            }
+        }
+        if self.limits.websocket_connections_per_token == 0 {
+            return Err(bad(
+                "limits.websocket_connections_per_token",
+                self.limits.websocket_connections_per_token,
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What `vman serve` checks beyond [`Config::validate`]: without auth,
+    /// vman listens only on a loopback address. (Kept apart so that `vman
+    /// token create` works with the config that will need the token.)
+    pub fn check_serving(&self) -> Result<(), ConfigError> {
+        if self.auth.mode == AuthMode::None && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                key: "auth.mode".into(),
+                value: "\"none\"".into(),
+                reason: format!(
+                    "is allowed only on a loopback listen address, and listen = {}: anyone who can reach it could create and delete VMs. Set auth.mode = \"token\" (VMAN_AUTH_MODE=token) and create a token with `vman token create --name NAME --role admin`, or listen on 127.0.0.1",
+                    self.listen
+                ),
+            });
+        }
         Ok(())
     }
 
@@ -552,6 +665,7 @@ pub fn describe(sources: &Sources, cli: &CliOverrides) -> Result<String, ConfigE
     let figment = figment(sources, cli);
     let config = extract(&figment)?;
     config.validate()?;
+    config.check_serving()?;
     let value =
         Value::serialize(&config).map_err(|e| Box::new(figment::Error::from(e.to_string())))?;
     let mut lines = Vec::new();

@@ -4,7 +4,9 @@
 //! shared), so a background task takes its own copy.
 //!
 //! It must never grow state of its own: what belongs to one part (adoption
-//! problems, the sweep lock) stays in that part.
+//! problems, the sweep lock) stays in that part. The one per-request field is
+//! the actor, set where a request's principal is known (`api::http`, the
+//! websocket's `connection_init`).
 
 use std::sync::Arc;
 
@@ -30,4 +32,17 @@ pub struct Ctx {
     pub locks: Arc<VmLocks>,
     /// Ends the server, subscriptions and background tasks.
     pub cancel: CancellationToken,
+    /// Who the operations recorded through this context are done for: an
+    /// API token's name, `local` without auth, `vman` for vman's own work.
+    pub actor: Arc<str>,
+}
+
+impl Ctx {
+    /// The same context, doing what `actor` asked.
+    pub fn acting_as(&self, actor: &str) -> Ctx {
+        Ctx {
+            actor: actor.into(),
+            ..self.clone()
+        }
+    }
 }

@@ -25,6 +25,12 @@ pub enum ApiError {
     Host(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    /// No valid API token came with the request.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("internal error")]
     /// The cause is logged on the server and never shown to clients.
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -40,6 +46,8 @@ impl ApiError {
             ApiError::VmBusy { .. } => "VM_BUSY",
             ApiError::Host(_) => "HOST_ERROR",
             ApiError::Timeout(_) => "TIMEOUT",
+            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::Internal(_) => "INTERNAL",
         }
     }

@@ -43,6 +43,34 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// API tokens (for `auth.mode = "token"`); works while vman serves.
+    Token {
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token and print its secret (to stdout, alone, this once).
+    Create {
+        /// Unique among tokens; what operations record as their actor.
+        #[arg(long)]
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: vman::auth::Role,
+        /// How long it works (`30d`, `12h`); default: until revoked.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+    },
+    /// List the tokens (never their secrets).
+    List,
+    /// Revoke a token: a serving vman refuses it at once and closes its
+    /// websockets within a second.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +111,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Token { data_dir, command } => {
+            let overrides = CliOverrides {
+                data_dir,
+                ..Default::default()
+            };
+            token(&sources, &overrides, command)
+        }
         Command::Migrate { data_dir } => {
             let overrides = CliOverrides {
                 data_dir,
@@ -105,20 +140,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(sources: &Sources, overrides: &CliOverrides, serve: bool) -> ExitCode {
-    let config = match Config::load(sources, overrides) {
-        Ok(config) => config,
-        Err(e) => {
+/// The config (checked as `vman serve` needs it when `serve`) and a runtime,
+/// or the exit code that says why not (2: a bad config).
+fn prepare(
+    sources: &Sources,
+    overrides: &CliOverrides,
+    serve: bool,
+) -> Result<(Config, tokio::runtime::Runtime), ExitCode> {
+    let config = Config::load(sources, overrides)
+        .and_then(|config| {
+            serve
+                .then(|| config.check_serving())
+                .transpose()
+                .map(|_| config)
+        })
+        .map_err(|e| {
             eprintln!("vman: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vman: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+            ExitCode::from(2)
+        })?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| {
+        eprintln!("vman: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })?;
+    Ok((config, runtime))
+}
+
+fn run(sources: &Sources, overrides: &CliOverrides, serve: bool) -> ExitCode {
+    let (config, runtime) = match prepare(sources, overrides, serve) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         if let Err(e) = vman::config::ensure_dirs(&config) {
@@ -159,6 +209,75 @@ fn run(sources: &Sources, overrides: &CliOverrides, serve: bool) -> ExitCode {
             Err(e) => {
                 tracing::error!(%listen, "serving: {e}");
                 eprintln!("vman: serving on {listen}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn token(sources: &Sources, overrides: &CliOverrides, command: TokenCommand) -> ExitCode {
+    use vman::auth::token;
+    let (config, runtime) = match prepare(sources, overrides, false) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
+    };
+    runtime.block_on(async move {
+        if let Err(e) = vman::app::App::migrate(&config).await {
+            eprintln!("vman: {e}");
+            return ExitCode::FAILURE;
+        }
+        let db = match vman::db::connect(&config.db_path()).await {
+            Ok(db) => db,
+            Err(e) => {
+                eprintln!("vman: opening the database: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let done = match command {
+            TokenCommand::Create {
+                name,
+                role,
+                expires,
+            } => {
+                let new = token::NewToken {
+                    name,
+                    role,
+                    expires_in: expires,
+                };
+                token::create_local(&db, &new).await.map(|(token, secret)| {
+                    eprintln!(
+                        "vman: created API token {} (role {}, {}); send it as `Authorization: Bearer <token>`. It is shown only now:",
+                        token.name,
+                        token.role.as_str(),
+                        token
+                            .expires_at
+                            .map_or("no expiry".to_string(), |at| format!("expires {at}"))
+                    );
+                    println!("{secret}");
+                })
+            }
+            TokenCommand::List => token::list(&db).await.map(|tokens| {
+                println!("{:<24} {:<9} {:<26} {:<26} CREATED BY", "NAME", "ROLE", "CREATED", "EXPIRES");
+                for t in tokens {
+                    println!(
+                        "{:<24} {:<9} {:<26} {:<26} {}",
+                        t.name,
+                        t.role.as_str(),
+                        t.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                        t.expires_at
+                            .map_or("never".into(), |at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+                        t.created_by
+                    );
+                }
+            }),
+            TokenCommand::Revoke { name } => token::revoke_local(&db, &name)
+                .await
+                .map(|t| eprintln!("vman: revoked API token {}", t.name)),
+        };
+        match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vman: {e} ({})", e.code());
                 ExitCode::FAILURE
             }
         }

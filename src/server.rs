@@ -7,6 +7,7 @@ use axum::{
     Json, Router,
     extract::{Request, State},
     http::StatusCode,
+    middleware::from_fn_with_state,
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -14,6 +15,10 @@ use axum::{
 use crate::{
     api::{self, VmanSchema},
     app::App,
+    auth::{
+        self, Principal,
+        http::{Browsers, Guarded, check_browser, metrics_principal, require_principal},
+    },
 };
 
 #[derive(Clone)]
@@ -22,26 +27,111 @@ struct Shared {
     schema: VmanSchema,
 }
 
+/// The routes, each behind what guards it: a principal for `/graphql` (and
+/// `/metrics` unless public), the Origin check for browsers, and without
+/// auth the Host check. Health stays open.
 pub fn router(app: Arc<App>) -> Router {
+    let config = &app.ctx.config;
     let schema = api::schema(app.clone());
+    let browsers = Browsers::new(config, "http");
     let ws = api::ws::route(
         schema.clone(),
-        app.ctx.config.websocket.clone(),
+        config.websocket.clone(),
         app.ctx.cancel.clone(),
+        Arc::new(WsGate { app: app.clone() }),
     );
+    let auth = app.auth.clone();
+    let metrics_public = config.metrics.public;
     let shared = Shared { app, schema };
-    Router::new()
+    let graphql_route = Router::new()
         .route("/graphql", get(graphql).post(graphql))
-        .route("/graphql/ws", ws)
+        .route_layer(from_fn_with_state(auth.clone(), require_principal));
+    let metrics_route =
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route_layer(from_fn_with_state(
+                (auth, metrics_public),
+                metrics_principal,
+            ));
+    let http = Router::new()
+        .merge(graphql_route)
+        .merge(metrics_route)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .merge(crate::playground::routes())
-        .with_state(shared)
+        .layer(from_fn_with_state(
+            Guarded {
+                browsers: browsers.clone(),
+                websocket: false,
+            },
+            check_browser,
+        ));
+    let websocket = Router::new()
+        .route("/graphql/ws", ws)
+        .layer(from_fn_with_state(
+            Guarded {
+                browsers: browsers.clone(),
+                websocket: true,
+            },
+            check_browser,
+        ));
+    let router = http.merge(websocket).with_state(shared);
+    match browsers.cors() {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 async fn graphql(State(shared): State<Shared>, request: Request) -> Response {
-    api::http::graphql_http(&shared.schema, request).await
+    let Some(principal) = auth::http::principal_of(&request) else {
+        return auth::http::refusal_response(&auth::Refusal::Unauthenticated("no caller".into()));
+    };
+    let ctx = shared.app.ctx.acting_as(&principal.actor);
+    api::http::graphql_http_with(&shared.schema, request, move |request| {
+        request.data(principal).data(ctx)
+    })
+    .await
+}
+
+/// Lets a websocket in at `connection_init`: the token in the payload's
+/// `authorization` (`Bearer …`), or else in the upgrade's header.
+struct WsGate {
+    app: Arc<App>,
+}
+
+impl api::ws::Gate for WsGate {
+    fn admit(
+        &self,
+        authorization: Option<String>,
+        payload: &serde_json::Map<String, serde_json::Value>,
+    ) -> futures_util::future::BoxFuture<'static, Result<api::ws::Admitted, String>> {
+        let app = self.app.clone();
+        let authorization = payload
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case("authorization"))
+            .and_then(|(_, value)| value.as_str())
+            .map(str::to_string)
+            .or(authorization);
+        Box::pin(async move {
+            let principal: Principal = app
+                .auth
+                .authenticate(authorization.as_deref())
+                .await
+                .map_err(|refusal| refusal.to_string())?;
+            let admission = app
+                .auth
+                .admit_connection(principal)
+                .map_err(|refusal| refusal.to_string())?;
+            let mut data = async_graphql::Data::default();
+            data.insert(app.ctx.acting_as(&admission.principal.actor));
+            data.insert(admission.principal.clone());
+            Ok(api::ws::Admitted {
+                data,
+                ends: admission.ends.clone(),
+                hold: Box::new(admission),
+            })
+        })
+    }
 }
 
 async fn readyz(State(shared): State<Shared>) -> Response {

@@ -144,6 +144,8 @@ fn every_api_error() -> Vec<ApiError> {
         },
         ApiError::Host(text()),
         ApiError::Timeout(text()),
+        ApiError::Unauthenticated(text()),
+        ApiError::Forbidden(text()),
         ApiError::Internal(Box::new(std::io::Error::other("x"))),
     ];
     for error in &all {
@@ -155,6 +157,8 @@ fn every_api_error() -> Vec<ApiError> {
             | ApiError::VmBusy { .. }
             | ApiError::Host(_)
             | ApiError::Timeout(_)
+            | ApiError::Unauthenticated(_)
+            | ApiError::Forbidden(_)
             | ApiError::Internal(_) => {}
         }
     }

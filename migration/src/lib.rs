@@ -8,6 +8,7 @@ mod m20261126_000002_coherence_issues;
 mod m20261126_000003_networks_on_host;
 mod m20261126_000004_operations_status_index;
 mod m20261203_000005_operation_failed_step;
+mod m20261204_000006_api_tokens;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000003_networks_on_host::Migration),
             Box::new(m20261126_000004_operations_status_index::Migration),
             Box::new(m20261203_000005_operation_failed_step::Migration),
+            Box::new(m20261204_000006_api_tokens::Migration),
         ]
     }
 }

@@ -31,6 +31,7 @@ pub struct Query(
     crate::coherence::graphql::CoherenceQuery,
     events::EventQuery,
     health::HealthQuery,
+    crate::auth::graphql::AuthQuery,
 );
 
 /// What changes vman's records and the host. Mutations that touch the host
@@ -43,6 +44,7 @@ pub struct Mutation(
     crate::network::graphql::NetworkMutation,
     crate::image::graphql::ImageMutation,
     crate::coherence::graphql::CoherenceMutation,
+    crate::auth::graphql::AuthMutation,
 );
 
 /// Live streams from the journal, over the websocket; each can resume
@@ -69,6 +71,7 @@ pub fn schema_builder() -> async_graphql::SchemaBuilder<Query, Mutation, Subscri
 pub fn schema(app: Arc<App>) -> VmanSchema {
     schema_builder()
         .extension(crate::telemetry::GraphqlMetrics)
+        .extension(crate::auth::guard::RoleGuard)
         .data(app)
         .finish()
 }
@@ -83,9 +86,12 @@ pub(crate) fn app<'a>(ctx: &Context<'a>) -> &'a Arc<App> {
     ctx.data_unchecked::<Arc<App>>()
 }
 
-/// What resolvers hand to services.
+/// What resolvers hand to services: the app's context, acting for the
+/// request's principal (set by `api::http` and the websocket's
+/// `connection_init`).
 pub(crate) fn services<'a>(ctx: &Context<'a>) -> &'a crate::context::Ctx {
-    &app(ctx).ctx
+    ctx.data_opt::<crate::context::Ctx>()
+        .unwrap_or_else(|| &app(ctx).ctx)
 }
 
 /// Loads a related row by its ID (a foreign key the caller holds); None stays None.

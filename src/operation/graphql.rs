@@ -30,7 +30,7 @@ impl OperationObject {
     async fn target_id(&self) -> ID {
         ID(self.0.target_id.clone())
     }
-    /// What `targetId` names: `Vm`, `Disk`, `Network`, `Nic` or `Image`.
+    /// What `targetId` names: `Vm`, `Disk`, `Network`, `Nic`, `Image`, `Template` or `ApiToken`.
     async fn target_type(&self) -> &str {
         self.0.target_type.as_str()
     }
@@ -52,6 +52,11 @@ impl OperationObject {
     /// done before it (and undone since).
     async fn failed_step(&self) -> Option<&str> {
         self.0.failed_step.as_deref()
+    }
+    /// Who asked: the API token's name, `local` when vman runs without auth,
+    /// `vman` for what vman did by itself.
+    async fn actor(&self) -> &str {
+        &self.0.actor
     }
     /// The host steps taken.
     async fn steps(&self) -> Vec<PlanStep> {
@@ -78,6 +83,10 @@ impl OperationQuery {
         &self,
         ctx: &Context<'_>,
         #[graphql(desc = "Only operations whose target is this VM.")] vm_id: Option<ID>,
+        #[graphql(
+            desc = "Only operations asked for by this actor (an API token's name, `local`, `vman`)."
+        )]
+        actor: Option<String>,
         #[graphql(desc = "At most this many (default 50, at most 500).")] first: Option<i32>,
         #[graphql(desc = "Only those after this cursor (an `endCursor`).")] after: Option<String>,
     ) -> async_graphql::Result<Page<OperationObject>> {
@@ -86,6 +95,9 @@ impl OperationQuery {
         if let Some(vm_id) = vm_id {
             let vm_id = validate::id("vmId", &vm_id).gql()?;
             select = select.filter(model::Column::TargetId.eq(vm_id));
+        }
+        if let Some(actor) = actor {
+            select = select.filter(model::Column::Actor.eq(actor));
         }
         page(
             &api::services(ctx).db,

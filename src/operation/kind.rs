@@ -77,6 +77,12 @@ pub enum OperationKind {
     /// holds a VM's lock like a mutation, but records no operation.
     #[sea_orm(string_value = "COHERENCE_REPAIR")]
     CoherenceRepair,
+    /// `createApiToken`, or `vman token create`.
+    #[sea_orm(string_value = "CREATE_API_TOKEN")]
+    CreateApiToken,
+    /// `revokeApiToken`, or `vman token revoke`.
+    #[sea_orm(string_value = "REVOKE_API_TOKEN")]
+    RevokeApiToken,
 }
 
 impl OperationKind {
@@ -104,6 +110,8 @@ impl OperationKind {
             OperationKind::ImportImage => "IMPORT_IMAGE",
             OperationKind::DeleteImage => "DELETE_IMAGE",
             OperationKind::CoherenceRepair => "COHERENCE_REPAIR",
+            OperationKind::CreateApiToken => "CREATE_API_TOKEN",
+            OperationKind::RevokeApiToken => "REVOKE_API_TOKEN",
         }
     }
 }
@@ -156,6 +164,10 @@ pub enum SubjectType {
     #[sea_orm(string_value = "StorageFile")]
     #[serde(rename = "StorageFile")]
     StorageFile,
+    /// An API token.
+    #[sea_orm(string_value = "ApiToken")]
+    #[serde(rename = "ApiToken")]
+    ApiToken,
 }
 
 impl SubjectType {
@@ -171,6 +183,7 @@ impl SubjectType {
             SubjectType::CoherenceIssue => "CoherenceIssue",
             SubjectType::RunDir => "RunDir",
             SubjectType::StorageFile => "StorageFile",
+            SubjectType::ApiToken => "ApiToken",
         }
     }
 }

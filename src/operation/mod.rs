@@ -240,6 +240,34 @@ pub async fn run<T>(
     })
 }
 
+/// Records an operation that was done outside a serving vman (the command
+/// line: `vman token create`), as SUCCEEDED, in the caller's transaction.
+pub async fn record_done(
+    db: &impl sea_orm::ConnectionTrait,
+    kind: OperationKind,
+    target: SubjectType,
+    target_id: &str,
+    actor: &str,
+) -> ApiResult<Operation> {
+    let now = Utc::now();
+    Ok(model::ActiveModel {
+        id: Set(new_id()),
+        kind: Set(kind),
+        target_id: Set(target_id.to_string()),
+        target_type: Set(target),
+        status: Set(OperationStatus::Succeeded),
+        error: Set(None),
+        error_code: Set(None),
+        failed_step: Set(None),
+        steps: Set(serde_json::json!([])),
+        started_at: Set(now),
+        actor: Set(actor.to_string()),
+        finished_at: Set(Some(now)),
+    }
+    .insert(db)
+    .await?)
+}
+
 /// Records the operation RUNNING, in a write of its own.
 async fn begin(ctx: &Ctx, request: &Request) -> ApiResult<Operation> {
     let w = ctx.bus.writer().await?;
@@ -254,6 +282,7 @@ async fn begin(ctx: &Ctx, request: &Request) -> ApiResult<Operation> {
         failed_step: Set(None),
         steps: Set(serde_json::json!([])),
         started_at: Set(Utc::now()),
+        actor: Set(ctx.actor.to_string()),
         finished_at: Set(None),
     }
     .insert(w.txn())
@@ -311,6 +340,7 @@ fn count_finished(op: &Operation) {
         operation = %op.id,
         kind = %op.kind,
         target = %format!("{} {}", op.target_type.as_str(), op.target_id),
+        actor = %op.actor,
         result = %op.status.as_str(),
         took_ms = took.num_milliseconds(),
         error_code = op.error_code.as_deref(),

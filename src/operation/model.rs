@@ -18,6 +18,8 @@ pub struct Model {
     /// The host steps taken (or planned), as `HostStep` JSON.
     pub steps: Json,
     pub started_at: DateTimeUtc,
+    /// Who asked: an API token's name, `local` without auth, `vman` for vman's own work.
+    pub actor: String,
     pub finished_at: Option<DateTimeUtc>,
 }
 

@@ -25,7 +25,17 @@ pub struct TestServer {
     pub url: String,
     pub ws_url: String,
     pub http: reqwest::Client,
+    /// The secret `post` sends as a bearer token (an admin's, with
+    /// [`TestServer::with_tokens`]).
+    pub token: Option<String>,
     _dir: tempfile::TempDir,
+}
+
+/// The secrets of one token per role.
+pub struct Tokens {
+    pub viewer: String,
+    pub operator: String,
+    pub admin: String,
 }
 
 impl TestServer {
@@ -52,20 +62,68 @@ impl TestServer {
             url: format!("http://{addr}/graphql"),
             ws_url: format!("ws://{addr}/graphql/ws"),
             http: reqwest::Client::new(),
+            token: None,
             _dir: dir,
         }
     }
 
-    /// POSTs a GraphQL request and returns the whole JSON response.
-    pub async fn post(&self, query: &str, variables: Value) -> Value {
-        let response = self
+    /// A server with `auth.mode = "token"` and a token of each role; `post`
+    /// and its helpers act as the admin.
+    pub async fn with_tokens(adjust: impl FnOnce(&mut Config)) -> (TestServer, Tokens) {
+        let mut server = Self::start_with(|config| {
+            config.auth.mode = vman::config::AuthMode::Token;
+            adjust(config);
+        })
+        .await;
+        let tokens = Tokens {
+            viewer: server.make_token("viewer", vman::auth::Role::Viewer).await,
+            operator: server
+                .make_token("operator", vman::auth::Role::Operator)
+                .await,
+            admin: server.make_token("admin", vman::auth::Role::Admin).await,
+        };
+        server.token = Some(tokens.admin.clone());
+        (server, tokens)
+    }
+
+    /// Makes a token as `vman token create` does; its secret.
+    pub async fn make_token(&self, name: &str, role: vman::auth::Role) -> String {
+        let new = vman::auth::token::NewToken {
+            name: name.into(),
+            role,
+            expires_in: None,
+        };
+        vman::auth::token::create_local(&self.app.ctx.db, &new)
+            .await
+            .expect("token made")
+            .1
+    }
+
+    /// POSTs a GraphQL request with `token` as the bearer (none: no header);
+    /// the status and the JSON body.
+    pub async fn post_as(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> (reqwest::StatusCode, Value) {
+        let mut request = self
             .http
             .post(&self.url)
-            .json(&json!({"query": query, "variables": variables}))
-            .send()
+            .json(&json!({"query": query, "variables": variables}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("POST /graphql");
+        let status = response.status();
+        (status, response.json().await.expect("JSON response"))
+    }
+
+    /// POSTs a GraphQL request and returns the whole JSON response.
+    pub async fn post(&self, query: &str, variables: Value) -> Value {
+        self.post_as(self.token.as_deref(), query, variables)
             .await
-            .expect("POST /graphql");
-        response.json().await.expect("JSON response")
+            .1
     }
 
     /// Runs an operation that must succeed and returns its `data`.
@@ -237,7 +295,30 @@ impl WsClient {
     }
 
     pub async fn connect_protocol(url: &str, protocol: &str) -> WsClient {
+        Self::connect_with(url, protocol, json!({})).await
+    }
+
+    /// Connects with `payload` in `connection_init` (`{"authorization": "Bearer …"}`).
+    pub async fn connect_with(url: &str, protocol: &str, payload: Value) -> WsClient {
+        let mut client = Self::open(url, protocol, &[]).await;
+        client
+            .send(json!({"type": "connection_init", "payload": payload}))
+            .await;
+        let ack = client.next_message().await;
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+        client
+    }
+
+    /// Opens the socket (with `headers` on the upgrade) and sends nothing.
+    pub async fn open(url: &str, protocol: &str, headers: &[(&str, &str)]) -> WsClient {
         let mut request = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             HeaderValue::from_str(protocol).unwrap(),
@@ -245,13 +326,7 @@ impl WsClient {
         let (socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("websocket connects");
-        let mut client = WsClient { socket };
-        client
-            .send(json!({"type": "connection_init", "payload": {}}))
-            .await;
-        let ack = client.next_message().await;
-        assert_eq!(ack["type"], "connection_ack", "{ack}");
-        client
+        WsClient { socket }
     }
 
     pub async fn send(&mut self, message: Value) {
@@ -300,6 +375,24 @@ impl WsClient {
 
     pub async fn close(mut self) {
         let _ = self.socket.close(None).await;
+    }
+
+    /// Waits for the server to close the socket; the close code and reason
+    /// (1005 when it closed without a code).
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("the socket closes within the wait");
+            match message {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (frame.code.into(), frame.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => panic!("websocket error instead of a close: {error}"),
+            }
+        }
     }
 }
 

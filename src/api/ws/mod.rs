@@ -56,6 +56,43 @@ use crate::config::WebsocketConfig;
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionInitPayload(pub serde_json::Map<String, serde_json::Value>);
 
+/// Who may hold a connection: decided at `connection_init`, from the
+/// upgrade request's `Authorization` header and the init payload.
+pub trait Gate: Send + Sync + 'static {
+    fn admit(
+        &self,
+        authorization: Option<String>,
+        payload: &serde_json::Map<String, serde_json::Value>,
+    ) -> futures_util::future::BoxFuture<'static, Result<Admitted, String>>;
+}
+
+/// A connection let in: the data its operations see, and what ends it
+/// (a revoked or expired token) while `hold` is kept for its life.
+pub struct Admitted {
+    pub data: Data,
+    pub ends: CancellationToken,
+    pub hold: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// Lets every connection in (tests, and schemas without auth).
+pub struct Open;
+
+impl Gate for Open {
+    fn admit(
+        &self,
+        _authorization: Option<String>,
+        _payload: &serde_json::Map<String, serde_json::Value>,
+    ) -> futures_util::future::BoxFuture<'static, Result<Admitted, String>> {
+        Box::pin(async {
+            Ok(Admitted {
+                data: Data::default(),
+                ends: CancellationToken::new(),
+                hold: Box::new(()),
+            })
+        })
+    }
+}
+
 /// How long one write to the socket, or one wait for room in the outgoing
 /// queue, may take before the client is deemed gone and the socket dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -79,6 +116,7 @@ mod close {
     pub const UNAUTHORIZED: u16 = 4401;
     pub const INIT_TIMEOUT: u16 = 4408;
     pub const SUBSCRIBER_EXISTS: u16 = 4409;
+    pub const FORBIDDEN: u16 = 4403;
     pub const TOO_MANY_INITS: u16 = 4429;
 }
 
@@ -91,12 +129,13 @@ pub fn lagged_total() -> u64 {
     LAGGED.load(Ordering::Relaxed)
 }
 
-/// The `/graphql/ws` route, for `executor` (the schema), closing every socket
-/// with 1001 when `cancel` fires.
+/// The `/graphql/ws` route, for `executor` (the schema), letting in what
+/// `gate` admits and closing every socket with 1001 when `cancel` fires.
 pub fn route<S, E>(
     executor: E,
     settings: WebsocketConfig,
     cancel: CancellationToken,
+    gate: Arc<dyn Gate>,
 ) -> MethodRouter<S>
 where
     S: Clone + Send + Sync + 'static,
@@ -106,10 +145,15 @@ where
         executor,
         settings,
         cancel,
+        gate,
     });
-    get(move |upgrade: WebSocketUpgrade| {
+    get(move |headers: http::HeaderMap, upgrade: WebSocketUpgrade| {
         let endpoint = endpoint.clone();
-        async move { endpoint.upgrade(upgrade) }
+        let authorization = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
+        async move { endpoint.upgrade(upgrade, authorization) }
     })
 }
 
@@ -117,10 +161,15 @@ struct Endpoint<E> {
     executor: E,
     settings: WebsocketConfig,
     cancel: CancellationToken,
+    gate: Arc<dyn Gate>,
 }
 
 impl<E: Executor> Endpoint<E> {
-    fn upgrade(self: Arc<Self>, upgrade: WebSocketUpgrade) -> HttpResponse {
+    fn upgrade(
+        self: Arc<Self>,
+        upgrade: WebSocketUpgrade,
+        authorization: Option<String>,
+    ) -> HttpResponse {
         let upgrade = upgrade
             .protocols(Protocol::NAMES)
             .max_message_size(MAX_MESSAGE_BYTES)
@@ -140,10 +189,15 @@ impl<E: Executor> Endpoint<E> {
         };
         upgrade
             .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
-            .on_upgrade(move |socket| self.serve(socket, protocol))
+            .on_upgrade(move |socket| self.serve(socket, protocol, authorization))
     }
 
-    async fn serve(self: Arc<Self>, socket: WebSocket, protocol: Protocol) {
+    async fn serve(
+        self: Arc<Self>,
+        socket: WebSocket,
+        protocol: Protocol,
+        authorization: Option<String>,
+    ) {
         let _connected = Live::new("vman_websocket_connections");
         let (sink, incoming) = socket.split();
         let (queue, queued) = mpsc::channel(self.settings.outgoing_buffer + CONTROL_HEADROOM);
@@ -153,7 +207,10 @@ impl<E: Executor> Endpoint<E> {
         let mut connection = Connection {
             endpoint: &self,
             protocol,
+            authorization,
             session: None,
+            ends: CancellationToken::new(),
+            _hold: None,
             queue,
             operations: StreamMap::new(),
             states: HashMap::new(),
@@ -275,8 +332,13 @@ struct Waiting {
 struct Connection<'a, E> {
     endpoint: &'a Endpoint<E>,
     protocol: Protocol,
+    /// The upgrade request's `Authorization` header, for the gate.
+    authorization: Option<String>,
     /// Set by `connection_init`: the data every operation sees.
     session: Option<Arc<Data>>,
+    /// Fires when the gate withdraws the admission (a revoked or expired token).
+    ends: CancellationToken,
+    _hold: Option<Box<dyn std::any::Any + Send + Sync>>,
     queue: mpsc::Sender<Message>,
     operations: StreamMap<String, BoxStream<'static, Item>>,
     states: HashMap<String, OperationState>,
@@ -298,6 +360,7 @@ impl<E: Executor> Connection<'_, E> {
         // Reserved permits borrow their sender; this one is not `self`'s.
         let queue = self.queue.clone();
         loop {
+            let ends = self.ends.clone();
             // Evaluated even when its branch is disabled, so never unwrapped.
             let lag_deadline = self
                 .waiting
@@ -309,6 +372,9 @@ impl<E: Executor> Connection<'_, E> {
                     return close_with(close::GOING_AWAY, "Server is shutting down");
                 }
                 _ = writer_gone.cancelled() => return None,
+                _ = ends.cancelled() => {
+                    return close_with(close::FORBIDDEN, "Forbidden: the token was revoked or has expired");
+                }
                 _ = &mut init_deadline, if self.session.is_none() => {
                     return close_with(close::INIT_TIMEOUT, "Connection initialisation timeout");
                 }
@@ -382,9 +448,29 @@ impl<E: Executor> Connection<'_, E> {
                         "Too many initialisation requests",
                     ));
                 }
-                let mut data = Data::default();
+                let admitted = match self
+                    .endpoint
+                    .gate
+                    .admit(self.authorization.take(), &payload)
+                    .await
+                {
+                    Ok(admitted) => admitted,
+                    Err(reason) => {
+                        if self.protocol == Protocol::LegacyWs {
+                            self.send(ServerMessage::ConnectionError { message: &reason })
+                                .await?;
+                        }
+                        return Err(close_with(
+                            close::FORBIDDEN,
+                            &format!("Forbidden: {reason}"),
+                        ));
+                    }
+                };
+                let mut data = admitted.data;
                 data.insert(ConnectionInitPayload(payload));
                 self.session = Some(Arc::new(data));
+                self.ends = admitted.ends;
+                self._hold = Some(admitted.hold);
                 self.send(ServerMessage::ConnectionAck).await?;
                 // Keepalives count from the acknowledgement; legacy clients
                 // also expect a first `ka` right after it.
@@ -658,6 +744,7 @@ mod tests {
                 schema,
                 crate::config::Config::default().websocket,
                 cancel.clone(),
+                Arc::new(Open),
             ),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -697,6 +697,7 @@ pub fn still_unclaimed(drifts: Vec<Drift>, now: &Rows, held: &HashSet<String>) -
             | SubjectType::Nic
             | SubjectType::Template
             | SubjectType::Image
+            | SubjectType::ApiToken
             | SubjectType::CoherenceIssue => {
                 exists.contains(f.subject_id.as_str())
                     || f.kind == CoherenceKind::DiskUnexpectedInQemu

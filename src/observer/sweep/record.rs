@@ -169,6 +169,7 @@ pub async fn record(
             | SubjectType::StorageFile
             | SubjectType::Template
             | SubjectType::Image
+            | SubjectType::ApiToken
             | SubjectType::CoherenceIssue => false,
         };
         if stale.contains(issue.vm_id.as_deref().unwrap_or_default()) && !gone {
