@@ -35,6 +35,7 @@ pub struct Config {
     pub limits: Limits,
     pub network: NetworkConfig,
     pub websocket: WebsocketConfig,
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -132,6 +133,24 @@ pub struct WebsocketConfig {
     pub lag_timeout: Duration,
 }
 
+/// Serving https and wss instead of http and ws: both files or neither.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file: the server's certificate, then any intermediate certificates.
+    pub cert: Option<PathBuf>,
+    /// PEM file: the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The certificate and key files when TLS is on (both are set once the
+    /// config is validated).
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert.as_deref()?, self.key.as_deref()?))
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -172,6 +191,7 @@ impl Default for Config {
                 outgoing_buffer: 256,
                 lag_timeout: Duration::from_secs(5),
             },
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -193,7 +213,15 @@ fn default_max_memory_mib() -> u64 {
 }
 
 /// Sections whose keys are joined with `_` in environment names.
-const SECTIONS: &[&str] = &["log", "observer", "qemu", "limits", "network", "websocket"];
+const SECTIONS: &[&str] = &[
+    "log",
+    "observer",
+    "qemu",
+    "limits",
+    "network",
+    "websocket",
+    "tls",
+];
 
 fn env_key_to_path(key: &str) -> String {
     let key = key.to_ascii_lowercase();
@@ -510,7 +538,48 @@ impl Config {
                 "must be between 10ms and 10m",
             ));
         }
+        match (&self.tls.cert, &self.tls.key) {
+            (None, None) => {}
+            (Some(cert), None) => {
+                return Err(bad(
+                    "tls.cert",
+                    cert,
+                    "is set but tls.key is not: set both or neither",
+                ));
+            }
+            (None, Some(key)) => {
+                return Err(bad(
+                    "tls.key",
+                    key,
+                    "is set but tls.cert is not: set both or neither",
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::tls::load(cert, key) {
+                    return Err(bad(e.key, &e.path, &e.reason));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Whether vman serves TLS: `https` (and `wss`) with `[tls]` set, else
+    /// `http` (and `ws`).
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.files().is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The websocket scheme that goes with [`Config::scheme`]: `wss` or `ws`.
+    pub fn ws_scheme(&self) -> &'static str {
+        if self.tls.files().is_some() {
+            "wss"
+        } else {
+            "ws"
+        }
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -793,6 +862,12 @@ mod validation_tests {
             ("websocket.lag_timeout", |c| {
                 c.websocket.lag_timeout = Duration::from_secs(601)
             }),
+            ("tls.cert", |c| c.tls.cert = Some("cert.pem".into())),
+            ("tls.key", |c| c.tls.key = Some("key.pem".into())),
+            ("tls.cert", |c| {
+                c.tls.cert = Some("/nonexistent/cert.pem".into());
+                c.tls.key = Some("/nonexistent/key.pem".into());
+            }),
         ];
         assert!(Config::default().validate().is_ok());
         for (key, break_it) in cases {
@@ -839,6 +914,15 @@ mod validation_tests {
             ["/d", "/d/storage", "/d/storage/images", "/d/run", "/d/logs"].map(PathBuf::from)
         );
         assert_eq!(config.bridge_name(42), "vmbr42");
+        assert_eq!((config.scheme(), config.ws_scheme()), ("http", "ws"));
+        let tls = Config {
+            tls: TlsConfig {
+                cert: Some("c.pem".into()),
+                key: Some("k.pem".into()),
+            },
+            ..config.clone()
+        };
+        assert_eq!((tls.scheme(), tls.ws_scheme()), ("https", "wss"));
         let config = Config {
             import_dir: Some("/elsewhere".into()),
             ..config
@@ -877,6 +961,7 @@ mod validation_tests {
             env_key_to_path("WEBSOCKET_LAG_TIMEOUT"),
             "websocket.lag_timeout"
         );
+        assert_eq!(env_key_to_path("TLS_CERT"), "tls.cert");
         assert_eq!(env_key_to_path("DATA_DIR"), "data_dir");
         assert_eq!(env_key_to_path("DRY_RUN"), "dry_run");
         // A section name without `_` after it is a top-level key.

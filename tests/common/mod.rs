@@ -5,6 +5,7 @@
 
 pub mod failing;
 pub mod netns;
+pub mod tls;
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
+    Connector, MaybeTlsStream, WebSocketStream,
     tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
 };
 use vman::{app::App, config::Config};
@@ -25,6 +26,8 @@ pub struct TestServer {
     pub url: String,
     pub ws_url: String,
     pub http: reqwest::Client,
+    /// The `serve_on` task: it ends once `app.ctx.cancel` fires.
+    pub serving: tokio::task::JoinHandle<std::io::Result<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -46,14 +49,24 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(vman::server::serve_on(app.clone(), listener));
+        let (http, ws) = (app.ctx.config.scheme(), app.ctx.config.ws_scheme());
+        let serving = tokio::spawn(vman::server::serve_on(app.clone(), listener));
         TestServer {
             app,
-            url: format!("http://{addr}/graphql"),
-            ws_url: format!("ws://{addr}/graphql/ws"),
+            url: format!("{http}://{addr}/graphql"),
+            ws_url: format!("{ws}://{addr}/graphql/ws"),
             http: reqwest::Client::new(),
+            serving,
             _dir: dir,
         }
+    }
+
+    /// A server that serves https and wss with `ca`'s server certificate;
+    /// its `http` client trusts `ca` and no other root.
+    pub async fn start_tls(ca: &tls::TestCa) -> TestServer {
+        let mut server = Self::start_with(|c| ca.configure(c)).await;
+        server.http = ca.http_client();
+        server
     }
 
     /// POSTs a GraphQL request and returns the whole JSON response.
@@ -237,14 +250,24 @@ impl WsClient {
     }
 
     pub async fn connect_protocol(url: &str, protocol: &str) -> WsClient {
+        Self::connect_with(url, protocol, None).await
+    }
+
+    /// A graphql-transport-ws client over wss that trusts what `tls` trusts.
+    pub async fn connect_tls(url: &str, tls: std::sync::Arc<rustls::ClientConfig>) -> WsClient {
+        Self::connect_with(url, "graphql-transport-ws", Some(Connector::Rustls(tls))).await
+    }
+
+    async fn connect_with(url: &str, protocol: &str, connector: Option<Connector>) -> WsClient {
         let mut request = url.into_client_request().unwrap();
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             HeaderValue::from_str(protocol).unwrap(),
         );
-        let (socket, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("websocket connects");
+        let (socket, _) =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+                .await
+                .expect("websocket connects");
         let mut client = WsClient { socket };
         client
             .send(json!({"type": "connection_init", "payload": {}}))
@@ -296,6 +319,20 @@ impl WsClient {
         assert_eq!(message["id"], id, "{message}");
         assert!(message["payload"].get("errors").is_none(), "{message}");
         message["payload"]["data"].clone()
+    }
+
+    /// Reads until the server's close frame and returns its code.
+    pub async fn closed(&mut self) -> u16 {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("a websocket message within the wait")
+                .expect("a close frame before the socket ends")
+                .expect("websocket message");
+            if let Message::Close(frame) = message {
+                return frame.expect("a close frame with a code").code.into();
+            }
+        }
     }
 
     pub async fn close(mut self) {
