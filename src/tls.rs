@@ -77,6 +77,10 @@ pub fn load(cert: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsFileEr
                 "tls.key",
                 "does not match the certificate in tls.cert".into(),
             ),
+            rustls::Error::InvalidCertificate(e) => bad(
+                "tls.cert",
+                format!("its first certificate is not a valid X.509 certificate: {e}"),
+            ),
             e => bad("tls.key", format!("cannot be used with tls.cert: {e}")),
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -157,5 +161,48 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         Ok(self.local_addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each file's fault is put on its own key.
+    #[test]
+    fn each_fault_names_the_file_it_is_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let cert = write("cert.pem", &params.self_signed(&key).unwrap().pem());
+        let key_file = write("key.pem", &key.serialize_pem());
+        load(&cert, &key_file).expect("a matching certificate and key");
+
+        let junk = write(
+            "junk.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        );
+        let other_key = write(
+            "other.pem",
+            &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        );
+        let cases = [
+            (&junk, &key_file, "tls.cert", "not a valid X.509"),
+            (&cert, &other_key, "tls.key", "does not match"),
+            (&cert, &cert, "tls.key", "no PEM private key"),
+            (&key_file, &key_file, "tls.cert", "no PEM certificate"),
+        ];
+        for (cert, key, named, reason) in cases {
+            let e = load(cert, key).expect_err(reason);
+            assert_eq!(e.key, named, "{e}");
+            assert!(e.reason.contains(reason), "{e}");
+            let path = if named == "tls.cert" { cert } else { key };
+            assert_eq!(&e.path, path, "{e}");
+        }
     }
 }
