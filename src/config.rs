@@ -38,6 +38,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub http: HttpConfig,
     pub metrics: MetricsConfig,
+    pub tls: TlsConfig,
 }
 
 /// Who may use the API (see `auth`).
@@ -176,6 +177,24 @@ pub struct WebsocketConfig {
     pub allowed_origins: Vec<String>,
 }
 
+/// Serving https and wss instead of http and ws: both files or neither.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file: the server's certificate, then any intermediate certificates.
+    pub cert: Option<PathBuf>,
+    /// PEM file: the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The certificate and key files when TLS is on (both are set once the
+    /// config is validated).
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert.as_deref()?, self.key.as_deref()?))
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -226,6 +245,7 @@ impl Default for Config {
                 cors_origins: Vec::new(),
             },
             metrics: MetricsConfig { public: false },
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -270,6 +290,7 @@ const SECTIONS: &[&str] = &[
     "auth",
     "http",
     "metrics",
+    "tls",
 ];
 
 fn env_key_to_path(key: &str) -> String {
@@ -606,6 +627,28 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        match (&self.tls.cert, &self.tls.key) {
+            (None, None) => {}
+            (Some(cert), None) => {
+                return Err(bad(
+                    "tls.cert",
+                    cert,
+                    "is set but tls.key is not: set both or neither",
+                ));
+            }
+            (None, Some(key)) => {
+                return Err(bad(
+                    "tls.key",
+                    key,
+                    "is set but tls.cert is not: set both or neither",
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::tls::load(cert, key) {
+                    return Err(bad(e.key, &e.path, &e.reason));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -624,6 +667,25 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// Whether vman serves TLS: `https` (and `wss`) with `[tls]` set, else
+    /// `http` (and `ws`).
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.files().is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The websocket scheme that goes with [`Config::scheme`]: `wss` or `ws`.
+    pub fn ws_scheme(&self) -> &'static str {
+        if self.tls.files().is_some() {
+            "wss"
+        } else {
+            "ws"
+        }
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -907,6 +969,12 @@ mod validation_tests {
             ("websocket.lag_timeout", |c| {
                 c.websocket.lag_timeout = Duration::from_secs(601)
             }),
+            ("tls.cert", |c| c.tls.cert = Some("cert.pem".into())),
+            ("tls.key", |c| c.tls.key = Some("key.pem".into())),
+            ("tls.cert", |c| {
+                c.tls.cert = Some("/nonexistent/cert.pem".into());
+                c.tls.key = Some("/nonexistent/key.pem".into());
+            }),
         ];
         assert!(Config::default().validate().is_ok());
         for (key, break_it) in cases {
@@ -953,6 +1021,15 @@ mod validation_tests {
             ["/d", "/d/storage", "/d/storage/images", "/d/run", "/d/logs"].map(PathBuf::from)
         );
         assert_eq!(config.bridge_name(42), "vmbr42");
+        assert_eq!((config.scheme(), config.ws_scheme()), ("http", "ws"));
+        let tls = Config {
+            tls: TlsConfig {
+                cert: Some("c.pem".into()),
+                key: Some("k.pem".into()),
+            },
+            ..config.clone()
+        };
+        assert_eq!((tls.scheme(), tls.ws_scheme()), ("https", "wss"));
         let config = Config {
             import_dir: Some("/elsewhere".into()),
             ..config
@@ -991,6 +1068,7 @@ mod validation_tests {
             env_key_to_path("WEBSOCKET_LAG_TIMEOUT"),
             "websocket.lag_timeout"
         );
+        assert_eq!(env_key_to_path("TLS_CERT"), "tls.cert");
         assert_eq!(env_key_to_path("DATA_DIR"), "data_dir");
         assert_eq!(env_key_to_path("DRY_RUN"), "dry_run");
         // A section name without `_` after it is a top-level key.

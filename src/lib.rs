@@ -24,5 +24,6 @@ pub mod playground;
 pub mod server;
 pub mod telemetry;
 pub mod template;
+pub mod tls;
 pub mod validate;
 pub mod vm;

@@ -33,7 +33,7 @@ struct Shared {
 pub fn router(app: Arc<App>) -> Router {
     let config = &app.ctx.config;
     let schema = api::schema(app.clone());
-    let browsers = Browsers::new(config, "http");
+    let browsers = Browsers::new(config, config.scheme());
     let ws = api::ws::route(
         schema.clone(),
         config.websocket.clone(),
@@ -160,23 +160,40 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr) -> std::io::Result<()> {
     serve_on(app, tokio::net::TcpListener::bind(listen).await?).await
 }
 
-/// Serves on a bound listener until `app.cancel` fires.
+/// Serves on a bound listener until `app.cancel` fires: TLS (https, wss) when
+/// the config has `[tls]`, plain http and ws otherwise.
 pub async fn serve_on(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let at = listener.local_addr()?;
-    let config = &app.ctx.config;
+    let config = app.ctx.config.clone();
+    let tls = match config.tls.files() {
+        Some((cert, key)) => Some(crate::tls::load(cert, key).map_err(std::io::Error::other)?),
+        None => None,
+    };
+    let (http, ws) = (config.scheme(), config.ws_scheme());
     tracing::info!(
-        playground = %format!("http://{at}/"),
-        graphql = %format!("http://{at}/graphql"),
-        websocket = %format!("ws://{at}/graphql/ws"),
-        metrics = %format!("http://{at}/metrics"),
+        playground = %format!("{http}://{at}/"),
+        graphql = %format!("{http}://{at}/graphql"),
+        websocket = %format!("{ws}://{at}/graphql/ws"),
+        metrics = %format!("{http}://{at}/metrics"),
         data_dir = %config.data_dir.display(),
         dry_run = config.dry_run,
         "vman is serving"
     );
     let cancel = app.ctx.cancel.clone();
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    let shutdown = async move { cancel.cancelled().await };
+    let router = router(app);
+    match tls {
+        Some(tls) => {
+            axum::serve(crate::tls::TlsListener::new(listener, tls)?, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 /// What `/metrics` mirrors of the database, asked of the services that own it.

@@ -5,6 +5,7 @@
 
 pub mod failing;
 pub mod netns;
+pub mod tls;
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
+    Connector, MaybeTlsStream, WebSocketStream,
     tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
 };
 use vman::{app::App, config::Config};
@@ -28,6 +29,8 @@ pub struct TestServer {
     /// The secret `post` sends as a bearer token (an admin's, with
     /// [`TestServer::with_tokens`]).
     pub token: Option<String>,
+    /// The `serve_on` task: it ends once `app.ctx.cancel` fires.
+    pub serving: tokio::task::JoinHandle<std::io::Result<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -56,15 +59,25 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(vman::server::serve_on(app.clone(), listener));
+        let (http, ws) = (app.ctx.config.scheme(), app.ctx.config.ws_scheme());
+        let serving = tokio::spawn(vman::server::serve_on(app.clone(), listener));
         TestServer {
             app,
-            url: format!("http://{addr}/graphql"),
-            ws_url: format!("ws://{addr}/graphql/ws"),
+            url: format!("{http}://{addr}/graphql"),
+            ws_url: format!("{ws}://{addr}/graphql/ws"),
             http: reqwest::Client::new(),
             token: None,
+            serving,
             _dir: dir,
         }
+    }
+
+    /// A server that serves https and wss with `ca`'s server certificate;
+    /// its `http` client trusts `ca` and no other root.
+    pub async fn start_tls(ca: &tls::TestCa) -> TestServer {
+        let mut server = Self::start_with(|c| ca.configure(c)).await;
+        server.http = ca.http_client();
+        server
     }
 
     /// A server with `auth.mode = "token"` and a token of each role; `post`
@@ -298,19 +311,42 @@ impl WsClient {
         Self::connect_with(url, protocol, json!({})).await
     }
 
+    /// A graphql-transport-ws client over wss that trusts what `tls` trusts.
+    pub async fn connect_tls(url: &str, tls: std::sync::Arc<rustls::ClientConfig>) -> WsClient {
+        let client = Self::open_with(
+            url,
+            "graphql-transport-ws",
+            &[],
+            Some(Connector::Rustls(tls)),
+        )
+        .await;
+        client.init(json!({})).await
+    }
+
     /// Connects with `payload` in `connection_init` (`{"authorization": "Bearer …"}`).
     pub async fn connect_with(url: &str, protocol: &str, payload: Value) -> WsClient {
-        let mut client = Self::open(url, protocol, &[]).await;
-        client
-            .send(json!({"type": "connection_init", "payload": payload}))
+        Self::open(url, protocol, &[]).await.init(payload).await
+    }
+
+    async fn init(mut self, payload: Value) -> WsClient {
+        self.send(json!({"type": "connection_init", "payload": payload}))
             .await;
-        let ack = client.next_message().await;
+        let ack = self.next_message().await;
         assert_eq!(ack["type"], "connection_ack", "{ack}");
-        client
+        self
     }
 
     /// Opens the socket (with `headers` on the upgrade) and sends nothing.
     pub async fn open(url: &str, protocol: &str, headers: &[(&str, &str)]) -> WsClient {
+        Self::open_with(url, protocol, headers, None).await
+    }
+
+    async fn open_with(
+        url: &str,
+        protocol: &str,
+        headers: &[(&str, &str)],
+        connector: Option<Connector>,
+    ) -> WsClient {
         let mut request = url.into_client_request().unwrap();
         for (name, value) in headers {
             request.headers_mut().insert(
@@ -323,9 +359,10 @@ impl WsClient {
             "Sec-WebSocket-Protocol",
             HeaderValue::from_str(protocol).unwrap(),
         );
-        let (socket, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("websocket connects");
+        let (socket, _) =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+                .await
+                .expect("websocket connects");
         WsClient { socket }
     }
 

@@ -2,6 +2,11 @@
 //
 //   node tests/js/clients.mjs http://127.0.0.1:PORT/graphql ws://127.0.0.1:PORT/graphql/ws
 //
+// or, against a vman that serves TLS with a certificate from a CA of its own:
+//
+//   NODE_EXTRA_CA_CERTS=ca.pem node tests/js/clients.mjs \
+//     https://127.0.0.1:PORT/graphql wss://127.0.0.1:PORT/graphql/ws
+//
 // - `graphql-ws` (createClient, with `ws` as the WebSocket): the query, the
 //   mutations and the subscription all go over the websocket
 //   (graphql-transport-ws).
