@@ -239,9 +239,8 @@ impl Auth {
             return Ok(());
         };
         rate.check_key(token_id).map_err(|not_until| {
-            Refusal::RateLimited(not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            )))
+            use governor::clock::Clock;
+            Refusal::RateLimited(not_until.wait_time_from(rate.clock().now()))
         })
     }
 
