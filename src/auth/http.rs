@@ -135,10 +135,9 @@ impl Browsers {
         let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
             return false;
         };
-        origin
-            .strip_prefix(self.scheme)
-            .and_then(|rest| rest.strip_prefix("://"))
-            .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+        origin.split_once("://").is_some_and(|(scheme, rest)| {
+            scheme.eq_ignore_ascii_case(self.scheme) && rest.eq_ignore_ascii_case(host)
+        })
     }
 
     /// Refuses a browser page of a foreign origin: an `Origin` header that is
@@ -243,6 +242,36 @@ pub fn principal_of(request: &Request) -> Option<Principal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_origin_is_the_scheme_served_and_the_host_asked_for() {
+        let mut config = Config::default();
+        let headers = |host: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            headers
+        };
+        config.websocket.allowed_origins = vec!["https://dash.example".into()];
+        let browsers = Browsers::new(&config, "https");
+        let allowed = browsers.websocket_origins.clone();
+        let h = headers("vman.example:8443");
+        assert!(browsers.is_own("https://vman.example:8443", &h));
+        assert!(browsers.is_own("HTTPS://VMAN.example:8443", &h));
+        assert!(!browsers.is_own("http://vman.example:8443", &h));
+        assert!(!browsers.is_own("https://vman.example", &h));
+        assert!(browsers.foreign_origin(&h, &allowed).is_none());
+        let mut foreign = h.clone();
+        foreign.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(browsers.foreign_origin(&foreign, &allowed).is_some());
+        foreign.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://dash.example"),
+        );
+        assert!(browsers.foreign_origin(&foreign, &allowed).is_none());
+    }
 
     #[test]
     fn loopback_hosts() {
