@@ -19,6 +19,11 @@ pub enum Payload {
     TemplateDeleted {
         name: String,
     },
+    TemplateUpdated {
+        name: String,
+        /// Fields that changed (`name`, `vcpus`, …).
+        changed: Vec<String>,
+    },
     VmCreated {
         name: String,
         template_id: Option<String>,
@@ -26,6 +31,13 @@ pub enum Payload {
     VmDeleted {
         name: String,
         deleted_disks: bool,
+    },
+    VmUpdated {
+        name: String,
+        /// Fields that changed now (`name`, `vcpus`, `tags`, …).
+        changed: Vec<String>,
+        /// Fields whose new values wait for the next start.
+        pending: Vec<String>,
     },
     VmStateChanged {
         from: VmState,
@@ -101,8 +113,10 @@ impl Payload {
         match self {
             Payload::TemplateCreated { .. } => EventKind::TemplateCreated,
             Payload::TemplateDeleted { .. } => EventKind::TemplateDeleted,
+            Payload::TemplateUpdated { .. } => EventKind::TemplateUpdated,
             Payload::VmCreated { .. } => EventKind::VmCreated,
             Payload::VmDeleted { .. } => EventKind::VmDeleted,
+            Payload::VmUpdated { .. } => EventKind::VmUpdated,
             Payload::VmStateChanged { .. } => EventKind::VmStateChanged,
             Payload::DiskCreated { .. } => EventKind::DiskCreated,
             Payload::DiskAttached { .. } => EventKind::DiskAttached,
@@ -123,11 +137,12 @@ impl Payload {
     /// What the event is about.
     pub fn subject(&self) -> SubjectType {
         match self {
-            Payload::TemplateCreated { .. } | Payload::TemplateDeleted { .. } => {
-                SubjectType::Template
-            }
+            Payload::TemplateCreated { .. }
+            | Payload::TemplateDeleted { .. }
+            | Payload::TemplateUpdated { .. } => SubjectType::Template,
             Payload::VmCreated { .. }
             | Payload::VmDeleted { .. }
+            | Payload::VmUpdated { .. }
             | Payload::VmStateChanged { .. } => SubjectType::Vm,
             Payload::DiskCreated { .. }
             | Payload::DiskAttached { .. }

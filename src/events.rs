@@ -68,12 +68,20 @@ pub enum EventKind {
     /// A template was deleted.
     #[sea_orm(string_value = "TEMPLATE_DELETED")]
     TemplateDeleted,
+    /// A template's settings changed (`changed` names the fields).
+    #[sea_orm(string_value = "TEMPLATE_UPDATED")]
+    TemplateUpdated,
     /// A VM was created.
     #[sea_orm(string_value = "VM_CREATED")]
     VmCreated,
     /// A VM was deleted.
     #[sea_orm(string_value = "VM_DELETED")]
     VmDeleted,
+    /// A VM's settings changed (`updateVm`), or changes that waited for its
+    /// start were applied; `changed` names the fields, `pending` those that
+    /// wait for the next start.
+    #[sea_orm(string_value = "VM_UPDATED")]
+    VmUpdated,
     /// A VM moved from one state to another (as `vmStateChanged` sends).
     #[sea_orm(string_value = "VM_STATE_CHANGED")]
     VmStateChanged,

@@ -29,6 +29,21 @@ fn mutations() -> Vec<(&'static str, &'static str, &'static str)> {
         ("resumeVm", "operator", "resumeVm(id: $id) { vm { id } }"),
         ("deleteVm", "operator", "deleteVm(id: $id) { vm { id } }"),
         (
+            "updateVm",
+            "operator",
+            "updateVm(id: $id, input: {vcpus: 1}) { vm { id } }",
+        ),
+        (
+            "clearPendingChanges",
+            "operator",
+            "clearPendingChanges(id: $id) { vm { id } }",
+        ),
+        (
+            "updateTemplate",
+            "admin",
+            "updateTemplate(id: $id, input: {vcpus: 1}) { template { id } }",
+        ),
+        (
             "createDisk",
             "operator",
             r#"createDisk(input: {name: "d", sizeBytes: 1048576, format: QCOW2}) { disk { id } }"#,

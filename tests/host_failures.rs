@@ -245,6 +245,8 @@ fn create_vm(name: &str) -> CreateVm {
         vcpus: None,
         memory_mib: None,
         disk_size_bytes: None,
+        description: None,
+        tags: None,
     }
 }
 

@@ -54,19 +54,73 @@ where
     if let Some(after) = after {
         select = select.filter(order.gt(after));
     }
-    let mut rows = select.limit(first + 1).all(db).await?;
+    let rows = select.limit(first + 1).all(db).await?;
+    Ok(connection(rows, first, has_after, total_count, |row| {
+        Edge::new(cursor(&row), node(row))
+    }))
+}
+
+/// The connection of `rows` (one more than a page when there is a next page).
+fn connection<M, N: OutputType>(
+    mut rows: Vec<M>,
+    first: u64,
+    has_after: bool,
+    total_count: u64,
+    edge: impl Fn(M) -> Edge<String, N, EmptyFields>,
+) -> Page<N> {
     let has_next = rows.len() as u64 > first;
     rows.truncate(first as usize);
     let mut connection =
         Connection::with_additional_fields(has_after, has_next, Totals { total_count });
-    connection.edges.extend(
-        rows.into_iter()
-            .map(|row| Edge::new(cursor(&row), node(row))),
-    );
-    Ok(connection)
+    connection.edges.extend(rows.into_iter().map(edge));
+    connection
 }
 
 /// Parses an ID-valued cursor.
 pub fn id_cursor(after: Option<String>) -> ApiResult<Option<String>> {
     after.map(|a| crate::validate::id("after", &a)).transpose()
+}
+
+/// One page of `select` ordered by a key that is not unique and then by a
+/// unique column (`(state, id)`); the cursor holds both, opaque to clients
+/// (base64url of a JSON pair).
+pub async fn page_by_key<E, N>(
+    db: &DatabaseConnection,
+    select: Select<E>,
+    (key, unique): (E::Column, E::Column),
+    after: Option<String>,
+    first: Option<i32>,
+    cursor: impl Fn(&E::Model) -> (String, String),
+    node: impl Fn(E::Model) -> N,
+) -> ApiResult<Page<N>>
+where
+    E: EntityTrait,
+    E::Model: Sync,
+    N: OutputType,
+{
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    use sea_orm::Condition;
+    let first = self::first(first)?;
+    let total_count = select.clone().count(db).await?;
+    let has_after = after.is_some();
+    let mut select = select.order_by_asc(key).order_by_asc(unique);
+    if let Some(after) = after {
+        let (k, u): (String, String) = URL_SAFE_NO_PAD
+            .decode(after.as_bytes())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| {
+                ApiError::bad_input("after is not a cursor of this list in this order")
+            })?;
+        select = select.filter(
+            Condition::any()
+                .add(key.gt(k.clone()))
+                .add(Condition::all().add(key.eq(k)).add(unique.gt(u))),
+        );
+    }
+    let rows = select.limit(first + 1).all(db).await?;
+    Ok(connection(rows, first, has_after, total_count, |row| {
+        let pair = serde_json::to_vec(&cursor(&row)).unwrap_or_default();
+        Edge::new(URL_SAFE_NO_PAD.encode(pair), node(row))
+    }))
 }

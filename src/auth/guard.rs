@@ -24,6 +24,8 @@ pub const MUTATIONS: &[(&str, Role)] = &[
     ("pauseVm", Role::Operator),
     ("resumeVm", Role::Operator),
     ("deleteVm", Role::Operator),
+    ("updateVm", Role::Operator),
+    ("clearPendingChanges", Role::Operator),
     ("createDisk", Role::Operator),
     ("attachDisk", Role::Operator),
     ("detachDisk", Role::Operator),
@@ -34,6 +36,7 @@ pub const MUTATIONS: &[(&str, Role)] = &[
     // What many VMs share, who may use the API, and the host's coherence.
     ("createTemplate", Role::Admin),
     ("deleteTemplate", Role::Admin),
+    ("updateTemplate", Role::Admin),
     ("importImage", Role::Admin),
     ("deleteImage", Role::Admin),
     ("createNetwork", Role::Admin),

@@ -19,6 +19,9 @@ pub enum OperationKind {
     /// `deleteTemplate`.
     #[sea_orm(string_value = "DELETE_TEMPLATE")]
     DeleteTemplate,
+    /// `updateTemplate`.
+    #[sea_orm(string_value = "UPDATE_TEMPLATE")]
+    UpdateTemplate,
     /// `createVm`: the VM row and, when asked for, its root disk.
     #[sea_orm(string_value = "CREATE_VM")]
     CreateVm,
@@ -40,6 +43,9 @@ pub enum OperationKind {
     /// `deleteVm`.
     #[sea_orm(string_value = "DELETE_VM")]
     DeleteVm,
+    /// `updateVm`, `clearPendingChanges`.
+    #[sea_orm(string_value = "UPDATE_VM")]
+    UpdateVm,
     /// `createDisk`.
     #[sea_orm(string_value = "CREATE_DISK")]
     CreateDisk,
@@ -91,6 +97,7 @@ impl OperationKind {
         match self {
             OperationKind::CreateTemplate => "CREATE_TEMPLATE",
             OperationKind::DeleteTemplate => "DELETE_TEMPLATE",
+            OperationKind::UpdateTemplate => "UPDATE_TEMPLATE",
             OperationKind::CreateVm => "CREATE_VM",
             OperationKind::StartVm => "START_VM",
             OperationKind::StopVm => "STOP_VM",
@@ -98,6 +105,7 @@ impl OperationKind {
             OperationKind::PauseVm => "PAUSE_VM",
             OperationKind::ResumeVm => "RESUME_VM",
             OperationKind::DeleteVm => "DELETE_VM",
+            OperationKind::UpdateVm => "UPDATE_VM",
             OperationKind::CreateDisk => "CREATE_DISK",
             OperationKind::AttachDisk => "ATTACH_DISK",
             OperationKind::DetachDisk => "DETACH_DISK",

@@ -106,6 +106,23 @@ pub struct CreateTemplateInput {
     pub default_disk_size_bytes: Option<api::Bytes>,
 }
 
+/// What to change on a template; what is left out stays as it is.
+#[derive(InputObject)]
+pub struct UpdateTemplateInput {
+    /// A new name (the rules of `createTemplate`).
+    pub name: Option<String>,
+    /// A new description.
+    pub description: Option<String>,
+    /// The CPU count VMs made from now on get.
+    pub vcpus: Option<i32>,
+    /// The memory VMs made from now on get, in MiB.
+    pub memory_mib: Option<i64>,
+    /// A new kernel command line (a template with a kernel only).
+    pub cmdline: Option<String>,
+    /// The root disk size VMs made from now on get.
+    pub default_disk_size_bytes: Option<api::Bytes>,
+}
+
 /// The result of a template mutation.
 #[derive(SimpleObject)]
 pub struct TemplatePayload {
@@ -200,6 +217,28 @@ impl TemplateMutation {
         .await
         .gql()?;
         Ok(template.into())
+    }
+
+    /// Changes a template at once. VMs already made from it keep their own
+    /// settings; VMs made later get the new ones. Its images cannot change.
+    async fn update_template(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The template's ID.")] id: ID,
+        #[graphql(desc = "What to change; what is left out stays.")] input: UpdateTemplateInput,
+    ) -> async_graphql::Result<TemplatePayload> {
+        let input = super::UpdateTemplate {
+            name: input.name,
+            description: input.description,
+            vcpus: input.vcpus,
+            memory_mib: input.memory_mib,
+            cmdline: input.cmdline,
+            default_disk_size_bytes: input.default_disk_size_bytes.map(|b| b.0),
+        };
+        Ok(super::update(api::services(ctx), &id, input)
+            .await
+            .gql()?
+            .into())
     }
 
     /// Fails with CONFLICT while VMs or disks are made from it.

@@ -145,6 +145,107 @@ pub async fn delete(app: &Ctx, id: &str) -> ApiResult<Change<Template>> {
     .await
 }
 
+/// What `updateTemplate` may change; `None` leaves a field as it is. Its
+/// images are not among them: disks already made are overlays of the base
+/// image it names.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateTemplate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub vcpus: Option<i32>,
+    pub memory_mib: Option<i64>,
+    pub cmdline: Option<String>,
+    pub default_disk_size_bytes: Option<i64>,
+}
+
+/// `updateTemplate`: applies at once. VMs already made from the template
+/// keep their own settings; VMs made later get the new ones.
+pub async fn update(app: &Ctx, id: &str, input: UpdateTemplate) -> ApiResult<Change<Template>> {
+    let id = validate::id("id", id)?;
+    let limits = &app.config.limits;
+    if let Some(name) = &input.name {
+        validate::name("name", name)?;
+    }
+    if let Some(description) = &input.description {
+        validate::text("description", description, 4096)?;
+    }
+    if let Some(vcpus) = input.vcpus {
+        validate::vcpus(limits, vcpus)?;
+    }
+    if let Some(memory_mib) = input.memory_mib {
+        validate::memory_mib(limits, memory_mib)?;
+    }
+    if let Some(size) = input.default_disk_size_bytes {
+        validate::size_bytes(limits, "defaultDiskSizeBytes", size)?;
+    }
+    if let Some(cmdline) = &input.cmdline {
+        validate::cmdline(cmdline)?;
+    }
+    let template = find_in::<model::Entity, _>(&app.db, "template", &id).await?;
+    if input.cmdline.is_some() && template.kernel_image_id.is_none() {
+        return Err(ApiError::bad_input(
+            "cmdline needs a template with a kernel",
+        ));
+    }
+    let renamed = input.name.as_ref().filter(|name| **name != template.name);
+    if let Some(name) = renamed {
+        ensure_name_free(&app.db, name).await?;
+    }
+    let request = Request::new(OperationKind::UpdateTemplate, SubjectType::Template, &id);
+    operation::run(app, request, async |env| {
+        env.commit(async |w, op| {
+            use sea_orm::IntoActiveModel;
+            let mut row = template.clone().into_active_model();
+            let mut changed = Vec::new();
+            if let Some(name) = renamed {
+                ensure_name_free(w.txn(), name).await?;
+                row.name = Set(name.clone());
+                changed.push("name");
+            }
+            if let Some(v) = input
+                .description
+                .clone()
+                .filter(|v| *v != template.description)
+            {
+                row.description = Set(v);
+                changed.push("description");
+            }
+            if let Some(v) = input.vcpus.filter(|v| *v != template.vcpus) {
+                row.vcpus = Set(v);
+                changed.push("vcpus");
+            }
+            if let Some(v) = input.memory_mib.filter(|v| *v != template.memory_mib) {
+                row.memory_mib = Set(v);
+                changed.push("memoryMib");
+            }
+            if input.cmdline.is_some() && input.cmdline != template.cmdline {
+                row.cmdline = Set(input.cmdline.clone());
+                changed.push("cmdline");
+            }
+            if input.default_disk_size_bytes.is_some()
+                && input.default_disk_size_bytes != template.default_disk_size_bytes
+            {
+                row.default_disk_size_bytes = Set(input.default_disk_size_bytes);
+                changed.push("defaultDiskSizeBytes");
+            }
+            row.updated_at = Set(Utc::now());
+            let updated = row.update(w.txn()).await?;
+            w.record(NewEvent::new(
+                &updated.id,
+                Some(op),
+                Payload::TemplateUpdated {
+                    name: updated.name.clone(),
+                    changed: changed.into_iter().map(str::to_string).collect(),
+                },
+            ))
+            .await?;
+            Ok(updated)
+        })
+        .await
+    })
+    .await
+}
+
 async fn ensure_name_free(db: &impl ConnectionTrait, name: &str) -> ApiResult<()> {
     crate::db::ensure_free::<model::Entity>(db, model::Column::Name, name, "a template").await
 }

@@ -5,7 +5,7 @@ use super::{CreateVm, Lifecycle, Vm, VmState, model};
 use crate::{
     api::{
         self, PlanStep,
-        pagination::{Page, id_cursor, page},
+        pagination::{Page, id_cursor, page, page_by_key},
     },
     disk::graphql::DiskObject,
     error::{ApiError, ResultExt},
@@ -89,6 +89,25 @@ impl VmObject {
             .gql()?;
         Ok(nics.into_iter().map(NicObject).collect())
     }
+    /// Free text; empty when none was given.
+    async fn description(&self) -> &str {
+        &self.0.description
+    }
+    /// Its tags, sorted.
+    async fn tags(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
+        super::update::tags(&api::services(ctx).db, &self.0)
+            .await
+            .gql()
+    }
+    /// Changes waiting for its next start; null when none wait.
+    /// `clearPendingChanges` drops them.
+    async fn pending_changes(&self) -> Option<PendingChanges> {
+        let pending = super::update::Pending::of(&self.0);
+        (!pending.is_empty()).then_some(PendingChanges {
+            vcpus: pending.vcpus,
+            memory_mib: pending.memory_mib,
+        })
+    }
     /// When the VM was created.
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at
@@ -115,6 +134,49 @@ pub struct CreateVmInput {
     pub memory_mib: Option<i64>,
     /// Root disk size; defaults to the template's default disk size.
     pub disk_size_bytes: Option<api::Bytes>,
+    /// Free text, at most 1024 bytes.
+    pub description: Option<String>,
+    /// Labels to find it by (`vms(tag:)`): at most 32, each 1 to 63 lowercase
+    /// letters, digits, `-`, `_`, `.`, `:` or `/`, a letter or digit first.
+    pub tags: Option<Vec<String>>,
+}
+
+/// What to change on a VM; what is left out stays as it is.
+#[derive(InputObject)]
+pub struct UpdateVmInput {
+    /// A new name (the rules of `createVm`); changes at once.
+    pub name: Option<String>,
+    /// A new description; changes at once.
+    pub description: Option<String>,
+    /// A new CPU count: at once on a STOPPED or CRASHED VM, else at its next
+    /// start (see `pendingChanges`).
+    pub vcpus: Option<i32>,
+    /// A new memory size: at once on a STOPPED or CRASHED VM, else at its
+    /// next start.
+    pub memory_mib: Option<i64>,
+    /// The whole new set of tags (the rules of `createVm`); changes at once.
+    pub tags: Option<Vec<String>>,
+}
+
+/// Changes that wait for a VM's next start (a running QEMU cannot take
+/// them); null fields do not wait.
+#[derive(SimpleObject)]
+pub struct PendingChanges {
+    /// The CPU count the next start gives it.
+    pub vcpus: Option<i32>,
+    /// The memory size the next start gives it, in MiB.
+    pub memory_mib: Option<i64>,
+}
+
+/// How `vms` orders its list.
+#[derive(async_graphql::Enum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum VmOrder {
+    /// Oldest first (the default).
+    Created,
+    /// By name.
+    Name,
+    /// By state, oldest first within one.
+    State,
 }
 
 /// The result of a VM mutation. With `dryRun: true`, `vm` is what would be,
@@ -144,17 +206,33 @@ pub struct VmQuery;
 
 #[Object]
 impl VmQuery {
-    /// VMs, oldest first.
+    /// VMs, oldest first (or as `orderBy` says).
+    // Each argument is a filter or a paging control of the API.
+    #[allow(clippy::too_many_arguments)]
     async fn vms(
         &self,
         ctx: &Context<'_>,
         #[graphql(desc = "Only VMs in this state.")] state: Option<VmState>,
         #[graphql(desc = "Only VMs whose name contains this text.")] name_contains: Option<String>,
+        #[graphql(desc = "Only VMs with this tag.")] tag: Option<String>,
+        #[graphql(
+            default_with = "VmOrder::Created",
+            desc = "The order: CREATED (oldest first), NAME or STATE. A cursor is good only for the order it came from."
+        )]
+        order_by: VmOrder,
         #[graphql(desc = "At most this many (default 50, at most 500).")] first: Option<i32>,
         #[graphql(desc = "Only those after this cursor (an `endCursor`).")] after: Option<String>,
     ) -> async_graphql::Result<Page<VmObject>> {
-        let after = id_cursor(after).gql()?;
         let mut select = model::Entity::find();
+        if let Some(tag) = tag {
+            use sea_orm::{QuerySelect, QueryTrait};
+            let tagged = super::tag::Entity::find()
+                .select_only()
+                .column(super::tag::Column::VmId)
+                .filter(super::tag::Column::Tag.eq(tag))
+                .into_query();
+            select = select.filter(model::Column::Id.in_subquery(tagged));
+        }
         if let Some(state) = state {
             select = select.filter(model::Column::State.eq(state));
         }
@@ -162,16 +240,46 @@ impl VmQuery {
             validate::text("nameContains", &part, 63).gql()?;
             select = select.filter(model::Column::Name.contains(&part));
         }
-        page(
-            &api::services(ctx).db,
-            select,
-            model::Column::Id,
-            after,
-            first,
-            |v| v.id.clone(),
-            VmObject,
-        )
-        .await
+        let db = &api::services(ctx).db;
+        match order_by {
+            VmOrder::Created => {
+                let after = id_cursor(after).gql()?;
+                page(
+                    db,
+                    select,
+                    model::Column::Id,
+                    after,
+                    first,
+                    |v| v.id.clone(),
+                    VmObject,
+                )
+                .await
+            }
+            VmOrder::Name => {
+                page(
+                    db,
+                    select,
+                    model::Column::Name,
+                    after,
+                    first,
+                    |v| v.name.clone(),
+                    VmObject,
+                )
+                .await
+            }
+            VmOrder::State => {
+                page_by_key(
+                    db,
+                    select,
+                    (model::Column::State, model::Column::Id),
+                    after,
+                    first,
+                    |v| (v.state.as_str().to_string(), v.id.clone()),
+                    VmObject,
+                )
+                .await
+            }
+        }
         .gql()
     }
 
@@ -210,8 +318,44 @@ impl VmMutation {
             vcpus: input.vcpus,
             memory_mib: input.memory_mib,
             disk_size_bytes: input.disk_size_bytes.map(|b| b.0),
+            description: input.description,
+            tags: input.tags,
         };
         Ok(super::create(api::services(ctx), input, dry_run)
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// Changes a VM's name, description, tags, CPU count or memory. On a
+    /// STOPPED or CRASHED VM all apply at once; otherwise the CPU count and
+    /// memory wait for its next start (`Vm.pendingChanges`).
+    async fn update_vm(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "What to change.")] input: UpdateVmInput,
+    ) -> async_graphql::Result<VmPayload> {
+        let input = super::update::UpdateVm {
+            name: input.name,
+            description: input.description,
+            vcpus: input.vcpus,
+            memory_mib: input.memory_mib,
+            tags: input.tags,
+        };
+        Ok(super::update::update(api::services(ctx), &id, input)
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// Drops the changes waiting for a VM's next start.
+    async fn clear_pending_changes(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The VM's ID.")] id: ID,
+    ) -> async_graphql::Result<VmPayload> {
+        Ok(super::update::clear_pending(api::services(ctx), &id)
             .await
             .gql()?
             .into())

@@ -11,6 +11,8 @@ pub mod graphql;
 pub mod lock;
 pub mod model;
 pub mod state;
+pub mod tag;
+pub mod update;
 
 use std::path::PathBuf;
 
@@ -141,6 +143,8 @@ pub struct CreateVm {
     pub vcpus: Option<i32>,
     pub memory_mib: Option<i64>,
     pub disk_size_bytes: Option<i64>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
 }
 
 pub fn run_dir(app: &Ctx, vm_id: &str) -> PathBuf {
@@ -174,6 +178,10 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
         .ok_or_else(|| ApiError::bad_input("memoryMib is required without a template"))?;
     validate::vcpus(limits, vcpus)?;
     validate::memory_mib(limits, memory_mib)?;
+    if let Some(description) = &input.description {
+        validate::text("description", description, update::MAX_DESCRIPTION)?;
+    }
+    let tags = update::check_tags(input.tags.as_deref().unwrap_or_default())?;
     if let Some(size) = input.disk_size_bytes {
         validate::size_bytes(limits, "diskSizeBytes", size)?;
     }
@@ -213,6 +221,8 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
         desired_state: VmState::Stopped,
         state: VmState::Stopped,
         state_reason: Some("created".into()),
+        description: input.description.clone().unwrap_or_default(),
+        pending_changes: None,
         created_at: now,
         updated_at: now,
     };
@@ -240,6 +250,7 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
         env.commit(async |w, op| {
             ensure_vm_name_free(w.txn(), &vm.name).await?;
             let vm = model::ActiveModel::from(vm.clone()).insert(w.txn()).await?;
+            tag::set(w.txn(), &vm.id, &tags).await?;
             w.record(NewEvent::new(
                 &vm.id,
                 Some(op),
@@ -380,7 +391,9 @@ pub async fn lifecycle(
             vm.state
         )));
     }
-    let start = || async { Ok::<_, ApiError>(VmAction::Start(spec(app, &vm).await?)) };
+    // A start gives QEMU the changes that waited for it (`updateVm`).
+    let start =
+        || async { Ok::<_, ApiError>(VmAction::Start(spec(app, &update::effective(&vm)).await?)) };
     let stop_action = |request| VmAction::Stop {
         vm_id: vm.id.clone(),
         request,
@@ -420,8 +433,14 @@ pub async fn lifecycle(
     operation::run(app, request, async |env| {
         set_desired(app, &vm, desired).await?;
         let Landing { to, reason } = run_actions(env, &vm, &actions).await?;
-        env.commit(async |w, op| transition(w, &vm.id, to, reason, Some(op)).await)
-            .await
+        let started = actions.iter().any(|a| matches!(a, VmAction::Start(_)));
+        env.commit(async |w, op| {
+            if started {
+                update::apply_pending(w, &vm, op).await?;
+            }
+            transition(w, &vm.id, to, reason, Some(op)).await
+        })
+        .await
     })
     .await
 }

@@ -17,6 +17,11 @@ pub struct Model {
     pub desired_state: VmState,
     pub state: VmState,
     pub state_reason: Option<String>,
+    /// Free text; empty when none was given.
+    pub description: String,
+    /// Changes that wait for the VM's next start (`vcpus`, `memoryMib`), as
+    /// [`super::update::Pending`] JSON; null when none wait.
+    pub pending_changes: Option<Json>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -38,6 +38,8 @@ fn vm(id: &str, state: VmState) -> Vm {
         desired_state: state,
         state,
         state_reason: None,
+        description: String::new(),
+        pending_changes: None,
         created_at: at(),
         updated_at: at(),
     }
