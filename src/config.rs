@@ -35,6 +35,7 @@ pub struct Config {
     pub limits: Limits,
     pub network: NetworkConfig,
     pub websocket: WebsocketConfig,
+    pub graphql: GraphqlConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -132,6 +133,24 @@ pub struct WebsocketConfig {
     pub lag_timeout: Duration,
 }
 
+/// Limits on GraphQL documents, the same over HTTP and websockets (see
+/// `api::limits`). A document beyond one is refused before anything of it
+/// runs, with its own `extensions.code`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlConfig {
+    /// Deepest field nesting (`QUERY_TOO_DEEP`).
+    pub max_depth: usize,
+    /// Most fields a document selects, fragments expanded (`QUERY_TOO_COMPLEX`).
+    pub max_complexity: usize,
+    /// Most aliases written in a document (`TOO_MANY_ALIASES`).
+    pub max_aliases: usize,
+    /// Most root fields one operation selects (`TOO_MANY_ROOT_FIELDS`).
+    pub max_root_fields: usize,
+    /// Whether `__schema` and `__type` are served (`INTROSPECTION_DISABLED`).
+    pub introspection: bool,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -172,6 +191,13 @@ impl Default for Config {
                 outgoing_buffer: 256,
                 lag_timeout: Duration::from_secs(5),
             },
+            graphql: GraphqlConfig {
+                max_depth: 16,
+                max_complexity: 5000,
+                max_aliases: 30,
+                max_root_fields: 20,
+                introspection: true,
+            },
         }
     }
 }
@@ -193,7 +219,15 @@ fn default_max_memory_mib() -> u64 {
 }
 
 /// Sections whose keys are joined with `_` in environment names.
-const SECTIONS: &[&str] = &["log", "observer", "qemu", "limits", "network", "websocket"];
+const SECTIONS: &[&str] = &[
+    "log",
+    "observer",
+    "qemu",
+    "limits",
+    "network",
+    "websocket",
+    "graphql",
+];
 
 fn env_key_to_path(key: &str) -> String {
     let key = key.to_ascii_lowercase();
@@ -510,6 +544,35 @@ impl Config {
                 "must be between 10ms and 10m",
             ));
         }
+        let graphql = &self.graphql;
+        if graphql.max_depth == 0 || graphql.max_depth > crate::api::limits::NESTING_LIMIT {
+            return Err(bad(
+                "graphql.max_depth",
+                graphql.max_depth,
+                "must be between 1 and 32",
+            ));
+        }
+        if graphql.max_complexity == 0 || graphql.max_complexity > 1_000_000 {
+            return Err(bad(
+                "graphql.max_complexity",
+                graphql.max_complexity,
+                "must be between 1 and 1000000",
+            ));
+        }
+        if graphql.max_aliases > 100_000 {
+            return Err(bad(
+                "graphql.max_aliases",
+                graphql.max_aliases,
+                "must be between 0 and 100000",
+            ));
+        }
+        if graphql.max_root_fields == 0 || graphql.max_root_fields > 10_000 {
+            return Err(bad(
+                "graphql.max_root_fields",
+                graphql.max_root_fields,
+                "must be between 1 and 10000",
+            ));
+        }
         Ok(())
     }
 
@@ -673,6 +736,34 @@ mod tests {
     }
 
     #[test]
+    fn graphql_settings_have_their_own_section() {
+        figment::Jail::expect_with(|jail| {
+            let (_dir, sources) = with_files(
+                "[graphql]\nmax_depth = 10\nintrospection = false\n",
+                "VMAN_GRAPHQL_MAX_ALIASES=5\n",
+            );
+            jail.set_env("VMAN_GRAPHQL_MAX_ROOT_FIELDS", "3");
+            let config = Config::load(&sources, &CliOverrides::default()).unwrap();
+            assert_eq!(config.graphql.max_depth, 10);
+            assert!(!config.graphql.introspection);
+            assert_eq!(config.graphql.max_aliases, 5);
+            assert_eq!(config.graphql.max_root_fields, 3);
+            assert_eq!(config.graphql.max_complexity, 5000);
+
+            let text = describe(&sources, &CliOverrides::default()).unwrap();
+            assert!(text.contains("graphql.introspection = false"), "{text}");
+            assert!(text.contains("graphql.max_complexity = 5000"), "{text}");
+
+            let (_dir, sources) = with_files("[graphql]\nmax_depth = 100\n", "");
+            let err = Config::load(&sources, &CliOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("graphql.max_depth"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn bad_values_name_key_and_value() {
         figment::Jail::expect_with(|_jail| {
             let (_dir, sources) = with_files("[observer]\ninterval = \"1ms\"\n", "");
@@ -793,6 +884,17 @@ mod validation_tests {
             ("websocket.lag_timeout", |c| {
                 c.websocket.lag_timeout = Duration::from_secs(601)
             }),
+            ("graphql.max_depth", |c| c.graphql.max_depth = 0),
+            ("graphql.max_depth", |c| c.graphql.max_depth = 33),
+            ("graphql.max_complexity", |c| c.graphql.max_complexity = 0),
+            ("graphql.max_complexity", |c| {
+                c.graphql.max_complexity = 1_000_001
+            }),
+            ("graphql.max_aliases", |c| c.graphql.max_aliases = 100_001),
+            ("graphql.max_root_fields", |c| c.graphql.max_root_fields = 0),
+            ("graphql.max_root_fields", |c| {
+                c.graphql.max_root_fields = 10_001
+            }),
         ];
         assert!(Config::default().validate().is_ok());
         for (key, break_it) in cases {
@@ -823,6 +925,15 @@ mod validation_tests {
         config.websocket.max_subscriptions = 10_000;
         config.websocket.outgoing_buffer = 65_536;
         config.websocket.lag_timeout = Duration::from_millis(10);
+        config.graphql.max_depth = 32;
+        config.graphql.max_complexity = 1_000_000;
+        config.graphql.max_aliases = 0;
+        config.graphql.max_root_fields = 10_000;
+        config.validate().unwrap();
+        config.graphql.max_depth = 1;
+        config.graphql.max_complexity = 1;
+        config.graphql.max_aliases = 100_000;
+        config.graphql.max_root_fields = 1;
         config.validate().unwrap();
     }
 
@@ -876,6 +987,10 @@ mod validation_tests {
         assert_eq!(
             env_key_to_path("WEBSOCKET_LAG_TIMEOUT"),
             "websocket.lag_timeout"
+        );
+        assert_eq!(
+            env_key_to_path("GRAPHQL_MAX_ROOT_FIELDS"),
+            "graphql.max_root_fields"
         );
         assert_eq!(env_key_to_path("DATA_DIR"), "data_dir");
         assert_eq!(env_key_to_path("DRY_RUN"), "dry_run");
