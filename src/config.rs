@@ -39,6 +39,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub metrics: MetricsConfig,
     pub tls: TlsConfig,
+    pub graphql: GraphqlConfig,
 }
 
 /// Who may use the API (see `auth`).
@@ -195,6 +196,24 @@ impl TlsConfig {
     }
 }
 
+/// Limits on GraphQL documents, the same over HTTP and websockets (see
+/// `api::limits`). A document beyond one is refused before anything of it
+/// runs, with its own `extensions.code`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlConfig {
+    /// Deepest field nesting (`QUERY_TOO_DEEP`).
+    pub max_depth: usize,
+    /// Most fields a document selects, fragments expanded (`QUERY_TOO_COMPLEX`).
+    pub max_complexity: usize,
+    /// Most aliases written in a document (`TOO_MANY_ALIASES`).
+    pub max_aliases: usize,
+    /// Most root fields one operation selects (`TOO_MANY_ROOT_FIELDS`).
+    pub max_root_fields: usize,
+    /// Whether `__schema` and `__type` are served (`INTROSPECTION_DISABLED`).
+    pub introspection: bool,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -246,6 +265,13 @@ impl Default for Config {
             },
             metrics: MetricsConfig { public: false },
             tls: TlsConfig::default(),
+            graphql: GraphqlConfig {
+                max_depth: 16,
+                max_complexity: 5000,
+                max_aliases: 30,
+                max_root_fields: 20,
+                introspection: true,
+            },
         }
     }
 }
@@ -291,6 +317,7 @@ const SECTIONS: &[&str] = &[
     "http",
     "metrics",
     "tls",
+    "graphql",
 ];
 
 fn env_key_to_path(key: &str) -> String {
@@ -649,6 +676,35 @@ impl Config {
                 }
             }
         }
+        let graphql = &self.graphql;
+        if graphql.max_depth == 0 || graphql.max_depth > crate::api::limits::NESTING_LIMIT {
+            return Err(bad(
+                "graphql.max_depth",
+                graphql.max_depth,
+                "must be between 1 and 32",
+            ));
+        }
+        if graphql.max_complexity == 0 || graphql.max_complexity > 1_000_000 {
+            return Err(bad(
+                "graphql.max_complexity",
+                graphql.max_complexity,
+                "must be between 1 and 1000000",
+            ));
+        }
+        if graphql.max_aliases > 100_000 {
+            return Err(bad(
+                "graphql.max_aliases",
+                graphql.max_aliases,
+                "must be between 0 and 100000",
+            ));
+        }
+        if graphql.max_root_fields == 0 || graphql.max_root_fields > 10_000 {
+            return Err(bad(
+                "graphql.max_root_fields",
+                graphql.max_root_fields,
+                "must be between 1 and 10000",
+            ));
+        }
         Ok(())
     }
 
@@ -849,6 +905,34 @@ mod tests {
     }
 
     #[test]
+    fn graphql_settings_have_their_own_section() {
+        figment::Jail::expect_with(|jail| {
+            let (_dir, sources) = with_files(
+                "[graphql]\nmax_depth = 10\nintrospection = false\n",
+                "VMAN_GRAPHQL_MAX_ALIASES=5\n",
+            );
+            jail.set_env("VMAN_GRAPHQL_MAX_ROOT_FIELDS", "3");
+            let config = Config::load(&sources, &CliOverrides::default()).unwrap();
+            assert_eq!(config.graphql.max_depth, 10);
+            assert!(!config.graphql.introspection);
+            assert_eq!(config.graphql.max_aliases, 5);
+            assert_eq!(config.graphql.max_root_fields, 3);
+            assert_eq!(config.graphql.max_complexity, 5000);
+
+            let text = describe(&sources, &CliOverrides::default()).unwrap();
+            assert!(text.contains("graphql.introspection = false"), "{text}");
+            assert!(text.contains("graphql.max_complexity = 5000"), "{text}");
+
+            let (_dir, sources) = with_files("[graphql]\nmax_depth = 100\n", "");
+            let err = Config::load(&sources, &CliOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("graphql.max_depth"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn bad_values_name_key_and_value() {
         figment::Jail::expect_with(|_jail| {
             let (_dir, sources) = with_files("[observer]\ninterval = \"1ms\"\n", "");
@@ -975,6 +1059,17 @@ mod validation_tests {
                 c.tls.cert = Some("/nonexistent/cert.pem".into());
                 c.tls.key = Some("/nonexistent/key.pem".into());
             }),
+            ("graphql.max_depth", |c| c.graphql.max_depth = 0),
+            ("graphql.max_depth", |c| c.graphql.max_depth = 33),
+            ("graphql.max_complexity", |c| c.graphql.max_complexity = 0),
+            ("graphql.max_complexity", |c| {
+                c.graphql.max_complexity = 1_000_001
+            }),
+            ("graphql.max_aliases", |c| c.graphql.max_aliases = 100_001),
+            ("graphql.max_root_fields", |c| c.graphql.max_root_fields = 0),
+            ("graphql.max_root_fields", |c| {
+                c.graphql.max_root_fields = 10_001
+            }),
         ];
         assert!(Config::default().validate().is_ok());
         for (key, break_it) in cases {
@@ -1005,6 +1100,15 @@ mod validation_tests {
         config.websocket.max_subscriptions = 10_000;
         config.websocket.outgoing_buffer = 65_536;
         config.websocket.lag_timeout = Duration::from_millis(10);
+        config.graphql.max_depth = 32;
+        config.graphql.max_complexity = 1_000_000;
+        config.graphql.max_aliases = 0;
+        config.graphql.max_root_fields = 10_000;
+        config.validate().unwrap();
+        config.graphql.max_depth = 1;
+        config.graphql.max_complexity = 1;
+        config.graphql.max_aliases = 100_000;
+        config.graphql.max_root_fields = 1;
         config.validate().unwrap();
     }
 
@@ -1069,6 +1173,10 @@ mod validation_tests {
             "websocket.lag_timeout"
         );
         assert_eq!(env_key_to_path("TLS_CERT"), "tls.cert");
+        assert_eq!(
+            env_key_to_path("GRAPHQL_MAX_ROOT_FIELDS"),
+            "graphql.max_root_fields"
+        );
         assert_eq!(env_key_to_path("DATA_DIR"), "data_dir");
         assert_eq!(env_key_to_path("DRY_RUN"), "dry_run");
         // A section name without `_` after it is a top-level key.

@@ -116,6 +116,56 @@ impl ErrorExtensions for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// Why a request was refused before it ran: its document did not parse or
+/// did not validate, it broke one of the query limits (the `[graphql]`
+/// settings, checked in `api::limits`), or it was a batch. Nothing of such a
+/// request is executed. The same over HTTP and both websocket protocols
+/// (except `BatchNotSupported`, which only HTTP can see).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestError {
+    ParseFailed,
+    ValidationFailed,
+    QueryTooDeep,
+    QueryTooComplex,
+    TooManyAliases,
+    TooManyRootFields,
+    BatchNotSupported,
+    IntrospectionDisabled,
+}
+
+impl RequestError {
+    pub fn code(self) -> &'static str {
+        match self {
+            RequestError::ParseFailed => "GRAPHQL_PARSE_FAILED",
+            RequestError::ValidationFailed => "GRAPHQL_VALIDATION_FAILED",
+            RequestError::QueryTooDeep => "QUERY_TOO_DEEP",
+            RequestError::QueryTooComplex => "QUERY_TOO_COMPLEX",
+            RequestError::TooManyAliases => "TOO_MANY_ALIASES",
+            RequestError::TooManyRootFields => "TOO_MANY_ROOT_FIELDS",
+            RequestError::BatchNotSupported => "BATCH_NOT_SUPPORTED",
+            RequestError::IntrospectionDisabled => "INTROSPECTION_DISABLED",
+        }
+    }
+
+    /// A new error with this code.
+    pub fn error(
+        self,
+        message: impl Into<String>,
+        at: Option<async_graphql::Pos>,
+    ) -> async_graphql::ServerError {
+        self.tag(async_graphql::ServerError::new(message, at))
+    }
+
+    /// `error` (its message and locations kept) with this code.
+    pub fn tag(self, mut error: async_graphql::ServerError) -> async_graphql::ServerError {
+        error
+            .extensions
+            .get_or_insert_with(Default::default)
+            .set("code", self.code());
+        error
+    }
+}
+
 /// Converts a service result into a GraphQL result that keeps the code.
 pub trait ResultExt<T> {
     fn gql(self) -> async_graphql::Result<T>;

@@ -13,7 +13,12 @@ use std::{
 };
 
 use sea_orm::{ActiveEnum, Iterable};
-use vman::{coherence::CoherenceKind, error::ApiError, events::EventKind, vm::VmState};
+use vman::{
+    coherence::CoherenceKind,
+    error::{ApiError, RequestError},
+    events::EventKind,
+    vm::VmState,
+};
 
 /// Runs graphql-schema-linter over the built schema (what `schema.graphql`
 /// holds). Its rules and ignore list are in `tests/js/package.json`: the
@@ -165,11 +170,40 @@ fn every_api_error() -> Vec<ApiError> {
     all
 }
 
+/// Every variant of [`RequestError`] (the codes of requests refused before
+/// they run), held to the code the same way as [`every_api_error`].
+fn every_request_error() -> Vec<RequestError> {
+    let all = vec![
+        RequestError::ParseFailed,
+        RequestError::ValidationFailed,
+        RequestError::QueryTooDeep,
+        RequestError::QueryTooComplex,
+        RequestError::TooManyAliases,
+        RequestError::TooManyRootFields,
+        RequestError::BatchNotSupported,
+        RequestError::IntrospectionDisabled,
+    ];
+    for error in &all {
+        match error {
+            RequestError::ParseFailed
+            | RequestError::ValidationFailed
+            | RequestError::QueryTooDeep
+            | RequestError::QueryTooComplex
+            | RequestError::TooManyAliases
+            | RequestError::TooManyRootFields
+            | RequestError::BatchNotSupported
+            | RequestError::IntrospectionDisabled => {}
+        }
+    }
+    all
+}
+
 #[test]
 fn every_error_code_is_documented() {
     let codes: Vec<String> = every_api_error()
         .iter()
         .map(|e| e.code().to_string())
+        .chain(every_request_error().iter().map(|e| e.code().to_string()))
         .collect();
     assert_documented(&codes, "API.md", "## Errors");
 }

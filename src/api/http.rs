@@ -26,6 +26,16 @@
 //! Validation and limit errors never carry a path. So `data == null` with no
 //! error carrying a path means "rejected before execution".
 //!
+//! Codes of request errors: a document that does not parse is
+//! `GRAPHQL_PARSE_FAILED`, one that does not validate
+//! `GRAPHQL_VALIDATION_FAILED`, one beyond a query limit has the limit's code
+//! (`QUERY_TOO_DEEP`, …; see `api::limits`), and a batch (a JSON array) is
+//! `BATCH_NOT_SUPPORTED`. The limits are checked by the schema's extension,
+//! which the websocket path passes too; because the document is parsed here
+//! first, and parsing a large document is the expensive part, its text is
+//! scanned against the limits (`limits::scan`) before that. Limit and
+//! validation errors carry no path, so the rule above tells them apart.
+//!
 //! Why some variable coercion is done here: async-graphql's validation only
 //! checks that a given value has the right *kind* where it is used; the real
 //! coercion (say, an `Int` beyond 32 bits) happens when the argument is read
@@ -49,6 +59,9 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde::Serialize;
 
+use super::limits::{self, Limited};
+use crate::error::RequestError;
+
 /// Largest request body accepted, in bytes; larger bodies get `413`.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -56,7 +69,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 ///
 /// Mount it for both GET and POST, e.g.
 /// `get(h).post(h)` where `h` calls `graphql_http(&schema, request)`.
-pub async fn graphql_http<E: Executor>(executor: &E, request: Request) -> Response {
+pub async fn graphql_http<E: Executor + Limited>(executor: &E, request: Request) -> Response {
     graphql_http_with(executor, request, |request| request).await
 }
 
@@ -66,7 +79,7 @@ pub async fn graphql_http<E: Executor>(executor: &E, request: Request) -> Respon
 /// well-formed at the HTTP level.
 pub async fn graphql_http_with<E, F>(executor: &E, request: Request, prepare: F) -> Response
 where
-    E: Executor,
+    E: Executor + Limited,
     F: FnOnce(async_graphql::Request) -> async_graphql::Request,
 {
     let mut response = handle(executor, request, prepare).await;
@@ -110,6 +123,7 @@ struct Rejection {
     status: StatusCode,
     message: String,
     allow: Option<&'static str>,
+    code: Option<RequestError>,
 }
 
 impl Rejection {
@@ -118,6 +132,7 @@ impl Rejection {
             status,
             message: message.into(),
             allow: None,
+            code: None,
         }
     }
 
@@ -127,7 +142,11 @@ impl Rejection {
 
     fn into_response(self, media: MediaType) -> Response {
         tracing::debug!(status = %self.status, message = %self.message, "GraphQL HTTP request rejected");
-        let errors = [ServerError::new(self.message, None)];
+        let error = ServerError::new(self.message, None);
+        let errors = [match self.code {
+            Some(code) => code.tag(error),
+            None => error,
+        }];
         let mut response = json_response(
             self.status,
             media,
@@ -148,7 +167,7 @@ impl Rejection {
 
 async fn handle<E, F>(executor: &E, request: Request, prepare: F) -> Response
 where
-    E: Executor,
+    E: Executor + Limited,
     F: FnOnce(async_graphql::Request) -> async_graphql::Request,
 {
     let (parts, body) = request.into_parts();
@@ -197,10 +216,18 @@ where
         Err(rejection) => return rejection.into_response(media),
     };
 
-    // Parse and pick the operation here: see the module doc for why.
+    // Parse and pick the operation here: see the module doc for why. A
+    // document beyond a query limit is refused before it is parsed.
+    if let Some(config) = executor.query_limits()
+        && let Err(error) = limits::scan(&gql_request.query, config)
+    {
+        return request_errors(media, vec![error]);
+    }
     let document = match async_graphql::parser::parse_query(&gql_request.query) {
         Ok(document) => document,
-        Err(error) => return request_errors(media, vec![ServerError::from(error)]),
+        Err(error) => {
+            return request_errors(media, vec![limits::parse_failed(ServerError::from(error))]);
+        }
     };
     let (kind, variable_errors) =
         match select_operation(&document, gql_request.operation_name.as_deref()) {
@@ -389,13 +416,19 @@ fn params_from_json_body(body: &[u8]) -> Result<Params, Rejection> {
             "request body is empty; expected a JSON object with a \"query\" string",
         ));
     }
+    // A batch is refused before its (up to 1 MiB of) JSON is parsed.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        let mut rejection = Rejection::bad_request(
+            "batched requests (a JSON array) are not supported; send one JSON object per request",
+        );
+        rejection.code = Some(RequestError::BatchNotSupported);
+        return Err(rejection);
+    }
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
         Rejection::bad_request(format!("request body is not valid JSON: {error}"))
     })?;
     let serde_json::Value::Object(mut object) = value else {
-        return Err(Rejection::bad_request(
-            "request body must be a JSON object (batched requests are not supported)",
-        ));
+        return Err(Rejection::bad_request("request body must be a JSON object"));
     };
     let query = match object.remove("query") {
         None | Some(serde_json::Value::Null) => return Err(missing_query()),
@@ -1037,6 +1070,37 @@ mod tests {
             assert!(!reply.has_data(), "{query}");
             assert!(!reply.first_error().is_empty());
         }
+    }
+
+    #[tokio::test]
+    async fn batches_and_parse_failures_have_codes() {
+        let code = |reply: &Reply| reply.body["errors"][0]["extensions"]["code"].clone();
+        for body in ["[{\"query\":\"{ hello }\"}]", " \n[]", "[not even JSON"] {
+            let reply = send(post(body, Some(GQL))).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(!reply.has_data());
+            assert_eq!(code(&reply), "BATCH_NOT_SUPPORTED", "{body}");
+        }
+        for (query, expected) in [
+            ("{", "GRAPHQL_PARSE_FAILED"),
+            ("{ hello", "GRAPHQL_PARSE_FAILED"),
+            (
+                &format!("{}hello{}", "{ a ".repeat(70), "}".repeat(70)),
+                "QUERY_TOO_DEEP",
+            ),
+        ] {
+            let reply = send(post_query(serde_json::json!({ "query": query }), Some(GQL))).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
+            assert_eq!(code(&reply), expected, "{query}");
+        }
+        // Without the limits' extension, validation errors have no code.
+        let reply = send(post_query(
+            serde_json::json!({ "query": "{ nope }" }),
+            Some(GQL),
+        ))
+        .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        assert!(code(&reply).is_null());
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 pub mod events;
 pub mod health;
 pub mod http;
+pub mod limits;
 pub mod node;
 pub mod pagination;
 pub mod ws;
@@ -57,23 +58,32 @@ pub struct Subscription(
 
 pub type VmanSchema = Schema<Query, Mutation, Subscription>;
 
-/// The schema without app data: enough to print the SDL.
+/// The schema without app data and limits: enough to print the SDL.
 pub fn schema_builder() -> async_graphql::SchemaBuilder<Query, Mutation, Subscription> {
     Schema::build(
         Query::default(),
         Mutation::default(),
         Subscription::default(),
     )
-    .limit_depth(16)
-    .limit_complexity(5000)
+    .limit_recursive_depth(limits::NESTING_LIMIT)
 }
 
+/// The schema as served: with the query limits of `[graphql]` (checked by
+/// the `QueryLimits` extension, not by async-graphql's `limit_depth` and
+/// `limit_complexity`: see `limits`).
 pub fn schema(app: Arc<App>) -> VmanSchema {
-    schema_builder()
+    let config = &app.ctx.config.graphql;
+    let limits = limits::QueryLimits::new(config);
+    let mut builder = schema_builder()
+        .extension(limits.clone())
         .extension(crate::telemetry::GraphqlMetrics)
         .extension(crate::auth::guard::RoleGuard)
-        .data(app)
-        .finish()
+        .data(limits);
+    if !config.introspection {
+        // The extension refuses it first, with its code; this is the backstop.
+        builder = builder.disable_introspection();
+    }
+    builder.data(app).finish()
 }
 
 /// The SDL, as committed in `schema.graphql`.

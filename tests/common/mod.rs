@@ -85,6 +85,9 @@ impl TestServer {
     pub async fn with_tokens(adjust: impl FnOnce(&mut Config)) -> (TestServer, Tokens) {
         let mut server = Self::start_with(|config| {
             config.auth.mode = vman::config::AuthMode::Token;
+            // Tests make requests as fast as they can; the rate-limit test
+            // sets its own.
+            config.limits.requests_per_second = 0;
             adjust(config);
         })
         .await;
