@@ -1,7 +1,16 @@
-//! The playground as the binary serves it, in headless Chromium: loads at `/`
-//! without a single request leaving loopback, runs a query and shows its
-//! result, and shows a vmStateChanged push caused by a mutation made over
-//! HTTP from outside the page (`tests/js/playground.mjs`).
+//! The playground as the binary serves it, in headless Chromium
+//! (`tests/js/playground.mjs`):
+//!
+//! - without auth: loads at `/` without a single request leaving loopback,
+//!   says no token is needed, runs a query and shows its result, and shows a
+//!   vmStateChanged push caused by a mutation made over HTTP from outside the
+//!   page;
+//! - with `auth.mode = "token"`: says a token is needed (in the token bar,
+//!   and in the response panel after the schema fetch and a query got 401),
+//!   refuses a wrong token, and with the viewer's token pasted into the bar
+//!   (kept over a reload) runs a query and shows a push caused by the
+//!   admin's mutation from outside; after Clear a subscription is refused
+//!   (4403) at once.
 //!
 //! Needs the system Chromium (`/usr/bin/chromium`, Debian package
 //! `chromium`), `npm ci --prefix tests/js` and the built playground: `make
@@ -13,8 +22,9 @@ use std::{path::Path, process::Command};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-#[tokio::test]
-async fn playground_runs_a_query_and_shows_a_subscription_push_in_chromium() {
+/// Runs `tests/js/playground.mjs` against `server` with `env`; fails the
+/// test (keeping the screenshots) when the script fails.
+async fn drive_playground(server: &common::TestServer, env: &[(&str, &str)]) {
     let root = env!("CARGO_MANIFEST_DIR");
     let js = format!("{root}/tests/js");
     assert!(
@@ -34,15 +44,19 @@ async fn playground_runs_a_query_and_shows_a_subscription_push_in_chromium() {
         .prefix("vman-playground-shots-")
         .tempdir()
         .expect("temp dir");
-    let server = common::TestServer::start().await;
     let url = server.url.clone();
     let shots_dir = shots.path().to_owned();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(format!("{js}/playground.mjs"))
             .arg(url)
             .env("CHROMIUM", CHROMIUM)
             .env("SHOTS", shots_dir)
+            .envs(env)
             .output()
             .expect("node runs")
     })
@@ -59,4 +73,23 @@ async fn playground_runs_a_query_and_shows_a_subscription_push_in_chromium() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+#[tokio::test]
+async fn playground_runs_a_query_and_shows_a_subscription_push_in_chromium() {
+    let server = common::TestServer::start().await;
+    drive_playground(&server, &[]).await;
+}
+
+#[tokio::test]
+async fn playground_asks_for_a_token_and_sends_it_on_http_and_the_websocket() {
+    let (server, tokens) = common::TestServer::with_tokens(|_| {}).await;
+    drive_playground(
+        &server,
+        &[
+            ("PLAYGROUND_ADMIN_TOKEN", &tokens.admin),
+            ("PLAYGROUND_VIEWER_TOKEN", &tokens.viewer),
+        ],
+    )
+    .await;
 }

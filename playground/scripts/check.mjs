@@ -1,8 +1,8 @@
 // End-to-end check of the built playground (run `npm run build` first):
 // starts scripts/stub-server.mjs on a free loopback port, opens dist/ in
 // headless Chromium (playwright-core, system Chromium — never downloads a
-// browser) and walks the four examples. Any request to a non-loopback host
-// fails the check.
+// browser) and walks the four examples, with an API token saved in the
+// token bar. Any request to a non-loopback host fails the check.
 //
 //   CHROMIUM=/usr/bin/chromium SHOTS=/tmp node scripts/check.mjs
 import fs from 'node:fs';
@@ -96,6 +96,20 @@ try {
   check(await page.locator('.vman-example').count() === 4, 'Examples panel lists 4 operations');
   await page.waitForFunction(() => document.querySelector('.graphiql-query-editor .view-lines')?.textContent.includes('createTemplate'));
 
+  // Token bar: the stub has no auth, like vman with auth.mode = "none".
+  const tokenStatus = page.locator('.vman-token-status');
+  await page.waitForSelector('.vman-token-status[data-state="open"]');
+  check((await tokenStatus.innerText()).includes('No token needed'), `token bar: ${await tokenStatus.innerText()}`);
+  check(await page.getByLabel('API token', { exact: true }).getAttribute('type') === 'password', 'the token field is a password field');
+  // A saved token: kept in localStorage, and GraphiQL fetches the schema again with it.
+  const introspectionsBefore = log.graphql.length;
+  await page.getByLabel('API token', { exact: true }).fill('stub-token');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await page.waitForFunction(() => localStorage.getItem('vman.playground.apiToken') === 'stub-token');
+  for (let i = 0; i < 50 && !log.graphql.slice(introspectionsBefore).some((g) => g.operationName === 'IntrospectionQuery'); i++) await new Promise((r) => setTimeout(r, 100));
+  check(log.graphql.slice(introspectionsBefore).some((g) => g.operationName === 'IntrospectionQuery' && g.headers.authorization === 'Bearer stub-token'),
+    'saving a token fetches the schema again, with Authorization: Bearer <token>');
+
   // Header editor: enabled, and its contents reach the server.
   await page.getByRole('button', { name: 'Headers' }).click();
   const headerEditor = page.locator('.graphiql-editor-tool .monaco-editor').last();
@@ -110,6 +124,7 @@ try {
   check(out.includes('"name": "tiny"'), 'step 1 CreateTemplate ran; result panel shows the template');
   const sent = log.graphql.slice(before).find((g) => g.operationName === 'CreateTemplate');
   check(sent?.headers['x-vman-test'] === 'hello-from-headers', 'header editor contents sent as HTTP header on POST /graphql');
+  check(sent?.headers.authorization === 'Bearer stub-token', 'the saved token sent as Authorization: Bearer on POST /graphql, next to them');
   check(log.graphql.some((g) => g.operationName === 'IntrospectionQuery'), 'schema introspection went to POST /graphql');
   await page.screenshot({ path: path.join(shots, 'playground-step1.png') });
 
@@ -137,6 +152,8 @@ try {
   check(ws.url() === `ws://127.0.0.1:${port}/graphql/ws`, `subscription uses websocket ${ws.url()}`);
   for (let i = 0; i < 50 && log.wsInit.length === wsInitBefore; i++) await new Promise((r) => setTimeout(r, 100));
   check(log.wsInit.at(-1)?.['x-vman-test'] === 'ws-params', 'header editor contents sent as graphql-ws connection_init payload');
+  check(log.wsInit.at(-1)?.authorization === 'Bearer stub-token',
+    'the token saved by the first page (localStorage) sent as {authorization: "Bearer <token>"} in connection_init');
 
   // ---- step 4 on page 1; events show up on page 2 --------------------------
   await page.bringToFront();
@@ -155,6 +172,11 @@ try {
   check(out.includes('"to": "RUNNING"') && out.includes('"reason": "booted"'), 'step 3 subscription shows the state change pushed over the websocket');
   await page2.screenshot({ path: path.join(shots, 'playground-subscription.png') });
   await page2.locator('.graphiql-execute-button').click(); // stop the subscription
+  // A token saved in one tab applies in the other (the storage event).
+  await page.getByLabel('API token', { exact: true }).fill('stub-token-2');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await page2.waitForFunction(() => document.querySelector('.vman-token-input')?.value === 'stub-token-2');
+  check(true, 'a token saved in one tab shows up in the other tab\'s token field');
   await page2.close();
 
   // ---- page 3: same files served at / ; fresh storage; Examples panel -----
@@ -170,6 +192,20 @@ try {
   await page3.waitForFunction(() => document.querySelector('.graphiql-tab-active')?.textContent.includes('CreateTemplate'));
   out = await run(page3, '"memoryMib": 256');
   check(out.includes('"vcpus": 1'), 'example opened from the panel runs at /');
+  check(log.graphql.at(-1)?.headers.authorization === undefined, 'after localStorage.clear() no token is sent');
+  // An Authorization typed into the header editor wins over the saved token
+  // (one header, not both).
+  await page3.getByLabel('API token', { exact: true }).fill('stub-token');
+  await page3.getByRole('button', { name: 'Save' }).click();
+  await page3.getByRole('button', { name: 'Headers' }).click();
+  await page3.locator('.graphiql-editor-tool .monaco-editor').last().click();
+  await page3.keyboard.insertText('{"Authorization": "Bearer typed-in-editor"}');
+  await page3.waitForTimeout(300); // see openTab
+  const beforeTyped = log.graphql.length;
+  await run(page3, '"memoryMib": 256');
+  const typed = log.graphql.slice(beforeTyped).find((g) => g.operationName === 'CreateTemplate');
+  check(typed?.headers.authorization === 'Bearer typed-in-editor',
+    `an Authorization in the header editor replaces the saved token's (sent: ${typed?.headers.authorization})`);
   await page3.close();
 
   const served = log.requests.filter((r) => /worker/.test(r));

@@ -24,7 +24,9 @@ const schema = buildSchema(`
   type TemplatePayload { template: Template! }
   type VmPayload { vm: Vm! }
   type VmStateChange { vm: Vm! from: VmState! to: VmState! reason: String! sequence: Int! }
-  type Query { vms: [Vm!]! templates: [Template!]! }
+  enum Role { VIEWER OPERATOR ADMIN }
+  type Me { actor: String! role: Role! }
+  type Query { vms: [Vm!]! templates: [Template!]! me: Me! }
   type Mutation {
     createTemplate(input: CreateTemplateInput!): TemplatePayload!
     createVm(input: CreateVmInput!): VmPayload!
@@ -75,6 +77,8 @@ function stateChanges() {
 const rootValue = {
   vms: () => [...vms.values()],
   templates: () => [...templates.values()],
+  // No auth here: everyone is vman's `local` admin, as with auth.mode = "none".
+  me: () => ({ actor: 'local', role: 'ADMIN' }),
   createTemplate: ({ input }) => {
     const t = { id: `t${nextId++}`, ...input };
     templates.set(t.name, t);

@@ -4,29 +4,18 @@ import './workers.js';
 import 'graphiql/style.css';
 import './style.css';
 
-import { StrictMode } from 'react';
+import { StrictMode, useEffect, useMemo, useState } from 'react';
 import { createRoot } from 'react-dom/client';
 import { GraphiQL } from 'graphiql';
-import { createGraphiQLFetcher } from '@graphiql/toolkit';
 import { useGraphiQL, useGraphiQLActions } from '@graphiql/react';
 
 import { examples } from './examples.js';
 import { resolveEndpoints } from './endpoint.js';
+import { PLAYGROUND_HINT, STORAGE_KEY, loadToken, storeToken } from './auth.js';
+import { createVmanFetcher } from './fetcher.js';
+import { TokenBar } from './TokenBar.jsx';
 
 const { url, subscriptionUrl } = resolveEndpoints();
-
-// Queries and mutations: POST `url` with JSON. Subscriptions: the graphql-ws
-// protocol (graphql-transport-ws) on `subscriptionUrl`. The contents of the
-// header editor are sent as HTTP headers on every POST, and as the payload
-// of `connection_init` on the websocket (browsers cannot set headers on a
-// websocket handshake) — the place for a future auth header.
-const fetcher = createGraphiQLFetcher({
-  url,
-  subscriptionUrl,
-  // Plain `application/json` POSTs instead of incremental delivery
-  // (multipart/mixed): vman does not use @defer/@stream.
-  enableIncrementalDelivery: false,
-});
 
 function ExamplesIcon() {
   return (
@@ -77,24 +66,64 @@ const examplesPlugin = {
   icon: ExamplesIcon,
   content: ExamplesPanel,
 };
+// Module constants: GraphiQL resets its plugins (and the open one) whenever
+// it is given a new array, and App re-renders when the token changes.
+const plugins = [examplesPlugin];
+const defaultTabs = examples.map((ex) => ({ query: ex.query }));
+
+// Rendered inside GraphiQL (in its logo slot, the one place for children):
+// once the token changes, a "needs a token" answer in the response panel is
+// stale, so it goes.
+function StaleHintRemover({ token }) {
+  const responseEditor = useGraphiQL((s) => s.responseEditor);
+  useEffect(() => {
+    if (responseEditor?.getValue().includes(PLAYGROUND_HINT)) responseEditor.setValue('');
+  }, [responseEditor, token]);
+  return null;
+}
 
 function App() {
+  const [token, setToken] = useState(loadToken);
+  // A token saved or cleared in another tab of this origin applies here too.
+  useEffect(() => {
+    const listener = (e) => {
+      if (e.key === STORAGE_KEY || e.key === null) setToken(loadToken());
+    };
+    window.addEventListener('storage', listener);
+    return () => window.removeEventListener('storage', listener);
+  }, []);
+  const changeToken = (next) => {
+    storeToken(next);
+    setToken(next);
+  };
+  // A new fetcher per token: GraphiQL then fetches the schema again, and
+  // every later request and subscription (each opens its own websocket)
+  // carries the new token. A running subscription keeps its socket.
+  const fetcher = useMemo(() => createVmanFetcher({ url, subscriptionUrl, token }), [token]);
   return (
-    <GraphiQL
-      fetcher={fetcher}
-      // Used only while no tab state is stored in localStorage (first visit,
-      // or after "Clear storage" in GraphiQL's settings).
-      defaultTabs={examples.map((ex) => ({ query: ex.query }))}
-      plugins={[examplesPlugin]}
-      visiblePlugin={examplesPlugin}
-      isHeadersEditorEnabled
-      // Keep headers (e.g. an auth token) out of localStorage unless the user
-      // opts in via the settings dialog.
-      shouldPersistHeaders={false}
-      showPersistHeadersSettings
-    >
-      <GraphiQL.Logo>vman</GraphiQL.Logo>
-    </GraphiQL>
+    <div className="vman-app">
+      <TokenBar url={url} token={token} onChange={changeToken} />
+      <div className="vman-graphiql">
+        <GraphiQL
+          fetcher={fetcher}
+          // Used only while no tab state is stored in localStorage (first
+          // visit, or after "Clear storage" in GraphiQL's settings).
+          defaultTabs={defaultTabs}
+          plugins={plugins}
+          visiblePlugin={examplesPlugin}
+          isHeadersEditorEnabled
+          // Keep headers out of localStorage unless the user opts in via the
+          // settings dialog. (The token bar's token is kept; see auth.js.)
+          shouldPersistHeaders={false}
+          showPersistHeadersSettings
+        >
+          <GraphiQL.Logo>
+            vman
+            <StaleHintRemover token={token} />
+          </GraphiQL.Logo>
+        </GraphiQL>
+      </div>
+    </div>
   );
 }
 

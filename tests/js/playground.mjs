@@ -6,13 +6,24 @@
 // runs a query in GraphiQL and looks for its result in the response panel,
 // then starts a vmStateChanged subscription in the page and makes the VM
 // change state with mutations sent from node (not from the page), and looks
-// for those changes in the response panel.
+// for those changes in the response panel. The token bar says no token is
+// needed.
+//
+// With PLAYGROUND_ADMIN_TOKEN and PLAYGROUND_VIEWER_TOKEN set (a server with
+// auth.mode = "token"), it walks the token bar instead: without a token the
+// bar and the response panel say one is needed; a wrong token is refused; the
+// viewer token pasted into the bar is kept over a reload, sent as
+// `Authorization: Bearer` on every POST (introspection included) and in the
+// websocket's connection_init, and a query and a subscription work with it;
+// after Clear a subscription is refused (4403) at once. Node's own requests
+// carry the admin token.
 //
 // Uses the system Chromium (CHROMIUM, default /usr/bin/chromium) through
 // playwright-core and never downloads a browser. Every request the page makes
 // is intercepted: one to a host other than loopback fails the test (and is
-// aborted), and so do a console error and an uncaught page error. A
-// screenshot goes to a fresh temp dir (or $SHOTS), whose path is printed.
+// aborted), and so do a console error and an uncaught page error (but for
+// Chromium's "status of 401" lines where 401s are expected). Screenshots go
+// to a fresh temp dir (or $SHOTS), whose path is printed.
 // Prints one line per check; exits non-zero on any failure.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -32,6 +43,14 @@ if (!fs.existsSync(executablePath)) {
   process.exit(1);
 }
 const shots = process.env.SHOTS || fs.mkdtempSync(path.join(os.tmpdir(), 'vman-playground-shots-'));
+const adminToken = process.env.PLAYGROUND_ADMIN_TOKEN || null;
+const viewerToken = process.env.PLAYGROUND_VIEWER_TOKEN || null;
+if (!adminToken !== !viewerToken) {
+  console.log('FAIL set both PLAYGROUND_ADMIN_TOKEN and PLAYGROUND_VIEWER_TOKEN, or neither');
+  process.exit(2);
+}
+/** The localStorage key of the token bar (playground/src/auth.js). */
+const TOKEN_KEY = 'vman.playground.apiToken';
 
 /** How long any single wait in the page may take. */
 const WAIT_MS = 15_000;
@@ -67,7 +86,11 @@ const isLoopback = (u) => {
 async function gql(query, variables = {}) {
   const response = await fetch(graphqlUrl, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    headers: {
+      'content-type': 'application/json',
+      accept: 'application/json',
+      ...(adminToken ? { authorization: `Bearer ${adminToken}` } : {}),
+    },
     body: JSON.stringify({ query, variables }),
     signal: AbortSignal.timeout(WAIT_MS),
   });
@@ -118,6 +141,58 @@ async function setQuery(page, query) {
   await page.waitForTimeout(300);
 }
 
+/** Resolves with the first frame `ws` sent (`framesent`) or received
+ * (`framereceived`) that `test` accepts, counting those already seen. */
+function frame(socket, ws, event, test) {
+  const seen = event === 'framesent' ? socket.sent : socket.received;
+  const found = seen.find(test);
+  if (found !== undefined) return Promise.resolve(found);
+  return ws.waitForEvent(event, { predicate: (f) => test(String(f.payload)) }).then((f) => String(f.payload));
+}
+const tokenStatus = (page) => page.locator('.vman-token-status');
+const tokenField = (page) => page.getByLabel('API token', { exact: true });
+/** Waits for the token bar's state (`data-state`); its text. */
+async function waitForTokenState(page, state) {
+  await page.locator(`.vman-token-status[data-state="${state}"]`).waitFor();
+  return tokenStatus(page).innerText();
+}
+/** Loads the page at `/` and waits until GraphiQL has set up its tabs and the
+ * active one shows `expect` (the first example's, on a first visit). */
+async function openPlayground(page, expect = 'createTemplate') {
+  const t1 = Date.now();
+  const response = await page.goto(`${origin}/`);
+  check(response?.ok() && /text\/html/.test(response.headers()['content-type'] ?? ''),
+    `GET ${origin}/ -> ${response?.status()} ${response?.headers()['content-type']}`);
+  await page.locator('.graphiql-query-editor .monaco-editor').waitFor({ timeout: FIRST_LOAD_MS });
+  check(await page.locator('.graphiql-container').isVisible(), `GraphiQL renders at / (editor after ${Date.now() - t1} ms)`);
+  // GraphiQL fills the first tab with the first example once its tabs are
+  // set up; editing the editor before that can be overwritten.
+  await page.waitForFunction((e) => document.querySelector('.graphiql-query-editor .view-lines')?.textContent.includes(e), expect);
+}
+/** A template and a stopped VM made by node over HTTP; the VM. */
+async function makeVm() {
+  const templateName = `pg-tpl-${runId}`;
+  const vmName = `pg-vm-${runId}`;
+  await gql('mutation($name: String!) { createTemplate(input: {name: $name, vcpus: 1, memoryMib: 128}) { template { id } } }',
+    { name: templateName });
+  const vm = (await gql('mutation($name: String!, $t: String!) { createVm(input: {name: $name, templateName: $t}) { vm { id state } } }',
+    { name: vmName, t: templateName })).createVm.vm;
+  check(vm.state === 'STOPPED', `node created VM ${vmName} (${vm.id}) over HTTP`);
+  return { ...vm, name: vmName, templateName };
+}
+const findVmQuery = (vm) => `query FindVm { health { ready } vm(name: "${vm.name}") { id name state template { name } } }`;
+/** The POSTs to /graphql the page makes from now on: operation name and headers. */
+function recordPosts(page) {
+  const posts = [];
+  page.on('request', (r) => {
+    if (r.method() !== 'POST' || new URL(r.url()).pathname !== '/graphql') return;
+    let operationName = null;
+    try { operationName = JSON.parse(r.postData() ?? '{}').operationName ?? null; } catch { /* not JSON */ }
+    posts.push({ operationName, authorization: r.headers().authorization ?? null });
+  });
+  return posts;
+}
+
 const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vman-playground-chromium-'));
 let context;
 const offLoopback = [];
@@ -145,43 +220,55 @@ try {
   context.on('request', (r) => { if (!isLoopback(r.url())) offLoopback.push(r.url()); });
 
   const page = context.pages()[0] ?? await context.newPage();
-  page.on('console', (m) => { if (m.type() === 'error') consoleProblems.push(`console error: ${m.text()}`); });
+  page.on('console', (m) => {
+    if (m.type() !== 'error') return;
+    // Chromium logs every 401 response; with tokens, 401s are the point.
+    if (adminToken && /status of 401/.test(m.text())) return;
+    consoleProblems.push(`console error: ${m.text()}`);
+  });
   page.on('pageerror', (e) => consoleProblems.push(`page error: ${e.message}`));
   const sockets = [];
   page.on('websocket', (ws) => {
     if (!isLoopback(ws.url())) offLoopback.push(ws.url());
-    const socket = { url: ws.url(), sent: [], received: [] };
+    const socket = { ws, url: ws.url(), sent: [], received: [] };
     sockets.push(socket);
     ws.on('framesent', (f) => socket.sent.push(String(f.payload)));
     ws.on('framereceived', (f) => socket.received.push(String(f.payload)));
   });
+  const posts = recordPosts(page);
 
-  // ---- the page, from vman's binary, at / ---------------------------------
-  const t1 = Date.now();
-  const response = await page.goto(`${origin}/`);
-  check(response?.ok() && /text\/html/.test(response.headers()['content-type'] ?? ''),
-    `GET ${origin}/ -> ${response?.status()} ${response?.headers()['content-type']}`);
-  await page.locator('.graphiql-query-editor .monaco-editor').waitFor({ timeout: FIRST_LOAD_MS });
-  check(await page.locator('.graphiql-container').isVisible(), `GraphiQL renders at / (editor after ${Date.now() - t1} ms)`);
+  if (adminToken) await withTokens(page, sockets, posts);
+  else await withoutAuth(page, sockets);
+} catch (e) {
+  check(false, 'exception', e?.stack ?? String(e));
+  const page = context?.pages()[0];
+  if (page) {
+    await page.screenshot({ path: path.join(shots, 'playground-failure.png') }).catch(() => {});
+    console.log(`     failure screenshot in ${shots}`);
+  }
+} finally {
+  check(offLoopback.length === 0, 'no request left loopback', [...new Set(offLoopback)].join(' '));
+  check(consoleProblems.length === 0, 'no console errors', consoleProblems.join('\n  '));
+  await context?.close().catch(() => {});
+  fs.rmSync(userDataDir, { recursive: true, force: true });
+}
+console.log(`${passed} passed, ${failures.length} failed`);
+process.exit(failures.length ? 1 : 0);
+
+// ---- auth.mode = "none": the page as it always was ------------------------
+async function withoutAuth(page, sockets) {
+  await openPlayground(page);
   check(await page.locator('.vman-examples').isVisible(), 'the Examples panel is open');
-  // GraphiQL fills the first tab with the first example once its tabs are
-  // set up; editing the editor before that can be overwritten.
-  await page.waitForFunction(() => document.querySelector('.graphiql-query-editor .view-lines')?.textContent.includes('createTemplate'));
+  const open = await waitForTokenState(page, 'open');
+  check(open.includes('No token needed') && open.includes('local'), `the token bar says: ${open}`);
 
   // ---- a query, its result in the response panel --------------------------
-  const templateName = `pg-tpl-${runId}`;
-  const vmName = `pg-vm-${runId}`;
-  await gql('mutation($name: String!) { createTemplate(input: {name: $name, vcpus: 1, memoryMib: 128}) { template { id } } }',
-    { name: templateName });
-  const vm = (await gql('mutation($name: String!, $t: String!) { createVm(input: {name: $name, templateName: $t}) { vm { id state } } }',
-    { name: vmName, t: templateName })).createVm.vm;
-  check(vm.state === 'STOPPED', `node created VM ${vmName} (${vm.id}) over HTTP`);
-
-  await setQuery(page, `query FindVm { health { ready } vm(name: "${vmName}") { id name state template { name } } }`);
+  const vm = await makeVm();
+  await setQuery(page, findVmQuery(vm));
   await page.locator('.graphiql-execute-button').click();
-  await waitForResponse(page, [`"name":"${vmName}"`, '"state":"STOPPED"']);
+  await waitForResponse(page, [`"name":"${vm.name}"`, '"state":"STOPPED"']);
   const out = await responseText(page);
-  check(has(out, `"id":"${vm.id}"`, `"template":{"name":"${templateName}"}`, '"health":{"ready":'),
+  check(has(out, `"id":"${vm.id}"`, `"template":{"name":"${vm.templateName}"}`, '"health":{"ready":'),
     'query FindVm ran in the page; the response panel shows the VM', out);
   await page.screenshot({ path: path.join(shots, 'playground-query.png') });
 
@@ -196,14 +283,13 @@ try {
   await page.locator('.graphiql-execute-button').click();
   const ws = await wsOpened;
   check(ws.url() === `${origin.replace(/^http/, 'ws')}/graphql/ws`, `the subscription opened the websocket ${ws.url()}`);
-  const socket = sockets.find((s) => s.url === ws.url());
-  for (let i = 0; i < 100 && !socket.sent.some((f) => /"type":"subscribe"/.test(f)); i++) await page.waitForTimeout(50);
-  check(socket.sent.some((f) => /"type":"subscribe"/.test(f) && f.includes('vmStateChanged')),
-    'the page sent the subscribe message over the websocket');
+  const socket = sockets.find((s) => s.ws === ws);
+  const subscribe = await frame(socket, ws, 'framesent', (f) => /"type":"subscribe"/.test(f));
+  check(subscribe.includes('vmStateChanged'), 'the page sent the subscribe message over the websocket');
 
   const started = (await gql('mutation($id: ID!) { startVm(id: $id) { vm { state } } }', { id: vm.id })).startVm.vm;
   check(['STARTING', 'RUNNING'].includes(started.state), `node ran startVm over HTTP -> ${started.state}`);
-  await waitForResponse(page, ['"vmStateChanged"', '"to":"RUNNING"', `"name":"${vmName}"`]);
+  await waitForResponse(page, ['"vmStateChanged"', '"to":"RUNNING"', `"name":"${vm.name}"`]);
   let shown = await responseText(page);
   check(has(shown, `"vmId":"${vm.id}"`, '"from":"STARTING"'), 'the response panel shows the pushed STARTING→RUNNING change', shown);
   const nexts = socket.received.filter((f) => /"type":"next"/.test(f));
@@ -222,21 +308,124 @@ try {
   await page.screenshot({ path: path.join(shots, 'playground-subscription.png') });
   console.log(`     screenshots in ${shots}`);
 
-  await page.locator('.graphiql-execute-button').click(); // stop the subscription
-  for (let i = 0; i < 40 && !socket.sent.some((f) => /"type":"complete"/.test(f)) && !ws.isClosed(); i++) await page.waitForTimeout(50);
-  check(ws.isClosed() || socket.sent.some((f) => /"type":"complete"/.test(f)), 'stopping it in the page ends the subscription');
-} catch (e) {
-  check(false, 'exception', e?.stack ?? String(e));
-  const page = context?.pages()[0];
-  if (page) {
-    await page.screenshot({ path: path.join(shots, 'playground-failure.png') }).catch(() => {});
-    console.log(`     failure screenshot in ${shots}`);
-  }
-} finally {
-  check(offLoopback.length === 0, 'no request left loopback', [...new Set(offLoopback)].join(' '));
-  check(consoleProblems.length === 0, 'no console errors', consoleProblems.join('\n  '));
-  await context?.close().catch(() => {});
-  fs.rmSync(userDataDir, { recursive: true, force: true });
+  await stopSubscription(page, socket);
 }
-console.log(`${passed} passed, ${failures.length} failed`);
-process.exit(failures.length ? 1 : 0);
+
+/** Clicks Run again (it is Stop while a subscription runs); the socket ends
+ * it with `complete`, or closes. */
+async function stopSubscription(page, socket) {
+  // (Waiting for a frame fails when the socket closes first: that ends it too.)
+  const ended = Promise.race([
+    frame(socket, socket.ws, 'framesent', (f) => /"type":"complete"/.test(f)).then(() => true, () => socket.ws.isClosed()),
+    socket.ws.isClosed() || socket.ws.waitForEvent('close').then(() => true, () => false),
+  ]);
+  await page.locator('.graphiql-execute-button').click();
+  check(await ended, 'stopping it in the page ends the subscription');
+}
+
+// ---- auth.mode = "token": the token bar -----------------------------------
+async function withTokens(page, sockets, posts) {
+  await openPlayground(page);
+
+  // ---- no token: the bar and the response panel say one is needed --------
+  const needs = await waitForTokenState(page, 'needs-token');
+  check(needs.includes('needs a token'), `without a token the token bar says: ${needs}`);
+  check(await tokenField(page).getAttribute('type') === 'password', 'the token field is a password field');
+  // GraphiQL's schema fetch got a 401: it shows the answer, with the hint.
+  await waitForResponse(page, ['ThisvmanneedsanAPItoken', '"code":"UNAUTHENTICATED"', 'anAPItokenisrequired']);
+  check(posts.some((p) => p.operationName === 'IntrospectionQuery' && p.authorization === null),
+    'the schema fetch went out without Authorization and its 401 says to paste a token');
+
+  const vm = await makeVm();
+  await setQuery(page, findVmQuery(vm));
+  let before = posts.length;
+  await page.locator('.graphiql-execute-button').click();
+  await waitForResponse(page, ['ThisvmanneedsanAPItoken', '"code":"UNAUTHENTICATED"', 'anAPItokenisrequired']);
+  let shown = await responseText(page);
+  check(!has(shown, `"id":"${vm.id}"`) && posts.slice(before).some((p) => p.operationName === 'FindVm' && p.authorization === null),
+    'query FindVm without a token: the response panel says to paste a token, and shows no VM', shown);
+  await page.screenshot({ path: path.join(shots, 'playground-token-needed.png') });
+
+  // ---- a wrong token is refused -------------------------------------------
+  await tokenField(page).fill('vman_not-a-real-token_x');
+  await page.getByRole('button', { name: 'Save' }).click();
+  const refused = await waitForTokenState(page, 'refused');
+  check(refused.includes('refused') && refused.includes('unknown or revoked token'), `a wrong token: the token bar says: ${refused}`);
+  // GraphiQL fetched the schema again with it: its 401 replaces the answer
+  // shown before. (Waiting for it also keeps that late answer from landing
+  // after the next token's.)
+  await waitForResponse(page, ['vmanrefusedthisAPItoken', 'unknownorrevokedtoken']);
+
+  // ---- the viewer's token: who you are, and the schema with it ------------
+  before = posts.length;
+  const introspected = page.waitForResponse((r) => r.request().method() === 'POST' &&
+    r.request().headers().authorization === `Bearer ${viewerToken}` && /IntrospectionQuery/.test(r.request().postData() ?? ''));
+  await tokenField(page).fill(viewerToken);
+  await page.getByRole('button', { name: 'Save' }).click();
+  const me = await waitForTokenState(page, 'signed-in');
+  check(me.includes('viewer') && me.includes('VIEWER'), `with the viewer's token the token bar says: ${me}`);
+  check((await introspected).status() === 200, 'saving it fetched the schema again, with Authorization: Bearer <token>, and got 200');
+  check(await page.evaluate((key) => localStorage.getItem(key), TOKEN_KEY) === viewerToken, 'the token is in localStorage');
+  // The "needs a token" answer of before is gone from the response panel.
+  await page.waitForFunction(() => !document.querySelector('.graphiql-response .view-lines')?.textContent.includes('vman-playground'));
+
+  // ---- a reload keeps it; a query with it ---------------------------------
+  // (GraphiQL restores its tabs: the active one still holds FindVm.)
+  await openPlayground(page, 'FindVm');
+  const again = await waitForTokenState(page, 'signed-in');
+  check(again.includes('viewer') && await tokenField(page).inputValue() === viewerToken,
+    `after a reload the token is still there: ${again}`);
+  await setQuery(page, findVmQuery(vm));
+  before = posts.length;
+  await page.locator('.graphiql-execute-button').click();
+  await waitForResponse(page, [`"name":"${vm.name}"`, '"state":"STOPPED"']);
+  shown = await responseText(page);
+  check(has(shown, `"id":"${vm.id}"`, `"template":{"name":"${vm.templateName}"}`),
+    'query FindVm with the token: the response panel shows the VM', shown);
+  const sent = posts.slice(before).filter((p) => p.operationName === 'FindVm');
+  check(sent.length === 1 && sent[0].authorization === `Bearer ${viewerToken}`,
+    `FindVm went out with Authorization: Bearer <viewer token> (${sent.map((p) => p.authorization?.slice(0, 12)).join(', ')}…)`);
+  await page.screenshot({ path: path.join(shots, 'playground-token-query.png') });
+
+  // ---- a subscription with it; mutations from node, as admin --------------
+  const head = await journalHead();
+  await setQuery(page,
+    `subscription WatchVm { vmStateChanged(vmId: "${vm.id}", after: "${head}") { vmId from to reason sequence vm { name } } }`);
+  let wsOpened = page.waitForEvent('websocket');
+  await page.locator('.graphiql-execute-button').click();
+  let ws = await wsOpened;
+  let socket = sockets.find((s) => s.ws === ws);
+  const init = JSON.parse(await frame(socket, ws, 'framesent', (f) => /"type":"connection_init"/.test(f)));
+  check(init.payload?.authorization === `Bearer ${viewerToken}`,
+    'the websocket\'s connection_init carries {"authorization": "Bearer <viewer token>"}', JSON.stringify(init.payload));
+  await frame(socket, ws, 'framereceived', (f) => /"type":"connection_ack"/.test(f));
+  const subscribe = await frame(socket, ws, 'framesent', (f) => /"type":"subscribe"/.test(f));
+  check(subscribe.includes('vmStateChanged'), 'vman acknowledged the connection and the page subscribed');
+
+  const started = (await gql('mutation($id: ID!) { startVm(id: $id) { vm { state } } }', { id: vm.id })).startVm.vm;
+  check(['STARTING', 'RUNNING'].includes(started.state), `node ran startVm as admin over HTTP -> ${started.state}`);
+  await waitForResponse(page, ['"vmStateChanged"', '"to":"RUNNING"', `"name":"${vm.name}"`]);
+  shown = await responseText(page);
+  check(has(shown, `"vmId":"${vm.id}"`, '"from":"STARTING"'), 'the response panel shows the pushed STARTING→RUNNING change', shown);
+  await page.screenshot({ path: path.join(shots, 'playground-token-subscription.png') });
+  await stopSubscription(page, socket);
+
+  // ---- Clear: no token again, and a subscription is refused at once -------
+  await page.getByRole('button', { name: 'Clear' }).click();
+  const cleared = await waitForTokenState(page, 'needs-token');
+  check(cleared.includes('needs a token') && await tokenField(page).inputValue() === '' &&
+    await page.evaluate((key) => localStorage.getItem(key), TOKEN_KEY) === null,
+  'Clear empties the field and localStorage, and the bar says a token is needed');
+  const opened = sockets.length;
+  wsOpened = page.waitForEvent('websocket');
+  await page.locator('.graphiql-execute-button').click();
+  ws = await wsOpened;
+  socket = sockets.find((s) => s.ws === ws);
+  const bare = JSON.parse(await frame(socket, ws, 'framesent', (f) => /"type":"connection_init"/.test(f)));
+  check(bare.payload?.authorization === undefined, 'without a token connection_init has no authorization', JSON.stringify(bare.payload));
+  // graphql-ws would retry a 4403 for about 30 s; the playground does not.
+  await waitForResponse(page, ['ThisvmanneedsanAPItoken', 'Thewebsocketwasclosedwith4403']);
+  check(sockets.length === opened + 1, `the refused subscription opened one websocket, not more (${sockets.length - opened})`);
+  await page.screenshot({ path: path.join(shots, 'playground-token-refused-ws.png') });
+  console.log(`     screenshots in ${shots}`);
+}
