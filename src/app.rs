@@ -32,6 +32,8 @@ pub struct App {
     pub adoption_problems: AdoptionProblems,
     /// Who may use the API.
     pub auth: Arc<Auth>,
+    /// The per-VM samplers of `vmStats`.
+    pub stats: Arc<crate::stats::Samplers>,
     _lock: DataDirLock,
 }
 
@@ -166,6 +168,7 @@ impl App {
         };
         Ok(App {
             auth: Arc::new(Auth::new(&ctx.config, ctx.db.clone())),
+            stats: Arc::new(crate::stats::Samplers::new(ctx.clone())),
             observer: Arc::new(Observer::new(ctx.clone())),
             ctx,
             adoption_problems: Default::default(),

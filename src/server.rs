@@ -150,7 +150,8 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::telemetry::render(gauges(&shared.app.ctx).await),
+        crate::telemetry::render(gauges(&shared.app.ctx).await)
+            + &crate::stats::prometheus_series(&shared.app.ctx).await,
     )
         .into_response()
 }

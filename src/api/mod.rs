@@ -33,6 +33,7 @@ pub struct Query(
     events::EventQuery,
     health::HealthQuery,
     crate::auth::graphql::AuthQuery,
+    crate::stats::graphql::StatsQuery,
 );
 
 /// What changes vman's records and the host. Mutations that touch the host
@@ -54,6 +55,7 @@ pub struct Mutation(
 pub struct Subscription(
     events::EventSubscription,
     crate::coherence::graphql::CoherenceSubscription,
+    crate::stats::graphql::StatsSubscription,
 );
 
 pub type VmanSchema = Schema<Query, Mutation, Subscription>;

@@ -27,6 +27,8 @@ pub struct DryRunHypervisor {
     /// The VMs it pretends to run (id → running, not paused): synthetic
     /// processes the coherence sweep probes like real ones.
     running: Mutex<HashMap<String, bool>>,
+    /// When each pretended QEMU started: its synthetic counters grow from then.
+    started: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl DryRunHypervisor {
@@ -35,6 +37,7 @@ impl DryRunHypervisor {
             options,
             events: broadcast::channel(1).0,
             running: Mutex::default(),
+            started: Mutex::default(),
         }
     }
 
@@ -45,10 +48,15 @@ impl DryRunHypervisor {
         match action {
             VmAction::Start(spec) => {
                 running.insert(spec.id.clone(), true);
+                self.started
+                    .lock()
+                    .expect("dry-run starts")
+                    .insert(spec.id.clone(), std::time::Instant::now());
                 None
             }
             VmAction::Stop { vm_id, request } => {
                 running.remove(vm_id);
+                self.started.lock().expect("dry-run starts").remove(vm_id);
                 Some(if request.force {
                     StopRung::Quit
                 } else {
@@ -158,6 +166,19 @@ impl Hypervisor for DryRunHypervisor {
         // A dry run made no file, and must not remove a real vman's.
         Vec::new()
     }
+
+    /// Synthetic counters of a pretended QEMU: 5 % of one CPU and 64 MiB
+    /// since its start (for benchmarks and the sampler's logic; no disks).
+    async fn counters(&self, vm_id: &str, _timeout: Duration) -> Option<super::VmCounters> {
+        let started = *self.started.lock().expect("dry-run starts").get(vm_id)?;
+        let up = started.elapsed().as_secs_f64();
+        Some(super::VmCounters {
+            cpu_seconds: up * 0.05,
+            rss_bytes: 64 << 20,
+            uptime_seconds: up,
+            disks: Vec::new(),
+        })
+    }
 }
 
 /// Plans like the netlink port and keeps only what it would have made (the
@@ -236,6 +257,15 @@ impl HostNetwork for DryRunNetwork {
 
     async fn links(&self) -> Result<HashMap<String, LinkSeen>, HostError> {
         Ok(self.believed.lock().expect("dry-run links").clone())
+    }
+
+    /// A link it believes in has counted nothing.
+    fn link_counters(&self, name: &str) -> Option<super::LinkCounters> {
+        self.believed
+            .lock()
+            .expect("dry-run links")
+            .contains_key(name)
+            .then(super::LinkCounters::default)
     }
 
     fn capabilities(&self) -> NetworkCapabilities {

@@ -491,6 +491,41 @@ pub enum HostError {
     Timeout(String),
 }
 
+/// What one running VM's QEMU has used, read at one instant (counters grow
+/// from its start).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmCounters {
+    /// CPU time of the QEMU process (every vCPU and QEMU's own threads), in seconds.
+    pub cpu_seconds: f64,
+    /// Resident memory of the QEMU process, in bytes.
+    pub rss_bytes: u64,
+    /// How long the QEMU process has run, in seconds.
+    pub uptime_seconds: f64,
+    /// Per disk (by disk id), as QMP `query-blockstats` reports (empty when QMP did not answer).
+    pub disks: Vec<DiskCounters>,
+}
+
+/// One disk's I/O since its QEMU started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskCounters {
+    pub disk_id: String,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+}
+
+/// One link's traffic counters, as the kernel keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+}
+
 #[async_trait]
 pub trait Hypervisor: Send + Sync {
     /// The steps `execute` would take, computed without touching the host.
@@ -526,6 +561,11 @@ pub trait Hypervisor: Send + Sync {
     /// start, while no operation runs. Returns what it removed; a dry run
     /// touches nothing.
     async fn remove_partials(&self, storage: &std::path::Path) -> Vec<PathBuf>;
+
+    /// What the running VM's QEMU has used so far (`None`: no QEMU of it
+    /// runs that this port tracks). Never waits on QEMU longer than
+    /// `timeout`. Reads only.
+    async fn counters(&self, vm_id: &str, timeout: std::time::Duration) -> Option<VmCounters>;
 }
 
 /// What a network port is asked to do. Every action is idempotent, so the
@@ -622,4 +662,6 @@ pub trait HostNetwork: Send + Sync {
     async fn links(&self) -> Result<HashMap<String, LinkSeen>, HostError>;
     /// What the host can do, as probed at start.
     fn capabilities(&self) -> NetworkCapabilities;
+    /// A link's traffic counters (`None`: no such link). Reads only.
+    fn link_counters(&self, name: &str) -> Option<LinkCounters>;
 }

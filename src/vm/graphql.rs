@@ -89,6 +89,15 @@ impl VmObject {
             .gql()?;
         Ok(nics.into_iter().map(NicObject).collect())
     }
+    /// What its QEMU has used so far (CPU, memory, disks, NICs); null when
+    /// no QEMU of it runs. `cpuPercent` is null here: the `vmStats`
+    /// subscription has it.
+    async fn stats(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<crate::stats::graphql::VmStatsObject>> {
+        crate::stats::graphql::of_vm(ctx, &self.0).await
+    }
     /// Free text; empty when none was given.
     async fn description(&self) -> &str {
         &self.0.description

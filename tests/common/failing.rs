@@ -123,6 +123,14 @@ impl Hypervisor for FailingHypervisor {
         self.inner.remove_partials(storage).await
     }
 
+    async fn counters(
+        &self,
+        vm_id: &str,
+        timeout: std::time::Duration,
+    ) -> Option<vman::host::VmCounters> {
+        self.inner.counters(vm_id, timeout).await
+    }
+
     async fn list_dir(&self, dir: &Path) -> Option<Vec<vman::host::FileSeen>> {
         self.inner.list_dir(dir).await
     }
@@ -150,5 +158,9 @@ impl HostNetwork for FailingNetwork {
 
     fn capabilities(&self) -> NetworkCapabilities {
         self.inner.capabilities()
+    }
+
+    fn link_counters(&self, name: &str) -> Option<vman::host::LinkCounters> {
+        self.inner.link_counters(name)
     }
 }

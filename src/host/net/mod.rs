@@ -332,6 +332,31 @@ impl HostNetwork for NetlinkNetwork {
     fn capabilities(&self) -> NetworkCapabilities {
         self.capabilities.clone()
     }
+
+    /// From `/sys/class/net/<name>/statistics`.
+    fn link_counters(&self, name: &str) -> Option<super::LinkCounters> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return None;
+        }
+        let dir = std::path::Path::new("/sys/class/net")
+            .join(name)
+            .join("statistics");
+        let read = |counter: &str| -> Option<u64> {
+            std::fs::read_to_string(dir.join(counter))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        Some(super::LinkCounters {
+            rx_bytes: read("rx_bytes")?,
+            tx_bytes: read("tx_bytes")?,
+            rx_packets: read("rx_packets")?,
+            tx_packets: read("tx_packets")?,
+            rx_dropped: read("rx_dropped")?,
+            tx_dropped: read("tx_dropped")?,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ mod probe;
 pub mod process;
 pub mod qmp;
 mod running;
+mod stats;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -129,5 +130,9 @@ impl Hypervisor for Qemu {
 
     async fn remove_partials(&self, storage: &Path) -> Vec<PathBuf> {
         files::remove_partials(storage)
+    }
+
+    async fn counters(&self, vm_id: &str, timeout: Duration) -> Option<super::VmCounters> {
+        self.0.counters(vm_id, timeout).await
     }
 }

@@ -212,6 +212,7 @@ impl QmpClient {
             "quit" => self.typed::<qmp::quit>(args, COMMAND_TIMEOUT),
             "query-status" => self.typed::<qmp::query_status>(args, STATUS_TIMEOUT),
             "query-block" => self.typed::<qmp::query_block>(args, STATUS_TIMEOUT),
+            "query-blockstats" => self.typed::<qmp::query_blockstats>(args, STATUS_TIMEOUT),
             "blockdev-add" => self.typed::<qmp::blockdev_add>(args, COMMAND_TIMEOUT),
             "blockdev-del" => self.typed::<qmp::blockdev_del>(args, COMMAND_TIMEOUT),
             "device_add" => self.typed::<qmp::device_add>(args, COMMAND_TIMEOUT),
