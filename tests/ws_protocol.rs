@@ -134,6 +134,25 @@ impl Raw {
         }
     }
 
+    /// The next message's text as it came (key order included), answering
+    /// server pings and skipping `ka`.
+    async fn recv_text(&mut self) -> String {
+        loop {
+            match self.frame().await {
+                Some(Message::Text(text)) => {
+                    let message: Value = serde_json::from_str(&text).unwrap();
+                    match message["type"].as_str() {
+                        Some("ping") => self.send(json!({"type": "pong"})).await,
+                        Some("ka") => {}
+                        _ => return text.to_string(),
+                    }
+                }
+                Some(Message::Ping(_) | Message::Pong(_)) => continue,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
     /// The next `next` message for `id`; its data.
     async fn next_data(&mut self, id: &str) -> Value {
         let message = self.recv().await;
@@ -425,6 +444,64 @@ async fn operations_end_with_complete_and_failures_with_error() {
         "{next}"
     );
     assert_eq!(ws.recv().await, json!({"type": "complete", "id": "bad"}));
+}
+
+#[tokio::test]
+async fn results_keep_the_selection_order_in_every_event() {
+    let server = TestServer::start().await;
+    server.create_template("tiny").await;
+    let vm = server.create_vm("web-1", "tiny").await;
+    let after = head(&server).await;
+    let mut ws = Raw::ready(&server.ws_url, TRANSPORT).await;
+    // Not alphabetical, nor the schema's order, and `vm` (a database read)
+    // first: async-graphql alone puts it wherever its read completes.
+    ws.subscribe(
+        "o",
+        "subscription($vm: ID, $after: String) { vmStateChanged(vmId: $vm, after: $after) { vm { name id } to sequence from reason } }",
+        json!({"vm": vm, "after": after}),
+    )
+    .await;
+    server.start_vm(&vm).await;
+    server
+        .ok(
+            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    let first: u64 = after.parse::<u64>().unwrap() + 1;
+    let moves = [
+        ("STOPPED", "STARTING", "start requested"),
+        ("STARTING", "RUNNING", "started"),
+        ("RUNNING", "STOPPING", "forced stop requested"),
+        ("STOPPING", "STOPPED", "stopped by QEMU quit"),
+    ];
+    for (sequence, (from, to, reason)) in (first..).zip(moves) {
+        assert_eq!(
+            ws.recv_text().await,
+            format!(
+                r#"{{"type":"next","id":"o","payload":{{"data":{{"vmStateChanged":{{"vm":{{"name":"web-1","id":"{vm}"}},"to":"{to}","sequence":"{sequence}","from":"{from}","reason":"{reason}"}}}}}}}}"#
+            )
+        );
+    }
+
+    // The same over HTTP.
+    let text = server
+        .http
+        .post(&server.url)
+        .json(&json!({
+            "query": "query($id: ID) { vm(id: $id) { disks { name } coherenceIssues { kind } state name } }",
+            "variables": {"id": vm},
+        }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        text,
+        r#"{"data":{"vm":{"disks":[{"name":"web-1-root"}],"coherenceIssues":[],"state":"STOPPED","name":"web-1"}}}"#
+    );
 }
 
 #[tokio::test]

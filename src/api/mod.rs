@@ -4,6 +4,7 @@ pub mod events;
 pub mod health;
 pub mod http;
 pub mod node;
+pub mod order;
 pub mod pagination;
 pub mod ws;
 
@@ -72,6 +73,7 @@ pub fn schema(app: Arc<App>) -> VmanSchema {
     schema_builder()
         .extension(crate::telemetry::GraphqlMetrics)
         .extension(crate::auth::guard::RoleGuard)
+        .extension(order::SelectionOrder)
         .data(app)
         .finish()
 }
