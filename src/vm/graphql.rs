@@ -221,14 +221,15 @@ impl VmMutation {
     async fn start_vm(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
         #[graphql(
             default = false,
             desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
         )]
         dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
-        lifecycle(ctx, &id, Lifecycle::Start, dry_run).await
+        lifecycle(ctx, (id, name), Lifecycle::Start, dry_run).await
     }
 
     /// Asks the guest to power off (ACPI), waits up to `timeoutSeconds`, then ends QEMU.
@@ -236,7 +237,8 @@ impl VmMutation {
     async fn stop_vm(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
         #[graphql(default = false, desc = "End QEMU without asking the guest.")] force: bool,
         #[graphql(desc = "1 to 3600; default `qemu.stop_timeout`.")] timeout_seconds: Option<i32>,
         #[graphql(
@@ -252,7 +254,7 @@ impl VmMutation {
         };
         lifecycle(
             ctx,
-            &id,
+            (id, name),
             Lifecycle::Stop(StopRequest { force, timeout_ms }),
             dry_run,
         )
@@ -263,7 +265,8 @@ impl VmMutation {
     async fn restart_vm(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
         #[graphql(
             default = false,
             desc = "Reset the machine (QMP `system_reset`) instead."
@@ -275,35 +278,37 @@ impl VmMutation {
         )]
         dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
-        lifecycle(ctx, &id, Lifecycle::Restart { hard }, dry_run).await
+        lifecycle(ctx, (id, name), Lifecycle::Restart { hard }, dry_run).await
     }
 
     /// Pauses a RUNNING VM (QMP `stop`): PAUSED.
     async fn pause_vm(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
         #[graphql(
             default = false,
             desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
         )]
         dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
-        lifecycle(ctx, &id, Lifecycle::Pause, dry_run).await
+        lifecycle(ctx, (id, name), Lifecycle::Pause, dry_run).await
     }
 
     /// Resumes a PAUSED VM (QMP `cont`): RUNNING.
     async fn resume_vm(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
         #[graphql(
             default = false,
             desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
         )]
         dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
-        lifecycle(ctx, &id, Lifecycle::Resume, dry_run).await
+        lifecycle(ctx, (id, name), Lifecycle::Resume, dry_run).await
     }
 
     /// Stops the VM if needed and deletes it. Its disks are deleted too unless
@@ -311,7 +316,8 @@ impl VmMutation {
     async fn delete_vm(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
         #[graphql(default = true, desc = "False: detach the VM's disks and keep them.")]
         delete_disks: bool,
         #[graphql(
@@ -320,6 +326,7 @@ impl VmMutation {
         )]
         dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
+        let id = vm_id(ctx, ("id", id), ("name", name)).await?;
         Ok(
             super::delete(api::services(ctx), &id, delete_disks, dry_run)
                 .await
@@ -329,13 +336,31 @@ impl VmMutation {
     }
 }
 
+/// The VM a mutation names by an ID argument or a name argument
+/// (`("id", id)` and `("name", name)`, or `vmId` and `vmName`).
+pub(crate) async fn vm_id(
+    ctx: &Context<'_>,
+    id: (&str, Option<ID>),
+    name: (&str, Option<String>),
+) -> async_graphql::Result<String> {
+    api::target::<super::model::Entity>(
+        ctx,
+        "VM",
+        id,
+        name,
+        (super::model::Column::Id, super::model::Column::Name),
+    )
+    .await
+}
+
 async fn lifecycle(
     ctx: &Context<'_>,
-    id: &str,
+    (id, name): (Option<ID>, Option<String>),
     request: Lifecycle,
     dry_run: bool,
 ) -> async_graphql::Result<VmPayload> {
-    Ok(super::lifecycle(api::services(ctx), id, request, dry_run)
+    let id = vm_id(ctx, ("id", id), ("name", name)).await?;
+    Ok(super::lifecycle(api::services(ctx), &id, request, dry_run)
         .await
         .gql()?
         .into())
