@@ -25,6 +25,9 @@ command -v npm >/dev/null || missing+=(npm)
 # `ip` for the network tests (they read links in their own namespace); `unshare`
 # (util-linux) is part of every Debian install.
 command -v ip >/dev/null || missing+=(iproute2)
+# `curl` and `jq` for the README's walk-through (tests/readme_walkthrough.rs runs it).
+command -v curl >/dev/null || missing+=(curl)
+command -v jq >/dev/null || missing+=(jq)
 # Headless Chromium for tests/playground_browser.rs (driven by playwright-core).
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 if ((${#missing[@]})); then

@@ -31,6 +31,15 @@ pub enum ApiError {
     /// The caller's role may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// A journal cursor (`after`) beyond the journal's last sequence: it was
+    /// never handed out by this database (it comes from another one, or from
+    /// before a restore), so waiting for it would be waiting in silence.
+    #[error(
+        "after \"{after}\" is ahead of the journal, whose last sequence is {head}: the cursor \
+         comes from another database (or from before a restore). Resume from a sequence of at \
+         most {head}, or \"0\" for the whole journal"
+    )]
+    CursorAhead { after: i64, head: i64 },
     #[error("internal error")]
     /// The cause is logged on the server and never shown to clients.
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -48,6 +57,7 @@ impl ApiError {
             ApiError::Timeout(_) => "TIMEOUT",
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::CursorAhead { .. } => "CURSOR_AHEAD",
             ApiError::Internal(_) => "INTERNAL",
         }
     }
@@ -109,6 +119,10 @@ impl ErrorExtensions for ApiError {
             {
                 ext.set("operationId", operation_id.as_str());
                 ext.set("operationKind", kind.as_str());
+            }
+            if let ApiError::CursorAhead { head, .. } = self {
+                // A sequence, so a string, as everywhere in the API.
+                ext.set("head", head.to_string());
             }
         })
     }

@@ -215,6 +215,19 @@ impl EventBus {
         Ok(last.map_or(0, |e| e.sequence))
     }
 
+    /// `after`, if the journal has reached it. A sequence beyond the head was
+    /// never handed out by this journal (the cursor comes from another
+    /// database, or from before a restore): it is refused with
+    /// `CURSOR_AHEAD` and the head, rather than waited for in silence. The
+    /// head only grows, so a cursor accepted here stays valid.
+    pub async fn check_cursor(&self, after: i64) -> ApiResult<i64> {
+        let head = self.head().await?;
+        if after > head {
+            return Err(ApiError::CursorAhead { after, head });
+        }
+        Ok(after)
+    }
+
     /// Journal events after `after`, oldest first.
     pub async fn after(&self, after: i64, limit: u64) -> ApiResult<Vec<Event>> {
         Ok(model::Entity::find()

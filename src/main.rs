@@ -23,17 +23,25 @@ struct Cli {
 enum Command {
     /// Run the API server.
     Serve {
-        #[arg(long)]
+        /// Address and port to serve HTTP and websockets on [default:
+        /// 127.0.0.1:8080; or `listen` in vman.toml, VMAN_LISTEN]. Beyond
+        /// loopback it needs auth.mode = "token".
+        #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
-        #[arg(long)]
+        /// Where the database, disks, images, VM run and log files live
+        /// [default: ./vman-data; or `data_dir` in vman.toml, VMAN_DATA_DIR].
+        #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
-        /// Plan host steps and record them, never touch the host.
+        /// Plan host steps and record them, never touch the host: no QEMU, no
+        /// qemu-img, no bridges or taps (also `dry_run`, VMAN_DRY_RUN).
         #[arg(long)]
         dry_run: bool,
     },
     /// Apply database migrations and exit.
     Migrate {
-        #[arg(long)]
+        /// The data directory whose database to migrate [default: ./vman-data;
+        /// or `data_dir` in vman.toml, VMAN_DATA_DIR].
+        #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
     /// Print the GraphQL schema (SDL).
@@ -45,7 +53,9 @@ enum Command {
     },
     /// API tokens (for `auth.mode = "token"`); works while vman serves.
     Token {
-        #[arg(long, global = true)]
+        /// The data directory whose database holds the tokens [default:
+        /// ./vman-data; or `data_dir` in vman.toml, VMAN_DATA_DIR].
+        #[arg(long, global = true, value_name = "DIR")]
         data_dir: Option<PathBuf>,
         #[command(subcommand)]
         command: TokenCommand,
@@ -70,14 +80,19 @@ enum TokenCommand {
     List,
     /// Revoke a token: a serving vman refuses it at once and closes its
     /// websockets within a second.
-    Revoke { name: String },
+    Revoke {
+        /// The token's name, as given to `vman token create`.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate and print the effective config, with where each value came from.
     Check {
-        #[arg(long)]
+        /// Check with this data directory, as `vman serve --data-dir` would
+        /// use it.
+        #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
 }
@@ -290,5 +305,41 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `vman <command> --help` describes every option and argument.
+    #[test]
+    fn every_option_and_argument_is_described() {
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                check(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut command = Cli::command();
+        command.build();
+        let mut missing = Vec::new();
+        check(&command, "vman", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+
+        let help = command
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_help()
+            .to_string();
+        assert!(help.contains("--listen <ADDR>"), "{help}");
+        assert!(help.contains("--data-dir <DIR>"), "{help}");
+        assert!(help.contains("VMAN_DATA_DIR"), "{help}");
     }
 }

@@ -398,3 +398,118 @@ async fn a_refused_attach_writes_nothing() {
     .expect("an attach after refused ones is not held up");
     assert_eq!(attached["attachDisk"]["operation"]["status"], "SUCCEEDED");
 }
+
+/// Every mutation that names a template, VM, disk or network takes exactly
+/// one of its ID argument and its name argument, as the queries do: both or
+/// neither is BAD_USER_INPUT with the queries' message, and changes nothing.
+#[tokio::test]
+async fn both_or_neither_of_an_id_and_its_name_is_bad_input() {
+    let server = TestServer::start().await;
+    let template = server.create_template("tiny").await;
+    let vm = server.create_vm("vm1", "tiny").await;
+    let disk = server.create_disk("data", 1 << 20, "QCOW2").await;
+    let network = server
+        .ok(
+            "mutation { createNetwork(input: {name: \"lan\", vlanId: 10}) { network { id } } }",
+            json!({}),
+        )
+        .await["createNetwork"]["network"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = server.snapshot().await;
+
+    let vm_pair = ("id", vm.as_str(), "name", "vm1");
+    // (mutation, (ID argument, ID, name argument, name), other arguments)
+    let cases = [
+        (
+            "deleteTemplate",
+            ("id", template.as_str(), "name", "tiny"),
+            String::new(),
+        ),
+        ("startVm", vm_pair, String::new()),
+        ("stopVm", vm_pair, "force: true".into()),
+        ("restartVm", vm_pair, String::new()),
+        ("pauseVm", vm_pair, String::new()),
+        ("resumeVm", vm_pair, String::new()),
+        ("deleteVm", vm_pair, String::new()),
+        (
+            "attachDisk",
+            ("diskId", disk.as_str(), "diskName", "data"),
+            format!("vmId: \"{vm}\""),
+        ),
+        (
+            "attachDisk",
+            ("vmId", vm.as_str(), "vmName", "vm1"),
+            format!("diskId: \"{disk}\""),
+        ),
+        (
+            "detachDisk",
+            ("diskId", disk.as_str(), "diskName", "data"),
+            String::new(),
+        ),
+        (
+            "resizeDisk",
+            ("diskId", disk.as_str(), "diskName", "data"),
+            "sizeBytes: 2097152".into(),
+        ),
+        (
+            "deleteDisk",
+            ("id", disk.as_str(), "name", "data"),
+            String::new(),
+        ),
+        (
+            "deleteNetwork",
+            ("id", network.as_str(), "name", "lan"),
+            String::new(),
+        ),
+        (
+            "attachNic",
+            ("vmId", vm.as_str(), "vmName", "vm1"),
+            format!("networkId: \"{network}\""),
+        ),
+        (
+            "attachNic",
+            ("networkId", network.as_str(), "networkName", "lan"),
+            format!("vmId: \"{vm}\""),
+        ),
+    ];
+    for (mutation, (id_arg, id, name_arg, name), others) in &cases {
+        let both = format!("{id_arg}: \"{id}\", {name_arg}: \"{name}\" {others}");
+        for args in [both.as_str(), others.as_str()] {
+            let args = if args.trim().is_empty() {
+                String::new()
+            } else {
+                format!("({args})")
+            };
+            let query = format!("mutation {{ {mutation}{args} {{ __typename }} }}");
+            let response = server.post(&query, json!({})).await;
+            let error = &response["errors"][0];
+            assert_eq!(
+                error["extensions"]["code"], "BAD_USER_INPUT",
+                "{query}: {response}"
+            );
+            assert_eq!(
+                error["message"],
+                format!("give exactly one of {id_arg} or {name_arg}"),
+                "{query}"
+            );
+        }
+    }
+    // The queries' rule, word for word.
+    let response = server
+        .post(
+            "{ vm(id: \"01940000-0000-7000-8000-000000000000\", name: \"vm1\") { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        response["errors"][0]["message"],
+        "give exactly one of id or name"
+    );
+    assert_eq!(
+        server.snapshot().await,
+        before,
+        "a refused request changed something"
+    );
+}

@@ -76,3 +76,98 @@ async fn node_finds_every_kind_of_object_and_relations_resolve() {
     );
     assert_eq!(data["images"]["totalCount"], 0);
 }
+
+#[tokio::test]
+async fn mutations_name_their_object_by_id_or_by_name() {
+    let server = TestServer::start().await;
+    server.create_template("tiny").await;
+    server.create_vm("vm1", "tiny").await;
+    server.create_disk("data", 1 << 20, "QCOW2").await;
+    server
+        .ok(
+            "mutation { createNetwork(input: {name: \"lan\", vlanId: 10}) { network { id } } }",
+            json!({}),
+        )
+        .await;
+
+    // Each step names its objects by name only; the answer says what it did.
+    let steps: Vec<(&str, Value)> = vec![
+        (
+            "mutation { startVm(name: \"vm1\") { vm { name state } } }",
+            json!({"startVm": {"vm": {"name": "vm1", "state": "RUNNING"}}}),
+        ),
+        (
+            "mutation { pauseVm(name: \"vm1\") { vm { state } } }",
+            json!({"pauseVm": {"vm": {"state": "PAUSED"}}}),
+        ),
+        (
+            "mutation { resumeVm(name: \"vm1\") { vm { state } } }",
+            json!({"resumeVm": {"vm": {"state": "RUNNING"}}}),
+        ),
+        (
+            "mutation { restartVm(name: \"vm1\", hard: true) { vm { state } } }",
+            json!({"restartVm": {"vm": {"state": "RUNNING"}}}),
+        ),
+        (
+            "mutation { attachDisk(diskName: \"data\", vmName: \"vm1\") { disk { name attachment vm { name } } } }",
+            json!({"attachDisk": {"disk": {"name": "data", "attachment": "ATTACHED", "vm": {"name": "vm1"}}}}),
+        ),
+        (
+            "mutation { resizeDisk(diskName: \"data\", sizeBytes: 2097152) { disk { sizeBytes } } }",
+            json!({"resizeDisk": {"disk": {"sizeBytes": 2097152}}}),
+        ),
+        (
+            "mutation { attachNic(vmName: \"vm1\", networkName: \"lan\") { nic { vm { name } network { name } } } }",
+            json!({"attachNic": {"nic": {"vm": {"name": "vm1"}, "network": {"name": "lan"}}}}),
+        ),
+        (
+            "mutation { stopVm(name: \"vm1\", force: true) { vm { state } } }",
+            json!({"stopVm": {"vm": {"state": "STOPPED"}}}),
+        ),
+        (
+            "mutation { detachDisk(diskName: \"data\") { disk { attachment } } }",
+            json!({"detachDisk": {"disk": {"attachment": "DETACHED"}}}),
+        ),
+        (
+            "mutation { deleteVm(name: \"vm1\") { vm { name } } }",
+            json!({"deleteVm": {"vm": {"name": "vm1"}}}),
+        ),
+        (
+            "mutation { deleteDisk(name: \"data\") { disk { name } } }",
+            json!({"deleteDisk": {"disk": {"name": "data"}}}),
+        ),
+        (
+            "mutation { deleteNetwork(name: \"lan\") { network { name } } }",
+            json!({"deleteNetwork": {"network": {"name": "lan"}}}),
+        ),
+        (
+            "mutation { deleteTemplate(name: \"tiny\") { template { name } } }",
+            json!({"deleteTemplate": {"template": {"name": "tiny"}}}),
+        ),
+    ];
+    for (query, expected) in steps {
+        assert_eq!(server.ok(query, json!({})).await, expected, "{query}");
+    }
+    assert_eq!(
+        server
+            .ok(
+                "{ templates { totalCount } vms { totalCount } disks { totalCount } networks { totalCount } }",
+                json!({}),
+            )
+            .await,
+        json!({"templates": {"totalCount": 0}, "vms": {"totalCount": 0}, "disks": {"totalCount": 0}, "networks": {"totalCount": 0}})
+    );
+
+    // A name that names nothing is NOT_FOUND, and says which name.
+    let response = server
+        .post(
+            "mutation { startVm(name: \"nope\") { vm { id } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(response["errors"][0]["extensions"]["code"], "NOT_FOUND");
+    assert_eq!(
+        response["errors"][0]["message"],
+        "VM named \"nope\" not found"
+    );
+}

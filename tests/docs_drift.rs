@@ -151,6 +151,7 @@ fn every_api_error() -> Vec<ApiError> {
         ApiError::Timeout(text()),
         ApiError::Unauthenticated(text()),
         ApiError::Forbidden(text()),
+        ApiError::CursorAhead { after: 2, head: 1 },
         ApiError::Internal(Box::new(std::io::Error::other("x"))),
     ];
     for error in &all {
@@ -164,6 +165,7 @@ fn every_api_error() -> Vec<ApiError> {
             | ApiError::Timeout(_)
             | ApiError::Unauthenticated(_)
             | ApiError::Forbidden(_)
+            | ApiError::CursorAhead { .. }
             | ApiError::Internal(_) => {}
         }
     }

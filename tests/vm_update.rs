@@ -138,6 +138,21 @@ async fn bad_updates_have_their_code_and_change_nothing() {
         assert_eq!(got, code, "{input}");
         assert_eq!(server.snapshot().await, before, "{input} changed something");
     }
+    // By name, as the query names it; both or neither is bad input.
+    let renamed = server
+        .ok(
+            r#"mutation { updateVm(name: "a", input: {description: "by name"}) { vm { description } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(renamed["updateVm"]["vm"]["description"], "by name");
+    let both = server
+        .error_code(
+            r#"mutation($id: ID!) { updateVm(id: $id, name: "a", input: {vcpus: 1}) { vm { id } } }"#,
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(both, "BAD_USER_INPUT");
     let missing = server
         .error_code(
             UPDATE,

@@ -134,6 +134,25 @@ impl Raw {
         }
     }
 
+    /// The next message's text as it came (key order included), answering
+    /// server pings and skipping `ka`.
+    async fn recv_text(&mut self) -> String {
+        loop {
+            match self.frame().await {
+                Some(Message::Text(text)) => {
+                    let message: Value = serde_json::from_str(&text).unwrap();
+                    match message["type"].as_str() {
+                        Some("ping") => self.send(json!({"type": "pong"})).await,
+                        Some("ka") => {}
+                        _ => return text.to_string(),
+                    }
+                }
+                Some(Message::Ping(_) | Message::Pong(_)) => continue,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
     /// The next `next` message for `id`; its data.
     async fn next_data(&mut self, id: &str) -> Value {
         let message = self.recv().await;
@@ -393,16 +412,181 @@ async fn operations_end_with_complete_and_failures_with_error() {
         "{error}"
     );
 
-    // Failing during execution: a `next` carrying the error, then `complete`.
+    // A subscription its root field refuses (a bad argument): `error` with
+    // the field's coded error, no `complete`, and the id is free at once.
     ws.subscribe("bad", EVENTS, json!({"after": "not a sequence"}))
         .await;
+    let error = ws.recv().await;
+    assert_eq!(
+        (error["type"].as_str(), error["id"].as_str()),
+        (Some("error"), Some("bad")),
+        "{error}"
+    );
+    assert_eq!(
+        error["payload"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{error}"
+    );
+    assert_eq!(error["payload"][0]["path"], json!(["events"]), "{error}");
+
+    // A mutation that fails is answered, not refused: `next` with the error,
+    // then `complete` (the field's error has the same one-segment path).
+    let unknown = "01940000-0000-7000-8000-000000000000";
+    ws.subscribe(
+        "bad",
+        "mutation($id: ID!) { startVm(id: $id) { vm { id } } }",
+        json!({"id": unknown}),
+    )
+    .await;
     let next = ws.recv().await;
     assert_eq!(next["type"], "next", "{next}");
     assert_eq!(
-        next["payload"]["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        next["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND",
         "{next}"
     );
     assert_eq!(ws.recv().await, json!({"type": "complete", "id": "bad"}));
+}
+
+#[tokio::test]
+async fn results_keep_the_selection_order_in_every_event() {
+    let server = TestServer::start().await;
+    server.create_template("tiny").await;
+    let vm = server.create_vm("web-1", "tiny").await;
+    let after = head(&server).await;
+    let mut ws = Raw::ready(&server.ws_url, TRANSPORT).await;
+    // Not alphabetical, nor the schema's order, and `vm` (a database read)
+    // first: async-graphql alone puts it wherever its read completes.
+    ws.subscribe(
+        "o",
+        "subscription($vm: ID, $after: String) { vmStateChanged(vmId: $vm, after: $after) { vm { name id } to sequence from reason } }",
+        json!({"vm": vm, "after": after}),
+    )
+    .await;
+    server.start_vm(&vm).await;
+    server
+        .ok(
+            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    let first: u64 = after.parse::<u64>().unwrap() + 1;
+    let moves = [
+        ("STOPPED", "STARTING", "start requested"),
+        ("STARTING", "RUNNING", "started"),
+        ("RUNNING", "STOPPING", "forced stop requested"),
+        ("STOPPING", "STOPPED", "stopped by QEMU quit"),
+    ];
+    for (sequence, (from, to, reason)) in (first..).zip(moves) {
+        assert_eq!(
+            ws.recv_text().await,
+            format!(
+                r#"{{"type":"next","id":"o","payload":{{"data":{{"vmStateChanged":{{"vm":{{"name":"web-1","id":"{vm}"}},"to":"{to}","sequence":"{sequence}","from":"{from}","reason":"{reason}"}}}}}}}}"#
+            )
+        );
+    }
+
+    // The same over HTTP.
+    let text = server
+        .http
+        .post(&server.url)
+        .json(&json!({
+            "query": "query($id: ID) { vm(id: $id) { disks { name } coherenceIssues { kind } state name } }",
+            "variables": {"id": vm},
+        }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        text,
+        r#"{"data":{"vm":{"disks":[{"name":"web-1-root"}],"coherenceIssues":[],"state":"STOPPED","name":"web-1"}}}"#
+    );
+}
+
+#[tokio::test]
+async fn an_after_beyond_the_journal_head_is_refused_with_the_head() {
+    let server = TestServer::start().await;
+    let head = create_template(&server, "tiny").await;
+    assert_eq!(head, "1");
+    let ahead = "42";
+
+    // The `events` query.
+    let response = server
+        .post(
+            "query($after: String) { events(after: $after) { nodes { sequence } } }",
+            json!({"after": ahead}),
+        )
+        .await;
+    let error = &response["errors"][0];
+    assert_eq!(error["extensions"]["code"], "CURSOR_AHEAD", "{response}");
+    assert_eq!(error["extensions"]["head"], "1", "{response}");
+    assert_eq!(error["path"], json!(["events"]), "{response}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"42\"") && message.contains("last sequence is 1"),
+        "{message}"
+    );
+    // The head itself is a cursor the journal has reached: an empty page.
+    let page = server
+        .ok(
+            "query($after: String) { events(after: $after) { nodes { sequence } } }",
+            json!({"after": head}),
+        )
+        .await;
+    assert_eq!(page["events"]["nodes"], json!([]));
+
+    // Every subscription that takes `after`, on both protocols: an `error`
+    // for the operation, nothing more, and the id is free again.
+    let subscriptions = [
+        ("events", EVENTS),
+        (
+            "vmStateChanged",
+            "subscription($after: String) { vmStateChanged(after: $after) { sequence } }",
+        ),
+        (
+            "coherenceIssues",
+            "subscription($after: String) { coherenceIssues(after: $after) { sequence } }",
+        ),
+    ];
+    let mut ws = Raw::ready(&server.ws_url, TRANSPORT).await;
+    for (field, query) in subscriptions {
+        ws.subscribe("s", query, json!({"after": ahead})).await;
+        let error = ws.recv().await;
+        assert_eq!(
+            (error["type"].as_str(), error["id"].as_str()),
+            (Some("error"), Some("s")),
+            "{field}: {error}"
+        );
+        let refusal = &error["payload"][0];
+        assert_eq!(refusal["extensions"]["code"], "CURSOR_AHEAD", "{error}");
+        assert_eq!(refusal["extensions"]["head"], "1", "{error}");
+        assert_eq!(refusal["path"], json!([field]), "{error}");
+    }
+    // The same id subscribes again (4409 if it were still running), at the
+    // head: it gets what commits next, and nothing came in between.
+    ws.subscribe("s", EVENTS, json!({"after": head})).await;
+    let sequence = create_template(&server, "t2").await;
+    assert_eq!(ws.next_data("s").await["events"]["sequence"], sequence);
+
+    let mut legacy = Raw::connect(&server.ws_url, LEGACY).await;
+    legacy
+        .send(json!({"type": "connection_init", "payload": {}}))
+        .await;
+    assert_eq!(legacy.recv().await["type"], "connection_ack");
+    legacy
+        .send(json!({"type": "start", "id": "1", "payload": {
+            "query": EVENTS, "variables": {"after": ahead},
+        }}))
+        .await;
+    let error = legacy.recv().await;
+    assert_eq!(
+        (error["type"].as_str(), error["id"].as_str()),
+        (Some("error"), Some("1")),
+        "{error}"
+    );
+    assert_eq!(error["payload"]["extensions"]["code"], "CURSOR_AHEAD");
+    assert_eq!(error["payload"]["extensions"]["head"], "2");
 }
 
 #[tokio::test]

@@ -103,7 +103,7 @@ impl VmStateChange {
     }
 }
 
-pub(crate) fn parse_sequence(after: Option<String>) -> ApiResult<Option<i64>> {
+fn parse_sequence(after: Option<String>) -> ApiResult<Option<i64>> {
     after
         .map(|a| {
             a.parse::<i64>()
@@ -112,6 +112,20 @@ pub(crate) fn parse_sequence(after: Option<String>) -> ApiResult<Option<i64>> {
                 .ok_or_else(|| ApiError::bad_input(format!("after {a:?} is not an event sequence")))
         })
         .transpose()
+}
+
+/// The `after` of `events` and of the subscriptions: a well-formed sequence
+/// (else BAD_USER_INPUT) that the journal has reached (else CURSOR_AHEAD).
+pub(crate) async fn journal_cursor(
+    ctx: &Context<'_>,
+    after: Option<String>,
+) -> async_graphql::Result<Option<i64>> {
+    match parse_sequence(after).gql()? {
+        None => Ok(None),
+        Some(after) => Ok(Some(
+            super::services(ctx).bus.check_cursor(after).await.gql()?,
+        )),
+    }
 }
 
 #[derive(Default)]
@@ -127,7 +141,7 @@ impl EventQuery {
         #[graphql(desc = "At most this many (default 50, at most 500).")] first: Option<i32>,
     ) -> async_graphql::Result<Page<EventObject>> {
         let app = super::services(ctx);
-        let after = parse_sequence(after).gql()?;
+        let after = journal_cursor(ctx, after).await?;
         page(
             &app.db,
             model::Entity::find(),
@@ -154,7 +168,7 @@ impl EventSubscription {
         ctx: &Context<'_>,
         #[graphql(desc = "A sequence: first send the events after it.")] after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = EventObject> + use<>> {
-        let after = parse_sequence(after).gql()?;
+        let after = journal_cursor(ctx, after).await?;
         Ok(super::services(ctx).bus.stream(after).map(EventObject))
     }
 
@@ -170,7 +184,7 @@ impl EventSubscription {
             .map(|id| crate::validate::id("vmId", &id))
             .transpose()
             .gql()?;
-        let after = parse_sequence(after).gql()?;
+        let after = journal_cursor(ctx, after).await?;
         Ok(super::services(ctx)
             .bus
             .stream(after)

@@ -5,13 +5,14 @@ pub mod health;
 pub mod http;
 pub mod limits;
 pub mod node;
+pub mod order;
 pub mod pagination;
 pub mod ws;
 
 use std::sync::Arc;
 
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SimpleObject};
-use sea_orm::{ColumnTrait, EntityTrait, PrimaryKeyTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, PrimaryKeyTrait, QueryFilter, QuerySelect};
 
 use crate::{
     app::App,
@@ -80,6 +81,7 @@ pub fn schema(app: Arc<App>) -> VmanSchema {
         .extension(limits.clone())
         .extension(crate::telemetry::GraphqlMetrics)
         .extension(crate::auth::guard::RoleGuard)
+        .extension(order::SelectionOrder)
         .data(limits);
     if !config.introspection {
         // The extension refuses it first, with its code; this is the backstop.
@@ -123,6 +125,30 @@ where
         .gql()
 }
 
+/// What an object is named by: exactly one of an ID argument and its name
+/// argument (`id` and `name`, `vmId` and `vmName`, …). The one rule of the
+/// `thing(id:, name:)` queries and of the mutations that act on a template,
+/// VM, disk or network; both or neither is BAD_USER_INPUT.
+pub(crate) enum Named {
+    Id(String),
+    Name(String),
+}
+
+pub(crate) fn id_or_name(
+    id_arg: &str,
+    id: Option<async_graphql::ID>,
+    name_arg: &str,
+    name: Option<String>,
+) -> crate::error::ApiResult<Named> {
+    match (id, name) {
+        (Some(id), None) => Ok(Named::Id(crate::validate::id(id_arg, &id)?)),
+        (None, Some(name)) => Ok(Named::Name(name)),
+        _ => Err(ApiError::bad_input(format!(
+            "give exactly one of {id_arg} or {name_arg}"
+        ))),
+    }
+}
+
 /// The `thing(id: …, name: …)` lookup: exactly one of the two.
 pub(crate) async fn by_id_or_name<E>(
     ctx: &Context<'_>,
@@ -135,16 +161,42 @@ where
     E::PrimaryKey: PrimaryKeyTrait<ValueType = String>,
 {
     let db = &services(ctx).db;
-    let found = match (id, name) {
-        (Some(id), None) => {
-            E::find_by_id(crate::validate::id("id", &id).gql()?)
-                .one(db)
-                .await
-        }
-        (None, Some(name)) => E::find().filter(name_column.eq(name)).one(db).await,
-        _ => return Err(ApiError::bad_input("give exactly one of id or name")).gql(),
+    let found = match id_or_name("id", id, "name", name).gql()? {
+        Named::Id(id) => E::find_by_id(id).one(db).await,
+        Named::Name(name) => E::find().filter(name_column.eq(name)).one(db).await,
     };
     found.map_err(ApiError::from).gql()
+}
+
+/// The ID of the `kind` a mutation acts on, named by exactly one of its ID
+/// argument and its name argument (`(id_arg, id)`, `(name_arg, name)`), as
+/// in the matching query. An ID goes on as it is: the service reads it under
+/// its lock, NOT_FOUND if it names nothing. A name that names nothing is
+/// NOT_FOUND here. `columns` are the table's ID and name columns.
+pub(crate) async fn target<E>(
+    ctx: &Context<'_>,
+    kind: &'static str,
+    (id_arg, id): (&str, Option<async_graphql::ID>),
+    (name_arg, name): (&str, Option<String>),
+    (id_column, name_column): (E::Column, E::Column),
+) -> async_graphql::Result<String>
+where
+    E: EntityTrait,
+{
+    match id_or_name(id_arg, id, name_arg, name).gql()? {
+        Named::Id(id) => Ok(id),
+        Named::Name(name) => E::find()
+            .select_only()
+            .column(id_column)
+            .filter(name_column.eq(&name))
+            .into_tuple::<String>()
+            .one(&services(ctx).db)
+            .await
+            .map_err(ApiError::from)
+            .gql()?
+            .ok_or_else(|| ApiError::not_found(kind, format!("named {name:?}")))
+            .gql(),
+    }
 }
 
 /// A size in bytes. GraphQL's `Int` is 32-bit, too small for disks, so sizes

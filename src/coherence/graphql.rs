@@ -235,7 +235,7 @@ impl CoherenceSubscription {
         ctx: &Context<'_>,
         #[graphql(desc = "A sequence: first send the changes after it.")] after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = CoherenceIssueChange> + use<>> {
-        let after = api::events::parse_sequence(after).gql()?;
+        let after = api::events::journal_cursor(ctx, after).await?;
         Ok(api::services(ctx)
             .bus
             .stream(after)

@@ -173,15 +173,30 @@ impl DiskMutation {
     async fn attach_disk(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The disk's ID; it must be DETACHED.")] disk_id: ID,
-        #[graphql(desc = "The VM's ID.")] vm_id: ID,
+        #[graphql(desc = "The disk's ID; or give `diskName`. It must be DETACHED.")]
+        disk_id: Option<ID>,
+        #[graphql(desc = "The disk's name; or give `diskId`.")] disk_name: Option<String>,
+        #[graphql(desc = "The VM's ID; or give `vmName`.")] vm_id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `vmId`.")] vm_name: Option<String>,
         #[graphql(
             default = false,
             desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
         )]
         dry_run: bool,
     ) -> async_graphql::Result<DiskPayload> {
-        Ok(super::attach(api::services(ctx), &disk_id, &vm_id, dry_run)
+        let app = api::services(ctx);
+        let disk_id = disk_id_of(ctx, ("diskId", disk_id), ("diskName", disk_name)).await?;
+        let vm_id = match crate::vm::graphql::vm_id(ctx, ("vmId", vm_id), ("vmName", vm_name)).await
+        {
+            Ok(vm_id) => vm_id,
+            Err(e) => {
+                // An unknown disk is named first, whatever else is wrong (as
+                // `attach` does for IDs).
+                super::find_disk(app, &disk_id).await.gql()?;
+                return Err(e);
+            }
+        };
+        Ok(super::attach(app, &disk_id, &vm_id, dry_run)
             .await
             .gql()?
             .into())
@@ -192,13 +207,16 @@ impl DiskMutation {
     async fn detach_disk(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The disk's ID; it must be ATTACHED.")] disk_id: ID,
+        #[graphql(desc = "The disk's ID; or give `diskName`. It must be ATTACHED.")]
+        disk_id: Option<ID>,
+        #[graphql(desc = "The disk's name; or give `diskId`.")] disk_name: Option<String>,
         #[graphql(
             default = false,
             desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
         )]
         dry_run: bool,
     ) -> async_graphql::Result<DiskPayload> {
+        let disk_id = disk_id_of(ctx, ("diskId", disk_id), ("diskName", disk_name)).await?;
         Ok(super::detach(api::services(ctx), &disk_id, dry_run)
             .await
             .gql()?
@@ -209,7 +227,8 @@ impl DiskMutation {
     async fn resize_disk(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The disk's ID.")] disk_id: ID,
+        #[graphql(desc = "The disk's ID; or give `diskName`.")] disk_id: Option<ID>,
+        #[graphql(desc = "The disk's name; or give `diskId`.")] disk_name: Option<String>,
         #[graphql(
             desc = "The new size: larger than now, a multiple of 512, at most `limits.max_disk_bytes`."
         )]
@@ -220,6 +239,7 @@ impl DiskMutation {
         )]
         dry_run: bool,
     ) -> async_graphql::Result<DiskPayload> {
+        let disk_id = disk_id_of(ctx, ("diskId", disk_id), ("diskName", disk_name)).await?;
         Ok(
             super::resize(api::services(ctx), &disk_id, size_bytes.0, dry_run)
                 .await
@@ -232,16 +252,34 @@ impl DiskMutation {
     async fn delete_disk(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The disk's ID.")] id: ID,
+        #[graphql(desc = "The disk's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The disk's name; or give `id`.")] name: Option<String>,
         #[graphql(
             default = false,
             desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
         )]
         dry_run: bool,
     ) -> async_graphql::Result<DiskPayload> {
+        let id = disk_id_of(ctx, ("id", id), ("name", name)).await?;
         Ok(super::delete(api::services(ctx), &id, dry_run)
             .await
             .gql()?
             .into())
     }
+}
+
+/// The disk a mutation names by an ID argument or a name argument.
+async fn disk_id_of(
+    ctx: &Context<'_>,
+    id: (&str, Option<ID>),
+    name: (&str, Option<String>),
+) -> async_graphql::Result<String> {
+    api::target::<model::Entity>(
+        ctx,
+        "disk",
+        id,
+        name,
+        (model::Column::Id, model::Column::Name),
+    )
+    .await
 }

@@ -653,6 +653,27 @@ pub struct NetworkCapabilities {
     pub taps: Capability,
 }
 
+impl NetworkCapabilities {
+    /// What the host can do, for the start log: an absent capability is a
+    /// fact about this host, said with what it means for the user, not the
+    /// probe's error (that is in `health` and at DEBUG).
+    pub fn summary(&self) -> String {
+        let vlan_links = if self.vlan_links.supported {
+            "VLAN links (802.1Q) available"
+        } else {
+            "no VLAN links on this host (no 802.1Q support): networks with an uplink \
+             cannot be made, networks without one (isolated bridges) work"
+        };
+        let taps = if self.taps.supported {
+            "taps available"
+        } else {
+            "no taps on this host (/dev/net/tun is not usable): NICs cannot be used, and a VM \
+             with one does not start"
+        };
+        format!("{vlan_links}; {taps}")
+    }
+}
+
 #[async_trait]
 pub trait HostNetwork: Send + Sync {
     /// The steps `execute` would take, computed without touching the host.
@@ -664,4 +685,31 @@ pub trait HostNetwork: Send + Sync {
     fn capabilities(&self) -> NetworkCapabilities;
     /// A link's traffic counters (`None`: no such link). Reads only.
     fn link_counters(&self, name: &str) -> Option<LinkCounters>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_absent_capability_is_said_as_a_fact_not_as_the_probe_error() {
+        let error = "the kernel refused an 802.1Q VLAN link (is the 8021q module available?): Operation not supported (os error 95)";
+        let capabilities = NetworkCapabilities {
+            vlan_links: Capability {
+                supported: false,
+                detail: error.into(),
+            },
+            taps: Capability {
+                supported: true,
+                detail: "/dev/net/tun opens read-write".into(),
+            },
+        };
+        let summary = capabilities.summary();
+        assert_eq!(
+            summary,
+            "no VLAN links on this host (no 802.1Q support): networks with an uplink cannot be \
+             made, networks without one (isolated bridges) work; taps available"
+        );
+        assert!(!summary.contains("os error"), "{summary}");
+    }
 }

@@ -280,13 +280,15 @@ impl NetworkMutation {
     async fn delete_network(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The network's ID.")] id: ID,
+        #[graphql(desc = "The network's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The network's name; or give `id`.")] name: Option<String>,
         #[graphql(
             default = false,
             desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
         )]
         dry_run: bool,
     ) -> async_graphql::Result<NetworkPayload> {
+        let id = network_id_of(ctx, ("id", id), ("name", name)).await?;
         Ok(super::delete(api::services(ctx), &id, dry_run)
             .await
             .gql()?
@@ -297,11 +299,16 @@ impl NetworkMutation {
     /// into a running VM, used from the next start otherwise. `mac` defaults
     /// to a generated locally administered one; `model` to `virtio-net-pci`
     /// (or `e1000e`).
+    // One argument per GraphQL argument: the VM and the network each by ID
+    // or by name.
+    #[allow(clippy::too_many_arguments)]
     async fn attach_nic(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] vm_id: ID,
-        #[graphql(desc = "The network's ID.")] network_id: ID,
+        #[graphql(desc = "The VM's ID; or give `vmName`.")] vm_id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `vmId`.")] vm_name: Option<String>,
+        #[graphql(desc = "The network's ID; or give `networkName`.")] network_id: Option<ID>,
+        #[graphql(desc = "The network's name; or give `networkId`.")] network_name: Option<String>,
         #[graphql(desc = "Six hex pairs joined by `:`, unicast, not all zeros, unused.")]
         mac: Option<String>,
         #[graphql(desc = "`virtio-net-pci` (the default) or `e1000e`.")] model: Option<String>,
@@ -312,8 +319,13 @@ impl NetworkMutation {
         dry_run: bool,
     ) -> async_graphql::Result<NicPayload> {
         let input = AttachNic {
-            vm_id: vm_id.0,
-            network_id: network_id.0,
+            vm_id: crate::vm::graphql::vm_id(ctx, ("vmId", vm_id), ("vmName", vm_name)).await?,
+            network_id: network_id_of(
+                ctx,
+                ("networkId", network_id),
+                ("networkName", network_name),
+            )
+            .await?,
             mac,
             model,
         };
@@ -339,4 +351,20 @@ impl NetworkMutation {
             .gql()?
             .into())
     }
+}
+
+/// The network a mutation names by an ID argument or a name argument.
+async fn network_id_of(
+    ctx: &Context<'_>,
+    id: (&str, Option<ID>),
+    name: (&str, Option<String>),
+) -> async_graphql::Result<String> {
+    api::target::<model::Entity>(
+        ctx,
+        "network",
+        id,
+        name,
+        (model::Column::Id, model::Column::Name),
+    )
+    .await
 }

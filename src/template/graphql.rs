@@ -224,9 +224,11 @@ impl TemplateMutation {
     async fn update_template(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The template's ID.")] id: ID,
+        #[graphql(desc = "The template's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The template's name; or give `id`.")] name: Option<String>,
         #[graphql(desc = "What to change; what is left out stays.")] input: UpdateTemplateInput,
     ) -> async_graphql::Result<TemplatePayload> {
+        let id = template_id(ctx, id, name).await?;
         let input = super::UpdateTemplate {
             name: input.name,
             description: input.description,
@@ -245,8 +247,26 @@ impl TemplateMutation {
     async fn delete_template(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The template's ID.")] id: ID,
+        #[graphql(desc = "The template's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The template's name; or give `id`.")] name: Option<String>,
     ) -> async_graphql::Result<TemplatePayload> {
+        let id = template_id(ctx, id, name).await?;
         Ok(super::delete(api::services(ctx), &id).await.gql()?.into())
     }
+}
+
+/// The template a mutation names by `id` or `name`.
+async fn template_id(
+    ctx: &Context<'_>,
+    id: Option<ID>,
+    name: Option<String>,
+) -> async_graphql::Result<String> {
+    api::target::<model::Entity>(
+        ctx,
+        "template",
+        ("id", id),
+        ("name", name),
+        (model::Column::Id, model::Column::Name),
+    )
+    .await
 }

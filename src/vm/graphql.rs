@@ -342,9 +342,11 @@ impl VmMutation {
     async fn update_vm(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
         #[graphql(desc = "What to change.")] input: UpdateVmInput,
     ) -> async_graphql::Result<VmPayload> {
+        let id = vm_id(ctx, ("id", id), ("name", name)).await?;
         let input = super::update::UpdateVm {
             name: input.name,
             description: input.description,
@@ -362,8 +364,10 @@ impl VmMutation {
     async fn clear_pending_changes(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
     ) -> async_graphql::Result<VmPayload> {
+        let id = vm_id(ctx, ("id", id), ("name", name)).await?;
         Ok(super::update::clear_pending(api::services(ctx), &id)
             .await
             .gql()?
@@ -374,14 +378,15 @@ impl VmMutation {
     async fn start_vm(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
         #[graphql(
             default = false,
             desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
         )]
         dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
-        lifecycle(ctx, &id, Lifecycle::Start, dry_run).await
+        lifecycle(ctx, (id, name), Lifecycle::Start, dry_run).await
     }
 
     /// Asks the guest to power off (ACPI), waits up to `timeoutSeconds`, then ends QEMU.
@@ -389,7 +394,8 @@ impl VmMutation {
     async fn stop_vm(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
         #[graphql(default = false, desc = "End QEMU without asking the guest.")] force: bool,
         #[graphql(desc = "1 to 3600; default `qemu.stop_timeout`.")] timeout_seconds: Option<i32>,
         #[graphql(
@@ -405,7 +411,7 @@ impl VmMutation {
         };
         lifecycle(
             ctx,
-            &id,
+            (id, name),
             Lifecycle::Stop(StopRequest { force, timeout_ms }),
             dry_run,
         )
@@ -416,7 +422,8 @@ impl VmMutation {
     async fn restart_vm(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
         #[graphql(
             default = false,
             desc = "Reset the machine (QMP `system_reset`) instead."
@@ -428,35 +435,37 @@ impl VmMutation {
         )]
         dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
-        lifecycle(ctx, &id, Lifecycle::Restart { hard }, dry_run).await
+        lifecycle(ctx, (id, name), Lifecycle::Restart { hard }, dry_run).await
     }
 
     /// Pauses a RUNNING VM (QMP `stop`): PAUSED.
     async fn pause_vm(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
         #[graphql(
             default = false,
             desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
         )]
         dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
-        lifecycle(ctx, &id, Lifecycle::Pause, dry_run).await
+        lifecycle(ctx, (id, name), Lifecycle::Pause, dry_run).await
     }
 
     /// Resumes a PAUSED VM (QMP `cont`): RUNNING.
     async fn resume_vm(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
         #[graphql(
             default = false,
             desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
         )]
         dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
-        lifecycle(ctx, &id, Lifecycle::Resume, dry_run).await
+        lifecycle(ctx, (id, name), Lifecycle::Resume, dry_run).await
     }
 
     /// Stops the VM if needed and deletes it. Its disks are deleted too unless
@@ -464,7 +473,8 @@ impl VmMutation {
     async fn delete_vm(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The VM's ID.")] id: ID,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
         #[graphql(default = true, desc = "False: detach the VM's disks and keep them.")]
         delete_disks: bool,
         #[graphql(
@@ -473,6 +483,7 @@ impl VmMutation {
         )]
         dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
+        let id = vm_id(ctx, ("id", id), ("name", name)).await?;
         Ok(
             super::delete(api::services(ctx), &id, delete_disks, dry_run)
                 .await
@@ -482,13 +493,31 @@ impl VmMutation {
     }
 }
 
+/// The VM a mutation names by an ID argument or a name argument
+/// (`("id", id)` and `("name", name)`, or `vmId` and `vmName`).
+pub(crate) async fn vm_id(
+    ctx: &Context<'_>,
+    id: (&str, Option<ID>),
+    name: (&str, Option<String>),
+) -> async_graphql::Result<String> {
+    api::target::<super::model::Entity>(
+        ctx,
+        "VM",
+        id,
+        name,
+        (super::model::Column::Id, super::model::Column::Name),
+    )
+    .await
+}
+
 async fn lifecycle(
     ctx: &Context<'_>,
-    id: &str,
+    (id, name): (Option<ID>, Option<String>),
     request: Lifecycle,
     dry_run: bool,
 ) -> async_graphql::Result<VmPayload> {
-    Ok(super::lifecycle(api::services(ctx), id, request, dry_run)
+    let id = vm_id(ctx, ("id", id), ("name", name)).await?;
+    Ok(super::lifecycle(api::services(ctx), &id, request, dry_run)
         .await
         .gql()?
         .into())

@@ -315,6 +315,9 @@ struct OperationState {
     /// Whether a result was delivered yet: only a first result can be a
     /// request error.
     answered: bool,
+    /// Whether the operation is a subscription: one whose root field fails
+    /// before its stream starts was refused, not answered.
+    subscription: bool,
     /// The root field and `sequence` of the last result queued, if it had
     /// one: where a lagged subscriber resumes.
     resume: Option<(String, String)>,
@@ -530,6 +533,7 @@ impl<E: Executor> Connection<'_, E> {
             );
             return self.send_error(&id, error).await;
         }
+        let subscription = is_subscription(&request);
         // The gauge goes down when the stream is dropped, however it ends.
         let active = Live::new("vman_websocket_operations");
         let stream = self
@@ -543,7 +547,13 @@ impl<E: Executor> Connection<'_, E> {
             .chain(futures_util::stream::once(async { None }))
             .boxed();
         self.operations.insert(id.clone(), stream);
-        self.states.insert(id, OperationState::default());
+        self.states.insert(
+            id,
+            OperationState {
+                subscription,
+                ..OperationState::default()
+            },
+        );
         Ok(())
     }
 
@@ -572,10 +582,16 @@ impl<E: Executor> Connection<'_, E> {
         // A request the schema rejected before executing it (validation,
         // limits) is an `error` for the operation. async-graphql's invariant,
         // as in `api::http`: field errors always carry a path, these never do.
+        // So is a subscription refused by its root field before any event (a
+        // malformed or ahead `after`, a role too low): its only error's path
+        // is that field, where an event's field errors lie deeper.
+        let refused = |error: &ServerError| {
+            error.path.is_empty() || (state.subscription && error.path.len() == 1)
+        };
         if !state.answered
             && response.data == GqlValue::Null
             && !response.errors.is_empty()
-            && response.errors.iter().all(|error| error.path.is_empty())
+            && response.errors.iter().all(refused)
         {
             self.stop(&id);
             return self
@@ -695,6 +711,27 @@ fn coded_error(message: impl Into<String>, code: &str) -> ServerError {
     extensions.set("code", code);
     error.extensions = Some(extensions);
     error
+}
+
+/// Whether `request` runs a subscription: the operation it names, or its
+/// only one, is one. A document that does not parse is not; the schema says
+/// why when it runs it.
+fn is_subscription(request: &async_graphql::Request) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+        return false;
+    };
+    let operation = match (&document.operations, request.operation_name.as_deref()) {
+        (DocumentOperations::Single(operation), _) => operation,
+        (DocumentOperations::Multiple(operations), Some(name)) => {
+            match operations.iter().find(|(key, _)| key.as_str() == name) {
+                Some((_, operation)) => operation,
+                None => return false,
+            }
+        }
+        (DocumentOperations::Multiple(_), None) => return false,
+    };
+    operation.node.ty == OperationType::Subscription
 }
 
 /// The root field and `sequence` of a result (`events` and `vmStateChanged`

@@ -116,11 +116,17 @@ impl NetlinkNetwork {
             })?;
         tokio::spawn(connection);
         let capabilities = probe::capabilities(&handle).await;
+        // Information, not an error: a host without 802.1Q is a normal host.
         tracing::info!(
             vlan_links = capabilities.vlan_links.supported,
-            detail = %capabilities.vlan_links.detail,
             taps = capabilities.taps.supported,
-            "network capabilities"
+            "network capabilities: {}",
+            capabilities.summary()
+        );
+        tracing::debug!(
+            vlan_links = %capabilities.vlan_links.detail,
+            taps = %capabilities.taps.detail,
+            "network capability probes"
         );
         Ok(NetlinkNetwork {
             handle,
