@@ -10,7 +10,18 @@
 //!   refuses a wrong token, and with the viewer's token pasted into the bar
 //!   (kept over a reload) runs a query and shows a push caused by the
 //!   admin's mutation from outside; after Clear a subscription is refused
-//!   (4403) at once.
+//!   (4403) at once;
+//! - the saved examples (`playground/src/examples.graphql`, the README's
+//!   walk): every one run from its own tab, in order, against a fresh
+//!   dry-run server, each answer without errors, the subscription among them
+//!   in a second browser tab showing the pushes of the steps after it; every
+//!   line of every example fits the editor at 1400 px.
+//!
+//! `docs/playground.png` is the walk's screenshot, at its LookAtVm step:
+//! `PLAYGROUND_DOCS_SHOT=$PWD/docs/playground.png cargo test --test
+//! playground_browser saved_examples` takes it again; then shrink it to a
+//! palette (`apt-get install pngquant`): `pngquant --quality=60-90 --strip
+//! --force --output docs/playground.png docs/playground.png` (170 → 60 kB).
 //!
 //! Needs the system Chromium (`/usr/bin/chromium`, Debian package
 //! `chromium`), `npm ci --prefix tests/js` and the built playground: `make
@@ -92,4 +103,10 @@ async fn playground_asks_for_a_token_and_sends_it_on_http_and_the_websocket() {
         ],
     )
     .await;
+}
+
+#[tokio::test]
+async fn playground_runs_all_saved_examples_in_order_without_errors() {
+    let server = common::TestServer::start().await;
+    drive_playground(&server, &[("PLAYGROUND_WALK", "1")]).await;
 }

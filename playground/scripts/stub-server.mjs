@@ -16,34 +16,63 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const DIST = path.resolve(here, '..', 'dist');
 
 const schema = buildSchema(`
-  enum VmState { STOPPED STARTING RUNNING }
-  type Template { id: ID! name: String! vcpus: Int! memoryMib: Int! }
-  type Vm { id: ID! name: String! state: VmState! template: Template! }
-  input CreateTemplateInput { name: String! vcpus: Int! memoryMib: Int! }
+  enum VmState { STOPPED STARTING RUNNING STOPPING }
+  scalar Bytes
+  type Template { id: ID! name: String! vcpus: Int! memoryMib: Int! defaultDiskSizeBytes: Bytes }
+  type Disk { name: String! sizeBytes: Bytes! }
+  type Nic { mac: String! tap: String }
+  type Network { id: ID! name: String! bridge: String! }
+  type Vm {
+    id: ID! name: String! state: VmState! stateReason: String template: Template!
+    vcpus: Int! memoryMib: Int! disks: [Disk!]! nics: [Nic!]!
+  }
+  type PlanStep { action: String! summary: String! }
+  type OperationStep { summary: String! }
+  type Operation { status: String! steps: [OperationStep!]! }
+  input CreateTemplateInput { name: String! vcpus: Int! memoryMib: Int! defaultDiskSizeBytes: Bytes }
   input CreateVmInput { name: String! templateName: String! }
-  type TemplatePayload { template: Template! }
-  type VmPayload { vm: Vm! }
-  type VmStateChange { vm: Vm! from: VmState! to: VmState! reason: String! sequence: Int! }
+  input CreateNetworkInput { name: String! vlanId: Int! }
+  type TemplatePayload { template: Template }
+  type VmPayload { vm: Vm plan: [PlanStep!] operation: Operation }
+  type NetworkPayload { network: Network }
+  type NicPayload { nic: Nic }
+  type VmStateChange { vm: Vm from: VmState! to: VmState! reason: String sequence: Int! }
   enum Role { VIEWER OPERATOR ADMIN }
   type Me { actor: String! role: Role! }
-  type Query { vms: [Vm!]! templates: [Template!]! me: Me! }
+  type Query { vms: [Vm!]! templates: [Template!]! vm(id: ID, name: String): Vm me: Me! }
   type Mutation {
     createTemplate(input: CreateTemplateInput!): TemplatePayload!
+    deleteTemplate(id: ID, name: String): TemplatePayload!
     createVm(input: CreateVmInput!): VmPayload!
-    startVm(id: ID!): VmPayload!
+    startVm(id: ID, name: String, dryRun: Boolean = false): VmPayload!
+    stopVm(id: ID, name: String, force: Boolean = false): VmPayload!
+    deleteVm(id: ID, name: String): VmPayload!
+    createNetwork(input: CreateNetworkInput!): NetworkPayload!
+    deleteNetwork(id: ID, name: String): NetworkPayload!
+    attachNic(vmId: ID, vmName: String, networkId: ID, networkName: String): NicPayload!
   }
   type Subscription { vmStateChanged: VmStateChange! }
 `);
 
+// Keyed by name; the saved examples name everything (ids work too).
 const templates = new Map();
 const vms = new Map();
+const networks = new Map();
 const listeners = new Set();
 let sequence = 0;
 let nextId = 1;
+const newId = () => `00000000-0000-7000-8000-${String(nextId++).padStart(12, '0')}`;
+
+function find(map, what, { id, name }) {
+  const found = name != null ? map.get(name) : [...map.values()].find((x) => x.id === id);
+  if (!found) throw new Error(`no ${what} ${name != null ? `named ${name}` : `with id ${id}`}`);
+  return found;
+}
 
 function publish(vm, to, reason) {
   const event = { vm: { ...vm }, from: vm.state, to, reason, sequence: ++sequence };
   vm.state = to;
+  vm.stateReason = reason;
   event.vm.state = to;
   for (const l of listeners) l(event);
 }
@@ -77,26 +106,68 @@ function stateChanges() {
 const rootValue = {
   vms: () => [...vms.values()],
   templates: () => [...templates.values()],
+  vm: (args) => find(vms, 'VM', args),
   // No auth here: everyone is vman's `local` admin, as with auth.mode = "none".
   me: () => ({ actor: 'local', role: 'ADMIN' }),
   createTemplate: ({ input }) => {
-    const t = { id: `t${nextId++}`, ...input };
+    const t = { id: newId(), defaultDiskSizeBytes: null, ...input };
     templates.set(t.name, t);
     return { template: t };
   },
+  deleteTemplate: (args) => {
+    const t = find(templates, 'template', args);
+    templates.delete(t.name);
+    return { template: t };
+  },
   createVm: ({ input }) => {
-    const template = templates.get(input.templateName);
-    if (!template) throw new Error(`no template named ${input.templateName}`);
-    const vm = { id: `00000000-0000-7000-8000-${String(nextId++).padStart(12, '0')}`, name: input.name, state: 'STOPPED', template };
-    vms.set(vm.id, vm);
+    const template = find(templates, 'template', { name: input.templateName });
+    const disks = template.defaultDiskSizeBytes ? [{ name: `${input.name}-root`, sizeBytes: template.defaultDiskSizeBytes }] : [];
+    const vm = {
+      id: newId(), name: input.name, state: 'STOPPED', stateReason: 'created', template,
+      vcpus: template.vcpus, memoryMib: template.memoryMib, disks, nics: [],
+    };
+    vms.set(vm.name, vm);
     return { vm };
   },
-  startVm: ({ id }) => {
-    const vm = vms.get(id);
-    if (!vm) throw new Error(`no VM with id ${id}`);
+  startVm: ({ dryRun, ...args }) => {
+    const vm = find(vms, 'VM', args);
+    const plan = [
+      { action: 'createDir', summary: `create the run directory of VM ${vm.id}` },
+      { action: 'spawnQemu', summary: `spawn QEMU for VM ${vm.id}` },
+      { action: 'qmp', summary: 'cont' },
+    ];
+    if (dryRun) return { vm: { ...vm }, plan };
     publish(vm, 'STARTING', 'start requested');
-    setTimeout(() => publish(vm, 'RUNNING', 'booted'), 300);
+    publish(vm, 'RUNNING', 'booted');
+    return { vm: { ...vm }, operation: { status: 'SUCCEEDED', steps: plan } };
+  },
+  stopVm: (args) => {
+    const vm = find(vms, 'VM', args);
+    publish(vm, 'STOPPING', 'stop requested');
+    publish(vm, 'STOPPED', 'stopped by QEMU quit');
     return { vm: { ...vm } };
+  },
+  deleteVm: (args) => {
+    const vm = find(vms, 'VM', args);
+    vms.delete(vm.name);
+    return { vm, operation: { status: 'SUCCEEDED', steps: [] } };
+  },
+  createNetwork: ({ input }) => {
+    const network = { id: newId(), name: input.name, bridge: `vmbr${input.vlanId}` };
+    networks.set(network.name, network);
+    return { network };
+  },
+  deleteNetwork: (args) => {
+    const network = find(networks, 'network', args);
+    networks.delete(network.name);
+    return { network };
+  },
+  attachNic: ({ vmId, vmName, networkId, networkName }) => {
+    const vm = find(vms, 'VM', { id: vmId, name: vmName });
+    find(networks, 'network', { id: networkId, name: networkName });
+    const nic = { mac: `52:54:00:00:00:${String(vm.nics.length + 1).padStart(2, '0')}`, tap: `vt${nextId++}` };
+    vm.nics.push(nic);
+    return { nic };
   },
   vmStateChanged: () => stateChanges(),
 };

@@ -26,7 +26,8 @@ export function parseExamples(text) {
       index,
       name: def.name ? def.name.value : `Example${index + 1}`,
       kind: def.kind === 'OperationDefinition' ? def.operation : 'fragment',
-      description: comments.map((l) => l.replace(/^\s*#\s?/, '').trim()).join(' '),
+      // (Without the step's number: the panel numbers its list.)
+      description: comments.map((l) => l.replace(/^\s*#\s?/, '').trim()).join(' ').replace(/^\d+\.\s+/, ''),
       query: [...comments, body].join('\n') + '\n',
     };
   });

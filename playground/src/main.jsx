@@ -17,6 +17,13 @@ import { TokenBar } from './TokenBar.jsx';
 
 const { url, subscriptionUrl } = resolveEndpoints();
 
+// On a first visit the query editor gets 60 % of the width it shares with the
+// response (GraphiQL's default is half), so that the saved examples' lines
+// (44 characters at most) fit it at 1400 px with the Examples panel open.
+// Dragging the divider changes it, and GraphiQL keeps that in this key.
+const EDITOR_FLEX_KEY = 'graphiql:editorFlex';
+if (localStorage.getItem(EDITOR_FLEX_KEY) === null) localStorage.setItem(EDITOR_FLEX_KEY, '1.5');
+
 function ExamplesIcon() {
   return (
     <svg viewBox="0 0 24 24" fill="none" stroke="currentColor" strokeWidth="1.5"

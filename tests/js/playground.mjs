@@ -9,6 +9,15 @@
 // for those changes in the response panel. The token bar says no token is
 // needed.
 //
+// With PLAYGROUND_WALK=1 (a fresh dry-run server) it runs the saved examples
+// instead (playground/src/examples.graphql, the README's walk): each from its
+// own tab, in order, as a newcomer would, each answer without `errors`; the
+// subscription among them runs in a second browser tab and shows the pushes
+// of the steps after it. It also checks that every line of every example fits
+// the query editor at 1400 px, and takes a screenshot of the walk at its
+// LookAtVm step (written to PLAYGROUND_DOCS_SHOT too when that is set:
+// docs/playground.png).
+//
 // With PLAYGROUND_ADMIN_TOKEN and PLAYGROUND_VIEWER_TOKEN set (a server with
 // auth.mode = "token"), it walks the token bar instead: without a token the
 // bar and the response panel say one is needed; a wrong token is refused; the
@@ -28,6 +37,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse } from 'graphql';
 import { chromium } from 'playwright-core';
 
 const arg = process.argv[2];
@@ -188,7 +199,7 @@ function recordPosts(page) {
     if (r.method() !== 'POST' || new URL(r.url()).pathname !== '/graphql') return;
     let operationName = null;
     try { operationName = JSON.parse(r.postData() ?? '{}').operationName ?? null; } catch { /* not JSON */ }
-    posts.push({ operationName, authorization: r.headers().authorization ?? null });
+    posts.push({ operationName, authorization: r.headers().authorization ?? null, request: r });
   });
   return posts;
 }
@@ -219,25 +230,34 @@ try {
   });
   context.on('request', (r) => { if (!isLoopback(r.url())) offLoopback.push(r.url()); });
 
-  const page = context.pages()[0] ?? await context.newPage();
-  page.on('console', (m) => {
-    if (m.type() !== 'error') return;
-    // Chromium logs every 401 response; with tokens, 401s are the point.
-    if (adminToken && /status of 401/.test(m.text())) return;
-    consoleProblems.push(`console error: ${m.text()}`);
-  });
-  page.on('pageerror', (e) => consoleProblems.push(`page error: ${e.message}`));
+  // Console errors, page errors and websockets of every page (the walk opens
+  // a second one).
   const sockets = [];
-  page.on('websocket', (ws) => {
-    if (!isLoopback(ws.url())) offLoopback.push(ws.url());
-    const socket = { ws, url: ws.url(), sent: [], received: [] };
-    sockets.push(socket);
-    ws.on('framesent', (f) => socket.sent.push(String(f.payload)));
-    ws.on('framereceived', (f) => socket.received.push(String(f.payload)));
-  });
+  const watchPage = (page) => {
+    page.on('console', (m) => {
+      if (m.type() !== 'error') return;
+      // Chromium logs every 401 response; with tokens, 401s are the point.
+      if (adminToken && /status of 401/.test(m.text())) return;
+      consoleProblems.push(`console error: ${m.text()}`);
+    });
+    page.on('pageerror', (e) => consoleProblems.push(`page error: ${e.message}`));
+    page.on('websocket', (ws) => {
+      if (!isLoopback(ws.url())) offLoopback.push(ws.url());
+      const socket = { ws, url: ws.url(), sent: [], received: [] };
+      sockets.push(socket);
+      ws.on('framesent', (f) => socket.sent.push(String(f.payload)));
+      ws.on('framereceived', (f) => socket.received.push(String(f.payload)));
+    });
+  };
+  // (A persistent context opens with a page: the event misses that one.)
+  const first = context.pages()[0];
+  if (first) watchPage(first);
+  context.on('page', watchPage);
+  const page = first ?? await context.newPage();
   const posts = recordPosts(page);
 
   if (adminToken) await withTokens(page, sockets, posts);
+  else if (process.env.PLAYGROUND_WALK) await walkExamples(page, sockets, posts);
   else await withoutAuth(page, sockets);
 } catch (e) {
   check(false, 'exception', e?.stack ?? String(e));
@@ -427,5 +447,169 @@ async function withTokens(page, sockets, posts) {
   await waitForResponse(page, ['ThisvmanneedsanAPItoken', 'Thewebsocketwasclosedwith4403']);
   check(sockets.length === opened + 1, `the refused subscription opened one websocket, not more (${sockets.length - opened})`);
   await page.screenshot({ path: path.join(shots, 'playground-token-refused-ws.png') });
+  console.log(`     screenshots in ${shots}`);
+}
+
+// ---- PLAYGROUND_WALK: every saved example, in order -----------------------
+// (Functions only down here: the code at the top runs before any `const`
+// below is set.)
+
+/** The saved examples, split as the page splits them
+ * (playground/src/examples.js): each operation with the comment lines
+ * directly above it. */
+function savedExamples() {
+  const file = fileURLToPath(new URL('../../playground/src/examples.graphql', import.meta.url));
+  const text = fs.readFileSync(file, 'utf8');
+  return parse(text).definitions.map((def) => {
+    const before = text.slice(0, def.loc.start).split('\n');
+    before.pop();
+    const comments = [];
+    for (let i = before.length - 1; i >= 0 && before[i].trim().startsWith('#'); i--) comments.unshift(before[i]);
+    return {
+      name: def.name.value,
+      kind: def.operation,
+      lines: [...comments, ...text.slice(def.loc.start, def.loc.end).split('\n')],
+    };
+  });
+}
+
+function tabTitles(page) {
+  return page.locator('.graphiql-tab .graphiql-tab-button').allInnerTexts().then((all) => all.map((t) => t.trim()));
+}
+/** Makes the tab titled `name` the active one, as a user clicking it does. */
+async function openTab(page, name) {
+  await page.locator('.graphiql-tab .graphiql-tab-button').filter({ hasText: new RegExp(`^\\s*${name}\\s*$`) }).click();
+  await page.waitForFunction((n) => document.querySelector('.graphiql-tab-active .graphiql-tab-button')?.textContent.trim() === n, name);
+  await page.waitForFunction((n) => document.querySelector('.graphiql-query-editor .view-lines')?.textContent.includes(n), name);
+  // As in setQuery: GraphiQL re-derives the operation name 100 ms after the
+  // editor changes, and nothing in the page says when it has.
+  await page.waitForTimeout(300);
+}
+
+/** How many characters a line of the query editor shows without scrolling:
+ * up to the editor's vertical scrollbar, or to GraphiQL's toolbar (Run,
+ * prettify, …) where that covers the editor. Fira Code is monospaced. */
+function editorColumns(page) {
+  return page.evaluate(() => {
+    const editor = document.querySelector('.graphiql-query-editor .monaco-editor');
+    const lines = editor.querySelector('.view-lines');
+    const visible = editor.querySelector('.monaco-scrollable-element').getBoundingClientRect();
+    const scrollbar = editor.querySelector('.scrollbar.vertical')?.getBoundingClientRect();
+    const toolbar = document.querySelector('.graphiql-query-editor .graphiql-toolbar')?.getBoundingClientRect();
+    const span = [...lines.querySelectorAll('.view-line > span')].find((s) => s.textContent.length >= 10);
+    const charWidth = span.getBoundingClientRect().width / span.textContent.length;
+    const edges = [visible.right, scrollbar?.width ? scrollbar.left : Infinity, toolbar?.width ? toolbar.left : Infinity];
+    const width = Math.min(...edges) - lines.getBoundingClientRect().left;
+    return { columns: Math.floor(width / charWidth), width: Math.round(width), charWidth, edges, left: lines.getBoundingClientRect().left };
+  });
+}
+
+/** What each example's answer must show, besides having no errors. */
+function expectations() {
+  return {
+  CreateTemplate: (d) => d.createTemplate.template.name === 'tiny',
+  CreateVm: (d) => d.createVm.vm.state === 'STOPPED' && d.createVm.vm.disks[0].sizeBytes === 1073741824,
+  PlanStartVm: (d) => d.startVm.plan.map((s) => s.action).join() === 'createDir,spawnQemu,qmp',
+  CreateNetwork: (d) => d.createNetwork.network.bridge === 'vmbr10',
+  AttachNic: (d) => d.attachNic.nic.mac.length === 17,
+  StartVm: (d) => d.startVm.vm.state === 'RUNNING' && d.startVm.operation.status === 'SUCCEEDED',
+  LookAtVm: (d) => d.vm.state === 'RUNNING' && d.vm.nics.length === 1 && d.vm.disks.length === 1,
+  StopVm: (d) => d.stopVm.vm.state === 'STOPPED',
+  DeleteVm: (d) => d.deleteVm.operation.status === 'SUCCEEDED',
+  DeleteNetwork: (d) => d.deleteNetwork.network.name === 'lan',
+  DeleteTemplate: (d) => d.deleteTemplate.template.name === 'tiny',
+  };
+}
+
+/** Runs the example in the active tab of `page`: its answer (over HTTP). */
+async function runExample(page, name) {
+  const answered = page.waitForResponse((r) => {
+    if (r.request().method() !== 'POST' || new URL(r.url()).pathname !== '/graphql') return false;
+    try { return JSON.parse(r.request().postData() ?? '{}').operationName === name; } catch { return false; }
+  });
+  await page.locator('.graphiql-execute-button').click();
+  const response = await answered;
+  const body = await response.json();
+  // The response panel shows it too.
+  const first = Object.keys(body.data ?? {})[0] ?? 'errors';
+  await waitForResponse(page, [`"${first}"`]);
+  return { status: response.status(), body, shown: await responseText(page) };
+}
+
+/** Starts the subscription example `name` in a second browser tab of the
+ * playground, as its description says; the tab and its socket. */
+async function subscribeInSecondTab(sockets, name) {
+  const page2 = await context.newPage();
+  await page2.goto(`${origin}/`);
+  await page2.locator('.graphiql-query-editor .monaco-editor').waitFor({ timeout: FIRST_LOAD_MS });
+  await openTab(page2, name);
+  const wsOpened = page2.waitForEvent('websocket');
+  await page2.locator('.graphiql-execute-button').click();
+  const ws = await wsOpened;
+  const socket = sockets.find((s) => s.ws === ws);
+  const subscribe = await frame(socket, ws, 'framesent', (f) => /"type":"subscribe"/.test(f));
+  check(subscribe.includes(`"operationName":"${name}"`),
+    `${name} runs in a second browser tab: it opened ${ws.url()} and subscribed`, subscribe);
+  return { page2, socket };
+}
+
+async function walkExamples(page, sockets, posts) {
+  const examples = savedExamples();
+  const names = examples.map((ex) => ex.name);
+  await openPlayground(page);
+  check(JSON.stringify(await tabTitles(page)) === JSON.stringify(names),
+    `on a first visit the tabs are the ${names.length} saved examples, in order: ${names.join(', ')}`, (await tabTitles(page)).join(', '));
+  const listed = await page.locator('.vman-example').evaluateAll((all) => all.map((b) => b.dataset.example));
+  check(JSON.stringify(listed) === JSON.stringify(names), 'the Examples panel lists them in the same order', listed.join(', '));
+
+  // Every line of every example fits the editor (none is cut at the right).
+  const { columns, width, ...geometry } = await editorColumns(page);
+  console.log(`     the query editor: ${JSON.stringify(geometry)}`);
+  const tooLong = examples.flatMap((ex) => ex.lines.filter((l) => l.length > columns).map((l) => `${ex.name}: ${l}`));
+  check(columns >= 40 && tooLong.length === 0,
+    `every line of every example fits the query editor at 1400 px (${columns} characters, ${width} px)`, tooLong.join('\n  '));
+
+  let watch = null;
+  for (const [i, ex] of examples.entries()) {
+    const step = `${i + 1}. ${ex.name}`;
+    if (ex.kind === 'subscription') {
+      watch = await subscribeInSecondTab(sockets, ex.name);
+      await page.bringToFront();
+      continue;
+    }
+    await openTab(page, ex.name);
+    const before = posts.length;
+    const { status, body, shown } = await runExample(page, ex.name);
+    const expect = expectations()[ex.name];
+    check(status === 200 && !body.errors && body.data && (!expect || expect(body.data)) && !compact(shown).includes('"errors"'),
+      `${step} ran from its tab: ${JSON.stringify(body).slice(0, 160)}`, JSON.stringify(body));
+    check(posts.slice(before).filter((p) => p.operationName === ex.name).length === 1, `${step} was sent once`);
+    if (ex.name === 'LookAtVm') {
+      await page.screenshot({ path: path.join(shots, 'playground-walk.png') });
+      if (process.env.PLAYGROUND_DOCS_SHOT) {
+        fs.copyFileSync(path.join(shots, 'playground-walk.png'), process.env.PLAYGROUND_DOCS_SHOT);
+        console.log(`     screenshot of the walk written to ${process.env.PLAYGROUND_DOCS_SHOT}`);
+      }
+    }
+    // The subscription in the other tab shows the state changes as they happen.
+    const to = { StartVm: 'RUNNING', StopVm: 'STOPPED' }[ex.name];
+    if (watch && to) {
+      await waitForResponse(watch.page2, ['"vmStateChanged"', '"name":"vm1"', `"to":"${to}"`]);
+      const pushed = await responseText(watch.page2);
+      check(!compact(pushed).includes('"errors"'), `${step}: the second tab's subscription shows the push (to ${to})`, pushed);
+    }
+  }
+  check(watch !== null, 'the walk has a subscription example, and it ran');
+  if (watch) {
+    const nexts = watch.socket.received.filter((f) => /"type":"next"/.test(f));
+    check(nexts.length >= 4 && nexts.every((f) => !f.includes('"errors"')),
+      `the subscription received ${nexts.length} state changes, none with errors`, nexts.join('\n  '));
+    await stopSubscription(watch.page2, watch.socket);
+    await watch.page2.close();
+  }
+
+  // The walk leaves the server as it found it, so it can be run again.
+  const left = await gql('{ templates { totalCount } vms { totalCount } disks { totalCount } networks { totalCount } }');
+  check(Object.values(left).every((c) => c.totalCount === 0), `the walk left nothing behind: ${JSON.stringify(left)}`);
   console.log(`     screenshots in ${shots}`);
 }
