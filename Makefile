@@ -4,10 +4,12 @@ SHELL := /bin/bash
 .PHONY: run test coverage deps guest lint schema
 
 # Install what is missing, build, and serve on 127.0.0.1:8080 (playground at /).
-# Runs in dry-run mode only when QEMU is truly absent.
+# Runs in dry-run mode only when QEMU is truly absent. The `quick` profile
+# (Cargo.toml) is release without whole-program optimisation: minutes shorter
+# to build; `cargo build --release` makes the binary to ship (and benchmark).
 run: deps
-	cargo build --release
-	./target/release/vman serve $$(command -v qemu-system-x86_64 >/dev/null || echo --dry-run)
+	cargo build --profile quick
+	./target/quick/vman serve $$(command -v qemu-system-x86_64 >/dev/null || echo --dry-run)
 
 # The whole test suite: format, lints, and every test, real QEMU and real
 # guests included (CI runs exactly this). Slow real-guest tests run alone with

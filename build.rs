@@ -1,7 +1,7 @@
 //! Rebuilds vman when the playground bundle changes, whatever the order of
 //! builds.
 //!
-//! Without debug assertions (`--release`, `--profile run`, `cargo bench`),
+//! Without debug assertions (`--release`, `--profile quick`, `cargo bench`),
 //! rust-embed puts `playground/dist` into the binary (`src/playground.rs`).
 //! Its derive `include_bytes!`s each file it finds, so cargo sees a change to
 //! one of those files, but not a file added or removed, nor the folder

@@ -39,7 +39,7 @@ async fn index() -> Response {
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             Html(
-                "<!doctype html><title>vman</title><h1>vman</h1><p>The playground is not built. \
+                "<!doctype html><title>vman</title><h1>vman</h1><p>The playground is not built yet. \
                  Run <code>npm ci &amp;&amp; npm run build</code> in <code>playground/</code> \
                  (<code>make run</code> does it), or POST GraphQL to <code>/graphql</code>.</p>",
             ),
