@@ -144,6 +144,7 @@ fn every_api_error() -> Vec<ApiError> {
         },
         ApiError::Host(text()),
         ApiError::Timeout(text()),
+        ApiError::NotSupported(text()),
         ApiError::Unauthenticated(text()),
         ApiError::Forbidden(text()),
         ApiError::Internal(Box::new(std::io::Error::other("x"))),
@@ -157,6 +158,7 @@ fn every_api_error() -> Vec<ApiError> {
             | ApiError::VmBusy { .. }
             | ApiError::Host(_)
             | ApiError::Timeout(_)
+            | ApiError::NotSupported(_)
             | ApiError::Unauthenticated(_)
             | ApiError::Forbidden(_)
             | ApiError::Internal(_) => {}

@@ -21,8 +21,8 @@ use vman::{
         DirectBoot, DiskSpec, HostStep, NicSpec, VmSpec,
         qemu::{
             argv::{
-                Accel, QemuOptions, argv, console_socket, device_id, disk_node, escape, file_node, pid_file,
-                qemu_log, qmp_socket, serial_log, spare_root_ports,
+                Accel, QemuOptions, argv, console_socket, device_id, disk_node, escape, file_node,
+                pid_file, qemu_log, qmp_socket, serial_log, spare_root_ports,
             },
             hotplug::{attach_disk, attach_nic, detach_disk, detach_nic},
         },
@@ -319,9 +319,9 @@ fn hostile_paths_never_leave_a_lone_comma() {
         serial_log(&spec.run_dir),
     ]
     .into_iter()
-        .chain(spec.disks.iter().map(|d| d.path.clone()))
-        .map(|p| p.display().to_string())
-        .collect();
+    .chain(spec.disks.iter().map(|d| d.path.clone()))
+    .map(|p| p.display().to_string())
+    .collect();
 
     let mut parsed_paths = Vec::new();
     for pair in args[1..].windows(2) {
