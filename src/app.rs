@@ -56,13 +56,18 @@ pub enum StartError {
 }
 
 /// QEMU refuses a Unix socket path of 108 bytes or more, and every VM's QMP
-/// socket is `<data_dir>/run/<uuid>/qmp.sock`: a data dir too long for that
-/// is refused at start, not at the first `startVm`.
+/// socket is `<data_dir>/run/<uuid>/qmp.sock` (its console socket,
+/// `tty.sock`, is as long): a data dir too long for that is refused at
+/// start, not at the first `startVm`.
 fn check_socket_room(config: &Config) -> Result<(), StartError> {
+    use crate::host::qemu::argv::{console_socket, qmp_socket};
     const SUN_PATH_MAX: usize = 107;
-    let example =
-        crate::host::qemu::argv::qmp_socket(&config.run_dir().join(uuid::Uuid::nil().to_string()));
-    let len = example.as_os_str().len();
+    let run = config.run_dir().join(uuid::Uuid::nil().to_string());
+    let len = [qmp_socket(&run), console_socket(&run)]
+        .iter()
+        .map(|socket| socket.as_os_str().len())
+        .max()
+        .unwrap_or_default();
     if len > SUN_PATH_MAX {
         return Err(StartError::Locked(format!(
             "data_dir {} is too long: QMP sockets under it would be {len} bytes, QEMU allows {SUN_PATH_MAX}; use a data_dir of at most {} bytes",

@@ -25,6 +25,9 @@ pub enum ApiError {
     Host(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The host port cannot do this at all (the dry run has no consoles).
+    #[error("{0}")]
+    NotSupported(String),
     /// No valid API token came with the request.
     #[error("{0}")]
     Unauthenticated(String),
@@ -55,6 +58,7 @@ impl ApiError {
             ApiError::VmBusy { .. } => "VM_BUSY",
             ApiError::Host(_) => "HOST_ERROR",
             ApiError::Timeout(_) => "TIMEOUT",
+            ApiError::NotSupported(_) => "NOT_SUPPORTED",
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::CursorAhead { .. } => "CURSOR_AHEAD",

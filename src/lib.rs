@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod coherence;
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod db;
 pub mod disk;

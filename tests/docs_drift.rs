@@ -149,6 +149,7 @@ fn every_api_error() -> Vec<ApiError> {
         },
         ApiError::Host(text()),
         ApiError::Timeout(text()),
+        ApiError::NotSupported(text()),
         ApiError::Unauthenticated(text()),
         ApiError::Forbidden(text()),
         ApiError::CursorAhead { after: 2, head: 1 },
@@ -163,6 +164,7 @@ fn every_api_error() -> Vec<ApiError> {
             | ApiError::VmBusy { .. }
             | ApiError::Host(_)
             | ApiError::Timeout(_)
+            | ApiError::NotSupported(_)
             | ApiError::Unauthenticated(_)
             | ApiError::Forbidden(_)
             | ApiError::CursorAhead { .. }

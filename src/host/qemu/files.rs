@@ -15,7 +15,7 @@ use crate::{
     host::{DiskSpec, HostError, HostStep, ImportedImage},
 };
 
-/// Makes a VM's run directory (0700) and clears the socket and pidfile a
+/// Makes a VM's run directory (0700) and clears the sockets and pidfile a
 /// previous QEMU left, so a stale one is never mistaken for the new one's.
 pub(super) fn prepare_run_dir(run_dir: &Path) -> Result<(), HostError> {
     let io = |what: &str| {
@@ -24,7 +24,11 @@ pub(super) fn prepare_run_dir(run_dir: &Path) -> Result<(), HostError> {
     };
     std::fs::create_dir_all(run_dir).map_err(io("creating"))?;
     restrict(run_dir, 0o700);
-    for stale in [argv::qmp_socket(run_dir), argv::pid_file(run_dir)] {
+    for stale in [
+        argv::qmp_socket(run_dir),
+        argv::console_socket(run_dir),
+        argv::pid_file(run_dir),
+    ] {
         match std::fs::remove_file(&stale) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
