@@ -289,8 +289,10 @@ impl EventBus {
 /// One write transaction; dropped without [`Writer::commit`] it rolls back.
 pub struct Writer<'a> {
     bus: &'a EventBus,
-    _lock: MutexGuard<'a, ()>,
+    // Dropped before the lock (fields drop in order): the rollback of a
+    // failed write is on its way before the next write may begin.
     txn: DatabaseTransaction,
+    _lock: MutexGuard<'a, ()>,
     journaled: Vec<Event>,
 }
 
