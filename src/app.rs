@@ -113,7 +113,7 @@ impl App {
             dir: config.data_dir.clone(),
             source,
         })?;
-        let db = crate::db::connect(&config.db_path()).await?;
+        let db = crate::db::connect(&config.db_path(), config.database.busy_timeout).await?;
         crate::db::migrate(&db).await?;
         Ok(())
     }
@@ -139,8 +139,9 @@ impl App {
         config.data_dir = data_dir;
         check_socket_room(&config)?;
         let lock = DataDirLock::take(&config)?;
-        let db = crate::db::connect(&config.db_path()).await?;
+        let db = crate::db::connect(&config.db_path(), config.database.busy_timeout).await?;
         crate::db::migrate(&db).await?;
+        let writes = crate::db::connect_writes(&config.db_path()).await?;
         let options = QemuOptions::from_config(&config);
         let hypervisor: Arc<dyn Hypervisor> = if config.dry_run {
             Arc::new(DryRunHypervisor::new(options))
@@ -155,7 +156,12 @@ impl App {
         };
         let cancel = CancellationToken::new();
         let ctx = Ctx {
-            bus: Arc::new(EventBus::new(db.clone(), cancel.clone())),
+            bus: Arc::new(EventBus::new(
+                db.clone(),
+                writes,
+                config.database.busy_timeout,
+                cancel.clone(),
+            )),
             db,
             hypervisor,
             network,

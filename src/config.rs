@@ -30,6 +30,7 @@ pub struct Config {
     /// Where `importImage` may read files from (default `<data_dir>/import`).
     pub import_dir: Option<PathBuf>,
     pub log: LogConfig,
+    pub database: DatabaseConfig,
     pub observer: ObserverConfig,
     pub qemu: QemuConfig,
     pub limits: Limits,
@@ -84,6 +85,17 @@ pub struct LogConfig {
     pub max_bytes: u64,
     /// How many rotated files to keep.
     pub keep_files: usize,
+}
+
+/// The SQLite database (`<data_dir>/vman.db`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// How long a write waits for SQLite's write lock (and a read for a
+    /// lock) while another connection holds it, before the request fails
+    /// with `DATABASE_BUSY`.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -226,6 +238,9 @@ impl Default for Config {
                 max_bytes: 10 * 1024 * 1024,
                 keep_files: 5,
             },
+            database: DatabaseConfig {
+                busy_timeout: Duration::from_secs(5),
+            },
             observer: ObserverConfig {
                 interval: Duration::from_secs(5),
                 policy: DriftPolicy::Report,
@@ -308,6 +323,7 @@ fn is_origin(origin: &str) -> bool {
 /// Sections whose keys are joined with `_` in environment names.
 const SECTIONS: &[&str] = &[
     "log",
+    "database",
     "observer",
     "qemu",
     "limits",
@@ -501,6 +517,15 @@ impl Config {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(bad("data_dir", &self.data_dir, "must not be empty"));
+        }
+        if self.database.busy_timeout < Duration::from_millis(10)
+            || self.database.busy_timeout > Duration::from_secs(600)
+        {
+            return Err(bad(
+                "database.busy_timeout",
+                self.database.busy_timeout,
+                "must be between 10ms and 10m",
+            ));
         }
         if self.observer.interval < Duration::from_millis(100)
             || self.observer.interval > Duration::from_secs(3600)
@@ -986,6 +1011,12 @@ mod validation_tests {
             ("observer.interval", |c| {
                 c.observer.interval = Duration::from_secs(7200)
             }),
+            ("database.busy_timeout", |c| {
+                c.database.busy_timeout = Duration::from_millis(9)
+            }),
+            ("database.busy_timeout", |c| {
+                c.database.busy_timeout = Duration::from_secs(601)
+            }),
             ("observer.probe_timeout", |c| {
                 c.observer.probe_timeout = Duration::from_millis(1)
             }),
@@ -1087,6 +1118,7 @@ mod validation_tests {
     fn the_edges_of_each_range_are_valid() {
         let mut config = Config::default();
         config.observer.interval = Duration::from_millis(100);
+        config.database.busy_timeout = Duration::from_secs(600);
         config.observer.probe_timeout = Duration::from_secs(60);
         config.qemu.stop_timeout = Duration::from_secs(3600);
         config.limits.max_vcpus = 1024;

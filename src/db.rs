@@ -1,26 +1,50 @@
-//! SQLite connection with the settings a long-running server needs: WAL,
+//! SQLite connections with the settings a long-running server needs: WAL,
 //! synchronous NORMAL, a busy timeout, foreign keys and a real pool. sqlx's
 //! defaults differ (one writer mode, no FK by default in older versions), so
 //! every setting is explicit here.
+//!
+//! Two pools: [`connect`] for reads (and the command line's writes), and
+//! [`connect_writes`], the event bus's one connection for writes, whose
+//! `BEGIN IMMEDIATE` gives up quickly so that `events::EventBus::writer` can
+//! retry it until `database.busy_timeout` and then answer `DATABASE_BUSY`.
 
 use std::{path::Path, str::FromStr, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    DatabaseConnection, SqlxSqliteConnector,
+    DatabaseConnection, DbErr, RuntimeErr, SqlxSqliteConnector,
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-pub async fn connect(path: &Path) -> Result<DatabaseConnection, sea_orm::DbErr> {
+/// How long one attempt to begin a write waits inside SQLite for the write
+/// lock before [`connect_writes`]'s caller tries again.
+pub const WRITE_ATTEMPT: Duration = Duration::from_millis(50);
+
+/// The pool for reads: SQLite waits up to `busy_timeout` for a lock.
+pub async fn connect(path: &Path, busy_timeout: Duration) -> Result<DatabaseConnection, DbErr> {
+    open(path, busy_timeout, 8).await
+}
+
+/// The pool for the event bus's writes: one connection (writes are
+/// serialised anyway), whose busy wait is one [`WRITE_ATTEMPT`].
+pub async fn connect_writes(path: &Path) -> Result<DatabaseConnection, DbErr> {
+    open(path, WRITE_ATTEMPT, 1).await
+}
+
+async fn open(
+    path: &Path,
+    busy_timeout: Duration,
+    connections: u32,
+) -> Result<DatabaseConnection, DbErr> {
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-        .map_err(|e| sea_orm::DbErr::Custom(format!("database path {}: {e}", path.display())))?
+        .map_err(|e| DbErr::Custom(format!("database path {}: {e}", path.display())))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5))
+        .busy_timeout(busy_timeout)
         .foreign_keys(true);
     let pool = SqlitePoolOptions::new()
-        .max_connections(8)
+        .max_connections(connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(10))
         // sqlx pings an idle connection before lending it, a round trip to the
@@ -30,8 +54,38 @@ pub async fn connect(path: &Path) -> Result<DatabaseConnection, sea_orm::DbErr> 
         .after_release(|conn, _| Box::pin(async move { Ok(reusable(conn)) }))
         .connect_with(options)
         .await
-        .map_err(|e| sea_orm::DbErr::Custom(format!("opening {}: {e}", path.display())))?;
+        .map_err(|e| DbErr::Custom(format!("opening {}: {e}", path.display())))?;
     Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
+}
+
+/// SQLite's extended result code of a database error, if it is one.
+pub fn sqlite_code(e: &DbErr) -> Option<i32> {
+    let (DbErr::Conn(RuntimeErr::SqlxError(e))
+    | DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))) = e
+    else {
+        return None;
+    };
+    match e.as_ref() {
+        sea_orm::sqlx::Error::Database(e) => e.code()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A condition that passes by itself: `SQLITE_BUSY` and its variants
+/// (another connection holds a lock; a stale snapshot; a WAL recovery),
+/// `SQLITE_LOCKED`, or no pooled connection free in time. Worth retrying;
+/// never a bug.
+pub fn is_busy(e: &DbErr) -> bool {
+    const SQLITE_BUSY: i32 = 5;
+    const SQLITE_LOCKED: i32 = 6;
+    if matches!(
+        e,
+        DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout)
+    ) {
+        return true;
+    }
+    sqlite_code(e).is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
 }
 
 /// Whether a connection given back to the pool may be lent again: not while
@@ -96,7 +150,9 @@ mod tests {
     #[tokio::test]
     async fn a_connection_whose_transaction_sqlite_ended_is_not_lent_again() {
         let dir = tempfile::tempdir().unwrap();
-        let db = connect(&dir.path().join("vman.db")).await.unwrap();
+        let db = connect(&dir.path().join("vman.db"), Duration::from_secs(5))
+            .await
+            .unwrap();
         db.execute_unprepared("CREATE TABLE t (n INTEGER)")
             .await
             .unwrap();
@@ -129,7 +185,9 @@ mod tests {
                 .unwrap();
             txn.commit().await.unwrap();
         }
-        let other = connect(&dir.path().join("vman.db")).await.unwrap();
+        let other = connect(&dir.path().join("vman.db"), Duration::from_secs(5))
+            .await
+            .unwrap();
         let rows = other
             .query_one_raw(sea_orm::Statement::from_string(
                 sea_orm::DbBackend::Sqlite,

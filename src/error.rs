@@ -25,6 +25,10 @@ pub enum ApiError {
     Host(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    /// SQLite stayed busy (another connection held its write lock) for
+    /// longer than `database.busy_timeout`. Nothing was changed; retryable.
+    #[error("database busy: {0}; try again")]
+    DatabaseBusy(String),
     /// No valid API token came with the request.
     #[error("{0}")]
     Unauthenticated(String),
@@ -46,6 +50,7 @@ impl ApiError {
             ApiError::VmBusy { .. } => "VM_BUSY",
             ApiError::Host(_) => "HOST_ERROR",
             ApiError::Timeout(_) => "TIMEOUT",
+            ApiError::DatabaseBusy(_) => "DATABASE_BUSY",
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::Internal(_) => "INTERNAL",
@@ -70,6 +75,9 @@ impl ApiError {
 
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
+        if crate::db::is_busy(&e) {
+            return ApiError::DatabaseBusy(e.to_string());
+        }
         ApiError::internal(e)
     }
 }

@@ -226,7 +226,7 @@ fn token(sources: &Sources, overrides: &CliOverrides, command: TokenCommand) -> 
             eprintln!("vman: {e}");
             return ExitCode::FAILURE;
         }
-        let db = match vman::db::connect(&config.db_path()).await {
+        let db = match vman::db::connect(&config.db_path(), config.database.busy_timeout).await {
             Ok(db) => db,
             Err(e) => {
                 eprintln!("vman: opening the database: {e}");

@@ -149,6 +149,7 @@ fn every_api_error() -> Vec<ApiError> {
         },
         ApiError::Host(text()),
         ApiError::Timeout(text()),
+        ApiError::DatabaseBusy(text()),
         ApiError::Unauthenticated(text()),
         ApiError::Forbidden(text()),
         ApiError::Internal(Box::new(std::io::Error::other("x"))),
@@ -162,6 +163,7 @@ fn every_api_error() -> Vec<ApiError> {
             | ApiError::VmBusy { .. }
             | ApiError::Host(_)
             | ApiError::Timeout(_)
+            | ApiError::DatabaseBusy(_)
             | ApiError::Unauthenticated(_)
             | ApiError::Forbidden(_)
             | ApiError::Internal(_) => {}

@@ -91,7 +91,7 @@ async fn writes_succeed_at_once_and_are_committed_when_a_full_disk_has_room_agai
     }
 
     // Committed, not only visible to the connection that wrote them.
-    let db = vman::db::connect(&server.app.ctx.config.db_path())
+    let db = vman::db::connect(&server.app.ctx.config.db_path(), Duration::from_secs(5))
         .await
         .unwrap();
     let templates = vman::template::model::Entity::find()

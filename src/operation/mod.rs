@@ -229,7 +229,20 @@ pub async fn run<T>(
         (Err(e), None) => {
             envelope.undo_all().await;
             let op = envelope.op.clone();
-            finish(ctx, op, &envelope.steps, Some(e), envelope.failed_at).await?
+            match finish(ctx, op, &envelope.steps, Some(e), envelope.failed_at).await {
+                Ok(done) => done,
+                // The client hears why the operation failed, not why its
+                // record could not say so (a database still busy, say); it
+                // stays RUNNING until the next start marks it INTERRUPTED.
+                Err(recording) => {
+                    tracing::error!(
+                        operation = %envelope.op.id,
+                        error = %recording,
+                        "recording a failed operation"
+                    );
+                    return Err(result.err().expect("the body failed"));
+                }
+            }
         }
     };
     count_finished(&done);
