@@ -31,6 +31,7 @@ pub struct Config {
     pub import_dir: Option<PathBuf>,
     pub log: LogConfig,
     pub database: DatabaseConfig,
+    pub storage: StorageConfig,
     pub observer: ObserverConfig,
     pub qemu: QemuConfig,
     pub limits: Limits,
@@ -96,6 +97,15 @@ pub struct DatabaseConfig {
     /// with `DATABASE_BUSY`.
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
+}
+
+/// Disks and images under `<data_dir>/storage/`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// New disks and imports that would leave less than this free on the
+    /// storage filesystem are refused with `STORAGE_FULL`.
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -241,6 +251,7 @@ impl Default for Config {
             database: DatabaseConfig {
                 busy_timeout: Duration::from_secs(5),
             },
+            storage: StorageConfig { min_free_bytes: 0 },
             observer: ObserverConfig {
                 interval: Duration::from_secs(5),
                 policy: DriftPolicy::Report,
@@ -324,6 +335,7 @@ fn is_origin(origin: &str) -> bool {
 const SECTIONS: &[&str] = &[
     "log",
     "database",
+    "storage",
     "observer",
     "qemu",
     "limits",

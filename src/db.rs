@@ -72,6 +72,12 @@ pub fn sqlite_code(e: &DbErr) -> Option<i32> {
     }
 }
 
+/// `SQLITE_FULL`: the database (or its WAL) could not grow.
+pub fn is_full(e: &DbErr) -> bool {
+    const SQLITE_FULL: i32 = 13;
+    sqlite_code(e).is_some_and(|code| code & 0xff == SQLITE_FULL)
+}
+
 /// A condition that passes by itself: `SQLITE_BUSY` and its variants
 /// (another connection holds a lock; a stale snapshot; a WAL recovery),
 /// `SQLITE_LOCKED`, or no pooled connection free in time. Worth retrying;

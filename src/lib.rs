@@ -22,6 +22,7 @@ pub mod observer;
 pub mod operation;
 pub mod playground;
 pub mod server;
+pub mod storage;
 pub mod telemetry;
 pub mod template;
 pub mod tls;

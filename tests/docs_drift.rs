@@ -150,6 +150,12 @@ fn every_api_error() -> Vec<ApiError> {
         ApiError::Host(text()),
         ApiError::Timeout(text()),
         ApiError::DatabaseBusy(text()),
+        ApiError::StorageFull {
+            path: Default::default(),
+            free_bytes: 0,
+            detail: text(),
+        },
+        ApiError::DatabaseFull(text()),
         ApiError::Unauthenticated(text()),
         ApiError::Forbidden(text()),
         ApiError::Internal(Box::new(std::io::Error::other("x"))),
@@ -164,6 +170,8 @@ fn every_api_error() -> Vec<ApiError> {
             | ApiError::Host(_)
             | ApiError::Timeout(_)
             | ApiError::DatabaseBusy(_)
+            | ApiError::StorageFull { .. }
+            | ApiError::DatabaseFull(_)
             | ApiError::Unauthenticated(_)
             | ApiError::Forbidden(_)
             | ApiError::Internal(_) => {}

@@ -209,7 +209,11 @@ pub async fn run<T>(
     request: Request,
     body: impl AsyncFnOnce(&mut Envelope<'_>) -> ApiResult<T>,
 ) -> ApiResult<Change<T>> {
-    let op = begin(ctx, &request).await?;
+    let located = |e: ApiError| e.locate(&ctx.config);
+    if request.kind.needs_room() {
+        crate::storage::ensure_database_room(&ctx.config)?;
+    }
+    let op = begin(ctx, &request).await.map_err(located)?;
     let mut envelope = Envelope {
         ctx,
         op,
@@ -218,13 +222,15 @@ pub async fn run<T>(
         failed_at: None,
         done: None,
     };
-    let result = body(&mut envelope).await;
+    let result = body(&mut envelope).await.map_err(located);
     let done = match (&result, envelope.done.take()) {
         // Committed: the change is in, whatever the body did after it.
         (_, Some(done)) => done,
         (Ok(_), None) => {
             let op = envelope.op.clone();
-            finish(ctx, op, &envelope.steps, None, None).await?
+            finish(ctx, op, &envelope.steps, None, None)
+                .await
+                .map_err(located)?
         }
         (Err(e), None) => {
             envelope.undo_all().await;
@@ -237,7 +243,7 @@ pub async fn run<T>(
                 Err(recording) => {
                     tracing::error!(
                         operation = %envelope.op.id,
-                        error = %recording,
+                        error = %recording.locate(&ctx.config),
                         "recording a failed operation"
                     );
                     return Err(result.err().expect("the body failed"));

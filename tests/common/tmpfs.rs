@@ -1,22 +1,33 @@
-//! A small filesystem of a test's own: a tmpfs mounted on a temp dir, so a
-//! test can fill it to the last byte without touching the host's disks.
-//! Unmounted when dropped, also when the test fails.
+//! A small filesystem of a test's own: a tmpfs mounted on a temp dir (or on
+//! a directory of another one), so a test can fill it to the last byte
+//! without touching the host's disks. Unmounted when dropped, also when the
+//! test fails; drop one mounted inside another first (declare it later).
 
 use std::{
     io::Write,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 pub struct Tmpfs {
-    dir: tempfile::TempDir,
+    path: PathBuf,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Tmpfs {
-    /// Mounts a tmpfs of `mib` MiB, or says why it cannot (not root, no
-    /// `mount`, a container that forbids it): the caller skips the test.
+    /// Mounts a tmpfs of `mib` MiB on a temp dir, or says why it cannot
+    /// (not root, no `mount`, a container that forbids it): the caller
+    /// skips the test.
     pub fn mount(mib: u64) -> Result<Tmpfs, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("a temp dir: {e}"))?;
+        let mut fs = Tmpfs::mount_at(dir.path(), mib)?;
+        fs._dir = Some(dir);
+        Ok(fs)
+    }
+
+    /// Mounts a tmpfs of `mib` MiB on `path` (made if missing).
+    pub fn mount_at(path: &Path, mib: u64) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let out = Command::new("mount")
             .args([
                 "-t",
@@ -25,7 +36,7 @@ impl Tmpfs {
                 &format!("size={mib}m,mode=0755"),
                 "tmpfs",
             ])
-            .arg(dir.path())
+            .arg(path)
             .output()
             .map_err(|e| format!("cannot run mount: {e}"))?;
         if !out.status.success() {
@@ -34,11 +45,14 @@ impl Tmpfs {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        Ok(Tmpfs { dir })
+        Ok(Tmpfs {
+            path: path.to_path_buf(),
+            _dir: None,
+        })
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     /// Free bytes on the filesystem, as an unprivileged writer sees them.
@@ -47,8 +61,9 @@ impl Tmpfs {
         stat.f_bavail * stat.f_frsize
     }
 
-    /// Writes `filler` until the filesystem has not one byte left; its path.
-    pub fn fill(&self) -> PathBuf {
+    /// Writes a file `filler` until the filesystem has only `leave` bytes
+    /// free (0: not one byte); its path, to remove when space should come back.
+    pub fn fill_leaving(&self, leave: u64) -> PathBuf {
         let path = self.path().join("filler");
         let mut file = std::fs::File::create(&path).expect("the filler file");
         let mut chunk = 1 << 20;
@@ -61,24 +76,38 @@ impl Tmpfs {
                 Err(e) => panic!("filling {}: {e}", path.display()),
             }
         }
-        let _ = file.sync_all();
         assert_eq!(self.free_bytes(), 0, "the filesystem is full");
+        if leave > 0 {
+            let len = file.metadata().unwrap().len();
+            file.set_len(len.saturating_sub(leave)).unwrap();
+        }
+        let _ = file.sync_all();
+        assert!(
+            self.free_bytes() <= leave.next_multiple_of(4096),
+            "{} bytes free",
+            self.free_bytes()
+        );
         path
+    }
+
+    /// Fills the filesystem to the last byte; the filler's path.
+    pub fn fill(&self) -> PathBuf {
+        self.fill_leaving(0)
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let path = self.dir.path();
         let unmounted = Command::new("umount")
-            .arg(path)
-            .stderr(std::process::Stdio::null())
+            .arg(&self.path)
+            .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if !unmounted {
-            // Something still holds a file open (a connection a failed test
-            // left behind): detach it now, the kernel frees it when let go.
-            let _ = Command::new("umount").arg("-l").arg(path).status();
+            // Something still holds a file open (a connection the app keeps
+            // until its last handle goes): detach it now; the kernel frees
+            // it once let go.
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
         }
     }
 }
