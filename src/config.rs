@@ -32,6 +32,7 @@ pub struct Config {
     pub log: LogConfig,
     pub database: DatabaseConfig,
     pub storage: StorageConfig,
+    pub backup: BackupConfig,
     pub observer: ObserverConfig,
     pub qemu: QemuConfig,
     pub limits: Limits,
@@ -106,6 +107,17 @@ pub struct StorageConfig {
     /// New disks and imports that would leave less than this free on the
     /// storage filesystem are refused with `STORAGE_FULL`.
     pub min_free_bytes: u64,
+}
+
+/// Scheduled backups of the database under `<data_dir>/backups/`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// How often a serving vman copies the database; `0s`: never.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How many scheduled backups to keep (the oldest go first).
+    pub keep: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -252,6 +264,10 @@ impl Default for Config {
                 busy_timeout: Duration::from_secs(5),
             },
             storage: StorageConfig { min_free_bytes: 0 },
+            backup: BackupConfig {
+                interval: Duration::from_secs(24 * 60 * 60),
+                keep: 7,
+            },
             observer: ObserverConfig {
                 interval: Duration::from_secs(5),
                 policy: DriftPolicy::Report,
@@ -336,6 +352,7 @@ const SECTIONS: &[&str] = &[
     "log",
     "database",
     "storage",
+    "backup",
     "observer",
     "qemu",
     "limits",
@@ -537,6 +554,23 @@ impl Config {
                 "database.busy_timeout",
                 self.database.busy_timeout,
                 "must be between 10ms and 10m",
+            ));
+        }
+        if !self.backup.interval.is_zero()
+            && (self.backup.interval < Duration::from_secs(1)
+                || self.backup.interval > Duration::from_secs(366 * 24 * 60 * 60))
+        {
+            return Err(bad(
+                "backup.interval",
+                self.backup.interval,
+                "must be 0s (no scheduled backups) or between 1s and 366d",
+            ));
+        }
+        if self.backup.keep == 0 || self.backup.keep > 10_000 {
+            return Err(bad(
+                "backup.keep",
+                self.backup.keep,
+                "must be between 1 and 10000",
             ));
         }
         if self.observer.interval < Duration::from_millis(100)
@@ -793,6 +827,10 @@ impl Config {
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("logs")
     }
+    /// Where scheduled backups go (made when the first is taken).
+    pub fn backup_dir(&self) -> PathBuf {
+        self.data_dir.join("backups")
+    }
     pub fn import_dir(&self) -> PathBuf {
         self.import_dir
             .clone()
@@ -1026,6 +1064,10 @@ mod validation_tests {
             ("database.busy_timeout", |c| {
                 c.database.busy_timeout = Duration::from_millis(9)
             }),
+            ("backup.interval", |c| {
+                c.backup.interval = Duration::from_millis(500)
+            }),
+            ("backup.keep", |c| c.backup.keep = 0),
             ("database.busy_timeout", |c| {
                 c.database.busy_timeout = Duration::from_secs(601)
             }),
@@ -1131,6 +1173,8 @@ mod validation_tests {
         let mut config = Config::default();
         config.observer.interval = Duration::from_millis(100);
         config.database.busy_timeout = Duration::from_secs(600);
+        config.backup.interval = Duration::ZERO;
+        config.backup.keep = 10_000;
         config.observer.probe_timeout = Duration::from_secs(60);
         config.qemu.stop_timeout = Duration::from_secs(3600);
         config.limits.max_vcpus = 1024;

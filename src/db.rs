@@ -58,6 +58,71 @@ async fn open(
     Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
 }
 
+/// How thoroughly [`check_file`] reads a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// `PRAGMA quick_check`: every page, without matching indexes to their
+    /// tables (what a start runs).
+    Quick,
+    /// `PRAGMA integrity_check`: everything `quick_check` reads, indexes
+    /// matched too (`vman doctor`).
+    Full,
+}
+
+/// What [`check_file`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileCheck {
+    /// No database at that path (a new data directory).
+    Missing,
+    Ok,
+    /// Not a database, or one SQLite finds damaged; what it said.
+    Damaged(String),
+}
+
+/// Reads the database at `path` with `check` on a connection of its own.
+/// `frozen`: a file nobody writes (a backup): opened read-only and
+/// immutable, so no `-wal` or `-shm` file is made next to it. Errors other
+/// than a damaged file (permissions, say) are errors.
+pub async fn check_file(path: &Path, check: Check, frozen: bool) -> Result<FileCheck, DbErr> {
+    use sea_orm::sqlx::{ConnectOptions, Connection};
+    const SQLITE_CORRUPT: i32 = 11;
+    const SQLITE_NOTADB: i32 = 26;
+    if !path.exists() {
+        return Ok(FileCheck::Missing);
+    }
+    let damaged = |e: &sea_orm::sqlx::Error| match e {
+        sea_orm::sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, SQLITE_CORRUPT | SQLITE_NOTADB)),
+        _ => false,
+    };
+    let fail = |e: sea_orm::sqlx::Error| DbErr::Custom(format!("reading {}: {e}", path.display()));
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(frozen)
+        .immutable(frozen);
+    let mut conn = match options.connect().await {
+        Ok(conn) => conn,
+        Err(e) if damaged(&e) => return Ok(FileCheck::Damaged(e.to_string())),
+        Err(e) => return Err(fail(e)),
+    };
+    let pragma = match check {
+        Check::Quick => "PRAGMA quick_check(20)",
+        Check::Full => "PRAGMA integrity_check(20)",
+    };
+    let found = sea_orm::sqlx::query_scalar::<_, String>(pragma)
+        .fetch_all(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    match found {
+        Ok(lines) if lines == ["ok"] => Ok(FileCheck::Ok),
+        Ok(lines) => Ok(FileCheck::Damaged(lines.join("; "))),
+        Err(e) if damaged(&e) => Ok(FileCheck::Damaged(e.to_string())),
+        Err(e) => Err(fail(e)),
+    }
+}
+
 /// SQLite's extended result code of a database error, if it is one.
 pub fn sqlite_code(e: &DbErr) -> Option<i32> {
     let (DbErr::Conn(RuntimeErr::SqlxError(e))

@@ -6,11 +6,13 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod backup;
 pub mod coherence;
 pub mod config;
 pub mod context;
 pub mod db;
 pub mod disk;
+pub mod doctor;
 pub mod error;
 pub mod event_payload;
 pub mod events;
