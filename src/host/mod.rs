@@ -509,6 +509,13 @@ pub enum HostError {
     Rejected(String),
     #[error("{0}")]
     Timeout(String),
+    /// A write under `path` failed for want of space (ENOSPC, EDQUOT).
+    #[error("no space left on the filesystem of {} ({free_bytes} bytes free): {detail}", path.display())]
+    NoSpace {
+        path: PathBuf,
+        free_bytes: u64,
+        detail: String,
+    },
 }
 
 /// What one running VM's QEMU has used, read at one instant (counters grow

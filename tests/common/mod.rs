@@ -6,6 +6,7 @@
 pub mod failing;
 pub mod netns;
 pub mod tls;
+pub mod tmpfs;
 
 use std::{sync::Arc, time::Duration};
 
