@@ -55,8 +55,11 @@ enum Command {
     /// Copy the database to FILE, consistently, also while vman serves
     /// (SQLite `VACUUM INTO`; writes go on meanwhile). FILE must not exist.
     Backup {
+        /// Where to write the copy (a new file; an existing one is refused).
         file: PathBuf,
-        #[arg(long)]
+        /// The data directory whose database this is [default: ./vman-data;
+        /// or `data_dir` in vman.toml, VMAN_DATA_DIR].
+        #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
     /// Put the backup FILE in place as the database. Refused while a vman
@@ -64,14 +67,19 @@ enum Command {
     /// kept as `vman.db.before-restore-<time>`. The next start reconciles the
     /// host with the restored rows (see docs/OPERATIONS.md).
     Restore {
+        /// The backup to restore (made by `vman backup` or a scheduled backup).
         file: PathBuf,
-        #[arg(long)]
+        /// The data directory whose database this is [default: ./vman-data;
+        /// or `data_dir` in vman.toml, VMAN_DATA_DIR].
+        #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
     /// Check the database in full (PRAGMA integrity_check) and summarise it;
     /// exits 1 when it is damaged. Only reads: works while vman serves.
     Doctor {
-        #[arg(long)]
+        /// The data directory whose database this is [default: ./vman-data;
+        /// or `data_dir` in vman.toml, VMAN_DATA_DIR].
+        #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
     /// API tokens (for `auth.mode = "token"`); works while vman serves.
