@@ -50,19 +50,27 @@ pub enum StartError {
     /// The data directory cannot be used (another vman holds it, or it is unfit).
     #[error("{0}")]
     Locked(String),
+    /// The database is damaged: the message says which backup to restore.
+    #[error("{0}")]
+    Damaged(String),
     /// The network port could not start (no netlink socket).
     #[error("network port: {0}")]
     Network(#[source] crate::host::HostError),
 }
 
 /// QEMU refuses a Unix socket path of 108 bytes or more, and every VM's QMP
-/// socket is `<data_dir>/run/<uuid>/qmp.sock`: a data dir too long for that
-/// is refused at start, not at the first `startVm`.
+/// socket is `<data_dir>/run/<uuid>/qmp.sock` (its console socket,
+/// `tty.sock`, is as long): a data dir too long for that is refused at
+/// start, not at the first `startVm`.
 fn check_socket_room(config: &Config) -> Result<(), StartError> {
+    use crate::host::qemu::argv::{console_socket, qmp_socket};
     const SUN_PATH_MAX: usize = 107;
-    let example =
-        crate::host::qemu::argv::qmp_socket(&config.run_dir().join(uuid::Uuid::nil().to_string()));
-    let len = example.as_os_str().len();
+    let run = config.run_dir().join(uuid::Uuid::nil().to_string());
+    let len = [qmp_socket(&run), console_socket(&run)]
+        .iter()
+        .map(|socket| socket.as_os_str().len())
+        .max()
+        .unwrap_or_default();
     if len > SUN_PATH_MAX {
         return Err(StartError::Locked(format!(
             "data_dir {} is too long: QMP sockets under it would be {len} bytes, QEMU allows {SUN_PATH_MAX}; use a data_dir of at most {} bytes",
@@ -80,7 +88,8 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
-    fn take(config: &Config) -> Result<DataDirLock, StartError> {
+    /// Takes the lock, or says which vman (pid) holds it.
+    pub fn take(config: &Config) -> Result<DataDirLock, StartError> {
         use std::io::Write;
         let path = config.data_dir.join("vman.lock");
         let mut file = std::fs::OpenOptions::new()
@@ -115,7 +124,7 @@ impl App {
             dir: config.data_dir.clone(),
             source,
         })?;
-        let db = crate::db::connect(&config.db_path()).await?;
+        let db = crate::db::connect(&config.db_path(), config.database.busy_timeout).await?;
         crate::db::migrate(&db).await?;
         Ok(())
     }
@@ -141,8 +150,17 @@ impl App {
         config.data_dir = data_dir;
         check_socket_room(&config)?;
         let lock = DataDirLock::take(&config)?;
-        let db = crate::db::connect(&config.db_path()).await?;
+        match crate::db::check_file(&config.db_path(), crate::db::Check::Quick, false).await? {
+            crate::db::FileCheck::Missing | crate::db::FileCheck::Ok => {}
+            crate::db::FileCheck::Damaged(detail) => {
+                return Err(StartError::Damaged(crate::backup::damaged_message(
+                    &config, &detail,
+                )));
+            }
+        }
+        let db = crate::db::connect(&config.db_path(), config.database.busy_timeout).await?;
         crate::db::migrate(&db).await?;
+        let writes = crate::db::connect_writes(&config.db_path()).await?;
         let options = QemuOptions::from_config(&config);
         let hypervisor: Arc<dyn Hypervisor> = if config.dry_run {
             Arc::new(DryRunHypervisor::new(options))
@@ -157,7 +175,12 @@ impl App {
         };
         let cancel = CancellationToken::new();
         let ctx = Ctx {
-            bus: Arc::new(EventBus::new(db.clone(), cancel.clone())),
+            bus: Arc::new(EventBus::new(
+                db.clone(),
+                writes,
+                config.database.busy_timeout,
+                cancel.clone(),
+            )),
             db,
             hypervisor,
             network,
@@ -200,6 +223,11 @@ impl App {
             );
         }
         tokio::spawn(self.auth.clone().watch_revocations(self.ctx.cancel.clone()));
+        crate::backup::spawn_schedule(
+            self.ctx.config.clone(),
+            self.ctx.db.clone(),
+            self.ctx.cancel.clone(),
+        );
         // Watch first, so nothing the host reports during re-adoption is missed.
         self.observer.clone().spawn();
         if self.ctx.hypervisor.is_dry_run() {

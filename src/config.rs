@@ -30,6 +30,9 @@ pub struct Config {
     /// Where `importImage` may read files from (default `<data_dir>/import`).
     pub import_dir: Option<PathBuf>,
     pub log: LogConfig,
+    pub database: DatabaseConfig,
+    pub storage: StorageConfig,
+    pub backup: BackupConfig,
     pub observer: ObserverConfig,
     pub qemu: QemuConfig,
     pub limits: Limits,
@@ -84,6 +87,37 @@ pub struct LogConfig {
     pub max_bytes: u64,
     /// How many rotated files to keep.
     pub keep_files: usize,
+}
+
+/// The SQLite database (`<data_dir>/vman.db`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// How long a write waits for SQLite's write lock (and a read for a
+    /// lock) while another connection holds it, before the request fails
+    /// with `DATABASE_BUSY`.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+}
+
+/// Disks and images under `<data_dir>/storage/`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// New disks and imports that would leave less than this free on the
+    /// storage filesystem are refused with `STORAGE_FULL`.
+    pub min_free_bytes: u64,
+}
+
+/// Scheduled backups of the database under `<data_dir>/backups/`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// How often a serving vman copies the database; `0s`: never.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How many scheduled backups to keep (the oldest go first).
+    pub keep: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -226,6 +260,14 @@ impl Default for Config {
                 max_bytes: 10 * 1024 * 1024,
                 keep_files: 5,
             },
+            database: DatabaseConfig {
+                busy_timeout: Duration::from_secs(5),
+            },
+            storage: StorageConfig { min_free_bytes: 0 },
+            backup: BackupConfig {
+                interval: Duration::from_secs(24 * 60 * 60),
+                keep: 7,
+            },
             observer: ObserverConfig {
                 interval: Duration::from_secs(5),
                 policy: DriftPolicy::Report,
@@ -308,6 +350,9 @@ fn is_origin(origin: &str) -> bool {
 /// Sections whose keys are joined with `_` in environment names.
 const SECTIONS: &[&str] = &[
     "log",
+    "database",
+    "storage",
+    "backup",
     "observer",
     "qemu",
     "limits",
@@ -501,6 +546,32 @@ impl Config {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(bad("data_dir", &self.data_dir, "must not be empty"));
+        }
+        if self.database.busy_timeout < Duration::from_millis(10)
+            || self.database.busy_timeout > Duration::from_secs(600)
+        {
+            return Err(bad(
+                "database.busy_timeout",
+                self.database.busy_timeout,
+                "must be between 10ms and 10m",
+            ));
+        }
+        if !self.backup.interval.is_zero()
+            && (self.backup.interval < Duration::from_secs(1)
+                || self.backup.interval > Duration::from_secs(366 * 24 * 60 * 60))
+        {
+            return Err(bad(
+                "backup.interval",
+                self.backup.interval,
+                "must be 0s (no scheduled backups) or between 1s and 366d",
+            ));
+        }
+        if self.backup.keep == 0 || self.backup.keep > 10_000 {
+            return Err(bad(
+                "backup.keep",
+                self.backup.keep,
+                "must be between 1 and 10000",
+            ));
         }
         if self.observer.interval < Duration::from_millis(100)
             || self.observer.interval > Duration::from_secs(3600)
@@ -756,6 +827,10 @@ impl Config {
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("logs")
     }
+    /// Where scheduled backups go (made when the first is taken).
+    pub fn backup_dir(&self) -> PathBuf {
+        self.data_dir.join("backups")
+    }
     pub fn import_dir(&self) -> PathBuf {
         self.import_dir
             .clone()
@@ -986,6 +1061,16 @@ mod validation_tests {
             ("observer.interval", |c| {
                 c.observer.interval = Duration::from_secs(7200)
             }),
+            ("database.busy_timeout", |c| {
+                c.database.busy_timeout = Duration::from_millis(9)
+            }),
+            ("backup.interval", |c| {
+                c.backup.interval = Duration::from_millis(500)
+            }),
+            ("backup.keep", |c| c.backup.keep = 0),
+            ("database.busy_timeout", |c| {
+                c.database.busy_timeout = Duration::from_secs(601)
+            }),
             ("observer.probe_timeout", |c| {
                 c.observer.probe_timeout = Duration::from_millis(1)
             }),
@@ -1087,6 +1172,9 @@ mod validation_tests {
     fn the_edges_of_each_range_are_valid() {
         let mut config = Config::default();
         config.observer.interval = Duration::from_millis(100);
+        config.database.busy_timeout = Duration::from_secs(600);
+        config.backup.interval = Duration::ZERO;
+        config.backup.keep = 10_000;
         config.observer.probe_timeout = Duration::from_secs(60);
         config.qemu.stop_timeout = Duration::from_secs(3600);
         config.limits.max_vcpus = 1024;

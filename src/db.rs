@@ -1,36 +1,188 @@
-//! SQLite connection with the settings a long-running server needs: WAL,
+//! SQLite connections with the settings a long-running server needs: WAL,
 //! synchronous NORMAL, a busy timeout, foreign keys and a real pool. sqlx's
 //! defaults differ (one writer mode, no FK by default in older versions), so
 //! every setting is explicit here.
+//!
+//! Two pools: [`connect`] for reads (and the command line's writes), and
+//! [`connect_writes`], the event bus's one connection for writes, whose
+//! `BEGIN IMMEDIATE` gives up quickly so that `events::EventBus::writer` can
+//! retry it until `database.busy_timeout` and then answer `DATABASE_BUSY`.
 
 use std::{path::Path, str::FromStr, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    DatabaseConnection, SqlxSqliteConnector,
+    DatabaseConnection, DbErr, RuntimeErr, SqlxSqliteConnector,
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-pub async fn connect(path: &Path) -> Result<DatabaseConnection, sea_orm::DbErr> {
+/// How long one attempt to begin a write waits inside SQLite for the write
+/// lock before [`connect_writes`]'s caller tries again.
+pub const WRITE_ATTEMPT: Duration = Duration::from_millis(50);
+
+/// The pool for reads: SQLite waits up to `busy_timeout` for a lock.
+pub async fn connect(path: &Path, busy_timeout: Duration) -> Result<DatabaseConnection, DbErr> {
+    open(path, busy_timeout, 8).await
+}
+
+/// The pool for the event bus's writes: one connection (writes are
+/// serialised anyway), whose busy wait is one [`WRITE_ATTEMPT`].
+pub async fn connect_writes(path: &Path) -> Result<DatabaseConnection, DbErr> {
+    open(path, WRITE_ATTEMPT, 1).await
+}
+
+async fn open(
+    path: &Path,
+    busy_timeout: Duration,
+    connections: u32,
+) -> Result<DatabaseConnection, DbErr> {
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-        .map_err(|e| sea_orm::DbErr::Custom(format!("database path {}: {e}", path.display())))?
+        .map_err(|e| DbErr::Custom(format!("database path {}: {e}", path.display())))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5))
+        .busy_timeout(busy_timeout)
         .foreign_keys(true);
     let pool = SqlitePoolOptions::new()
-        .max_connections(8)
+        .max_connections(connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(10))
         // sqlx pings an idle connection before lending it, a round trip to the
         // connection's worker thread on every query; a local SQLite file has no
         // link to lose, and a broken connection still fails the query itself.
         .test_before_acquire(false)
+        .after_release(|conn, _| Box::pin(async move { Ok(reusable(conn)) }))
         .connect_with(options)
         .await
-        .map_err(|e| sea_orm::DbErr::Custom(format!("opening {}: {e}", path.display())))?;
+        .map_err(|e| DbErr::Custom(format!("opening {}: {e}", path.display())))?;
     Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
+}
+
+/// How thoroughly [`check_file`] reads a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// `PRAGMA quick_check`: every page, without matching indexes to their
+    /// tables (what a start runs).
+    Quick,
+    /// `PRAGMA integrity_check`: everything `quick_check` reads, indexes
+    /// matched too (`vman doctor`).
+    Full,
+}
+
+/// What [`check_file`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileCheck {
+    /// No database at that path (a new data directory).
+    Missing,
+    Ok,
+    /// Not a database, or one SQLite finds damaged; what it said.
+    Damaged(String),
+}
+
+/// Reads the database at `path` with `check` on a connection of its own.
+/// `frozen`: a file nobody writes (a backup): opened read-only and
+/// immutable, so no `-wal` or `-shm` file is made next to it. Errors other
+/// than a damaged file (permissions, say) are errors.
+pub async fn check_file(path: &Path, check: Check, frozen: bool) -> Result<FileCheck, DbErr> {
+    use sea_orm::sqlx::{ConnectOptions, Connection};
+    const SQLITE_CORRUPT: i32 = 11;
+    const SQLITE_NOTADB: i32 = 26;
+    if !path.exists() {
+        return Ok(FileCheck::Missing);
+    }
+    let damaged = |e: &sea_orm::sqlx::Error| match e {
+        sea_orm::sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, SQLITE_CORRUPT | SQLITE_NOTADB)),
+        _ => false,
+    };
+    let fail = |e: sea_orm::sqlx::Error| DbErr::Custom(format!("reading {}: {e}", path.display()));
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(frozen)
+        .immutable(frozen);
+    let mut conn = match options.connect().await {
+        Ok(conn) => conn,
+        Err(e) if damaged(&e) => return Ok(FileCheck::Damaged(e.to_string())),
+        Err(e) => return Err(fail(e)),
+    };
+    let pragma = match check {
+        Check::Quick => "PRAGMA quick_check(20)",
+        Check::Full => "PRAGMA integrity_check(20)",
+    };
+    let found = sea_orm::sqlx::query_scalar::<_, String>(pragma)
+        .fetch_all(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    match found {
+        Ok(lines) if lines == ["ok"] => Ok(FileCheck::Ok),
+        Ok(lines) => Ok(FileCheck::Damaged(lines.join("; "))),
+        Err(e) if damaged(&e) => Ok(FileCheck::Damaged(e.to_string())),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// SQLite's extended result code of a database error, if it is one.
+pub fn sqlite_code(e: &DbErr) -> Option<i32> {
+    let (DbErr::Conn(RuntimeErr::SqlxError(e))
+    | DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))) = e
+    else {
+        return None;
+    };
+    match e.as_ref() {
+        sea_orm::sqlx::Error::Database(e) => e.code()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// `SQLITE_FULL`: the database (or its WAL) could not grow.
+pub fn is_full(e: &DbErr) -> bool {
+    const SQLITE_FULL: i32 = 13;
+    sqlite_code(e).is_some_and(|code| code & 0xff == SQLITE_FULL)
+}
+
+/// A condition that passes by itself: `SQLITE_BUSY` and its variants
+/// (another connection holds a lock; a stale snapshot; a WAL recovery),
+/// `SQLITE_LOCKED`, or no pooled connection free in time. Worth retrying;
+/// never a bug.
+pub fn is_busy(e: &DbErr) -> bool {
+    const SQLITE_BUSY: i32 = 5;
+    const SQLITE_LOCKED: i32 = 6;
+    if matches!(
+        e,
+        DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout)
+    ) {
+        return true;
+    }
+    sqlite_code(e).is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+}
+
+/// Whether a connection given back to the pool may be lent again: not while
+/// sqlx counts it inside a transaction.
+///
+/// That happens after an error that makes SQLite roll a transaction back by
+/// itself (`SQLITE_FULL` on a full disk, `SQLITE_IOERR`, `SQLITE_NOMEM`): the
+/// `ROLLBACK` sent when the transaction is dropped then fails ("no transaction
+/// is active") and sqlx keeps counting one level of transaction. Lent again,
+/// the connection's next `BEGIN IMMEDIATE` would be sent as a `SAVEPOINT`: a
+/// deferred transaction (`SQLITE_BUSY_SNAPSHOT` when its snapshot is stale),
+/// whose failure is undone with `ROLLBACK TO`, which leaves the transaction
+/// open, holding SQLite's write lock: every other connection then waits out
+/// the busy timeout and fails with "database is locked", and what that
+/// connection writes later is never committed. Such a connection is closed
+/// instead (closing ends whatever SQLite still holds), and the pool opens a
+/// fresh one.
+fn reusable(conn: &mut sea_orm::sqlx::SqliteConnection) -> bool {
+    use sea_orm::sqlx::Connection;
+    if conn.is_in_transaction() {
+        tracing::warn!(
+            "closing a database connection that is still inside a transaction after an error"
+        );
+        return false;
+    }
+    true
 }
 
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
@@ -51,4 +203,70 @@ pub async fn ensure_free<E: sea_orm::EntityTrait>(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{
+        ConnectionTrait, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+        sqlx::Connection,
+    };
+
+    use super::*;
+
+    /// SQLite rolls a transaction back by itself after `SQLITE_FULL` (here
+    /// done by hand, as a `ROLLBACK` sqlx does not see). That connection is
+    /// never lent again: holding every connection the pool may open at
+    /// once, none is inside a transaction, and a write on each commits.
+    #[tokio::test]
+    async fn a_connection_whose_transaction_sqlite_ended_is_not_lent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = connect(&dir.path().join("vman.db"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        db.execute_unprepared("CREATE TABLE t (n INTEGER)")
+            .await
+            .unwrap();
+        let immediate = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        };
+        let txn = db.begin_with_options(immediate).await.unwrap();
+        txn.execute_unprepared("INSERT INTO t VALUES (0)")
+            .await
+            .unwrap();
+        txn.execute_unprepared("ROLLBACK").await.unwrap();
+        drop(txn);
+
+        let pool = db.get_sqlite_connection_pool();
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            let conn = tokio::time::timeout(std::time::Duration::from_secs(5), pool.acquire())
+                .await
+                .expect("a connection within 5 s")
+                .unwrap();
+            assert!(!conn.is_in_transaction());
+            held.push(conn);
+        }
+        drop(held);
+        for n in 1..=8 {
+            let txn = db.begin_with_options(immediate).await.unwrap();
+            txn.execute_unprepared(&format!("INSERT INTO t VALUES ({n})"))
+                .await
+                .unwrap();
+            txn.commit().await.unwrap();
+        }
+        let other = connect(&dir.path().join("vman.db"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let rows = other
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Sqlite,
+                "SELECT count(*) AS n FROM t",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows.try_get::<i64>("", "n").unwrap(), 8);
+    }
 }

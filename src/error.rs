@@ -25,6 +25,25 @@ pub enum ApiError {
     Host(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The host port cannot do this at all (the dry run has no consoles).
+    #[error("{0}")]
+    NotSupported(String),
+    /// SQLite stayed busy (another connection held its write lock) for
+    /// longer than `database.busy_timeout`. Nothing was changed; retryable.
+    #[error("database busy: {0}; try again")]
+    DatabaseBusy(String),
+    /// A write failed, or was refused before it began, for want of space on
+    /// the filesystem that holds `path` (see `storage`).
+    #[error("no space left: {detail} (the filesystem of {} has {free_bytes} bytes free)", path.display())]
+    StorageFull {
+        path: std::path::PathBuf,
+        free_bytes: u64,
+        detail: String,
+    },
+    /// The database could not grow (`SQLITE_FULL`). Where the path is known
+    /// ([`ApiError::locate`]) it becomes [`ApiError::StorageFull`].
+    #[error("no space left for the database: {0}")]
+    DatabaseFull(String),
     /// No valid API token came with the request.
     #[error("{0}")]
     Unauthenticated(String),
@@ -55,6 +74,9 @@ impl ApiError {
             ApiError::VmBusy { .. } => "VM_BUSY",
             ApiError::Host(_) => "HOST_ERROR",
             ApiError::Timeout(_) => "TIMEOUT",
+            ApiError::NotSupported(_) => "NOT_SUPPORTED",
+            ApiError::DatabaseBusy(_) => "DATABASE_BUSY",
+            ApiError::StorageFull { .. } | ApiError::DatabaseFull(_) => "STORAGE_FULL",
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::CursorAhead { .. } => "CURSOR_AHEAD",
@@ -76,10 +98,25 @@ impl ApiError {
     pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         ApiError::Internal(Box::new(e))
     }
+
+    /// Names the database file (and its filesystem's free bytes) in a
+    /// database that could not grow.
+    pub fn locate(self, config: &crate::config::Config) -> Self {
+        match self {
+            ApiError::DatabaseFull(detail) => crate::storage::full(&config.db_path(), detail),
+            other => other,
+        }
+    }
 }
 
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
+        if crate::db::is_busy(&e) {
+            return ApiError::DatabaseBusy(e.to_string());
+        }
+        if crate::db::is_full(&e) {
+            return ApiError::DatabaseFull(e.to_string());
+        }
         ApiError::internal(e)
     }
 }
@@ -101,6 +138,15 @@ impl From<crate::host::HostError> for ApiError {
         match e {
             crate::host::HostError::Timeout(what) => ApiError::Timeout(what),
             crate::host::HostError::Rejected(why) => ApiError::BadUserInput(why),
+            crate::host::HostError::NoSpace {
+                path,
+                free_bytes,
+                detail,
+            } => ApiError::StorageFull {
+                path,
+                free_bytes,
+                detail,
+            },
             other => ApiError::Host(other.to_string()),
         }
     }
@@ -123,6 +169,13 @@ impl ErrorExtensions for ApiError {
             if let ApiError::CursorAhead { head, .. } = self {
                 // A sequence, so a string, as everywhere in the API.
                 ext.set("head", head.to_string());
+            }
+            if let ApiError::StorageFull {
+                path, free_bytes, ..
+            } = self
+            {
+                ext.set("path", path.display().to_string());
+                ext.set("freeBytes", *free_bytes);
             }
         })
     }

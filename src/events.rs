@@ -8,7 +8,7 @@
 //! `after`, reads the gap back from the journal: nothing is lost, nothing is
 //! repeated, and no subscriber can make memory grow.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use futures_util::Stream;
@@ -167,21 +167,35 @@ impl NewEvent {
 /// How many published events a live subscriber may trail before it is told
 /// it lagged and catches up from the journal instead.
 const LIVE_BUFFER: usize = 1024;
+/// The pause between two attempts to begin a write on a busy database.
+const RETRY_PAUSE: Duration = Duration::from_millis(5);
 /// Journal rows read per catch-up query.
 const CATCH_UP_PAGE: u64 = 256;
 
 pub struct EventBus {
+    /// For reads: the journal's head and catch-up pages.
     db: DatabaseConnection,
+    /// The one connection writes go through (`db::connect_writes`).
+    writes: DatabaseConnection,
+    /// How long [`EventBus::writer`] may wait to begin (`database.busy_timeout`).
+    busy_timeout: Duration,
     write_lock: Mutex<()>,
     live: broadcast::Sender<Arc<Event>>,
     cancel: CancellationToken,
 }
 
 impl EventBus {
-    pub fn new(db: DatabaseConnection, cancel: CancellationToken) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        writes: DatabaseConnection,
+        busy_timeout: Duration,
+        cancel: CancellationToken,
+    ) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         EventBus {
             db,
+            writes,
+            busy_timeout,
             write_lock: Mutex::new(()),
             live,
             cancel,
@@ -189,21 +203,57 @@ impl EventBus {
     }
 
     /// Starts a write: one transaction, journaled events published on commit.
+    ///
+    /// While another connection (another process) holds SQLite's write
+    /// lock, or SQLite answers with another passing condition (`db::is_busy`),
+    /// the `BEGIN IMMEDIATE` is tried again until `database.busy_timeout`
+    /// has passed since the call, the wait for this vman's earlier writes
+    /// included; then the write fails with `DATABASE_BUSY`, having changed
+    /// nothing. Once begun, the transaction holds the write lock, so its
+    /// statements and its commit do not meet a busy database.
     pub async fn writer(&self) -> ApiResult<Writer<'_>> {
-        let lock = self.write_lock.lock().await;
-        let txn = self
-            .db
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..Default::default()
-            })
-            .await?;
-        Ok(Writer {
-            bus: self,
-            _lock: lock,
-            txn,
-            journaled: Vec::new(),
-        })
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.busy_timeout;
+        let busy = || {
+            ApiError::DatabaseBusy(format!(
+                "another connection held the database's write lock for {}",
+                humantime::format_duration(self.busy_timeout)
+            ))
+        };
+        let lock = tokio::time::timeout_at(deadline, self.write_lock.lock())
+            .await
+            .map_err(|_| busy())?;
+        loop {
+            let begun = self
+                .writes
+                .begin_with_options(TransactionOptions {
+                    sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                    ..Default::default()
+                })
+                .await;
+            match begun {
+                Ok(txn) => {
+                    return Ok(Writer {
+                        bus: self,
+                        txn,
+                        _lock: lock,
+                        journaled: Vec::new(),
+                    });
+                }
+                Err(e) if crate::db::is_busy(&e) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        tracing::warn!(error = %e, waited_ms = (now - started).as_millis() as u64, "a write gave up waiting for the database");
+                        return Err(busy());
+                    }
+                    // SQLite waited (one `db::WRITE_ATTEMPT`) for a lock held
+                    // elsewhere; a stale snapshot or a recovery comes back at
+                    // once, so pause a little before the next attempt.
+                    tokio::time::sleep(RETRY_PAUSE.min(deadline - now)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The highest sequence written so far (0 for an empty journal).
@@ -302,8 +352,10 @@ impl EventBus {
 /// One write transaction; dropped without [`Writer::commit`] it rolls back.
 pub struct Writer<'a> {
     bus: &'a EventBus,
-    _lock: MutexGuard<'a, ()>,
+    // Dropped before the lock (fields drop in order): the rollback of a
+    // failed write is on its way before the next write may begin.
     txn: DatabaseTransaction,
+    _lock: MutexGuard<'a, ()>,
     journaled: Vec<Event>,
 }
 

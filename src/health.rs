@@ -9,8 +9,8 @@ use crate::app::App;
 /// One readiness check.
 #[derive(Debug, Clone, Serialize, async_graphql::SimpleObject)]
 pub struct HealthCheck {
-    /// What was checked: `database`, `writable <dir>`, `binary <program>`,
-    /// `network capabilities`.
+    /// What was checked: `database`, `writable <dir>`, `free space <dir>`,
+    /// `binary <program>`, `network capabilities`.
     pub name: String,
     /// Whether it passed.
     pub ok: bool,
@@ -51,6 +51,17 @@ pub async fn check(root: &App) -> Health {
     for dir in app.config.data_dirs() {
         checks.push(writable(&dir));
     }
+    // Mutations that add something are refused below these (STORAGE_FULL).
+    checks.push(free_space(
+        &app.config.data_dir,
+        crate::storage::DATABASE_HEADROOM,
+        "the database's headroom",
+    ));
+    checks.push(free_space(
+        &app.config.storage_dir(),
+        app.config.storage.min_free_bytes.max(1),
+        "storage.min_free_bytes",
+    ));
     if !app.config.dry_run {
         for binary in [&app.config.qemu.binary, &app.config.qemu.img_binary] {
             let name = format!("binary {}", binary.display());
@@ -97,6 +108,19 @@ fn writable(dir: &Path) -> HealthCheck {
     match std::fs::write(&probe, b"probe").and_then(|()| std::fs::remove_file(&probe)) {
         Ok(()) => ok(&name, "ok".into()),
         Err(e) => fail(&name, e.to_string()),
+    }
+}
+
+/// Whether the filesystem of `dir` has at least `needed` bytes free.
+fn free_space(dir: &Path, needed: u64, why: &str) -> HealthCheck {
+    let name = format!("free space {}", dir.display());
+    match crate::storage::free_bytes(dir) {
+        Some(free) if free >= needed => ok(&name, format!("{free} bytes free")),
+        Some(free) => fail(
+            &name,
+            format!("{free} bytes free; {why} needs at least {needed}"),
+        ),
+        None => fail(&name, "cannot read the filesystem's free space".into()),
     }
 }
 

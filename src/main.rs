@@ -1,4 +1,5 @@
-//! The `vman` command: serve, migrate, schema, config check.
+//! The `vman` command: serve, migrate, schema, config check, tokens, and the
+//! database's care: backup, restore, doctor.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -50,6 +51,36 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Copy the database to FILE, consistently, also while vman serves
+    /// (SQLite `VACUUM INTO`; writes go on meanwhile). FILE must not exist.
+    Backup {
+        /// Where to write the copy (a new file; an existing one is refused).
+        file: PathBuf,
+        /// The data directory whose database this is [default: ./vman-data;
+        /// or `data_dir` in vman.toml, VMAN_DATA_DIR].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Put the backup FILE in place as the database. Refused while a vman
+    /// serves the data directory: stop it first. The database it replaces is
+    /// kept as `vman.db.before-restore-<time>`. The next start reconciles the
+    /// host with the restored rows (see docs/OPERATIONS.md).
+    Restore {
+        /// The backup to restore (made by `vman backup` or a scheduled backup).
+        file: PathBuf,
+        /// The data directory whose database this is [default: ./vman-data;
+        /// or `data_dir` in vman.toml, VMAN_DATA_DIR].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check the database in full (PRAGMA integrity_check) and summarise it;
+    /// exits 1 when it is damaged. Only reads: works while vman serves.
+    Doctor {
+        /// The data directory whose database this is [default: ./vman-data;
+        /// or `data_dir` in vman.toml, VMAN_DATA_DIR].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// API tokens (for `auth.mode = "token"`); works while vman serves.
     Token {
@@ -133,6 +164,9 @@ fn main() -> ExitCode {
             };
             token(&sources, &overrides, command)
         }
+        Command::Backup { file, data_dir } => care(&sources, data_dir, Care::Backup(file)),
+        Command::Restore { file, data_dir } => care(&sources, data_dir, Care::Restore(file)),
+        Command::Doctor { data_dir } => care(&sources, data_dir, Care::Doctor),
         Command::Migrate { data_dir } => {
             let overrides = CliOverrides {
                 data_dir,
@@ -241,7 +275,7 @@ fn token(sources: &Sources, overrides: &CliOverrides, command: TokenCommand) -> 
             eprintln!("vman: {e}");
             return ExitCode::FAILURE;
         }
-        let db = match vman::db::connect(&config.db_path()).await {
+        let db = match vman::db::connect(&config.db_path(), config.database.busy_timeout).await {
             Ok(db) => db,
             Err(e) => {
                 eprintln!("vman: opening the database: {e}");
@@ -297,6 +331,83 @@ fn token(sources: &Sources, overrides: &CliOverrides, command: TokenCommand) -> 
             }
         }
     })
+}
+
+enum Care {
+    Backup(PathBuf),
+    Restore(PathBuf),
+    Doctor,
+}
+
+/// `vman backup`, `vman restore`, `vman doctor`: exit 0 when done (doctor:
+/// when the database is sound), 1 otherwise, 2 for a bad config.
+fn care(sources: &Sources, data_dir: Option<PathBuf>, care: Care) -> ExitCode {
+    let overrides = CliOverrides {
+        data_dir,
+        ..Default::default()
+    };
+    let (config, runtime) = match prepare(sources, &overrides, false) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
+    };
+    runtime.block_on(async move {
+        let done = match care {
+            Care::Backup(file) => backup(&config, &file).await,
+            Care::Restore(file) => vman::backup::restore(&config, &file)
+                .await
+                .map(|restored| {
+                    if let Some(aside) = &restored.kept_aside {
+                        eprintln!("vman: the database it replaces is kept as {}", aside.display());
+                    }
+                    eprintln!(
+                        "vman: restored {} as {} (journal up to event {}); the next `vman serve` re-adopts the VMs it says run and its coherence sweep reports the rest",
+                        file.display(),
+                        config.db_path().display(),
+                        restored.head
+                    );
+                })
+                .map_err(|e| e.to_string()),
+            Care::Doctor => match vman::doctor::examine(&config).await {
+                Ok(report) => {
+                    print!("{report}");
+                    if report.sound {
+                        Ok(())
+                    } else {
+                        Err("the database is damaged".to_string())
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vman: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn backup(config: &Config, file: &std::path::Path) -> Result<(), String> {
+    let path = config.db_path();
+    if !path.exists() {
+        return Err(format!("no database at {}", path.display()));
+    }
+    let db = vman::db::connect(&path, config.database.busy_timeout)
+        .await
+        .map_err(|e| format!("opening the database: {e}"))?;
+    let made = vman::backup::backup(&db, file).await;
+    let _ = db.close().await;
+    let made = made.map_err(|e| e.to_string())?;
+    eprintln!(
+        "vman: backed up {} to {} ({} bytes, journal up to event {})",
+        path.display(),
+        made.path.display(),
+        made.bytes,
+        made.head
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {

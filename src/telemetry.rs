@@ -41,7 +41,8 @@ pub fn init_logging(config: &LogConfig, log_dir: Option<&Path>) -> Option<Worker
                 Compression::None,
                 None,
             );
-            let (writer, guard) = tracing_appender::non_blocking(rotating);
+            let (writer, guard) =
+                tracing_appender::non_blocking(LogFile::new(rotating, dir.to_path_buf()));
             (
                 Some(fmt::layer().with_writer(writer).with_ansi(false)),
                 Some(guard),
@@ -55,6 +56,61 @@ pub fn init_logging(config: &LogConfig, log_dir: Option<&Path>) -> Option<Worker
         .with(file)
         .try_init();
     guard
+}
+
+/// The log file's writer: a rotating file that never fails its caller. A
+/// line that cannot be written (a full disk, a log directory removed) is
+/// dropped and counted; the next line that can be written is preceded by
+/// one that says how many were lost. Logging thus never stops vman, and
+/// resumes by itself once there is room again (`file-rotate` reopens its
+/// file at the next rotation or write).
+pub struct LogFile<W> {
+    inner: W,
+    dir: std::path::PathBuf,
+    dropped: u64,
+}
+
+impl<W: std::io::Write> LogFile<W> {
+    pub fn new(inner: W, dir: std::path::PathBuf) -> Self {
+        LogFile {
+            inner,
+            dir,
+            dropped: 0,
+        }
+    }
+
+    fn try_write(&mut self, line: &[u8]) -> std::io::Result<()> {
+        // `file-rotate` panics when it must make a missing log directory and
+        // cannot: make it here first, or drop the line.
+        if !self.dir.is_dir() {
+            std::fs::create_dir_all(&self.dir)?;
+        }
+        if self.dropped > 0 {
+            let notice = format!(
+                "{} WARN vman: {} log lines were dropped: they could not be written to {}\n",
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                self.dropped,
+                self.dir.display()
+            );
+            self.inner.write_all(notice.as_bytes())?;
+            self.dropped = 0;
+        }
+        self.inner.write_all(line)
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for LogFile<W> {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        if self.try_write(line).is_err() {
+            self.dropped += 1;
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.inner.flush();
+        Ok(())
+    }
 }
 
 /// The process-wide Prometheus recorder (installed once, on first use).
@@ -220,6 +276,77 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["vman.log", "vman.log.1", "vman.log.2"]);
+    }
+
+    /// A tmpfs of `mib` MiB on a temp dir, unmounted when dropped; None
+    /// (the test is skipped) where mounting is not allowed.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(mib: u64) -> Option<Tmpfs> {
+            let dir = tempfile::tempdir().unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+                .arg(dir.path())
+                .output()
+                .is_ok_and(|out| out.status.success());
+            mounted.then_some(Tmpfs(dir))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    /// On a full disk the log file's writer drops lines (counting them) and
+    /// never fails its caller, through rotations too; once there is room
+    /// again, the next line is written after one that says how many were
+    /// lost.
+    #[test]
+    fn log_lines_a_full_disk_refuses_are_dropped_counted_and_logging_resumes() {
+        let Some(fs) = Tmpfs::mount(1) else {
+            println!("SKIPPED: mount -t tmpfs is not permitted here");
+            return;
+        };
+        let logs = fs.0.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        let rotating = FileRotate::new(
+            logs.join("vman.log"),
+            AppendCount::new(2),
+            ContentLimit::BytesSurpassed(4096),
+            Compression::None,
+            None,
+        );
+        let mut file = LogFile::new(rotating, logs.clone());
+        writeln!(file, "before").unwrap();
+        let filler = fs.0.path().join("filler");
+        let mut fill = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while fill.write_all(&block).is_ok() {}
+        while fill.write_all(&block[..1]).is_ok() {}
+        drop(fill);
+
+        for n in 0..500 {
+            writeln!(file, "line {n} {}", "x".repeat(100)).unwrap();
+        }
+        file.flush().unwrap();
+        assert!(file.dropped > 0, "lines were dropped on the full disk");
+
+        std::fs::remove_file(&filler).unwrap();
+        writeln!(file, "after").unwrap();
+        file.flush().unwrap();
+        let mut text = String::new();
+        for name in ["vman.log.2", "vman.log.1", "vman.log"] {
+            text += &std::fs::read_to_string(logs.join(name)).unwrap_or_default();
+        }
+        assert!(text.contains("before"), "{text}");
+        assert!(text.contains("log lines were dropped"), "{text}");
+        assert!(text.trim_end().ends_with("after"), "{text}");
     }
 }
 

@@ -149,6 +149,14 @@ fn every_api_error() -> Vec<ApiError> {
         },
         ApiError::Host(text()),
         ApiError::Timeout(text()),
+        ApiError::NotSupported(text()),
+        ApiError::DatabaseBusy(text()),
+        ApiError::StorageFull {
+            path: Default::default(),
+            free_bytes: 0,
+            detail: text(),
+        },
+        ApiError::DatabaseFull(text()),
         ApiError::Unauthenticated(text()),
         ApiError::Forbidden(text()),
         ApiError::CursorAhead { after: 2, head: 1 },
@@ -163,6 +171,10 @@ fn every_api_error() -> Vec<ApiError> {
             | ApiError::VmBusy { .. }
             | ApiError::Host(_)
             | ApiError::Timeout(_)
+            | ApiError::NotSupported(_)
+            | ApiError::DatabaseBusy(_)
+            | ApiError::StorageFull { .. }
+            | ApiError::DatabaseFull(_)
             | ApiError::Unauthenticated(_)
             | ApiError::Forbidden(_)
             | ApiError::CursorAhead { .. }

@@ -128,6 +128,28 @@ async fn guests_on_one_vlan_ping_each_other_and_no_one_else() {
 
     // A reaches B (and B answers): the two on VLAN 10 talk.
     common::wait_for_line(&serial[0], "VMAN-PING-OK 192.0.2.2", BOOT).await;
+    // A's NIC counts that traffic (its tap's counters, in this namespace),
+    // and counts more after more pings.
+    let nic_figures = || async {
+        let data = server
+            .ok(
+                "query($id: ID) { vm(id: $id) { stats { nics { tap rxBytes txBytes rxPackets txPackets } } } }",
+                json!({"id": vms[0].0}),
+            )
+            .await;
+        data["vm"]["stats"]["nics"][0].clone()
+    };
+    let before = nic_figures().await;
+    assert_eq!(before["tap"], vms[0].1["tap"], "{before}");
+    let oks = count(&serial[0], "VMAN-PING-OK 192.0.2.2");
+    wait_for_more(&serial[0], "VMAN-PING-OK 192.0.2.2", oks, 2, BOOT).await;
+    let after = nic_figures().await;
+    for counter in ["rxBytes", "txBytes", "rxPackets", "txPackets"] {
+        assert!(
+            after[counter].as_i64().unwrap() > before[counter].as_i64().unwrap(),
+            "{counter}: before {before}, after {after}"
+        );
+    }
     // Everyone is up and the network works; B -> C and C -> A keep failing.
     let (b_fail, c_fail) = (
         count(&serial[1], "VMAN-PING-FAIL 192.0.2.3"),

@@ -21,8 +21,8 @@ use vman::{
         DirectBoot, DiskSpec, HostStep, NicSpec, VmSpec,
         qemu::{
             argv::{
-                Accel, QemuOptions, argv, device_id, disk_node, escape, file_node, pid_file,
-                qemu_log, qmp_socket, serial_log, spare_root_ports,
+                Accel, QemuOptions, argv, console_socket, device_id, disk_node, escape, file_node,
+                pid_file, qemu_log, qmp_socket, serial_log, spare_root_ports,
             },
             hotplug::{attach_disk, attach_nic, detach_disk, detach_nic},
         },
@@ -313,11 +313,15 @@ fn hostile_paths_never_leave_a_lone_comma() {
     let spec = hostile_vm();
     let args = argv(&spec, &options(Accel::Tcg, 1));
     let escaped_data = escape(HOSTILE_DATA);
-    let paths: Vec<String> = [qmp_socket(&spec.run_dir), serial_log(&spec.run_dir)]
-        .into_iter()
-        .chain(spec.disks.iter().map(|d| d.path.clone()))
-        .map(|p| p.display().to_string())
-        .collect();
+    let paths: Vec<String> = [
+        qmp_socket(&spec.run_dir),
+        console_socket(&spec.run_dir),
+        serial_log(&spec.run_dir),
+    ]
+    .into_iter()
+    .chain(spec.disks.iter().map(|d| d.path.clone()))
+    .map(|p| p.display().to_string())
+    .collect();
 
     let mut parsed_paths = Vec::new();
     for pair in args[1..].windows(2) {
@@ -601,6 +605,8 @@ fn real_qemu_accepts_the_command_line_and_the_hot_plug() {
     let pid = fs::read_to_string(pid_file(&spec.run_dir)).unwrap();
     assert_eq!(pid.trim(), qemu.child.id().to_string());
     assert!(serial_log(&spec.run_dir).exists());
+    // The console socket, at its hostile path, listening.
+    UnixStream::connect(console_socket(&spec.run_dir)).expect("the console socket listens");
     let mut expected: Vec<_> = spec.disks.iter().map(expected_block).collect();
     expected.sort();
     assert_eq!(block_devices(&mut qmp), expected);

@@ -173,3 +173,51 @@ async fn a_real_guest_uses_cpu_while_busy_and_little_when_idle() {
         "busy {busy:?}, idle {idle:?}"
     );
 }
+
+/// Real guest: what it writes to a hot-plugged disk (typed into its console)
+/// shows in that disk's `writeBytes`. Slow: run alone with
+/// `cargo test --test stats disk`.
+#[tokio::test]
+async fn a_real_guests_disk_writes_show_in_its_stats() {
+    let server = TestServer::real(vman::config::Accel::Tcg).await;
+    server
+        .guest_template("writer", "console=ttyS0 quiet panic=-1")
+        .await;
+    let vm = server.create_vm("writer-1", "writer").await;
+    server.start_vm(&vm).await;
+    let serial = server.run_dir(&vm).join("serial.log");
+    wait_for_line(&serial, "VMAN-GUEST-READY", Duration::from_secs(60)).await;
+    let disk = server.create_disk("scratch", 16 << 20, "QCOW2").await;
+    server
+        .ok(
+            "mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }",
+            json!({"d": disk, "v": vm}),
+        )
+        .await;
+    wait_for_line(
+        &serial,
+        "VMAN-GUEST-DISK-ADDED vda",
+        Duration::from_secs(30),
+    )
+    .await;
+    let written = |stats: &Value| {
+        stats["vm"]["stats"]["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == "scratch")
+            .map(|d| d["writeBytes"].as_i64().unwrap())
+    };
+    let query = "query($id: ID) { vm(id: $id) { stats { disks { name writeBytes } } } }";
+    let first = server.ok(query, json!({"id": vm})).await;
+    let before = written(&first).unwrap_or_else(|| panic!("the disk's figures in {first}"));
+    server
+        .ok(
+            "mutation($vm: ID!, $data: String!) { sendConsoleInput(vmId: $vm, data: $data) { bytes } }",
+            json!({"vm": vm, "data": "dd if=/dev/zero of=/dev/vda bs=1M count=4 conv=fsync && echo WROTE-$((2*21))\n"}),
+        )
+        .await;
+    wait_for_line(&serial, "WROTE-42", Duration::from_secs(30)).await;
+    let after = written(&server.ok(query, json!({"id": vm})).await).expect("the disk's figures");
+    assert!(after - before >= 4 << 20, "before {before}, after {after}");
+}

@@ -43,7 +43,7 @@ use async_graphql::{
     extensions::{
         Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextValidation,
     },
-    parser::types::{ExecutableDocument, Selection, SelectionSet},
+    parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet},
 };
 
 use crate::{config::GraphqlConfig, error::RequestError};
@@ -309,6 +309,89 @@ pub fn scan(query: &str, limits: &GraphqlConfig) -> Result<(), ServerError> {
         }
     }
     Ok(())
+}
+
+/// The type of the operation a request runs (the one `operation_name`
+/// names, or the document's only one), read from the text's top level
+/// without parsing it: parsing is what [`scan`] exists to put off. `None`
+/// when the text names no such operation (the schema says why, with its
+/// code, when it runs it).
+pub fn operation_type(query: &str, operation_name: Option<&str>) -> Option<OperationType> {
+    let bytes = query.as_bytes();
+    let (mut i, mut depth, mut parens) = (0usize, 0usize, 0usize);
+    // At depth 0: whether the next word starts a definition, and the
+    // operation keyword seen that waits for its name or its selection set.
+    let mut at_definition = true;
+    let mut keyword: Option<OperationType> = None;
+    let mut found: Vec<(OperationType, Option<&str>)> = Vec::new();
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            b'"' => i = skip_string(bytes, i),
+            b'(' => {
+                parens += 1;
+                i += 1;
+            }
+            b')' => {
+                parens = parens.saturating_sub(1);
+                i += 1;
+            }
+            b'{' if parens == 0 => {
+                if depth == 0 {
+                    if at_definition {
+                        found.push((OperationType::Query, None));
+                    } else if let Some(ty) = keyword.take() {
+                        found.push((ty, None));
+                    }
+                    at_definition = false;
+                }
+                depth += 1;
+                i += 1;
+            }
+            b'}' if parens == 0 => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    at_definition = true;
+                    keyword = None;
+                }
+                i += 1;
+            }
+            b'_' | b'a'..=b'z' | b'A'..=b'Z' => {
+                let start = i;
+                while i < bytes.len() && (bytes[i] == b'_' || bytes[i].is_ascii_alphanumeric()) {
+                    i += 1;
+                }
+                if depth > 0 || parens > 0 {
+                    continue;
+                }
+                let word = &query[start..i];
+                if at_definition {
+                    keyword = match word {
+                        "query" => Some(OperationType::Query),
+                        "mutation" => Some(OperationType::Mutation),
+                        "subscription" => Some(OperationType::Subscription),
+                        _ => None,
+                    };
+                    at_definition = false;
+                } else if let Some(ty) = keyword.take() {
+                    found.push((ty, Some(word)));
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    match operation_name {
+        Some(name) => found
+            .into_iter()
+            .find(|(_, n)| *n == Some(name))
+            .map(|(ty, _)| ty),
+        None if found.len() == 1 => Some(found[0].0),
+        None => None,
+    }
 }
 
 /// The end of the string that starts at `start` (`"…"` or `"""…"""`); the

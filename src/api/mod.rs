@@ -48,15 +48,17 @@ pub struct Mutation(
     crate::image::graphql::ImageMutation,
     crate::coherence::graphql::CoherenceMutation,
     crate::auth::graphql::AuthMutation,
+    crate::console::graphql::ConsoleMutation,
 );
 
-/// Live streams from the journal, over the websocket; each can resume
-/// after a sequence.
+/// Live streams over the websocket: from the journal (each can resume after
+/// a sequence) and from VM consoles (each can resume after an offset).
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(
     events::EventSubscription,
     crate::coherence::graphql::CoherenceSubscription,
     crate::stats::graphql::StatsSubscription,
+    crate::console::graphql::ConsoleSubscription,
 );
 
 pub type VmanSchema = Schema<Query, Mutation, Subscription>;
@@ -200,13 +202,14 @@ where
 }
 
 /// A size in bytes. GraphQL's `Int` is 32-bit, too small for disks, so sizes
-/// have their own scalar: an integer (as a JSON number, exact up to 2^53, or
-/// a decimal string). Ranges are checked by the services, with a code.
+/// (and console offsets) have their own scalar: an integer (as a JSON
+/// number, exact up to 2^53, or a decimal string). Ranges are checked by the
+/// services, with a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bytes(pub i64);
 
-/// A size in bytes: a whole number, as a JSON number (exact up to 2^53) or a
-/// decimal string. Results are JSON numbers.
+/// A size or an offset in bytes: a whole number, as a JSON number (exact up
+/// to 2^53) or a decimal string. Results are JSON numbers.
 #[async_graphql::Scalar(name = "Bytes")]
 impl async_graphql::ScalarType for Bytes {
     fn parse(value: async_graphql::Value) -> async_graphql::InputValueResult<Self> {

@@ -83,6 +83,8 @@ pub async fn create(app: &Ctx, input: CreateDisk, dry_run: bool) -> ApiResult<Ch
     validate::name("name", &input.name)?;
     validate::size_bytes(&app.config.limits, "sizeBytes", input.size_bytes)?;
     ensure_name_free(&app.db, &input.name).await?;
+    // Disks are thin: a new one takes next to nothing until its guest writes.
+    crate::storage::ensure_room(&app.config, &app.config.storage_dir(), 0, "a new disk")?;
     let now = Utc::now();
     let disk = Disk {
         id: uuid::Uuid::now_v7().to_string(),

@@ -162,6 +162,11 @@ impl Hypervisor for DryRunHypervisor {
         None
     }
 
+    fn console(&self, _vm_id: &str, _run_dir: &Path) -> super::ConsoleAccess {
+        // A dry run starts no QEMU: there is no serial port to read or write.
+        super::ConsoleAccess::Unsupported
+    }
+
     async fn remove_partials(&self, _storage: &Path) -> Vec<std::path::PathBuf> {
         // A dry run made no file, and must not remove a real vman's.
         Vec::new()

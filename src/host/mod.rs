@@ -5,6 +5,7 @@
 //! report the steps they executed. Services describe *what* to do with a
 //! [`HostAction`]; a port says *how* (`plan`) and does it (`execute`).
 
+pub mod console;
 pub mod dry_run;
 pub mod net;
 pub mod qemu;
@@ -370,7 +371,26 @@ pub enum Adoption {
         pid: i32,
         status: String,
         running: bool,
+        /// Why vman holds no console of it (`None`: it does).
+        console_problem: Option<String>,
     },
+}
+
+/// What there is of a VM's serial console.
+pub enum ConsoleAccess {
+    /// vman holds the console of the VM's running QEMU; `log` is its serial
+    /// log, which has what the console's ring no longer holds.
+    Live {
+        console: std::sync::Arc<console::Console>,
+        log: PathBuf,
+    },
+    /// No QEMU of the VM runs (or vman does not track one): what it printed
+    /// in its last run is in its serial log.
+    Log(PathBuf),
+    /// The VM's QEMU runs, but vman holds no console of it; why.
+    Unavailable(String),
+    /// This port has no consoles (the dry run).
+    Unsupported,
 }
 
 /// The QMP events the observer acts on; any other keeps QEMU's name.
@@ -489,6 +509,13 @@ pub enum HostError {
     Rejected(String),
     #[error("{0}")]
     Timeout(String),
+    /// A write under `path` failed for want of space (ENOSPC, EDQUOT).
+    #[error("no space left on the filesystem of {} ({free_bytes} bytes free): {detail}", path.display())]
+    NoSpace {
+        path: PathBuf,
+        free_bytes: u64,
+        detail: String,
+    },
 }
 
 /// What one running VM's QEMU has used, read at one instant (counters grow
@@ -555,6 +582,9 @@ pub trait Hypervisor: Send + Sync {
     /// The entries of a directory vman keeps files in, sorted by name
     /// (`None`: this port cannot tell, or the directory cannot be read). Reads only.
     async fn list_dir(&self, dir: &std::path::Path) -> Option<Vec<FileSeen>>;
+
+    /// The serial console of the VM whose run directory is `run_dir`. Reads only.
+    fn console(&self, vm_id: &str, run_dir: &std::path::Path) -> ConsoleAccess;
 
     /// Removes the `*.partial` files under `storage` and `storage/images`: a
     /// copy or qemu-img run that vman was killed in the middle of. Only for a

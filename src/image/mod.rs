@@ -79,9 +79,18 @@ pub async fn import(app: &Ctx, input: ImportImage, dry_run: bool) -> ApiResult<C
         disk: image.kind == ImageKind::Disk,
     };
     let mut plan = app.hypervisor.plan(&inspect);
-    if !dry_run {
-        app.hypervisor.execute(&inspect).await?;
-    }
+    let inspected = match dry_run {
+        true => None,
+        false => app.hypervisor.execute(&inspect).await?.image,
+    };
+    // The copy must fit, and leave storage.min_free_bytes: refused before a
+    // byte is copied, rather than failing with a full filesystem half-way.
+    crate::storage::ensure_room(
+        &app.config,
+        &app.config.storage_dir().join("images"),
+        inspected.map_or(0, |found| found.size_bytes),
+        "the image's copy",
+    )?;
     let action = VmAction::ImportImage {
         source,
         dest: path(app, &image),

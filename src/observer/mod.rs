@@ -53,7 +53,9 @@ impl Observer {
     /// Runs one coherence sweep now (after any sweep already running).
     pub async fn sweep(&self) -> ApiResult<sweep::SweepReport> {
         let _one_at_a_time = self.sweep_lock.lock().await;
-        sweep::sweep(&self.ctx).await
+        sweep::sweep(&self.ctx)
+            .await
+            .map_err(|e| e.locate(&self.ctx.config))
     }
 }
 

@@ -124,6 +124,42 @@ impl OperationKind {
     }
 }
 
+impl OperationKind {
+    /// Whether it adds to what vman keeps on disk, so that it is refused
+    /// while the database's filesystem is nearly full
+    /// (`storage::ensure_database_room`). Those that make room or stop
+    /// something (deletes, stops, detaches, revokes) may use the last of it.
+    pub fn needs_room(self) -> bool {
+        match self {
+            OperationKind::CreateTemplate
+            | OperationKind::UpdateTemplate
+            | OperationKind::CreateVm
+            | OperationKind::StartVm
+            | OperationKind::RestartVm
+            | OperationKind::ResumeVm
+            | OperationKind::UpdateVm
+            | OperationKind::CreateDisk
+            | OperationKind::AttachDisk
+            | OperationKind::ResizeDisk
+            | OperationKind::CreateNetwork
+            | OperationKind::AttachNic
+            | OperationKind::ImportImage
+            | OperationKind::CreateApiToken => true,
+            OperationKind::DeleteTemplate
+            | OperationKind::StopVm
+            | OperationKind::PauseVm
+            | OperationKind::DeleteVm
+            | OperationKind::DetachDisk
+            | OperationKind::DeleteDisk
+            | OperationKind::DeleteNetwork
+            | OperationKind::DetachNic
+            | OperationKind::DeleteImage
+            | OperationKind::CoherenceRepair
+            | OperationKind::RevokeApiToken => false,
+        }
+    }
+}
+
 impl std::fmt::Display for OperationKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -209,7 +209,11 @@ pub async fn run<T>(
     request: Request,
     body: impl AsyncFnOnce(&mut Envelope<'_>) -> ApiResult<T>,
 ) -> ApiResult<Change<T>> {
-    let op = begin(ctx, &request).await?;
+    let located = |e: ApiError| e.locate(&ctx.config);
+    if request.kind.needs_room() {
+        crate::storage::ensure_database_room(&ctx.config)?;
+    }
+    let op = begin(ctx, &request).await.map_err(located)?;
     let mut envelope = Envelope {
         ctx,
         op,
@@ -218,18 +222,33 @@ pub async fn run<T>(
         failed_at: None,
         done: None,
     };
-    let result = body(&mut envelope).await;
+    let result = body(&mut envelope).await.map_err(located);
     let done = match (&result, envelope.done.take()) {
         // Committed: the change is in, whatever the body did after it.
         (_, Some(done)) => done,
         (Ok(_), None) => {
             let op = envelope.op.clone();
-            finish(ctx, op, &envelope.steps, None, None).await?
+            finish(ctx, op, &envelope.steps, None, None)
+                .await
+                .map_err(located)?
         }
         (Err(e), None) => {
             envelope.undo_all().await;
             let op = envelope.op.clone();
-            finish(ctx, op, &envelope.steps, Some(e), envelope.failed_at).await?
+            match finish(ctx, op, &envelope.steps, Some(e), envelope.failed_at).await {
+                Ok(done) => done,
+                // The client hears why the operation failed, not why its
+                // record could not say so (a database still busy, say); it
+                // stays RUNNING until the next start marks it INTERRUPTED.
+                Err(recording) => {
+                    tracing::error!(
+                        operation = %envelope.op.id,
+                        error = %recording.locate(&ctx.config),
+                        "recording a failed operation"
+                    );
+                    return Err(result.err().expect("the body failed"));
+                }
+            }
         }
     };
     count_finished(&done);

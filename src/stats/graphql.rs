@@ -232,8 +232,10 @@ impl StatsSubscription {
                     let watch = watches
                         .entry(id.clone())
                         .or_insert_with(|| app.stats.watch(&id, interval));
-                    // The sampler's first sample may still be under way.
-                    if watch.latest.borrow().is_none() {
+                    // One VM's sampler may still take its first sample: wait
+                    // for it (briefly). Many VMs' first samples show at the
+                    // next tick instead, not one wait after another.
+                    if vm_id.is_some() && watch.latest.borrow().is_none() {
                         let _ = tokio::time::timeout(interval / 2, watch.latest.changed()).await;
                     }
                     let latest = watch.latest.borrow_and_update().clone();

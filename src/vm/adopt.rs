@@ -53,8 +53,16 @@ pub async fn adopt_all(app: &Ctx, problems: &AdoptionProblems) {
                 pid,
                 status,
                 running,
+                console_problem,
             }) => {
                 tracing::info!(vm = %vm.name, pid, %status, "re-adopted a running VM");
+                if let Some(why) = console_problem {
+                    // Adopted all the same; only `vmConsole` and
+                    // `sendConsoleInput` fail, saying why.
+                    let problem = format!("VM {} ({}): {why}", vm.name, vm.id);
+                    tracing::warn!("re-adopted without a console: {problem}");
+                    problems.push(problem);
+                }
                 let to = if running {
                     VmState::Running
                 } else {

@@ -210,6 +210,12 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
     ensure_vm_name_free(&app.db, &input.name).await?;
     if let Some(root) = &root {
         disk::ensure_name_free(&app.db, &root.name).await?;
+        crate::storage::ensure_room(
+            &app.config,
+            &app.config.storage_dir(),
+            0,
+            "the VM's root disk",
+        )?;
     }
     let now = Utc::now();
     let vm = Vm {

@@ -134,6 +134,10 @@ impl Hypervisor for FailingHypervisor {
     async fn list_dir(&self, dir: &Path) -> Option<Vec<vman::host::FileSeen>> {
         self.inner.list_dir(dir).await
     }
+
+    fn console(&self, vm_id: &str, run_dir: &Path) -> vman::host::ConsoleAccess {
+        self.inner.console(vm_id, run_dir)
+    }
 }
 
 pub struct FailingNetwork {

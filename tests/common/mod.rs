@@ -6,6 +6,7 @@
 pub mod failing;
 pub mod netns;
 pub mod tls;
+pub mod tmpfs;
 
 use std::{sync::Arc, time::Duration};
 
@@ -383,8 +384,13 @@ impl WsClient {
 
     /// The next JSON message, skipping pings; fails after [`WAIT`].
     pub async fn next_message(&mut self) -> Value {
+        self.next_message_within(WAIT).await
+    }
+
+    /// The next JSON message, skipping pings; fails after `within` without one.
+    pub async fn next_message_within(&mut self, within: Duration) -> Value {
         loop {
-            let message = tokio::time::timeout(WAIT, self.socket.next())
+            let message = tokio::time::timeout(within, self.socket.next())
                 .await
                 .expect("a websocket message within the wait")
                 .expect("websocket open")

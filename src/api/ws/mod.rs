@@ -714,24 +714,12 @@ fn coded_error(message: impl Into<String>, code: &str) -> ServerError {
 }
 
 /// Whether `request` runs a subscription: the operation it names, or its
-/// only one, is one. A document that does not parse is not; the schema says
-/// why when it runs it.
+/// only one, is one. Read from the text without parsing it (the query
+/// limits refuse a flood before anything parses it).
 fn is_subscription(request: &async_graphql::Request) -> bool {
-    use async_graphql::parser::types::{DocumentOperations, OperationType};
-    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
-        return false;
-    };
-    let operation = match (&document.operations, request.operation_name.as_deref()) {
-        (DocumentOperations::Single(operation), _) => operation,
-        (DocumentOperations::Multiple(operations), Some(name)) => {
-            match operations.iter().find(|(key, _)| key.as_str() == name) {
-                Some((_, operation)) => operation,
-                None => return false,
-            }
-        }
-        (DocumentOperations::Multiple(_), None) => return false,
-    };
-    operation.node.ty == OperationType::Subscription
+    use async_graphql::parser::types::OperationType;
+    crate::api::limits::operation_type(&request.query, request.operation_name.as_deref())
+        == Some(OperationType::Subscription)
 }
 
 /// The root field and `sequence` of a result (`events` and `vmStateChanged`

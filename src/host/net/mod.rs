@@ -339,30 +339,33 @@ impl HostNetwork for NetlinkNetwork {
         self.capabilities.clone()
     }
 
-    /// From `/sys/class/net/<name>/statistics`.
+    /// From `/proc/net/dev`: it shows vman's own network namespace (sysfs
+    /// shows the one it was mounted in, which differs under `unshare -n`).
     fn link_counters(&self, name: &str) -> Option<super::LinkCounters> {
-        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return None;
-        }
-        let dir = std::path::Path::new("/sys/class/net")
-            .join(name)
-            .join("statistics");
-        let read = |counter: &str| -> Option<u64> {
-            std::fs::read_to_string(dir.join(counter))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        };
-        Some(super::LinkCounters {
-            rx_bytes: read("rx_bytes")?,
-            tx_bytes: read("tx_bytes")?,
-            rx_packets: read("rx_packets")?,
-            tx_packets: read("tx_packets")?,
-            rx_dropped: read("rx_dropped")?,
-            tx_dropped: read("tx_dropped")?,
-        })
+        let table = std::fs::read_to_string("/proc/net/dev").ok()?;
+        link_counters_in(&table, name)
     }
+}
+
+/// One link's row of a `/proc/net/dev` table.
+fn link_counters_in(table: &str, name: &str) -> Option<super::LinkCounters> {
+    let row = table.lines().find_map(|line| {
+        let (link, rest) = line.split_once(':')?;
+        (link.trim() == name).then_some(rest)
+    })?;
+    let n: Vec<u64> = row
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    Some(super::LinkCounters {
+        rx_bytes: *n.first()?,
+        rx_packets: *n.get(1)?,
+        rx_dropped: *n.get(3)?,
+        tx_bytes: *n.get(8)?,
+        tx_packets: *n.get(9)?,
+        tx_dropped: *n.get(11)?,
+    })
 }
 
 #[cfg(test)]
@@ -597,5 +600,20 @@ mod tests {
                 assert_eq!(err.to_string(), "uplink up0 does not exist");
             },
         );
+    }
+
+    #[test]
+    fn link_counters_come_from_the_proc_net_dev_row() {
+        let table = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:  100   2    0    0    0     0          0         0   100  2    0    0    0     0       0          0\nvmt-ab-0: 5000 40 0 1 0 0 0 0 7000 50 0 2 0 0 0 0\n";
+        let counters = super::link_counters_in(table, "vmt-ab-0").expect("a row");
+        assert_eq!(
+            (counters.rx_bytes, counters.rx_packets, counters.rx_dropped),
+            (5000, 40, 1)
+        );
+        assert_eq!(
+            (counters.tx_bytes, counters.tx_packets, counters.tx_dropped),
+            (7000, 50, 2)
+        );
+        assert_eq!(super::link_counters_in(table, "vmt-ab"), None);
     }
 }

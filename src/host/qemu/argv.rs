@@ -147,11 +147,19 @@ pub fn argv(spec: &VmSpec, opts: &QemuOptions) -> Vec<String> {
     );
     args.option("-mon", "chardev=qmp,mode=control");
     args.option("-pidfile", pid_file(run).display().to_string());
+    // The serial port on a socket vman connects to (its console), with
+    // QEMU's own log of every byte: the log goes on while no vman is
+    // connected. QEMU opens the log once, at its start (truncating it), and
+    // keeps it open, so a vman restart loses nothing from it.
     args.option(
         "-chardev",
-        format!("file,id=serial0,path={}", escape_path(&serial_log(run))),
+        format!(
+            "socket,id={SERIAL_CHARDEV},path={},server=on,wait=off,logfile={}",
+            escape_path(&console_socket(run)),
+            escape_path(&serial_log(run))
+        ),
     );
-    args.option("-serial", "chardev:serial0");
+    args.option("-serial", format!("chardev:{SERIAL_CHARDEV}"));
 
     let ports = root_ports(spec, opts);
     for index in 1..=ports {
@@ -215,12 +223,24 @@ pub fn qmp_socket(run_dir: &Path) -> PathBuf {
     run_dir.join("qmp.sock")
 }
 
+/// The VM's console: the socket of its first serial port (the guest's
+/// ttyS0), which vman holds. As long as [`qmp_socket`]'s name, so the bound on
+/// `data_dir` is the same.
+pub fn console_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("tty.sock")
+}
+
+/// The id of the serial port's chardev (what `query-chardev` names it).
+pub const SERIAL_CHARDEV: &str = "serial0";
+
 /// Written by QEMU once it runs, removed by QEMU when it exits.
 pub fn pid_file(run_dir: &Path) -> PathBuf {
     run_dir.join("qemu.pid")
 }
 
-/// The guest's first serial port (ttyS0); QEMU truncates it at every start.
+/// Everything the guest wrote to its first serial port (ttyS0) since its
+/// QEMU started: the console chardev's log, which QEMU truncates at every
+/// start and writes whether or not vman is connected.
 pub fn serial_log(run_dir: &Path) -> PathBuf {
     run_dir.join("serial.log")
 }

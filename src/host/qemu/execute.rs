@@ -12,7 +12,18 @@ use super::{QemuHypervisor, files, img, plan};
 use crate::host::{DiskSpec, HostError, HostStep, Outcome, VmAction};
 
 impl QemuHypervisor {
+    /// Carries out `action`. A failure of an action that writes files, for
+    /// want of space where it writes, is [`HostError::NoSpace`] naming that
+    /// directory (see [`files::no_space`]).
     pub(super) async fn execute(self: &Arc<Self>, action: &VmAction) -> Result<Outcome, HostError> {
+        let done = self.dispatch(action).await;
+        match writes_under(action) {
+            Some(dir) => done.map_err(|e| files::no_space(dir, e)),
+            None => done,
+        }
+    }
+
+    async fn dispatch(self: &Arc<Self>, action: &VmAction) -> Result<Outcome, HostError> {
         let planned = || plan(&self.options, action);
         match action {
             VmAction::Start(spec) => self.start(spec, planned()).await,
@@ -127,6 +138,28 @@ impl QemuHypervisor {
 async fn create_disk(disk: &DiskSpec, steps: Vec<HostStep>) -> Result<Outcome, HostError> {
     files::create_disk(&steps, disk).await?;
     Ok(took(steps))
+}
+
+/// The directory an action writes new data under: its failures may be for
+/// want of space there. Removals, QMP commands and reads write nothing.
+fn writes_under(action: &VmAction) -> Option<&Path> {
+    match action {
+        VmAction::Start(spec) => Some(&spec.run_dir),
+        VmAction::CreateDisk(disk) | VmAction::ResizeDisk { disk, .. } => disk.path.parent(),
+        VmAction::ImportImage { dest, .. } => dest.parent(),
+        VmAction::Stop { .. }
+        | VmAction::Pause { .. }
+        | VmAction::Resume { .. }
+        | VmAction::Reset { .. }
+        | VmAction::DeleteDisk(_)
+        | VmAction::DeleteImage { .. }
+        | VmAction::AttachDisk { .. }
+        | VmAction::DetachDisk { .. }
+        | VmAction::AttachNic { .. }
+        | VmAction::DetachNic { .. }
+        | VmAction::Destroy { .. }
+        | VmAction::InspectImage { .. } => None,
+    }
 }
 
 /// The outcome of an action that took exactly its steps and reports nothing else.

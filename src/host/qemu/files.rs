@@ -15,7 +15,29 @@ use crate::{
     host::{DiskSpec, HostError, HostStep, ImportedImage},
 };
 
-/// Makes a VM's run directory (0700) and clears the socket and pidfile a
+/// A failure of a write under `dir`, told as [`HostError::NoSpace`] when it
+/// was for want of space: the error says so (ENOSPC or EDQUOT, or
+/// `qemu-img`'s "No space left on device"), or the filesystem has not one
+/// byte free now (QEMU, say, could not write its pidfile and said nothing
+/// a log on the same full filesystem could keep).
+pub(super) fn no_space(dir: &Path, e: HostError) -> HostError {
+    let says = match &e {
+        HostError::NoSpace { .. } | HostError::Rejected(_) => return e,
+        HostError::Io { source, .. } => crate::storage::is_no_space(source),
+        HostError::Failed(text) | HostError::Timeout(text) => crate::storage::says_no_space(text),
+    };
+    let free = crate::storage::free_bytes(dir);
+    if says || free == Some(0) {
+        return HostError::NoSpace {
+            path: dir.to_path_buf(),
+            free_bytes: free.unwrap_or(0),
+            detail: e.to_string(),
+        };
+    }
+    e
+}
+
+/// Makes a VM's run directory (0700) and clears the sockets and pidfile a
 /// previous QEMU left, so a stale one is never mistaken for the new one's.
 pub(super) fn prepare_run_dir(run_dir: &Path) -> Result<(), HostError> {
     let io = |what: &str| {
@@ -24,7 +46,11 @@ pub(super) fn prepare_run_dir(run_dir: &Path) -> Result<(), HostError> {
     };
     std::fs::create_dir_all(run_dir).map_err(io("creating"))?;
     restrict(run_dir, 0o700);
-    for stale in [argv::qmp_socket(run_dir), argv::pid_file(run_dir)] {
+    for stale in [
+        argv::qmp_socket(run_dir),
+        argv::console_socket(run_dir),
+        argv::pid_file(run_dir),
+    ] {
         match std::fs::remove_file(&stale) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -216,5 +242,47 @@ fn removed(path: &Path, removal: std::io::Result<()>) -> Result<(), HostError> {
             what: format!("removing {}", path.display()),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_that_failed_for_want_of_space_is_told_as_no_space_naming_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let no_space = |e| match no_space(dir.path(), e) {
+            HostError::NoSpace {
+                path, free_bytes, ..
+            } => {
+                assert_eq!(path, dir.path());
+                assert!(free_bytes > 0, "a temp dir has room");
+                true
+            }
+            _ => false,
+        };
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            assert!(no_space(HostError::Io {
+                what: "copying".into(),
+                source: std::io::Error::from_raw_os_error(errno),
+            }));
+        }
+        assert!(no_space(HostError::Failed(
+            "qemu-img: x.qcow2.partial: Could not write qcow2 header: No space left on device"
+                .into()
+        )));
+        assert!(no_space(HostError::Failed(
+            "cp: Disk quota exceeded".into()
+        )));
+        // Other failures, where the filesystem has room, stay what they are.
+        assert!(!no_space(HostError::Failed("qemu-img: boom".into())));
+        assert!(!no_space(HostError::Io {
+            what: "copying".into(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        }));
+        assert!(!no_space(HostError::Rejected(
+            "No space left on device".into()
+        )));
     }
 }

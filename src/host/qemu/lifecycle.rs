@@ -1,5 +1,5 @@
 //! A VM's QEMU from start to stop: spawning it and waiting for its QMP
-//! socket, the stop ladder (ACPI power button, `quit`, SIGKILL), and
+//! socket, connecting its console, the stop ladder (ACPI power button, `quit`, SIGKILL), and
 //! re-adopting a QEMU that outlived a vman restart.
 //!
 //! A start that fails kills the QEMU it spawned, so no half-started VM is
@@ -9,7 +9,7 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use super::{
-    QemuHypervisor, argv,
+    QemuHypervisor, argv, console,
     files::{prepare_run_dir, restrict},
     plan::step_qmp,
     process::{self, QemuProcess},
@@ -58,7 +58,16 @@ impl QemuHypervisor {
             }
         };
         restrict(&socket, 0o600);
-        let vm = self.track(spec, process, qmp);
+        // Before the guest runs, so the console has all its output.
+        let console = match console::connect(&spec.run_dir, &qmp).await {
+            Ok(console) => console,
+            Err(e) => {
+                let _ = process.kill();
+                let _ = tokio::time::timeout(EXIT_TIMEOUT, process.exited()).await;
+                return Err(e);
+            }
+        };
+        let vm = self.track(spec, process, qmp, Ok(console));
         if let Err(e) = vm
             .qmp
             .execute(qapi::qmp::cont {}, qmp::COMMAND_TIMEOUT)
@@ -134,7 +143,11 @@ impl QemuHypervisor {
             rung = Some(StopRung::Kill);
         }
         self.vms.lock().expect("vm map").remove(vm_id);
-        for file in [argv::qmp_socket(&vm.run_dir), argv::pid_file(&vm.run_dir)] {
+        for file in [
+            argv::qmp_socket(&vm.run_dir),
+            argv::console_socket(&vm.run_dir),
+            argv::pid_file(&vm.run_dir),
+        ] {
             let _ = std::fs::remove_file(file);
         }
         Ok(Outcome {
@@ -171,11 +184,17 @@ impl QemuHypervisor {
         })?;
         let qmp = QmpClient::connect(&argv::qmp_socket(&spec.run_dir)).await?;
         let status = qmp.status().await?;
-        self.track(spec, process, qmp);
+        // A VM without a console is still adopted: everything else works.
+        let console = console::connect(&spec.run_dir, &qmp)
+            .await
+            .map_err(|e| format!("its console is not connected: {e}"));
+        let console_problem = console.as_ref().err().cloned();
+        self.track(spec, process, qmp, console);
         Ok(Adoption::Running {
             pid,
             status: qmp::run_state_name(&status.status),
             running: status.running,
+            console_problem,
         })
     }
 }

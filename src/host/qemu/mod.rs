@@ -7,7 +7,8 @@
 //!
 //! One file a job. Pure: `plan`, `argv` (the command line), `hotplug` (QMP
 //! sequences). On the host: `execute` (one function per action),
-//! `lifecycle` (start, stop, adopt), `attach` (hot-plug on a running VM),
+//! `lifecycle` (start, stop, adopt), `console` (connecting a VM's serial
+//! console), `attach` (hot-plug on a running VM),
 //! `running` (the table of tracked QEMUs and their watchers), `probe` (reads
 //! for the coherence sweep), `files` (disk files, imports, run directories),
 //! and below them `process`, `qmp` and `img`; `cpu` probes the `-cpu` model KVM can run. This file holds the port's
@@ -16,6 +17,7 @@
 
 pub mod argv;
 mod attach;
+mod console;
 pub mod cpu;
 mod execute;
 mod files;
@@ -42,8 +44,8 @@ use tokio::sync::broadcast;
 pub use self::plan::plan;
 use self::{argv::QemuOptions, running::RunningVm};
 use super::{
-    Adoption, DiskSeen, DiskSpec, HostError, HostEvent, HostStep, Hypervisor, NicSpec, OrphanSeen,
-    Outcome, ProbeTarget, VmAction, VmProbe, VmSpec,
+    Adoption, ConsoleAccess, DiskSeen, DiskSpec, HostError, HostEvent, HostStep, Hypervisor,
+    NicSpec, OrphanSeen, Outcome, ProbeTarget, VmAction, VmProbe, VmSpec,
 };
 
 /// The port's state: the QEMUs it tracks and what it has read of the host.
@@ -134,5 +136,18 @@ impl Hypervisor for Qemu {
 
     async fn counters(&self, vm_id: &str, timeout: Duration) -> Option<super::VmCounters> {
         self.0.counters(vm_id, timeout).await
+    }
+
+    fn console(&self, vm_id: &str, run_dir: &Path) -> ConsoleAccess {
+        match self.0.get(vm_id) {
+            None => ConsoleAccess::Log(argv::serial_log(run_dir)),
+            Some(vm) => match &vm.console {
+                Ok(console) => ConsoleAccess::Live {
+                    console: console.clone(),
+                    log: argv::serial_log(&vm.run_dir),
+                },
+                Err(why) => ConsoleAccess::Unavailable(why.clone()),
+            },
+        }
     }
 }

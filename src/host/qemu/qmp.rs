@@ -212,7 +212,7 @@ impl QmpClient {
             "quit" => self.typed::<qmp::quit>(args, COMMAND_TIMEOUT),
             "query-status" => self.typed::<qmp::query_status>(args, STATUS_TIMEOUT),
             "query-block" => self.typed::<qmp::query_block>(args, STATUS_TIMEOUT),
-            "query-blockstats" => self.typed::<qmp::query_blockstats>(args, STATUS_TIMEOUT),
+            "query-blockstats" => self.typed::<QueryBlockstats>(args, STATUS_TIMEOUT),
             "blockdev-add" => self.typed::<qmp::blockdev_add>(args, COMMAND_TIMEOUT),
             "blockdev-del" => self.typed::<qmp::blockdev_del>(args, COMMAND_TIMEOUT),
             "device_add" => self.typed::<qmp::device_add>(args, COMMAND_TIMEOUT),
@@ -281,6 +281,21 @@ impl QmpClient {
 }
 
 /// A run state as QEMU spells it (`running`, `paused`, …).
+/// `query-blockstats` with its reply left as JSON: the `qapi` crate's
+/// `BlockDeviceStats` is of a newer QEMU and requires fields QEMU 7.2 does
+/// not send (`failed_zone_append_operations`), so its typed reply fails to
+/// decode here.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct QueryBlockstats {}
+
+impl qapi::Command for QueryBlockstats {
+    type Ok = serde_json::Value;
+    const NAME: &'static str = "query-blockstats";
+    const ALLOW_OOB: bool = false;
+}
+
+impl qapi::qmp::QmpCommand for QueryBlockstats {}
+
 pub(super) fn run_state_name(state: &qapi::qmp::RunState) -> String {
     serde_json::to_value(state)
         .ok()

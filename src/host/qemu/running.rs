@@ -1,5 +1,7 @@
 //! The QEMUs vman tracks: one [`RunningVm`] per VM, in the hypervisor's
 //! table, and the two tasks that watch each (its QMP events, its pidfd).
+//! Each also has its console ([`super::console`]), whose tasks end with the
+//! connection when QEMU exits.
 //!
 //! What the watchers see is kept in [`Seen`] for the code that waits on it
 //! (a stop, an unplug) and sent on as [`HostEvent`]s for the observer. A VM
@@ -21,7 +23,7 @@ use super::{
     process::{self, ExitStatus, QemuProcess},
     qmp::{QmpClient, QmpNotice},
 };
-use crate::host::{HostError, HostEvent, QmpEvent, VmSpec};
+use crate::host::{HostError, HostEvent, QmpEvent, VmSpec, console::Console};
 
 /// What the watchers of one VM have seen.
 #[derive(Default)]
@@ -32,12 +34,16 @@ pub(super) struct Seen {
     deleted_devices: HashSet<String>,
 }
 
-/// A QEMU vman owns: its process, its QMP connection and what they reported.
+/// A QEMU vman owns: its process, its QMP connection, its console and what
+/// they reported.
 pub(super) struct RunningVm {
     pub(super) vm_id: String,
     pub(super) run_dir: PathBuf,
     pub(super) process: QemuProcess,
     pub(super) qmp: QmpClient,
+    /// Its serial console, or why vman holds none (an adopted QEMU an older
+    /// vman started has no console socket).
+    pub(super) console: Result<Arc<Console>, String>,
     /// Root ports a hot-plugged disk may use (cold disks took the first ones).
     pub(super) ports: u32,
     pub(super) seen: Mutex<Seen>,
@@ -87,18 +93,21 @@ impl QemuHypervisor {
     }
 
     /// Registers a VM's QEMU (just started or adopted) and starts the tasks
-    /// that watch its QMP events and its process.
+    /// that watch its QMP events and its process. The console's own tasks
+    /// run already ([`super::console::connect`]).
     pub(super) fn track(
         self: &Arc<Self>,
         spec: &VmSpec,
         process: QemuProcess,
         qmp: QmpClient,
+        console: Result<Arc<Console>, String>,
     ) -> Arc<RunningVm> {
         let vm = Arc::new(RunningVm {
             vm_id: spec.id.clone(),
             run_dir: spec.run_dir.clone(),
             process,
             qmp,
+            console,
             ports: argv::root_ports(spec, &self.options),
             seen: Mutex::default(),
             changed: Notify::new(),

@@ -159,6 +159,7 @@ pub async fn apply(
                 pid,
                 status,
                 running,
+                ..
             }))) => {
                 let to = judge::qmp_state(*running);
                 move_to(
