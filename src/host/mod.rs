@@ -417,6 +417,13 @@ pub enum HostEvent {
     },
     /// The QMP connection closed.
     QmpClosed { vm_id: String },
+    /// A QMP connection that had closed while QEMU lived is connected again;
+    /// QEMU's run state then (events in between were missed).
+    QmpReconnected {
+        vm_id: String,
+        status: String,
+        running: bool,
+    },
     /// The QEMU process exited; the log tails are kept for forensics.
     Exited {
         vm_id: String,

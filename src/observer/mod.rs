@@ -158,7 +158,32 @@ async fn handle(
         }
         HostEvent::QmpClosed { .. } => {
             // An exit follows within milliseconds when QEMU died; a QMP that
-            // closes while QEMU lives is for the coherence sweep to judge.
+            // closes while QEMU lives is connected again by the hypervisor
+            // (QmpReconnected follows), and meanwhile the coherence sweep
+            // judges a silent QMP.
+        }
+        HostEvent::QmpReconnected {
+            vm_id,
+            status,
+            running,
+        } => {
+            if app.locks.holder(&vm_id).is_some() {
+                return Ok(());
+            }
+            let Some(vm) = current(app, &vm_id).await? else {
+                return Ok(());
+            };
+            // QEMU's word on its run state is the truth for a QEMU that
+            // lives: a STOP or RESUME may have been missed meanwhile.
+            let seen = crate::observer::sweep::qmp_state(running);
+            if matches!(
+                vm.state,
+                VmState::Unknown | VmState::Running | VmState::Paused
+            ) && vm.state != seen
+            {
+                let reason = format!("QMP connected again (status {status})");
+                vm::set_state(app, &vm_id, seen, &reason, None).await?;
+            }
         }
         HostEvent::Exited {
             vm_id,

@@ -137,7 +137,7 @@ async fn unplug_and_release(
 /// Deletes a released device's backend, unless QEMU has exited (and taken it along).
 async fn release_backend(vm: &RunningVm, release: &[HostStep]) -> Result<(), HostError> {
     if vm.seen.lock().expect("vm watch").exited.is_none() {
-        vm.qmp.run_steps(release).await?;
+        vm.qmp_ready().await.run_steps(release).await?;
     }
     Ok(())
 }
@@ -150,7 +150,7 @@ async fn unplug_device(
     unplug: &[HostStep],
     device: &str,
 ) -> Result<bool, HostError> {
-    vm.qmp.run_steps(unplug).await?;
+    vm.qmp_ready().await.run_steps(unplug).await?;
     Ok(vm.released(device, DETACH_WAIT).await)
 }
 
@@ -177,18 +177,23 @@ async fn plug_on_free_port(
         let outcome = match port {
             1 => {
                 let commands = HostStep::qmp_commands(&planned);
-                let mut replies = vm.qmp.execute_all(&commands).await?.into_iter();
+                let mut replies = vm
+                    .qmp_ready()
+                    .await
+                    .execute_all(&commands)
+                    .await?
+                    .into_iter();
                 let backend_failed = replies
                     .by_ref()
                     .take(backend_steps.len())
                     .find_map(Result::err);
                 if let Some(e) = backend_failed {
-                    release_quietly(&vm.qmp, &vm.vm_id, release).await;
+                    release_quietly(&*vm.qmp_ready().await, &vm.vm_id, release).await;
                     return Err(e);
                 }
                 replies.find_map(Result::err).map_or(Ok(()), Err)
             }
-            _ => vm.qmp.run_steps(device).await,
+            _ => vm.qmp_ready().await.run_steps(device).await,
         };
         match outcome {
             Ok(()) => {
@@ -205,12 +210,12 @@ async fn plug_on_free_port(
                 last_error = Some(message);
             }
             Err(e) => {
-                release_quietly(&vm.qmp, &vm.vm_id, release).await;
+                release_quietly(&*vm.qmp_ready().await, &vm.vm_id, release).await;
                 return Err(e);
             }
         }
     }
-    release_quietly(&vm.qmp, &vm.vm_id, release).await;
+    release_quietly(&*vm.qmp_ready().await, &vm.vm_id, release).await;
     Err(HostError::Failed(format!(
         "no free hot-plug port on VM {} ({} ports): {}",
         vm.vm_id,

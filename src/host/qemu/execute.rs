@@ -56,7 +56,11 @@ impl QemuHypervisor {
 
     /// Pause, resume and reset: the planned QMP commands, on a VM that runs.
     async fn run_on_vm(&self, vm_id: &str, steps: Vec<HostStep>) -> Result<Outcome, HostError> {
-        self.running(vm_id)?.qmp.run_steps(&steps).await?;
+        self.running(vm_id)?
+            .qmp_ready()
+            .await
+            .run_steps(&steps)
+            .await?;
         Ok(took(steps))
     }
 
@@ -76,7 +80,13 @@ impl QemuHypervisor {
         steps: Vec<HostStep>,
     ) -> Result<Outcome, HostError> {
         match running_vm {
-            Some(vm_id) => self.running(vm_id)?.qmp.run_steps(&steps).await?,
+            Some(vm_id) => {
+                self.running(vm_id)?
+                    .qmp_ready()
+                    .await
+                    .run_steps(&steps)
+                    .await?
+            }
             None => {
                 for step in &steps {
                     if let HostStep::Exec { argv } = step {

@@ -69,7 +69,7 @@ impl QemuHypervisor {
         };
         let vm = self.track(spec, process, qmp, Ok(console));
         if let Err(e) = vm
-            .qmp
+            .qmp()
             .execute(qapi::qmp::cont {}, qmp::COMMAND_TIMEOUT)
             .await
         {
@@ -98,7 +98,8 @@ impl QemuHypervisor {
         if !force {
             steps.push(step_qmp(vm_id, "system_powerdown"));
             match vm
-                .qmp
+                .qmp_ready()
+                .await
                 .execute(qapi::qmp::system_powerdown {}, qmp::COMMAND_TIMEOUT)
                 .await
             {
@@ -118,7 +119,8 @@ impl QemuHypervisor {
             steps.push(step_qmp(vm_id, "quit"));
             // A reply or EOF: either way QEMU is on its way out.
             let _ = vm
-                .qmp
+                .qmp_ready()
+                .await
                 .execute(qapi::qmp::quit {}, qmp::COMMAND_TIMEOUT)
                 .await;
             if vm.wait(EXIT_TIMEOUT, gone).await {

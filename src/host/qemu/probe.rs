@@ -42,7 +42,7 @@ impl QemuHypervisor {
         let process = ProcessSeen::Tracked {
             pid: vm.process.pid,
         };
-        let qmp = match vm.qmp.probe_status(timeout).await {
+        let qmp = match vm.qmp_ready().await.probe_status(timeout).await {
             Err(HostError::Timeout(_)) => QmpSeen::Silent,
             Err(e) => QmpSeen::Failed(e.to_string()),
             Ok(status) => QmpSeen::Status {
@@ -53,7 +53,9 @@ impl QemuHypervisor {
         let disks = match qmp {
             QmpSeen::Status { .. } => tokio::time::timeout(
                 timeout,
-                vm.qmp.execute_json("query-block", &serde_json::Value::Null),
+                vm.qmp_ready()
+                    .await
+                    .execute_json("query-block", &serde_json::Value::Null),
             )
             .await
             .ok()

@@ -83,6 +83,14 @@ pub struct QmpClient {
 impl QmpClient {
     /// Connects, negotiates capabilities and starts the reading task.
     pub async fn connect(socket: &Path) -> Result<QmpClient, HostError> {
+        Ok(Self::connect_watched(socket).await?.0)
+    }
+
+    /// [`QmpClient::connect`], with a receiver of its notices subscribed
+    /// before the reading task starts: nothing QEMU sends is missed.
+    pub async fn connect_watched(
+        socket: &Path,
+    ) -> Result<(QmpClient, broadcast::Receiver<QmpNotice>), HostError> {
         let stream = tokio::time::timeout(COMMAND_TIMEOUT, async {
             let (read, write) = tokio::io::split(UnixStream::connect(socket).await?);
             QmpStreamTokio::open_split(readable(read), write)
@@ -97,7 +105,7 @@ impl QmpClient {
             source,
         })?;
         let (service, mut events) = stream.into_parts();
-        let (notices, _) = broadcast::channel(64);
+        let (notices, first) = broadcast::channel(64);
         let sender = notices.clone();
         tokio::spawn(async move {
             while let Some(event) = events.next().await {
@@ -113,11 +121,14 @@ impl QmpClient {
             }
             let _ = sender.send(QmpNotice::Closed);
         });
-        Ok(QmpClient {
-            service,
-            notices,
-            status_pending: Arc::default(),
-        })
+        Ok((
+            QmpClient {
+                service,
+                notices,
+                status_pending: Arc::default(),
+            },
+            first,
+        ))
     }
 
     /// Events and connection loss, from now on.

@@ -7,11 +7,18 @@
 //! (a stop, an unplug) and sent on as [`HostEvent`]s for the observer. A VM
 //! leaves the table when its QEMU exits; the watchers never act on a VM
 //! (stop, kill, restart): they only report.
+//!
+//! A QMP connection that closes while its QEMU lives (a peer that reset it,
+//! a monitor that dropped its client) is connected again: QEMU's QMP socket
+//! accepts a new client once the old one is gone. The watcher retries, from
+//! 10 ms up to every 250 ms, until it connects or QEMU exits, asks QEMU its
+//! run state (what events were missed meanwhile) and reports both the loss
+//! and the return ([`HostEvent::QmpReconnected`]).
 
 use std::{
     collections::HashSet,
     path::PathBuf,
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Mutex, RwLock, Weak},
     time::Duration,
 };
 
@@ -24,6 +31,13 @@ use super::{
     qmp::{QmpClient, QmpNotice},
 };
 use crate::host::{HostError, HostEvent, QmpEvent, VmSpec, console::Console};
+
+/// The first wait before connecting again to a QMP socket whose connection
+/// closed while QEMU lives; it doubles up to [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(10);
+const RECONNECT_MAX: Duration = Duration::from_millis(250);
+/// How long a command waits for a lost QMP connection to be made again.
+const RECONNECT_WAIT: Duration = Duration::from_secs(2);
 
 /// What the watchers of one VM have seen.
 #[derive(Default)]
@@ -40,7 +54,8 @@ pub(super) struct RunningVm {
     pub(super) vm_id: String,
     pub(super) run_dir: PathBuf,
     pub(super) process: QemuProcess,
-    pub(super) qmp: QmpClient,
+    /// Its QMP connection: replaced when a lost one is connected again.
+    qmp: RwLock<Arc<QmpClient>>,
     /// Its serial console, or why vman holds none (an adopted QEMU an older
     /// vman started has no console socket).
     pub(super) console: Result<Arc<Console>, String>,
@@ -51,6 +66,20 @@ pub(super) struct RunningVm {
 }
 
 impl RunningVm {
+    /// Its QMP connection as it is now.
+    pub(super) fn qmp(&self) -> Arc<QmpClient> {
+        self.qmp.read().expect("qmp client").clone()
+    }
+
+    /// Its QMP connection, once connected: a command sent while a lost
+    /// connection is being made again waits for it (up to
+    /// [`RECONNECT_WAIT`]) instead of failing on the closed one.
+    pub(super) async fn qmp_ready(&self) -> Arc<QmpClient> {
+        self.wait(RECONNECT_WAIT, |s| !s.qmp_closed || s.exited.is_some())
+            .await;
+        self.qmp()
+    }
+
     /// Waits until `done` holds or `timeout` passes; true when it held.
     pub(super) async fn wait(&self, timeout: Duration, done: impl Fn(&Seen) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -106,7 +135,7 @@ impl QemuHypervisor {
             vm_id: spec.id.clone(),
             run_dir: spec.run_dir.clone(),
             process,
-            qmp,
+            qmp: RwLock::new(Arc::new(qmp)),
             console,
             ports: argv::root_ports(spec, &self.options),
             seen: Mutex::default(),
@@ -119,7 +148,7 @@ impl QemuHypervisor {
             .insert(vm.vm_id.clone(), vm.clone());
         // Subscribed here, not in the task: an event QEMU sends before the
         // task first runs must not be lost.
-        let notices = vm.qmp.notices();
+        let notices = vm.qmp().notices();
         tokio::spawn(watch_qmp(vm.clone(), notices, self.events.clone()));
         tokio::spawn(watch_process(vm.clone(), Arc::downgrade(self)));
         vm
@@ -127,7 +156,7 @@ impl QemuHypervisor {
 }
 
 /// Notes what a stop or an unplug waits for and passes every QMP event on,
-/// until the connection ends.
+/// connecting again when the connection ends while QEMU lives.
 async fn watch_qmp(
     watched: Arc<RunningVm>,
     mut notices: broadcast::Receiver<QmpNotice>,
@@ -166,12 +195,68 @@ async fn watch_qmp(
                 let _ = events.send(HostEvent::QmpClosed {
                     vm_id: watched.vm_id.clone(),
                 });
-                return;
+                let Some((client, fresh)) = reconnect(&watched).await else {
+                    return;
+                };
+                // Its run state now: what the events missed meanwhile changed.
+                let status = client.status().await;
+                *watched.qmp.write().expect("qmp client") = Arc::new(client);
+                notices = fresh;
+                watched.update(|s| s.qmp_closed = false);
+                match status {
+                    Ok(status) => {
+                        tracing::info!(
+                            vm = %watched.vm_id,
+                            status = %super::qmp::run_state_name(&status.status),
+                            "QMP connected again"
+                        );
+                        let _ = events.send(HostEvent::QmpReconnected {
+                            vm_id: watched.vm_id.clone(),
+                            status: super::qmp::run_state_name(&status.status),
+                            running: status.running,
+                        });
+                    }
+                    // The sweep asks again and judges what it hears.
+                    Err(e) => tracing::warn!(
+                        vm = %watched.vm_id,
+                        error = %e,
+                        "QMP connected again but query-status failed"
+                    ),
+                }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(vm = %watched.vm_id, missed = n, "QMP events were dropped");
             }
         }
+    }
+}
+
+/// Connects again to the QMP socket of a QEMU whose connection closed,
+/// until it connects (with the connection's notices) or QEMU exits (`None`).
+async fn reconnect(watched: &RunningVm) -> Option<(QmpClient, broadcast::Receiver<QmpNotice>)> {
+    let socket = argv::qmp_socket(&watched.run_dir);
+    let mut delay = RECONNECT_FIRST;
+    let mut failures = 0u32;
+    loop {
+        // A QEMU that exits closes its socket first: its exit comes within
+        // milliseconds, and then nothing is to be connected.
+        if watched.wait(delay, |s| s.exited.is_some()).await {
+            return None;
+        }
+        match QmpClient::connect_watched(&socket).await {
+            Ok(connected) => return Some(connected),
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(
+                        vm = %watched.vm_id,
+                        error = %e,
+                        "QMP connection lost while QEMU runs; connecting again"
+                    );
+                }
+            }
+        }
+        delay = (delay * 2).min(RECONNECT_MAX);
     }
 }
 

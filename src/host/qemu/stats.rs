@@ -15,7 +15,8 @@ impl QemuHypervisor {
         let mut counters = process_counters(vm.process.pid)?;
         counters.disks = tokio::time::timeout(
             timeout,
-            vm.qmp
+            vm.qmp_ready()
+                .await
                 .execute_json("query-blockstats", &serde_json::Value::Null),
         )
         .await

@@ -18,6 +18,8 @@ mod record;
 mod repair;
 mod snapshot;
 
+pub(crate) use judge::qmp_state;
+
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
