@@ -82,7 +82,10 @@ impl DryRunHypervisor {
             | VmAction::Destroy { .. }
             | VmAction::ResizeDisk { .. }
             | VmAction::InspectImage { .. }
-            | VmAction::ImportImage { .. } => None,
+            | VmAction::ImportImage { .. }
+            | VmAction::CreateSnapshot { .. }
+            | VmAction::RestoreSnapshot { .. }
+            | VmAction::DeleteSnapshot { .. } => None,
         }
     }
 }

@@ -29,6 +29,7 @@ mod probe;
 pub mod process;
 pub mod qmp;
 mod running;
+mod snapshot;
 mod stats;
 
 use std::{

@@ -609,6 +609,7 @@ fn present(format: &str, virtual_size: i64) -> DiskSeen {
     DiskSeen::Present {
         format: format.into(),
         virtual_size: virtual_size as u64,
+        snapshots: None,
     }
 }
 
