@@ -1,6 +1,8 @@
 //! Snapshots of whole VMs: one row per snapshot, with the disks it covers
 //! (internal qcow2 snapshots tagged with the row's id in each disk's file).
-//! A snapshot's name is unique within its VM.
+//! A snapshot's name is unique within its VM. A snapshot with memory keeps
+//! the QEMU command line its memory was saved from: it loads only into one
+//! started the same way.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -21,6 +23,7 @@ impl MigrationTrait for Migration {
                 .col(json(Snapshots::DiskIds))
                 .col(integer(Snapshots::Vcpus))
                 .col(big_integer(Snapshots::MemoryMib))
+                .col(json_null(Snapshots::Machine))
                 .col(timestamp_with_time_zone(Snapshots::CreatedAt))
                 .foreign_key(
                     ForeignKey::create()
@@ -66,5 +69,6 @@ enum Snapshots {
     DiskIds,
     Vcpus,
     MemoryMib,
+    Machine,
     CreatedAt,
 }

@@ -175,6 +175,10 @@ impl Hypervisor for DryRunHypervisor {
         Vec::new()
     }
 
+    async fn command_line(&self, _vm_id: &str) -> Option<Vec<String>> {
+        None
+    }
+
     /// Synthetic counters of a pretended QEMU: 5 % of one CPU and 64 MiB
     /// since its start (for benchmarks and the sampler's logic; no disks).
     async fn counters(&self, vm_id: &str, _timeout: Duration) -> Option<super::VmCounters> {

@@ -629,6 +629,10 @@ pub trait Hypervisor: Send + Sync {
     /// touches nothing.
     async fn remove_partials(&self, storage: &std::path::Path) -> Vec<PathBuf>;
 
+    /// The command line the VM's QEMU runs with (`None`: no QEMU of it
+    /// runs that this port tracks, or a dry run). Reads only.
+    async fn command_line(&self, vm_id: &str) -> Option<Vec<String>>;
+
     /// What the running VM's QEMU has used so far (`None`: no QEMU of it
     /// runs that this port tracks). Never waits on QEMU longer than
     /// `timeout`. Reads only.

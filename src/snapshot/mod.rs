@@ -15,7 +15,12 @@
 //!   go back; a running guest would see them change under it); one with
 //!   memory onto a running VM (`snapshot-load`) or a stopped one, which then
 //!   starts from it (`-loadvm`: the one start path, with its taps, states and
-//!   failure handling, and the memory is in place before the guest runs).
+//!   failure handling, and the memory is in place before the guest runs);
+//! - memory loads only into a QEMU started with the command line it was saved
+//!   from (same devices, same slots): a VM that had devices hot-plugged when
+//!   the snapshot was taken, or whose settings changed since, is refused
+//!   (INVALID_STATE, naming the arguments that differ) before anything is
+//!   touched, for QEMU would revert the disks and then fail on the state.
 
 pub mod graphql;
 pub mod model;
@@ -142,6 +147,14 @@ pub async fn create(
         0
     };
     crate::storage::ensure_room(&app.config, &app.config.storage_dir(), room, "a snapshot")?;
+    let machine = match with_memory {
+        true => app
+            .hypervisor
+            .command_line(&vm.id)
+            .await
+            .map(|argv| serde_json::json!(without_loadvm(argv))),
+        false => None,
+    };
     let snapshot = Snapshot {
         id: uuid::Uuid::now_v7().to_string(),
         vm_id: vm.id.clone(),
@@ -151,6 +164,7 @@ pub async fn create(
         disk_ids: serde_json::json!(disks.iter().map(|d| &d.id).collect::<Vec<_>>()),
         vcpus: vm.vcpus,
         memory_mib: vm.memory_mib,
+        machine,
         created_at: Utc::now(),
     };
     let action = VmAction::CreateSnapshot {
@@ -241,6 +255,67 @@ fn ensure_same_shape(snapshot: &Snapshot, vm: &Vm) -> ApiResult<()> {
     )))
 }
 
+/// A QEMU command line without its `-loadvm` (a VM started from a snapshot
+/// runs the same machine as one started plainly).
+fn without_loadvm(argv: Vec<String>) -> Vec<String> {
+    let mut kept = Vec::with_capacity(argv.len());
+    let mut args = argv.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "-loadvm" {
+            args.next();
+        } else {
+            kept.push(arg);
+        }
+    }
+    kept
+}
+
+/// Refuses loading a snapshot's memory into a QEMU started otherwise than
+/// the one it was saved from (`now`: its command line; None when the port
+/// cannot tell): QEMU would refuse the state, or load it into the wrong devices.
+fn ensure_same_machine(snapshot: &Snapshot, vm: &Vm, now: Option<Vec<String>>) -> ApiResult<()> {
+    let (Some(then), Some(now)) = (snapshot.machine.as_ref(), now) else {
+        return Ok(());
+    };
+    let then: Vec<String> = serde_json::from_value(then.clone()).unwrap_or_default();
+    let now = without_loadvm(now);
+    if then == now {
+        return Ok(());
+    }
+    let only = |a: &[String], b: &[String]| -> String {
+        let args: Vec<&str> = a
+            .iter()
+            .filter(|arg| !b.contains(arg))
+            .map(String::as_str)
+            .take(3)
+            .collect();
+        if args.is_empty() {
+            "(the same arguments, in another order)".into()
+        } else {
+            args.join(" ")
+        }
+    };
+    Err(ApiError::InvalidState(format!(
+        "snapshot {:?} holds the memory of a QEMU started otherwise than VM {:?} would run now          (devices hot-plugged or unplugged while it ran, or its settings changed): then {}; now {}",
+        snapshot.name,
+        vm.name,
+        only(&then, &now),
+        only(&now, &then)
+    )))
+}
+
+/// The command line a start from `spec` would run QEMU with (None: the
+/// plan has no QEMU to spawn).
+fn planned_command_line(app: &Ctx, spec: &crate::host::VmSpec) -> Option<Vec<String>> {
+    app.hypervisor
+        .plan(&VmAction::Start(spec.clone()))
+        .into_iter()
+        .find_map(|step| match step {
+            crate::host::HostStep::SpawnQemu { argv, .. } => Some(argv),
+            _ => None,
+        })
+}
+
 /// How a restore goes, decided before anything is touched.
 enum Restore {
     /// The disks (and, with memory, the running VM's memory) go back.
@@ -266,8 +341,9 @@ pub async fn restore(app: &Ctx, id: &str, dry_run: bool) -> ApiResult<Change<Sna
                 snapshot.name, vm.name, vm.state
             )));
         }
-        (Some(_), true) => {
+        (Some(vm_id), true) => {
             ensure_same_shape(&snapshot, &vm)?;
+            ensure_same_machine(&snapshot, &vm, app.hypervisor.command_line(vm_id).await)?;
             Restore::Action(VmAction::RestoreSnapshot {
                 running_vm: running_vm.clone(),
                 disks: specs(app, &disks),
@@ -283,6 +359,7 @@ pub async fn restore(app: &Ctx, id: &str, dry_run: bool) -> ApiResult<Change<Sna
             let effective = update::effective(&vm);
             ensure_same_shape(&snapshot, &effective)?;
             let mut spec = vm::spec(app, &effective).await?;
+            ensure_same_machine(&snapshot, &vm, planned_command_line(app, &spec))?;
             spec.loadvm = Some(snapshot.id.clone());
             Restore::Start(spec)
         }

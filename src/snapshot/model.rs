@@ -22,6 +22,10 @@ pub struct Model {
     /// only into a VM of the same shape.
     pub vcpus: i32,
     pub memory_mib: i64,
+    /// With memory: the command line of the QEMU it was saved from (a JSON
+    /// array, without `-loadvm`); its memory loads only into a QEMU started
+    /// the same way. Null without memory, or when the port cannot tell.
+    pub machine: Option<Json>,
     pub created_at: DateTimeUtc,
 }
 

@@ -127,15 +127,20 @@ pub fn snapshot_argv(qemu_img: &Path, op: SnapshotOp, tag: &str, disk: &DiskSpec
         SnapshotOp::Apply => "-a",
         SnapshotOp::Delete => "-d",
     };
+    // `qemu-img snapshot` takes no `-f`: the format is given as image
+    // options, so that it is never probed.
     vec![
         qemu_img.display().to_string(),
         "snapshot".into(),
         "-q".into(),
-        "-f".into(),
-        disk.format.qemu_name().into(),
         flag.into(),
         tag.into(),
-        disk.path.display().to_string(),
+        "--image-opts".into(),
+        format!(
+            "driver={},file.driver=file,file.filename={}",
+            disk.format.qemu_name(),
+            super::argv::escape(&disk.path.display().to_string())
+        ),
     ]
 }
 

@@ -139,6 +139,10 @@ impl Hypervisor for Qemu {
         self.0.counters(vm_id, timeout).await
     }
 
+    async fn command_line(&self, vm_id: &str) -> Option<Vec<String>> {
+        process::command_line(self.0.get(vm_id)?.process.pid)
+    }
+
     fn console(&self, vm_id: &str, run_dir: &Path) -> ConsoleAccess {
         match self.0.get(vm_id) {
             None => ConsoleAccess::Log(argv::serial_log(run_dir)),
