@@ -349,8 +349,23 @@ async fn bad_snapshot_requests_are_refused_with_their_code_and_change_nothing() 
     );
     assert_eq!(before, (server.snapshot().await, storage_files(&server)));
 
-    // Running, without memory: one transaction over the disks.
     server.start_vm(&vm).await;
+    // A dry run plans the job and changes nothing.
+    let before = (server.snapshot().await, storage_files(&server));
+    let planned = server
+        .ok(
+            "mutation($vm: ID!) { createSnapshot(vmId: $vm, name: \"dry\", withMemory: true, dryRun: true) { operation { id } plan { action detail } } }",
+            json!({"vm": vm}),
+        )
+        .await;
+    let plan = &planned["createSnapshot"]["plan"];
+    assert!(planned["createSnapshot"]["operation"].is_null());
+    assert_eq!(plan[0]["detail"]["command"], "snapshot-save", "{plan:#}");
+    assert_eq!(plan[1]["action"], "await", "{plan:#}");
+    assert_eq!(plan[3]["detail"]["command"], "job-dismiss", "{plan:#}");
+    assert_eq!(before, (server.snapshot().await, storage_files(&server)));
+
+    // Running, without memory: one transaction over the disks.
     let taken = create_snapshot(&server, &vm, "first", false).await;
     assert_eq!(taken["plan"][0]["action"], "qmp");
     assert_eq!(taken["snapshot"]["vmState"], "RUNNING");
