@@ -468,3 +468,108 @@ pub async fn forget_of_vm(w: &mut Writer<'_>, vm_id: &str, operation_id: &str) -
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    fn vm() -> Vm {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        Vm {
+            id: "vm-1".into(),
+            name: "web".into(),
+            template_id: None,
+            vcpus: 1,
+            memory_mib: 256,
+            desired_state: crate::vm::VmState::Stopped,
+            state: crate::vm::VmState::Stopped,
+            state_reason: None,
+            description: String::new(),
+            pending_changes: None,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    fn snapshot(machine: Option<&[&str]>) -> Snapshot {
+        Snapshot {
+            id: "s-1".into(),
+            vm_id: "vm-1".into(),
+            name: "before".into(),
+            with_memory: true,
+            vm_state: crate::vm::VmState::Running,
+            disk_ids: serde_json::json!(["d-1"]),
+            vcpus: 1,
+            memory_mib: 256,
+            machine: machine.map(|m| serde_json::json!(m)),
+            created_at: vm().created_at,
+        }
+    }
+
+    #[test]
+    fn a_start_from_a_snapshot_runs_the_same_machine_as_a_plain_one() {
+        assert_eq!(
+            without_loadvm(argv(&["qemu", "-m", "256", "-loadvm", "s-1", "-S"])),
+            argv(&["qemu", "-m", "256", "-S"])
+        );
+    }
+
+    #[test]
+    fn memory_loads_only_into_a_qemu_started_the_same_way() {
+        let then = ["qemu", "-device", "pcie-root-port,id=rp1", "-S"];
+        let same = snapshot(Some(&then));
+        assert!(ensure_same_machine(&same, &vm(), Some(argv(&then))).is_ok());
+        // A start from this very snapshot is the same machine.
+        let loaded = argv(&[
+            "qemu",
+            "-device",
+            "pcie-root-port,id=rp1",
+            "-S",
+            "-loadvm",
+            "s-1",
+        ]);
+        assert!(ensure_same_machine(&same, &vm(), Some(loaded)).is_ok());
+        // The port cannot tell (a dry run): nothing to hold against it.
+        assert!(ensure_same_machine(&snapshot(None), &vm(), Some(argv(&then))).is_ok());
+        assert!(ensure_same_machine(&same, &vm(), None).is_ok());
+
+        let now = argv(&["qemu", "-device", "pcie-root-port,id=rp2", "-S"]);
+        let refused = ensure_same_machine(&same, &vm(), Some(now)).unwrap_err();
+        assert_eq!(refused.code(), "INVALID_STATE");
+        let message = refused.to_string();
+        assert!(
+            message.contains("then pcie-root-port,id=rp1; now pcie-root-port,id=rp2"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_restore_names_the_disks_attached_or_detached_since() {
+        let snap = snapshot(None);
+        let at = vm().created_at;
+        let disk = |id: &str, name: &str| disk::Disk {
+            id: id.into(),
+            name: name.into(),
+            format: DiskFormat::Qcow2,
+            size_bytes: 1 << 20,
+            vm_id: Some("vm-1".into()),
+            attachment: Attachment::Attached,
+            backing_template_id: None,
+            created_at: at,
+            updated_at: at,
+        };
+        assert!(ensure_same_disks(&snap, &vm(), &[disk("d-1", "root")]).is_ok());
+        let refused = ensure_same_disks(&snap, &vm(), &[disk("d-2", "scratch")]).unwrap_err();
+        assert_eq!(refused.code(), "INVALID_STATE");
+        let message = refused.to_string();
+        assert!(
+            message.contains("attached since: \"scratch\"")
+                && message.contains("no longer attached: disk id d-1"),
+            "{message}"
+        );
+    }
+}
