@@ -238,6 +238,7 @@ impl RawSide {
                 cmdline: Some(CMDLINE.into()),
             }),
             run_dir: config.run_dir().join("raw"),
+            loadvm: None,
         };
         let options = QemuOptions::from_config(&config);
         let steps = qemu::plan(&options, &VmAction::Start(spec.clone()));

@@ -385,6 +385,7 @@ async fn main() {
             nics: vec![],
             boot: None,
             run_dir: config.run_dir().join(format!("raw-{round}")),
+            loadvm: None,
         };
         let (took, process, qmp) = raw_start(&options, &spec).await;
         raw_start_t.push(took);

@@ -102,6 +102,21 @@ pub enum Payload {
     ImageDeleted {
         name: String,
     },
+    SnapshotCreated {
+        name: String,
+        vm_id: String,
+        with_memory: bool,
+        vm_state: VmState,
+    },
+    SnapshotRestored {
+        name: String,
+        vm_id: String,
+        with_memory: bool,
+    },
+    SnapshotDeleted {
+        name: String,
+        vm_id: String,
+    },
     /// The issue as opened.
     CoherenceIssueOpened(Box<CoherenceIssue>),
     /// The issue as resolved (its `action` says how).
@@ -129,6 +144,9 @@ impl Payload {
             Payload::NicDetached { .. } => EventKind::NicDetached,
             Payload::ImageImported { .. } => EventKind::ImageImported,
             Payload::ImageDeleted { .. } => EventKind::ImageDeleted,
+            Payload::SnapshotCreated { .. } => EventKind::SnapshotCreated,
+            Payload::SnapshotRestored { .. } => EventKind::SnapshotRestored,
+            Payload::SnapshotDeleted { .. } => EventKind::SnapshotDeleted,
             Payload::CoherenceIssueOpened(_) => EventKind::CoherenceIssueOpened,
             Payload::CoherenceIssueResolved(_) => EventKind::CoherenceIssueResolved,
         }
@@ -152,6 +170,9 @@ impl Payload {
             Payload::NetworkCreated { .. } | Payload::NetworkDeleted { .. } => SubjectType::Network,
             Payload::NicAttached { .. } | Payload::NicDetached { .. } => SubjectType::Nic,
             Payload::ImageImported { .. } | Payload::ImageDeleted { .. } => SubjectType::Image,
+            Payload::SnapshotCreated { .. }
+            | Payload::SnapshotRestored { .. }
+            | Payload::SnapshotDeleted { .. } => SubjectType::Snapshot,
             Payload::CoherenceIssueOpened(_) | Payload::CoherenceIssueResolved(_) => {
                 SubjectType::CoherenceIssue
             }

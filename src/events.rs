@@ -118,6 +118,15 @@ pub enum EventKind {
     /// An image and its file were deleted.
     #[sea_orm(string_value = "IMAGE_DELETED")]
     ImageDeleted,
+    /// A snapshot of a VM was taken (`withMemory` says whether its memory too).
+    #[sea_orm(string_value = "SNAPSHOT_CREATED")]
+    SnapshotCreated,
+    /// A VM went back to a snapshot.
+    #[sea_orm(string_value = "SNAPSHOT_RESTORED")]
+    SnapshotRestored,
+    /// A snapshot was deleted (also for each snapshot of a deleted VM).
+    #[sea_orm(string_value = "SNAPSHOT_DELETED")]
+    SnapshotDeleted,
     /// The coherence sweep found a drift (the payload is the issue).
     #[sea_orm(string_value = "COHERENCE_ISSUE_OPENED")]
     CoherenceIssueOpened,

@@ -25,6 +25,7 @@ pub mod observer;
 pub mod operation;
 pub mod playground;
 pub mod server;
+pub mod snapshot;
 pub mod stats;
 pub mod storage;
 pub mod telemetry;

@@ -114,6 +114,21 @@ fn mutations() -> Vec<(&'static str, &'static str, &'static str)> {
             "deleteNetwork(id: $id) { network { id } }",
         ),
         (
+            "createSnapshot",
+            "operator",
+            r#"createSnapshot(vmId: $id, name: "s") { snapshot { id } }"#,
+        ),
+        (
+            "restoreSnapshot",
+            "operator",
+            "restoreSnapshot(id: $id) { snapshot { id } }",
+        ),
+        (
+            "deleteSnapshot",
+            "operator",
+            "deleteSnapshot(id: $id) { snapshot { id } }",
+        ),
+        (
             "runCoherenceSweep",
             "admin",
             "runCoherenceSweep { startedAt }",

@@ -69,6 +69,7 @@ fn vm(data: &str, name: &str) -> VmSpec {
         nics: vec![],
         boot: None,
         run_dir: PathBuf::from(format!("{data}/run/{VM_ID}")),
+        loadvm: None,
     }
 }
 

@@ -49,6 +49,7 @@ pub struct Mutation(
     crate::coherence::graphql::CoherenceMutation,
     crate::auth::graphql::AuthMutation,
     crate::console::graphql::ConsoleMutation,
+    crate::snapshot::graphql::SnapshotMutation,
 );
 
 /// Live streams over the websocket: from the journal (each can resume after

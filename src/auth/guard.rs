@@ -33,6 +33,9 @@ pub const MUTATIONS: &[(&str, Role)] = &[
     ("deleteDisk", Role::Operator),
     ("attachNic", Role::Operator),
     ("detachNic", Role::Operator),
+    ("createSnapshot", Role::Operator),
+    ("restoreSnapshot", Role::Operator),
+    ("deleteSnapshot", Role::Operator),
     // Typing into a VM's console: as much as a lifecycle mutation.
     ("sendConsoleInput", Role::Operator),
     // What many VMs share, who may use the API, and the host's coherence.

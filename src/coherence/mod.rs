@@ -42,9 +42,12 @@ impl CoherenceKind {
                 Area::Process
             }
             OrphanRunDir | OrphanProcess => Area::Orphans,
-            DiskFileMissing | DiskFileUnreadable | DiskFormatMismatch | DiskSizeMismatch => {
-                Area::DiskFile
-            }
+            DiskFileMissing
+            | DiskFileUnreadable
+            | DiskFormatMismatch
+            | DiskSizeMismatch
+            | SnapshotMissingInImage
+            | SnapshotUnknownInImage => Area::DiskFile,
             DiskNotInQemu | DiskUnexpectedInQemu => Area::DiskInQemu,
             BridgeMissing | BridgeDown | TapMissing | TapNotOnBridge => Area::Links,
             StrayStorageFile => Area::Storage,

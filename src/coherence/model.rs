@@ -74,6 +74,14 @@ pub enum CoherenceKind {
     /// The file's virtual size (qcow2) or length (raw) is not the disk's `sizeBytes`.
     #[sea_orm(string_value = "DISK_SIZE_MISMATCH")]
     DiskSizeMismatch,
+    /// A snapshot of the disk's VM covers the disk, but the disk's file has
+    /// no internal snapshot tagged with its id (deleted behind vman's back).
+    #[sea_orm(string_value = "SNAPSHOT_MISSING_IN_IMAGE")]
+    SnapshotMissingInImage,
+    /// The disk's file has an internal snapshot no snapshot of vman has
+    /// (made behind vman's back, or left by a snapshot job that ended late).
+    #[sea_orm(string_value = "SNAPSHOT_UNKNOWN_IN_IMAGE")]
+    SnapshotUnknownInImage,
     /// The database says the disk is attached to the running VM; QEMU lacks it.
     #[sea_orm(string_value = "DISK_NOT_IN_QEMU")]
     DiskNotInQemu,
@@ -114,6 +122,8 @@ impl CoherenceKind {
             CoherenceKind::DiskFileUnreadable => "DISK_FILE_UNREADABLE",
             CoherenceKind::DiskFormatMismatch => "DISK_FORMAT_MISMATCH",
             CoherenceKind::DiskSizeMismatch => "DISK_SIZE_MISMATCH",
+            CoherenceKind::SnapshotMissingInImage => "SNAPSHOT_MISSING_IN_IMAGE",
+            CoherenceKind::SnapshotUnknownInImage => "SNAPSHOT_UNKNOWN_IN_IMAGE",
             CoherenceKind::DiskNotInQemu => "DISK_NOT_IN_QEMU",
             CoherenceKind::DiskUnexpectedInQemu => "DISK_UNEXPECTED_IN_QEMU",
             CoherenceKind::BridgeMissing => "BRIDGE_MISSING",

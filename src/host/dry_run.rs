@@ -82,7 +82,10 @@ impl DryRunHypervisor {
             | VmAction::Destroy { .. }
             | VmAction::ResizeDisk { .. }
             | VmAction::InspectImage { .. }
-            | VmAction::ImportImage { .. } => None,
+            | VmAction::ImportImage { .. }
+            | VmAction::CreateSnapshot { .. }
+            | VmAction::RestoreSnapshot { .. }
+            | VmAction::DeleteSnapshot { .. } => None,
         }
     }
 }
@@ -170,6 +173,10 @@ impl Hypervisor for DryRunHypervisor {
     async fn remove_partials(&self, _storage: &Path) -> Vec<std::path::PathBuf> {
         // A dry run made no file, and must not remove a real vman's.
         Vec::new()
+    }
+
+    async fn command_line(&self, _vm_id: &str) -> Option<Vec<String>> {
+        None
     }
 
     /// Synthetic counters of a pretended QEMU: 5 % of one CPU and 64 MiB

@@ -227,6 +227,10 @@ pub struct VmSpec {
     pub nics: Vec<NicSpec>,
     pub boot: Option<DirectBoot>,
     pub run_dir: PathBuf,
+    /// Start from this internal snapshot, memory included (`-loadvm`): a
+    /// restore of a snapshot with memory onto a stopped VM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loadvm: Option<String>,
 }
 
 /// How a stop should proceed.
@@ -315,6 +319,31 @@ pub enum VmAction {
     DeleteImage {
         path: PathBuf,
     },
+    /// Take an internal snapshot `tag` of every disk: with QMP when
+    /// `running_vm` has them open (`snapshot-save` with memory, a
+    /// `transaction` of `blockdev-snapshot-internal-sync` without), with
+    /// `qemu-img snapshot -c` otherwise. A failure takes back what it made.
+    CreateSnapshot {
+        running_vm: Option<String>,
+        disks: Vec<DiskSpec>,
+        tag: String,
+        with_memory: bool,
+    },
+    /// Go back to snapshot `tag`: `snapshot-load` (memory included) on a
+    /// running VM, `qemu-img snapshot -a` on every disk of a stopped one
+    /// (after checking that each has it: nothing is reverted otherwise).
+    RestoreSnapshot {
+        running_vm: Option<String>,
+        disks: Vec<DiskSpec>,
+        tag: String,
+    },
+    /// Delete snapshot `tag` from the disks that have it (`snapshot-delete`
+    /// on a running VM, `qemu-img snapshot -d` otherwise).
+    DeleteSnapshot {
+        running_vm: Option<String>,
+        disks: Vec<DiskSpec>,
+        tag: String,
+    },
 }
 
 impl VmAction {
@@ -337,6 +366,9 @@ impl VmAction {
             VmAction::InspectImage { .. } => "inspectImage",
             VmAction::ImportImage { .. } => "importImage",
             VmAction::DeleteImage { .. } => "deleteImage",
+            VmAction::CreateSnapshot { .. } => "createSnapshot",
+            VmAction::RestoreSnapshot { .. } => "restoreSnapshot",
+            VmAction::DeleteSnapshot { .. } => "deleteSnapshot",
         }
     }
 }
@@ -482,7 +514,12 @@ pub enum QmpSeen {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DiskSeen {
     Missing,
-    Present { format: String, virtual_size: u64 },
+    Present {
+        format: String,
+        virtual_size: u64,
+        /// The tags of its internal snapshots (`None` for a raw file, which has none).
+        snapshots: Option<Vec<String>>,
+    },
     Unreadable(String),
 }
 
@@ -598,6 +635,10 @@ pub trait Hypervisor: Send + Sync {
     /// start, while no operation runs. Returns what it removed; a dry run
     /// touches nothing.
     async fn remove_partials(&self, storage: &std::path::Path) -> Vec<PathBuf>;
+
+    /// The command line the VM's QEMU runs with (`None`: no QEMU of it
+    /// runs that this port tracks, or a dry run). Reads only.
+    async fn command_line(&self, vm_id: &str) -> Option<Vec<String>>;
 
     /// What the running VM's QEMU has used so far (`None`: no QEMU of it
     /// runs that this port tracks). Never waits on QEMU longer than

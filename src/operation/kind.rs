@@ -89,6 +89,15 @@ pub enum OperationKind {
     /// `revokeApiToken`, or `vman token revoke`.
     #[sea_orm(string_value = "REVOKE_API_TOKEN")]
     RevokeApiToken,
+    /// `createSnapshot`.
+    #[sea_orm(string_value = "CREATE_SNAPSHOT")]
+    CreateSnapshot,
+    /// `restoreSnapshot`.
+    #[sea_orm(string_value = "RESTORE_SNAPSHOT")]
+    RestoreSnapshot,
+    /// `deleteSnapshot`.
+    #[sea_orm(string_value = "DELETE_SNAPSHOT")]
+    DeleteSnapshot,
 }
 
 impl OperationKind {
@@ -120,6 +129,9 @@ impl OperationKind {
             OperationKind::CoherenceRepair => "COHERENCE_REPAIR",
             OperationKind::CreateApiToken => "CREATE_API_TOKEN",
             OperationKind::RevokeApiToken => "REVOKE_API_TOKEN",
+            OperationKind::CreateSnapshot => "CREATE_SNAPSHOT",
+            OperationKind::RestoreSnapshot => "RESTORE_SNAPSHOT",
+            OperationKind::DeleteSnapshot => "DELETE_SNAPSHOT",
         }
     }
 }
@@ -144,7 +156,9 @@ impl OperationKind {
             | OperationKind::CreateNetwork
             | OperationKind::AttachNic
             | OperationKind::ImportImage
-            | OperationKind::CreateApiToken => true,
+            | OperationKind::CreateApiToken
+            | OperationKind::CreateSnapshot
+            | OperationKind::RestoreSnapshot => true,
             OperationKind::DeleteTemplate
             | OperationKind::StopVm
             | OperationKind::PauseVm
@@ -155,7 +169,8 @@ impl OperationKind {
             | OperationKind::DetachNic
             | OperationKind::DeleteImage
             | OperationKind::CoherenceRepair
-            | OperationKind::RevokeApiToken => false,
+            | OperationKind::RevokeApiToken
+            | OperationKind::DeleteSnapshot => false,
         }
     }
 }
@@ -212,6 +227,10 @@ pub enum SubjectType {
     #[sea_orm(string_value = "ApiToken")]
     #[serde(rename = "ApiToken")]
     ApiToken,
+    /// A snapshot of a VM.
+    #[sea_orm(string_value = "Snapshot")]
+    #[serde(rename = "Snapshot")]
+    Snapshot,
 }
 
 impl SubjectType {
@@ -228,6 +247,7 @@ impl SubjectType {
             SubjectType::RunDir => "RunDir",
             SubjectType::StorageFile => "StorageFile",
             SubjectType::ApiToken => "ApiToken",
+            SubjectType::Snapshot => "Snapshot",
         }
     }
 }

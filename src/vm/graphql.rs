@@ -77,6 +77,19 @@ impl VmObject {
             .gql()?;
         Ok(disks.into_iter().map(DiskObject).collect())
     }
+    /// Its snapshots, oldest first.
+    async fn snapshots(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<crate::snapshot::graphql::SnapshotObject>> {
+        let snapshots = crate::snapshot::of_vm(&api::services(ctx).db, &self.0.id)
+            .await
+            .gql()?;
+        Ok(snapshots
+            .into_iter()
+            .map(crate::snapshot::graphql::SnapshotObject)
+            .collect())
+    }
     /// Its NICs, by `position`.
     async fn nics(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<NicObject>> {
         use crate::network::model::nic;

@@ -328,6 +328,7 @@ pub async fn spec(app: &Ctx, vm: &Vm) -> ApiResult<VmSpec> {
         nics: crate::network::nic::specs(app, &vm.id).await?,
         boot,
         run_dir: run_dir(app, &vm.id),
+        loadvm: None,
     })
 }
 
@@ -451,6 +452,25 @@ pub async fn lifecycle(
     .await
 }
 
+/// Starts a STOPPED or CRASHED VM from `spec` inside another operation (a
+/// restore that loads a snapshot's memory): the steps and in-between states
+/// of `startVm`. The caller records where it landed ([`transition`]) and the
+/// changes that waited for the start ([`update::apply_pending`]) in its commit.
+pub(crate) async fn start_within(
+    env: &mut Envelope<'_>,
+    vm: &Vm,
+    spec: VmSpec,
+) -> ApiResult<(VmState, &'static str)> {
+    set_desired(env.ctx(), vm, VmState::Running).await?;
+    let Landing { to, reason } = run_actions(env, vm, &[VmAction::Start(spec)]).await?;
+    Ok((to, reason))
+}
+
+/// What [`start_within`] would do: the start's plan with its taps.
+pub(crate) fn start_plan(app: &Ctx, spec: VmSpec) -> Vec<HostStep> {
+    plan_with_taps(app, &VmAction::Start(spec), &[])
+}
+
 /// A lifecycle action's plan with its NICs' taps: made before a start,
 /// removed after a stop.
 fn plan_with_taps(app: &Ctx, action: &VmAction, nics: &[crate::host::NicSpec]) -> Vec<HostStep> {
@@ -518,7 +538,10 @@ fn moves(action: &VmAction, current: VmState) -> Moves {
         | VmAction::ResizeDisk { .. }
         | VmAction::InspectImage { .. }
         | VmAction::ImportImage { .. }
-        | VmAction::DeleteImage { .. } => {
+        | VmAction::DeleteImage { .. }
+        | VmAction::CreateSnapshot { .. }
+        | VmAction::RestoreSnapshot { .. }
+        | VmAction::DeleteSnapshot { .. } => {
             unreachable!("only lifecycle actions move a VM between states")
         }
     };
@@ -720,6 +743,7 @@ pub async fn delete(
                     w.record(disk::detached_event(d, &id, Some(op))).await?;
                 }
             }
+            crate::snapshot::forget_of_vm(w, &id, op).await?;
             for nic in &nics {
                 nic.clone().delete(w.txn()).await?;
                 w.record(crate::network::nic::detached_event(nic, Some(op)))

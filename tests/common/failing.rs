@@ -123,6 +123,10 @@ impl Hypervisor for FailingHypervisor {
         self.inner.remove_partials(storage).await
     }
 
+    async fn command_line(&self, vm_id: &str) -> Option<Vec<String>> {
+        self.inner.command_line(vm_id).await
+    }
+
     async fn counters(
         &self,
         vm_id: &str,

@@ -193,6 +193,10 @@ pub fn argv(spec: &VmSpec, opts: &QemuOptions) -> Vec<String> {
             args.option("-append", cmdline);
         }
     }
+    if let Some(tag) = &spec.loadvm {
+        // A snapshot's tag is its id (a UUID): nothing to escape.
+        args.option("-loadvm", tag);
+    }
     args.0
 }
 

@@ -51,6 +51,34 @@ impl QemuHypervisor {
             VmAction::ImportImage { source, dest, disk } => {
                 self.import_image(source, dest, *disk, planned()).await
             }
+            VmAction::CreateSnapshot {
+                running_vm: Some(vm_id),
+                ..
+            }
+            | VmAction::RestoreSnapshot {
+                running_vm: Some(vm_id),
+                ..
+            }
+            | VmAction::DeleteSnapshot {
+                running_vm: Some(vm_id),
+                ..
+            } => self.snapshot_on_vm(vm_id, planned()).await,
+            VmAction::CreateSnapshot {
+                running_vm: None,
+                disks,
+                tag,
+                ..
+            } => self.create_snapshot_offline(disks, tag, planned()).await,
+            VmAction::RestoreSnapshot {
+                running_vm: None,
+                disks,
+                tag,
+            } => self.restore_snapshot_offline(disks, tag, planned()).await,
+            VmAction::DeleteSnapshot {
+                running_vm: None,
+                disks,
+                tag,
+            } => self.delete_snapshot_offline(disks, tag).await,
         }
     }
 
@@ -157,6 +185,8 @@ fn writes_under(action: &VmAction) -> Option<&Path> {
         VmAction::Start(spec) => Some(&spec.run_dir),
         VmAction::CreateDisk(disk) | VmAction::ResizeDisk { disk, .. } => disk.path.parent(),
         VmAction::ImportImage { dest, .. } => dest.parent(),
+        // A snapshot writes into the disks' files (memory into the first).
+        VmAction::CreateSnapshot { disks, .. } => disks.first().and_then(|d| d.path.parent()),
         VmAction::Stop { .. }
         | VmAction::Pause { .. }
         | VmAction::Resume { .. }
@@ -168,7 +198,9 @@ fn writes_under(action: &VmAction) -> Option<&Path> {
         | VmAction::AttachNic { .. }
         | VmAction::DetachNic { .. }
         | VmAction::Destroy { .. }
-        | VmAction::InspectImage { .. } => None,
+        | VmAction::InspectImage { .. }
+        | VmAction::RestoreSnapshot { .. }
+        | VmAction::DeleteSnapshot { .. } => None,
     }
 }
 

@@ -87,6 +87,61 @@ pub struct ImageInfo {
     pub backing_filename: Option<String>,
     #[serde(rename = "format-specific", default)]
     pub format_specific: Option<serde_json::Value>,
+    /// Its internal snapshots (qcow2); absent when it has none.
+    #[serde(default)]
+    pub snapshots: Vec<InternalSnapshot>,
+}
+
+/// One internal snapshot of a qcow2 file, as `qemu-img info` lists it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InternalSnapshot {
+    /// Its tag (vman tags a snapshot with the id of its row).
+    pub name: String,
+    /// Bytes of saved memory (0: disk only).
+    #[serde(rename = "vm-state-size", default)]
+    pub vm_state_size: u64,
+}
+
+impl ImageInfo {
+    /// The tags of its internal snapshots.
+    pub fn snapshot_tags(&self) -> Vec<String> {
+        self.snapshots.iter().map(|s| s.name.clone()).collect()
+    }
+}
+
+/// What `qemu-img snapshot` does to one tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotOp {
+    /// `-c`: create.
+    Create,
+    /// `-a`: apply (revert the disk to it).
+    Apply,
+    /// `-d`: delete.
+    Delete,
+}
+
+/// The `qemu-img snapshot` argv for one disk.
+pub fn snapshot_argv(qemu_img: &Path, op: SnapshotOp, tag: &str, disk: &DiskSpec) -> Vec<String> {
+    let flag = match op {
+        SnapshotOp::Create => "-c",
+        SnapshotOp::Apply => "-a",
+        SnapshotOp::Delete => "-d",
+    };
+    // `qemu-img snapshot` takes no `-f`: the format is given as image
+    // options, so that it is never probed.
+    vec![
+        qemu_img.display().to_string(),
+        "snapshot".into(),
+        "-q".into(),
+        flag.into(),
+        tag.into(),
+        "--image-opts".into(),
+        format!(
+            "driver={},file.driver=file,file.filename={}",
+            disk.format.qemu_name(),
+            super::argv::escape(&disk.path.display().to_string())
+        ),
+    ]
 }
 
 impl ImageInfo {

@@ -29,6 +29,7 @@ mod probe;
 pub mod process;
 pub mod qmp;
 mod running;
+mod snapshot;
 mod stats;
 
 use std::{
@@ -136,6 +137,10 @@ impl Hypervisor for Qemu {
 
     async fn counters(&self, vm_id: &str, timeout: Duration) -> Option<super::VmCounters> {
         self.0.counters(vm_id, timeout).await
+    }
+
+    async fn command_line(&self, vm_id: &str) -> Option<Vec<String>> {
+        process::command_line(self.0.get(vm_id)?.process.pid)
     }
 
     fn console(&self, vm_id: &str, run_dir: &Path) -> ConsoleAccess {

@@ -14,6 +14,10 @@ use crate::host::{HostStep, VmAction};
 
 /// How long `detachDisk` waits for the guest before reporting the disk as DETACHING.
 pub(super) const DETACH_WAIT: Duration = Duration::from_secs(3);
+/// How long a snapshot job (saving or loading a VM's memory) may take.
+pub(super) const SNAPSHOT_JOB_WAIT: Duration = Duration::from_secs(600);
+/// The QMP event a snapshot job's end is awaited on.
+pub(super) const JOB_STATUS_CHANGE: &str = "JOB_STATUS_CHANGE";
 
 /// The exact host steps an action takes.
 pub fn plan(options: &QemuOptions, action: &VmAction) -> Vec<HostStep> {
@@ -98,6 +102,82 @@ pub fn plan(options: &QemuOptions, action: &VmAction) -> Vec<HostStep> {
             }],
             false => Vec::new(),
         },
+        VmAction::CreateSnapshot {
+            running_vm: Some(vm_id),
+            disks,
+            tag,
+            with_memory: true,
+        } => snapshot_job(
+            vm_id,
+            "snapshot-save",
+            &job_id("save", tag),
+            json!({
+                "job-id": job_id("save", tag),
+                "tag": tag,
+                "vmstate": vmstate_node(disks),
+                "devices": disk_nodes(disks),
+            }),
+        ),
+        VmAction::CreateSnapshot {
+            running_vm: Some(vm_id),
+            disks,
+            tag,
+            with_memory: false,
+        } => vec![HostStep::Qmp {
+            vm_id: vm_id.clone(),
+            command: "transaction".into(),
+            arguments: json!({
+                "actions": disks.iter().map(|d| json!({
+                    "type": "blockdev-snapshot-internal-sync",
+                    "data": {"device": argv::disk_node(&d.id), "name": tag},
+                })).collect::<Vec<_>>(),
+            }),
+        }],
+        VmAction::RestoreSnapshot {
+            running_vm: Some(vm_id),
+            disks,
+            tag,
+        } => snapshot_job(
+            vm_id,
+            "snapshot-load",
+            &job_id("load", tag),
+            json!({
+                "job-id": job_id("load", tag),
+                "tag": tag,
+                "vmstate": vmstate_node(disks),
+                "devices": disk_nodes(disks),
+            }),
+        ),
+        VmAction::DeleteSnapshot {
+            running_vm: Some(vm_id),
+            disks,
+            tag,
+        } => snapshot_job(
+            vm_id,
+            "snapshot-delete",
+            &job_id("delete", tag),
+            json!({
+                "job-id": job_id("delete", tag),
+                "tag": tag,
+                "devices": disk_nodes(disks),
+            }),
+        ),
+        VmAction::CreateSnapshot {
+            running_vm: None,
+            disks,
+            tag,
+            ..
+        } => img_snapshot(options, img::SnapshotOp::Create, tag, disks),
+        VmAction::RestoreSnapshot {
+            running_vm: None,
+            disks,
+            tag,
+        } => img_snapshot(options, img::SnapshotOp::Apply, tag, disks),
+        VmAction::DeleteSnapshot {
+            running_vm: None,
+            disks,
+            tag,
+        } => img_snapshot(options, img::SnapshotOp::Delete, tag, disks),
         VmAction::ImportImage { source, dest, disk } => {
             let mut steps = Vec::new();
             if *disk {
@@ -133,4 +213,64 @@ fn unplug_plan(vm_id: &str, (unplug, release): (Vec<HostStep>, Vec<HostStep>)) -
     });
     steps.extend(release);
     steps
+}
+
+/// The id of the QMP job that does `verb` to snapshot `tag`.
+pub(super) fn job_id(verb: &str, tag: &str) -> String {
+    format!("vman-{verb}-{tag}")
+}
+
+/// The node a snapshot's memory is saved on: the VM's first disk (its root).
+fn vmstate_node(disks: &[crate::host::DiskSpec]) -> String {
+    disks
+        .first()
+        .map(|d| argv::disk_node(&d.id))
+        .unwrap_or_default()
+}
+
+fn disk_nodes(disks: &[crate::host::DiskSpec]) -> Vec<String> {
+    disks.iter().map(|d| argv::disk_node(&d.id)).collect()
+}
+
+/// A snapshot job: its command, the wait for it to conclude, the read of
+/// how it ended (`query-jobs`), and its dismissal.
+fn snapshot_job(
+    vm_id: &str,
+    command: &str,
+    job: &str,
+    arguments: serde_json::Value,
+) -> Vec<HostStep> {
+    vec![
+        HostStep::Qmp {
+            vm_id: vm_id.to_string(),
+            command: command.to_string(),
+            arguments,
+        },
+        HostStep::Await {
+            vm_id: vm_id.to_string(),
+            event: format!("{JOB_STATUS_CHANGE} concluded (job {job})"),
+            timeout_ms: SNAPSHOT_JOB_WAIT.as_millis() as u64,
+        },
+        step_qmp(vm_id, "query-jobs"),
+        HostStep::Qmp {
+            vm_id: vm_id.to_string(),
+            command: "job-dismiss".into(),
+            arguments: json!({"id": job}),
+        },
+    ]
+}
+
+/// `qemu-img snapshot` on each disk, in order.
+fn img_snapshot(
+    options: &QemuOptions,
+    op: img::SnapshotOp,
+    tag: &str,
+    disks: &[crate::host::DiskSpec],
+) -> Vec<HostStep> {
+    disks
+        .iter()
+        .map(|disk| HostStep::Exec {
+            argv: img::snapshot_argv(&options.img_binary, op, tag, disk),
+        })
+        .collect()
 }

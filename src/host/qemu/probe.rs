@@ -85,6 +85,7 @@ impl QemuHypervisor {
             return DiskSeen::Present {
                 format: "raw".into(),
                 virtual_size: meta.len(),
+                snapshots: None,
             };
         }
         let stamp = FileStamp::of(&meta);
@@ -96,6 +97,7 @@ impl QemuHypervisor {
         }
         let seen = match img::info(&self.options.img_binary, &disk.path).await {
             Ok(info) => DiskSeen::Present {
+                snapshots: Some(info.snapshot_tags()),
                 format: info.format,
                 virtual_size: info.virtual_size,
             },

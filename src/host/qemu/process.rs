@@ -210,6 +210,20 @@ pub fn stat_field(pid: i32, n: usize) -> Option<String> {
     rest.split_whitespace().nth(n).map(str::to_string)
 }
 
+/// The command line of a live process (`None`: no such process).
+pub fn command_line(pid: i32) -> Option<Vec<String>> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect();
+    // The list ends with a NUL.
+    if args.last().is_some_and(String::is_empty) {
+        args.pop();
+    }
+    Some(args)
+}
+
 /// Whether `pid` is the QEMU of VM `vm_id`: its command line carries `-uuid <vm_id>`.
 pub fn is_qemu_of(pid: i32, vm_id: &str) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {

@@ -55,6 +55,8 @@ use crate::host::{HostError, HostStep};
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Block and device commands may take a moment.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// An internal snapshot of every disk at once (`transaction`) writes metadata only.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 type Writer = QmpStreamTokio<WriteHalf<UnixStream>>;
 
@@ -231,6 +233,15 @@ impl QmpClient {
             "netdev_add" => self.typed::<qmp::netdev_add>(args, COMMAND_TIMEOUT),
             "netdev_del" => self.typed::<qmp::netdev_del>(args, COMMAND_TIMEOUT),
             "block_resize" => self.typed::<qmp::block_resize>(args, COMMAND_TIMEOUT),
+            // The snapshot jobs answer at once; their end is awaited apart
+            // (JOB_STATUS_CHANGE). An internal snapshot of every disk in one
+            // transaction writes each disk's snapshot table.
+            "snapshot-save" => self.typed::<qmp::snapshot_save>(args, COMMAND_TIMEOUT),
+            "snapshot-load" => self.typed::<qmp::snapshot_load>(args, COMMAND_TIMEOUT),
+            "snapshot-delete" => self.typed::<qmp::snapshot_delete>(args, COMMAND_TIMEOUT),
+            "query-jobs" => self.typed::<qmp::query_jobs>(args, STATUS_TIMEOUT),
+            "job-dismiss" => self.typed::<qmp::job_dismiss>(args, COMMAND_TIMEOUT),
+            "transaction" => self.typed::<qmp::transaction>(args, SNAPSHOT_TIMEOUT),
             other => Err(HostError::Failed(format!(
                 "QMP command {other} is not supported by vman"
             ))),

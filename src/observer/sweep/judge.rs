@@ -188,6 +188,7 @@ pub fn judge(snap: &Snapshot) -> Judgement {
         };
         out.checked.disk_files.insert(d.id.clone());
         disk_file(d, file, &mut out.drifts);
+        disk_snapshots(rows, d, file, &mut out.drifts);
     }
 
     orphans(&snap.orphans, &mut out.drifts);
@@ -452,6 +453,7 @@ fn disk_file(d: &Disk, file: &DiskFile, drifts: &mut Vec<Drift>) {
         DiskSeen::Present {
             format,
             virtual_size,
+            ..
         } => {
             if format != d.format.qemu_name() {
                 drifts.push(finding(
@@ -468,6 +470,62 @@ fn disk_file(d: &Disk, file: &DiskFile, drifts: &mut Vec<Drift>) {
                 ));
             }
         }
+    }
+}
+
+/// A disk's internal snapshots against the snapshot rows: each snapshot of
+/// its VM that covers it must be in its file, and each tag in its file must
+/// be some snapshot's. One finding per disk and direction, naming them all.
+fn disk_snapshots(rows: &Rows, d: &Disk, file: &DiskFile, drifts: &mut Vec<Drift>) {
+    let DiskSeen::Present {
+        snapshots: Some(tags),
+        ..
+    } = &file.seen
+    else {
+        return;
+    };
+    let path = file.path.display().to_string();
+    let finding = |kind, expected: String, observed: String| Drift {
+        finding: Finding {
+            kind,
+            subject_type: SubjectType::Disk,
+            subject_id: d.id.clone(),
+            vm_id: d.vm_id.clone(),
+            expected,
+            observed,
+        },
+        // A user's disk is never touched: report only.
+        repair: None,
+    };
+    let attached = d.attachment == Attachment::Attached;
+    let missing: Vec<String> = rows
+        .snapshots
+        .iter()
+        .filter(|s| attached && d.vm_id.as_deref() == Some(s.vm_id.as_str()))
+        .filter(|s| s.disks().contains(&d.id) && !tags.contains(&s.id))
+        .map(|s| format!("{:?} ({})", s.name, s.id))
+        .collect();
+    if !missing.is_empty() {
+        drifts.push(finding(
+            CoherenceKind::SnapshotMissingInImage,
+            format!("snapshot {} in {path}", missing.join(", ")),
+            "qemu-img info lists no such internal snapshot".into(),
+        ));
+    }
+    let unknown: Vec<&str> = tags
+        .iter()
+        .filter(|tag| !rows.snapshots.iter().any(|s| s.id == **tag))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        drifts.push(finding(
+            CoherenceKind::SnapshotUnknownInImage,
+            format!("only the internal snapshots of vman's snapshots in {path}"),
+            format!(
+                "internal snapshot {} (qemu-img info), which no snapshot has",
+                unknown.join(", ")
+            ),
+        ));
     }
 }
 
@@ -698,6 +756,7 @@ pub fn still_unclaimed(drifts: Vec<Drift>, now: &Rows, held: &HashSet<String>) -
             | SubjectType::Template
             | SubjectType::Image
             | SubjectType::ApiToken
+            | SubjectType::Snapshot
             | SubjectType::CoherenceIssue => {
                 exists.contains(f.subject_id.as_str())
                     || f.kind == CoherenceKind::DiskUnexpectedInQemu

@@ -170,6 +170,7 @@ pub async fn record(
             | SubjectType::Template
             | SubjectType::Image
             | SubjectType::ApiToken
+            | SubjectType::Snapshot
             | SubjectType::CoherenceIssue => false,
         };
         if stale.contains(issue.vm_id.as_deref().unwrap_or_default()) && !gone {

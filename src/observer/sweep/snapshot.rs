@@ -48,6 +48,8 @@ pub struct Rows {
     pub busy: HashSet<String>,
     /// Kinds of operations still running (`CREATE_VM`, …).
     pub busy_kinds: HashSet<OperationKind>,
+    /// The VMs' snapshots (compared with their disks' internal snapshots).
+    pub snapshots: Vec<crate::snapshot::Snapshot>,
 }
 
 /// A disk's file as the host showed it.
@@ -112,6 +114,7 @@ pub async fn rows(app: &Ctx) -> ApiResult<Rows> {
         )
         .all(&app.db)
         .await?;
+    let snapshots = crate::snapshot::model::Entity::find().all(&app.db).await?;
     let busy_kinds = in_flight.iter().map(|op| op.kind).collect();
     let busy = in_flight.into_iter().map(|op| op.target_id).collect();
     Ok(Rows {
@@ -122,6 +125,7 @@ pub async fn rows(app: &Ctx) -> ApiResult<Rows> {
         images,
         busy,
         busy_kinds,
+        snapshots,
     })
 }
 

@@ -609,7 +609,34 @@ fn present(format: &str, virtual_size: i64) -> DiskSeen {
     DiskSeen::Present {
         format: format.into(),
         virtual_size: virtual_size as u64,
+        snapshots: None,
     }
+}
+
+/// A qcow2 file of 1 MiB with these internal snapshots.
+fn with_tags(tags: &[&str]) -> DiskSeen {
+    DiskSeen::Present {
+        format: "qcow2".into(),
+        virtual_size: MIB as u64,
+        snapshots: Some(tags.iter().map(|t| t.to_string()).collect()),
+    }
+}
+
+/// Adds snapshot `s-1` ("before") of `VM`, covering disk `d-1`.
+fn with_snapshot_row(mut snap: Snapshot) -> Snapshot {
+    snap.rows.snapshots.push(crate::snapshot::Snapshot {
+        id: "s-1".into(),
+        vm_id: VM.into(),
+        name: "before".into(),
+        with_memory: false,
+        vm_state: VmState::Stopped,
+        disk_ids: serde_json::json!(["d-1"]),
+        vcpus: 1,
+        memory_mib: 64,
+        machine: None,
+        created_at: at(),
+    });
+    snap
 }
 
 fn disk_file_cases() -> Vec<Case> {
@@ -716,6 +743,38 @@ fn disk_file_cases() -> Vec<Case> {
                 snap.disk_files.clear();
                 snap
             },
+            vec![],
+        ),
+        case(
+            "a disk whose file has its VM's snapshots, and only those, is coherent",
+            with_snapshot_row(disk_file_seen(Some(VM), with_tags(&["s-1"]))),
+            vec![],
+        ),
+        case(
+            "a snapshot of the disk's VM that its file lacks",
+            with_snapshot_row(disk_file_seen(Some(VM), with_tags(&[]))),
+            vec![disk_drift(
+                SnapshotMissingInImage,
+                "d-1",
+                Some(VM),
+                "snapshot \"before\" (s-1) in /data/storage/d-1.qcow2",
+                "qemu-img info lists no such internal snapshot",
+            )],
+        ),
+        case(
+            "an internal snapshot no snapshot has",
+            with_snapshot_row(disk_file_seen(Some(VM), with_tags(&["s-1", "by-hand"]))),
+            vec![disk_drift(
+                SnapshotUnknownInImage,
+                "d-1",
+                Some(VM),
+                "only the internal snapshots of vman's snapshots in /data/storage/d-1.qcow2",
+                "internal snapshot by-hand (qemu-img info), which no snapshot has",
+            )],
+        ),
+        case(
+            "a detached disk keeps the internal snapshots of a snapshot of its old VM",
+            with_snapshot_row(disk_file_seen(None, with_tags(&["s-1"]))),
             vec![],
         ),
     ]
