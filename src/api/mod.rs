@@ -49,6 +49,7 @@ pub struct Mutation(
     crate::coherence::graphql::CoherenceMutation,
     crate::auth::graphql::AuthMutation,
     crate::console::graphql::ConsoleMutation,
+    crate::operation::graphql::OperationMutation,
 );
 
 /// Live streams over the websocket: from the journal (each can resume after
@@ -59,6 +60,7 @@ pub struct Subscription(
     crate::coherence::graphql::CoherenceSubscription,
     crate::stats::graphql::StatsSubscription,
     crate::console::graphql::ConsoleSubscription,
+    crate::operation::graphql::OperationSubscription,
 );
 
 pub type VmanSchema = Schema<Query, Mutation, Subscription>;

@@ -33,6 +33,9 @@ pub const MUTATIONS: &[(&str, Role)] = &[
     ("deleteDisk", Role::Operator),
     ("attachNic", Role::Operator),
     ("detachNic", Role::Operator),
+    // Stopping a long operation (a full clone): as much as starting one.
+    ("cancelOperation", Role::Operator),
+    ("cloneVm", Role::Operator),
     // Typing into a VM's console: as much as a lifecycle mutation.
     ("sendConsoleInput", Role::Operator),
     // What many VMs share, who may use the API, and the host's coherence.
