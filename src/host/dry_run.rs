@@ -82,7 +82,9 @@ impl DryRunHypervisor {
             | VmAction::Destroy { .. }
             | VmAction::ResizeDisk { .. }
             | VmAction::InspectImage { .. }
-            | VmAction::ImportImage { .. } => None,
+            | VmAction::ImportImage { .. }
+            | VmAction::CopyDisk { .. }
+            | VmAction::MoveFile { .. } => None,
         }
     }
 }
@@ -249,6 +251,7 @@ impl HostNetwork for DryRunNetwork {
                 | HostStep::Await { .. }
                 | HostStep::Signal { .. }
                 | HostStep::CopyFile { .. }
+                | HostStep::MoveFile { .. }
                 | HostStep::CreateDir { .. }
                 | HostStep::RemoveDir { .. }
                 | HostStep::RemoveFile { .. } => {}

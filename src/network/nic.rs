@@ -158,7 +158,7 @@ pub fn detached_event(nic: &Nic, operation_id: Option<&str>) -> NewEvent {
     )
 }
 
-async fn ensure_mac_free(db: &impl ConnectionTrait, mac: &str) -> ApiResult<()> {
+pub(crate) async fn ensure_mac_free(db: &impl ConnectionTrait, mac: &str) -> ApiResult<()> {
     if model::nic::Entity::find()
         .filter(model::nic::Column::Mac.eq(mac))
         .one(db)
@@ -173,7 +173,7 @@ async fn ensure_mac_free(db: &impl ConnectionTrait, mac: &str) -> ApiResult<()> 
 }
 
 /// A locally administered unicast MAC (`02:` and five random bytes) no NIC uses.
-async fn generate_mac(db: &impl ConnectionTrait) -> ApiResult<String> {
+pub(crate) async fn generate_mac(db: &impl ConnectionTrait) -> ApiResult<String> {
     use std::io::Read;
     for _ in 0..16 {
         let mut bytes = [0u8; 5];

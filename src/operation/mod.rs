@@ -121,6 +121,23 @@ impl<'c> Envelope<'c> {
         self.record(action.name(), outcome)
     }
 
+    /// Runs a long hypervisor action ([`VmAction::CopyDisk`]) and records
+    /// its steps; a long operation reports `progress(fraction)` as it goes.
+    pub async fn vm_reporting(
+        &mut self,
+        action: &VmAction,
+        progress: impl Fn(f64) -> Progress + Send + Sync,
+    ) -> ApiResult<Outcome> {
+        let long = self.long.clone();
+        let report = move |fraction: f64| {
+            if let Some(long) = &long {
+                long.report(progress(fraction));
+            }
+        };
+        let outcome = self.ctx.hypervisor.execute_reporting(action, &report).await;
+        self.record(action.name(), outcome)
+    }
+
     /// Runs a network action and records its steps.
     pub async fn network(&mut self, action: &NetworkAction) -> ApiResult<Outcome> {
         let outcome = self.ctx.network.execute(action).await;
