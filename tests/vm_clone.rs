@@ -112,8 +112,22 @@ async fn bad_clones_are_refused_with_their_code_and_change_nothing() {
     let before = server.snapshot().await;
 
     let refused = [
-        ("name taken", web.as_str(), "taken", false, "CONFLICT", "taken"),
-        ("bad name", &web, "Bad Name", false, "BAD_USER_INPUT", "Bad Name"),
+        (
+            "name taken",
+            web.as_str(),
+            "taken",
+            false,
+            "CONFLICT",
+            "taken",
+        ),
+        (
+            "bad name",
+            &web,
+            "Bad Name",
+            false,
+            "BAD_USER_INPUT",
+            "Bad Name",
+        ),
         (
             "unknown VM",
             "01940000-0000-7000-8000-000000000000",
@@ -171,11 +185,17 @@ async fn bad_clones_are_refused_with_their_code_and_change_nothing() {
 
     // cancelOperation: an unknown operation, and one that has ended.
     let code = server
-        .error_code(CANCEL, json!({"id": "01940000-0000-7000-8000-000000000000"}))
+        .error_code(
+            CANCEL,
+            json!({"id": "01940000-0000-7000-8000-000000000000"}),
+        )
         .await;
     assert_eq!(code, "NOT_FOUND");
     let ended = server
-        .ok("{ operations(first: 1) { edges { node { id } } } }", json!({}))
+        .ok(
+            "{ operations(first: 1) { edges { node { id } } } }",
+            json!({}),
+        )
         .await["operations"]["edges"][0]["node"]["id"]
         .as_str()
         .unwrap()
@@ -195,8 +215,7 @@ async fn bad_clones_are_refused_with_their_code_and_change_nothing() {
 }
 
 #[tokio::test]
-async fn a_linked_clone_is_a_new_vm_on_the_same_networks_and_its_source_cannot_go_while_it_lives()
-{
+async fn a_linked_clone_is_a_new_vm_on_the_same_networks_and_its_source_cannot_go_while_it_lives() {
     let server = TestServer::start().await;
     let template = server.create_template("tiny").await;
     let web = server.create_vm("web", "tiny").await;
@@ -480,7 +499,11 @@ async fn a_linked_clone_boots_and_writes_without_changing_its_source() {
         .await;
 
     assert_eq!(sha256(&base), original, "the base never changes");
-    assert_eq!(sha256(&source_file), overlay, "the source's overlay is untouched");
+    assert_eq!(
+        sha256(&source_file),
+        overlay,
+        "the source's overlay is untouched"
+    );
 
     // The source cannot go while its clone lives; the clone can.
     let response = server.post(DELETE_VM, json!({"id": source})).await;
@@ -494,5 +517,9 @@ async fn a_linked_clone_boots_and_writes_without_changing_its_source() {
     );
     server.ok(DELETE_VM, json!({"id": clone_id})).await;
     server.ok(DELETE_VM, json!({"id": source})).await;
-    assert_eq!(files(&storage(&server)), Vec::<String>::new(), "the base went with its last user");
+    assert_eq!(
+        files(&storage(&server)),
+        Vec::<String>::new(),
+        "the base went with its last user"
+    );
 }
