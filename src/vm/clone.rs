@@ -30,7 +30,7 @@ use crate::{
         model::{self as disk_model, Attachment},
     },
     error::{ApiError, ApiResult},
-    events::{NewEvent, Payload, Writer, find_in},
+    events::{Writer, find_in},
     host::{DiskSpec, VmAction},
     network::model::nic,
     operation::{self, Change, HostAction, OperationKind, Progress, Request, SubjectType},
@@ -342,23 +342,10 @@ impl Cloning {
     /// The clone's rows and events (and, linked, the bases and the
     /// source's disks now on them), in the operation's final write.
     async fn record(&self, w: &mut Writer<'_>, op: &str) -> ApiResult<Vm> {
-        super::ensure_vm_name_free(w.txn(), &self.vm.name).await?;
         // The source is locked; its row is read again for a clear NOT_FOUND
         // should it be gone all the same.
         find_in::<model::Entity, _>(w.txn(), "VM", &self.source.id).await?;
-        let vm = model::ActiveModel::from(self.vm.clone())
-            .insert(w.txn())
-            .await?;
-        tag::set(w.txn(), &vm.id, &self.tags).await?;
-        w.record(NewEvent::new(
-            &vm.id,
-            Some(op),
-            Payload::VmCreated {
-                name: vm.name.clone(),
-                template_id: vm.template_id.clone(),
-            },
-        ))
-        .await?;
+        let vm = super::insert_new(w, &self.vm, &self.tags, op).await?;
         for pair in &self.pairs {
             if let Some(base) = &pair.base {
                 base::model::ActiveModel::from(base.clone())
@@ -376,21 +363,7 @@ impl Cloning {
             w.record(disk::created_event(&disk, Some(op))).await?;
         }
         for nic in &self.nics {
-            crate::network::nic::ensure_mac_free(w.txn(), &nic.mac).await?;
-            let nic = nic::ActiveModel::from(nic.clone()).insert(w.txn()).await?;
-            w.record(NewEvent::new(
-                &nic.id,
-                Some(op),
-                Payload::NicAttached {
-                    vm_id: nic.vm_id.clone(),
-                    network_id: nic.network_id.clone(),
-                    mac: nic.mac.clone(),
-                    model: nic.model.clone(),
-                    tap: nic.tap.clone(),
-                    hot: false,
-                },
-            ))
-            .await?;
+            crate::network::nic::insert_attached(w, nic, false, op).await?;
         }
         Ok(vm)
     }

@@ -256,18 +256,7 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
             env.undo_with(HostAction::Vm(VmAction::DeleteDisk(spec.clone())));
         }
         env.commit(async |w, op| {
-            ensure_vm_name_free(w.txn(), &vm.name).await?;
-            let vm = model::ActiveModel::from(vm.clone()).insert(w.txn()).await?;
-            tag::set(w.txn(), &vm.id, &tags).await?;
-            w.record(NewEvent::new(
-                &vm.id,
-                Some(op),
-                Payload::VmCreated {
-                    name: vm.name.clone(),
-                    template_id: vm.template_id.clone(),
-                },
-            ))
-            .await?;
+            let vm = insert_new(w, &vm, &tags, op).await?;
             if let Some(root) = &root {
                 disk::ensure_name_free(w.txn(), &root.name).await?;
                 let root = disk_model::ActiveModel::from(root.clone())
@@ -280,6 +269,24 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
         .await
     })
     .await
+}
+
+/// Writes a new VM's row and tags (its name checked again in the write) and
+/// journals VM_CREATED.
+async fn insert_new(w: &mut Writer<'_>, vm: &Vm, tags: &[String], op: &str) -> ApiResult<Vm> {
+    ensure_vm_name_free(w.txn(), &vm.name).await?;
+    let vm = model::ActiveModel::from(vm.clone()).insert(w.txn()).await?;
+    tag::set(w.txn(), &vm.id, tags).await?;
+    w.record(NewEvent::new(
+        &vm.id,
+        Some(op),
+        Payload::VmCreated {
+            name: vm.name.clone(),
+            template_id: vm.template_id.clone(),
+        },
+    ))
+    .await?;
+    Ok(vm)
 }
 
 async fn ensure_vm_name_free(db: &impl ConnectionTrait, name: &str) -> ApiResult<()> {

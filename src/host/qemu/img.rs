@@ -78,21 +78,11 @@ pub async fn run_reporting(
     report: &(dyn Fn(f64) + Send + Sync),
 ) -> Result<(), HostError> {
     use tokio::io::AsyncReadExt;
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| HostError::Failed("empty argv".into()))?;
+    let (program, mut child) = spawn(argv)?;
     let io = |source| HostError::Io {
         what: format!("running {program}"),
         source,
     };
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(io)?;
     let mut stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
     let errors = tokio::spawn(async move {
@@ -137,7 +127,8 @@ pub fn partial_path(disk: &DiskSpec) -> std::path::PathBuf {
     disk.path.with_file_name(name)
 }
 
-pub async fn run(argv: &[String]) -> Result<String, HostError> {
+/// Starts `argv` with its output piped; dropping the child kills it.
+fn spawn(argv: &[String]) -> Result<(&String, tokio::process::Child), HostError> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| HostError::Failed("empty argv".into()))?;
@@ -152,6 +143,11 @@ pub async fn run(argv: &[String]) -> Result<String, HostError> {
             what: format!("running {program}"),
             source,
         })?;
+    Ok((program, child))
+}
+
+pub async fn run(argv: &[String]) -> Result<String, HostError> {
+    let (program, child) = spawn(argv)?;
     let output = tokio::time::timeout(QEMU_IMG_TIMEOUT, child.wait_with_output())
         .await
         .map_err(|_| {
@@ -213,4 +209,23 @@ pub fn info_argv(qemu_img: &Path, path: &Path) -> Vec<String> {
 pub async fn info(qemu_img: &Path, path: &Path) -> Result<ImageInfo, HostError> {
     let out = run(&info_argv(qemu_img, path)).await?;
     serde_json::from_str(&out).map_err(|e| HostError::Failed(format!("qemu-img info: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_img_progress_is_read_item_by_item() {
+        let printed = "    (0.00/100%)\r    (1.17/100%)\r    (50.00/100%)\r\n    (100.00/100%)\r";
+        let fractions: Vec<f64> = progress_fractions(printed).collect();
+        let expected = [0.0, 0.0117, 0.5, 1.0];
+        assert_eq!(fractions.len(), expected.len(), "{fractions:?}");
+        for (got, want) in fractions.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-9, "{fractions:?}");
+        }
+        // A cut item, and other output, are no fraction.
+        assert_eq!(progress_fractions("    (12.3").count(), 0);
+        assert_eq!(progress_fractions("qemu-img: warning\n").count(), 0);
+    }
 }
