@@ -523,3 +523,111 @@ async fn a_linked_clone_boots_and_writes_without_changing_its_source() {
         "the base went with its last user"
     );
 }
+
+/// The `vman` binary is SIGKILLed while a full clone copies: its qemu-img
+/// dies with it (no copy writes on), and the restarted vman marks the
+/// operation INTERRUPTED, removes the partial file and has no clone row.
+#[tokio::test]
+async fn a_vman_killed_in_the_middle_of_a_full_clone_leaves_nothing_after_its_restart() {
+    use common::{VmanProcess, free_port};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = reqwest::Client::new();
+    // 64 MiB at 4 MiB/s: 16 s of copying, killed within the first seconds.
+    let mut vman = VmanProcess::start_with_env(
+        &data,
+        free_port(),
+        &[("VMAN_STORAGE_COPY_BYTES_PER_SECOND", "4194304")],
+    );
+    vman.ready(&http).await;
+    let vm = vman
+        .gql(
+            &http,
+            "mutation { createVm(input: {name: \"src\", vcpus: 1, memoryMib: 128}) { vm { id } } }",
+            json!({}),
+        )
+        .await["createVm"]["vm"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let disk = vman
+        .gql(
+            &http,
+            "mutation { createDisk(input: {name: \"src-data\", sizeBytes: 67108864, format: QCOW2}) { disk { id } } }",
+            json!({}),
+        )
+        .await["createDisk"]["disk"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let storage = data.join("storage");
+    let source = storage.join(format!("{disk}.qcow2"));
+    run(&[
+        "qemu-io",
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 0x5a 0 64M",
+        source.to_str().unwrap(),
+    ]);
+    vman.gql(
+        &http,
+        "mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { id } } }",
+        json!({"d": disk, "v": vm}),
+    )
+    .await;
+    let accepted = vman
+        .gql(
+            &http,
+            "mutation($id: ID!) { cloneVm(id: $id, name: \"copy\") { operation { status } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(accepted["cloneVm"]["operation"]["status"], "RUNNING");
+    let partial = || {
+        files(&storage)
+            .into_iter()
+            .find(|f| f.ends_with(".partial"))
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while partial().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the copy began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copying = storage.join(partial().unwrap());
+    vman.child.kill().unwrap(); // SIGKILL
+    vman.child.wait().unwrap();
+    // Its qemu-img died with it: the partial file stops growing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let size = std::fs::metadata(&copying).unwrap().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        std::fs::metadata(&copying).unwrap().len(),
+        size,
+        "no copy writes on"
+    );
+
+    let restarted = VmanProcess::start(&data, free_port());
+    restarted.ready(&http).await;
+    assert_eq!(partial(), None, "{:?}", files(&storage));
+    assert_eq!(files(&storage), [format!("{disk}.qcow2")]);
+    let seen = restarted
+        .gql(
+            &http,
+            "{ vms { totalCount } disks { totalCount } operations { edges { node { kind status errorCode } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(seen["vms"]["totalCount"], 1);
+    assert_eq!(seen["disks"]["totalCount"], 1);
+    let last = seen["operations"]["edges"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["node"]
+        .clone();
+    assert_eq!(
+        last,
+        json!({"kind": "CLONE_VM", "status": "FAILED", "errorCode": "INTERRUPTED"})
+    );
+}

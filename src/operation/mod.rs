@@ -246,9 +246,16 @@ pub async fn run<T>(
 /// background task that holds the locks) and answers with the RUNNING
 /// record at once.
 pub async fn accept_long(ctx: &Ctx, request: &Request) -> ApiResult<(Operation, Arc<Long>)> {
-    let op = accept(ctx, request).await?;
-    let long = ctx.long.register(&op.id);
-    Ok((op, long))
+    // Registered before its record is written: whoever reads it RUNNING
+    // finds its progress.
+    let long = ctx.long.register(&request.id);
+    match accept(ctx, request).await {
+        Ok(op) => Ok((op, long)),
+        Err(e) => {
+            ctx.long.remove(&request.id);
+            Err(e)
+        }
+    }
 }
 
 /// Refuses work that adds while the database is nearly full, then records

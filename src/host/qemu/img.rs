@@ -132,17 +132,27 @@ fn spawn(argv: &[String]) -> Result<(&String, tokio::process::Child), HostError>
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| HostError::Failed("empty argv".into()))?;
-    let child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| HostError::Io {
-            what: format!("running {program}"),
-            source,
-        })?;
+        .kill_on_drop(true);
+    // qemu-img dies with vman: a vman killed (SIGKILL) in the middle of a
+    // long copy must not leave one writing on. (kill_on_drop covers the rest.)
+    // SAFETY: the closure makes one raw system call (prctl), which is
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = command.spawn().map_err(|source| HostError::Io {
+        what: format!("running {program}"),
+        source,
+    })?;
     Ok((program, child))
 }
 
