@@ -270,13 +270,56 @@ async fn a_linked_clone_is_a_new_vm_on_the_same_networks_and_its_source_cannot_g
     assert_eq!(response["errors"][0]["extensions"]["code"], "CONFLICT");
     let message = response["errors"][0]["message"].as_str().unwrap();
     assert!(message.contains("\"web2\""), "{message}");
-    // Without it, the source goes.
+    // A second clone freezes the source's overlay on top of the first base.
+    let third = clone(&server, &web, "web3", true).await;
+    assert_eq!(third["operation"]["status"], "SUCCEEDED", "{third:#}");
+    assert_eq!(bases(&server).await, 2);
+    let message = server.post(DELETE_VM, json!({"id": web})).await["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("\"web2\"") && message.contains("\"web3\""),
+        "{message}"
+    );
+    // Clones go freely; the source only once none is left, and the bases
+    // with the last disk on them.
     let clone_id = vm["id"].as_str().unwrap();
     server.ok(DELETE_VM, json!({"id": clone_id})).await;
+    assert_eq!(
+        bases(&server).await,
+        2,
+        "the first base is under the second"
+    );
+    let message = server.post(DELETE_VM, json!({"id": web})).await["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("\"web3\"") && !message.contains("\"web2\""),
+        "{message}"
+    );
+    server
+        .ok(
+            DELETE_VM,
+            json!({"id": third["vm"]["id"].as_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(bases(&server).await, 2, "the source still stands on them");
     server.ok(DELETE_VM, json!({"id": web})).await;
+    assert_eq!(bases(&server).await, 0);
     let left = server.snapshot().await;
     assert_eq!(left["vms"]["totalCount"], 0);
     assert_eq!(left["disks"]["totalCount"], 0);
+}
+
+/// How many frozen bases the database holds.
+async fn bases(server: &TestServer) -> u64 {
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    vman::disk::base::model::Entity::find()
+        .count(&server.app.ctx.db)
+        .await
+        .unwrap()
 }
 
 /// A VM with one 1 GiB qcow2 disk full of non-zero data (real qemu-img).
