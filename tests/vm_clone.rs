@@ -420,6 +420,45 @@ async fn a_full_clone_copies_every_byte_and_pushes_its_progress() {
 }
 
 #[tokio::test]
+async fn a_full_clone_copies_a_raw_disk_as_raw_where_a_linked_one_is_refused() {
+    let server = TestServer::start_with(|c| c.dry_run = false).await;
+    let vm = bare_vm(&server, "raw").await;
+    let disk = server.create_disk("raw-data", 4 << 20, "RAW").await;
+    attach(&server, &disk, &vm).await;
+    let source = storage(&server).join(format!("{disk}.raw"));
+    std::fs::write(&source, vec![0x5au8; 4 << 20]).unwrap();
+    let before = files(&storage(&server));
+
+    let (code, message) = clone_error(&server, &vm, "raw2", true).await;
+    assert_eq!(code, "BAD_USER_INPUT", "{message}");
+    assert!(message.contains("\"raw-data\""), "{message}");
+    assert_eq!(files(&storage(&server)), before, "nothing changed");
+
+    let accepted = clone(&server, &vm, "raw2", false).await;
+    let id = accepted["operation"]["id"].as_str().unwrap();
+    let mut watch = ProgressWatch::open(&server, id).await;
+    let mut last = None;
+    while let Some(item) = watch.next().await {
+        last = Some(item);
+    }
+    assert_eq!(last.unwrap()["status"], "SUCCEEDED");
+    let copied = server
+        .ok(
+            "query($n: String) { vm(name: $n) { disks { id name format } } }",
+            json!({"n": "raw2"}),
+        )
+        .await;
+    let copy = &copied["vm"]["disks"][0];
+    assert_eq!(copy["name"], "raw2-data");
+    assert_eq!(copy["format"], "RAW");
+    let path = storage(&server).join(format!("{}.raw", copy["id"].as_str().unwrap()));
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&source).unwrap()
+    );
+}
+
+#[tokio::test]
 async fn a_full_clone_cancelled_half_way_leaves_no_file_and_no_row() {
     let server = TestServer::start_with(|c| {
         c.dry_run = false;
