@@ -13,6 +13,11 @@
 //!
 //! A failure is never silent, and nothing half-made stays behind. Adding a
 //! mutation means: an [`OperationKind`], a plan, a body, a resolver.
+//!
+//! A long operation (a full `cloneVm`) is split in two: [`accept_long`]
+//! records it RUNNING and the mutation answers; [`carry_out`] runs the same
+//! envelope in a background task, with progress and cancel ([`progress`]),
+//! and a cancel ends it CANCELLED after the same undo as a failure.
 
 pub mod graphql;
 pub mod kind;
