@@ -185,6 +185,7 @@ impl App {
             hypervisor,
             network,
             locks: Arc::new(VmLocks::new(config.limits.vm_lock_timeout)),
+            long: Default::default(),
             config: Arc::new(config),
             cancel,
             actor: crate::auth::VMAN.into(),

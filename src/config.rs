@@ -107,6 +107,9 @@ pub struct StorageConfig {
     /// New disks and imports that would leave less than this free on the
     /// storage filesystem are refused with `STORAGE_FULL`.
     pub min_free_bytes: u64,
+    /// How fast a full clone may copy a disk (`qemu-img convert -r`), in
+    /// bytes per second; 0: as fast as the disk goes.
+    pub copy_bytes_per_second: u64,
 }
 
 /// Scheduled backups of the database under `<data_dir>/backups/`.
@@ -263,7 +266,10 @@ impl Default for Config {
             database: DatabaseConfig {
                 busy_timeout: Duration::from_secs(5),
             },
-            storage: StorageConfig { min_free_bytes: 0 },
+            storage: StorageConfig {
+                min_free_bytes: 0,
+                copy_bytes_per_second: 0,
+            },
             backup: BackupConfig {
                 interval: Duration::from_secs(24 * 60 * 60),
                 keep: 7,

@@ -30,6 +30,9 @@ pub struct Ctx {
     pub network: Arc<dyn HostNetwork>,
     /// One mutation at a time per VM (and per disk).
     pub locks: Arc<VmLocks>,
+    /// The long operations running now: their progress and their cancel.
+    /// Shared like the locks: a background task reports, a resolver reads.
+    pub long: Arc<crate::operation::progress::LongOperations>,
     /// Ends the server, subscriptions and background tasks.
     pub cancel: CancellationToken,
     /// Who the operations recorded through this context are done for: an

@@ -59,6 +59,9 @@ pub enum ApiError {
          most {head}, or \"0\" for the whole journal"
     )]
     CursorAhead { after: i64, head: i64 },
+    /// `cancelOperation` stopped the operation.
+    #[error("{0}")]
+    Cancelled(String),
     #[error("internal error")]
     /// The cause is logged on the server and never shown to clients.
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -80,6 +83,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::CursorAhead { .. } => "CURSOR_AHEAD",
+            ApiError::Cancelled(_) => "CANCELLED",
             ApiError::Internal(_) => "INTERNAL",
         }
     }

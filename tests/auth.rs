@@ -29,6 +29,16 @@ fn mutations() -> Vec<(&'static str, &'static str, &'static str)> {
         ("resumeVm", "operator", "resumeVm(id: $id) { vm { id } }"),
         ("deleteVm", "operator", "deleteVm(id: $id) { vm { id } }"),
         (
+            "cloneVm",
+            "operator",
+            r#"cloneVm(id: $id, name: "copy") { vm { id } }"#,
+        ),
+        (
+            "cancelOperation",
+            "operator",
+            "cancelOperation(id: $id) { id }",
+        ),
+        (
             "updateVm",
             "operator",
             "updateVm(id: $id, input: {vcpus: 1}) { vm { id } }",

@@ -160,6 +160,7 @@ fn every_api_error() -> Vec<ApiError> {
         ApiError::Unauthenticated(text()),
         ApiError::Forbidden(text()),
         ApiError::CursorAhead { after: 2, head: 1 },
+        ApiError::Cancelled(text()),
         ApiError::Internal(Box::new(std::io::Error::other("x"))),
     ];
     for error in &all {
@@ -178,6 +179,7 @@ fn every_api_error() -> Vec<ApiError> {
             | ApiError::Unauthenticated(_)
             | ApiError::Forbidden(_)
             | ApiError::CursorAhead { .. }
+            | ApiError::Cancelled(_)
             | ApiError::Internal(_) => {}
         }
     }

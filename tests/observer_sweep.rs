@@ -594,6 +594,7 @@ async fn operations_a_killed_vman_left_running_end_as_failed_at_the_next_start()
         started_at: Set(chrono::Utc::now()),
         actor: Set("local".into()),
         finished_at: Set(None),
+        progress: Set(None),
     }
     .insert(&server.app.ctx.db)
     .await

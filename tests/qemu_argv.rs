@@ -46,6 +46,7 @@ fn options(accel: Accel, spare_root_ports: u32) -> QemuOptions {
         accel,
         kvm_cpu: "host".into(),
         spare_root_ports,
+        copy_bytes_per_second: 0,
     }
 }
 

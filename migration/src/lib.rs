@@ -11,6 +11,7 @@ mod m20261203_000005_operation_failed_step;
 mod m20261204_000006_api_tokens;
 mod m20261204_000007_vm_changes;
 mod m20261205_000008_snapshots;
+mod m20261205_000009_clones;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000006_api_tokens::Migration),
             Box::new(m20261204_000007_vm_changes::Migration),
             Box::new(m20261205_000008_snapshots::Migration),
+            Box::new(m20261205_000009_clones::Migration),
         ]
     }
 }

@@ -50,6 +50,7 @@ pub struct Mutation(
     crate::auth::graphql::AuthMutation,
     crate::console::graphql::ConsoleMutation,
     crate::snapshot::graphql::SnapshotMutation,
+    crate::operation::graphql::OperationMutation,
 );
 
 /// Live streams over the websocket: from the journal (each can resume after
@@ -60,6 +61,7 @@ pub struct Subscription(
     crate::coherence::graphql::CoherenceSubscription,
     crate::stats::graphql::StatsSubscription,
     crate::console::graphql::ConsoleSubscription,
+    crate::operation::graphql::OperationSubscription,
 );
 
 pub type VmanSchema = Schema<Query, Mutation, Subscription>;

@@ -36,6 +36,9 @@ pub const MUTATIONS: &[(&str, Role)] = &[
     ("createSnapshot", Role::Operator),
     ("restoreSnapshot", Role::Operator),
     ("deleteSnapshot", Role::Operator),
+    // Stopping a long operation (a full clone): as much as starting one.
+    ("cancelOperation", Role::Operator),
+    ("cloneVm", Role::Operator),
     // Typing into a VM's console: as much as a lifecycle mutation.
     ("sendConsoleInput", Role::Operator),
     // What many VMs share, who may use the API, and the host's coherence.

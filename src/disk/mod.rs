@@ -2,6 +2,7 @@
 //! through the hypervisor port (qemu-img), attached to VMs cold (recorded for
 //! the next start) or hot (plugged into the running VM).
 
+pub mod base;
 pub mod graphql;
 pub mod model;
 
@@ -94,6 +95,7 @@ pub async fn create(app: &Ctx, input: CreateDisk, dry_run: bool) -> ApiResult<Ch
         vm_id: None,
         attachment: Attachment::Detached,
         backing_template_id: None,
+        base_id: None,
         created_at: now,
         updated_at: now,
     };
@@ -338,6 +340,7 @@ pub async fn delete(app: &Ctx, disk_id: &str, dry_run: bool) -> ApiResult<Change
             disk.name
         )));
     }
+    base::ensure_no_clones(&app.db, &disk, &format!("delete disk {:?}", disk.name)).await?;
     let action = VmAction::DeleteDisk(spec(app, &disk));
     if dry_run {
         return Ok(Change::planned(disk, app.hypervisor.plan(&action)));
@@ -346,12 +349,16 @@ pub async fn delete(app: &Ctx, disk_id: &str, dry_run: bool) -> ApiResult<Change
     operation::run(app, request, async |env| {
         // The file goes first: if it cannot be removed, the row stays and says so.
         env.vm(&action).await?;
-        env.commit(async |w, op| {
-            disk.clone().delete(w.txn()).await?;
-            w.record(deleted_event(&disk, Some(op))).await?;
-            Ok(disk.clone())
-        })
-        .await
+        let (disk, unused_bases) = env
+            .commit(async |w, op| {
+                disk.clone().delete(w.txn()).await?;
+                w.record(deleted_event(&disk, Some(op))).await?;
+                let unused = base::release(app, w.txn(), disk.base_id.clone()).await?;
+                Ok((disk.clone(), unused))
+            })
+            .await?;
+        base::remove_files(env, &unused_bases).await;
+        Ok(disk)
     })
     .await
 }

@@ -13,6 +13,9 @@ pub struct Model {
     pub vm_id: Option<String>,
     pub attachment: Attachment,
     pub backing_template_id: Option<String>,
+    /// The frozen base it is a qcow2 overlay on (a linked clone's, or its
+    /// source's since the clone): a row of `disk_bases`.
+    pub base_id: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -85,7 +85,9 @@ impl DryRunHypervisor {
             | VmAction::ImportImage { .. }
             | VmAction::CreateSnapshot { .. }
             | VmAction::RestoreSnapshot { .. }
-            | VmAction::DeleteSnapshot { .. } => None,
+            | VmAction::DeleteSnapshot { .. }
+            | VmAction::CopyDisk { .. }
+            | VmAction::MoveFile { .. } => None,
         }
     }
 }
@@ -256,6 +258,7 @@ impl HostNetwork for DryRunNetwork {
                 | HostStep::Await { .. }
                 | HostStep::Signal { .. }
                 | HostStep::CopyFile { .. }
+                | HostStep::MoveFile { .. }
                 | HostStep::CreateDir { .. }
                 | HostStep::RemoveDir { .. }
                 | HostStep::RemoveFile { .. } => {}

@@ -62,6 +62,13 @@ pub enum HostStep {
     RemoveFile {
         path: PathBuf,
     },
+    /// Rename a file within storage; `read_only`: make it 0444 (a frozen
+    /// base that linked clones share), else 0644.
+    MoveFile {
+        from: PathBuf,
+        to: PathBuf,
+        read_only: bool,
+    },
     /// Create a bridge, marked as vman's; a bridge vman made before is kept.
     AddBridge {
         name: String,
@@ -109,6 +116,7 @@ impl HostStep {
                 | HostStep::CreateDir { .. }
                 | HostStep::RemoveDir { .. }
                 | HostStep::RemoveFile { .. }
+                | HostStep::MoveFile { .. }
                 | HostStep::AddBridge { .. }
                 | HostStep::AddVlanLink { .. }
                 | HostStep::AddTap { .. }
@@ -139,6 +147,16 @@ impl HostStep {
             }
             HostStep::RemoveDir { path } => format!("remove directory {}", path.display()),
             HostStep::RemoveFile { path } => format!("remove file {}", path.display()),
+            HostStep::MoveFile {
+                from,
+                to,
+                read_only,
+            } => format!(
+                "move {} to {}{}",
+                from.display(),
+                to.display(),
+                if *read_only { " (read-only)" } else { "" }
+            ),
             HostStep::AddBridge { name } => format!("add bridge {name} (kept if vman's exists)"),
             HostStep::AddVlanLink {
                 name,
@@ -165,6 +183,7 @@ impl HostStep {
             HostStep::CopyFile { .. } => "copyFile",
             HostStep::RemoveDir { .. } => "removeDir",
             HostStep::RemoveFile { .. } => "removeFile",
+            HostStep::MoveFile { .. } => "moveFile",
             HostStep::AddBridge { .. } => "addBridge",
             HostStep::AddVlanLink { .. } => "addVlanLink",
             HostStep::AddTap { .. } => "addTap",
@@ -344,6 +363,21 @@ pub enum VmAction {
         disks: Vec<DiskSpec>,
         tag: String,
     },
+    /// Copy a disk into a new standalone file (`qemu-img convert`, backing
+    /// chain flattened) under a `.partial` name, renamed when complete. A
+    /// long action: it reports the fraction done, and a dropped one kills
+    /// qemu-img and removes its partial file.
+    CopyDisk {
+        from: DiskSpec,
+        to: DiskSpec,
+    },
+    /// Rename a disk's file within storage (freezing it into a base for
+    /// linked clones, or back); refused if `to` exists.
+    MoveFile {
+        from: PathBuf,
+        to: PathBuf,
+        read_only: bool,
+    },
 }
 
 impl VmAction {
@@ -369,6 +403,8 @@ impl VmAction {
             VmAction::CreateSnapshot { .. } => "createSnapshot",
             VmAction::RestoreSnapshot { .. } => "restoreSnapshot",
             VmAction::DeleteSnapshot { .. } => "deleteSnapshot",
+            VmAction::CopyDisk { .. } => "copyDisk",
+            VmAction::MoveFile { .. } => "moveFile",
         }
     }
 }
@@ -602,6 +638,17 @@ pub trait Hypervisor: Send + Sync {
     /// The steps `execute` would take, computed without touching the host.
     fn plan(&self, action: &VmAction) -> Vec<HostStep>;
     async fn execute(&self, action: &VmAction) -> Result<Outcome, HostError>;
+    /// [`Hypervisor::execute`], calling `report` with the fraction done (0
+    /// to 1) as a long action ([`VmAction::CopyDisk`]) goes.
+    async fn execute_reporting(
+        &self,
+        action: &VmAction,
+        report: &(dyn Fn(f64) + Send + Sync),
+    ) -> Result<Outcome, HostError> {
+        let outcome = self.execute(action).await;
+        report(1.0);
+        outcome
+    }
     /// Whether this port touches the host.
     fn is_dry_run(&self) -> bool;
     /// Takes over a VM whose QEMU may still run from before a vman restart.

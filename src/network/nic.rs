@@ -173,7 +173,7 @@ async fn ensure_mac_free(db: &impl ConnectionTrait, mac: &str) -> ApiResult<()> 
 }
 
 /// A locally administered unicast MAC (`02:` and five random bytes) no NIC uses.
-async fn generate_mac(db: &impl ConnectionTrait) -> ApiResult<String> {
+pub(crate) async fn generate_mac(db: &impl ConnectionTrait) -> ApiResult<String> {
     use std::io::Read;
     for _ in 0..16 {
         let mut bytes = [0u8; 5];
@@ -189,6 +189,34 @@ async fn generate_mac(db: &impl ConnectionTrait) -> ApiResult<String> {
         }
     }
     Err(ApiError::Conflict("no free MAC address found".into()))
+}
+
+/// Writes a new NIC's row (its MAC checked again in the write) and
+/// journals NIC_ATTACHED.
+pub(crate) async fn insert_attached(
+    w: &mut crate::events::Writer<'_>,
+    nic: &Nic,
+    hot: bool,
+    op: &str,
+) -> ApiResult<Nic> {
+    ensure_mac_free(w.txn(), &nic.mac).await?;
+    let nic = model::nic::ActiveModel::from(nic.clone())
+        .insert(w.txn())
+        .await?;
+    w.record(NewEvent::new(
+        &nic.id,
+        Some(op),
+        Payload::NicAttached {
+            vm_id: nic.vm_id.clone(),
+            network_id: nic.network_id.clone(),
+            mac: nic.mac.clone(),
+            model: nic.model.clone(),
+            tap: nic.tap.clone(),
+            hot,
+        },
+    ))
+    .await?;
+    Ok(nic)
 }
 
 pub struct AttachNic {
@@ -286,24 +314,7 @@ pub async fn attach(app: &Ctx, input: AttachNic, dry_run: bool) -> ApiResult<Cha
         }
         env.commit(async |w, op| {
             find_in::<model::Entity, _>(w.txn(), "network", &network.id).await?;
-            ensure_mac_free(w.txn(), &nic.mac).await?;
-            let nic = model::nic::ActiveModel::from(nic.clone())
-                .insert(w.txn())
-                .await?;
-            w.record(NewEvent::new(
-                &nic.id,
-                Some(op),
-                Payload::NicAttached {
-                    vm_id: nic.vm_id.clone(),
-                    network_id: nic.network_id.clone(),
-                    mac: nic.mac.clone(),
-                    model: nic.model.clone(),
-                    tap: nic.tap.clone(),
-                    hot,
-                },
-            ))
-            .await?;
-            Ok(nic)
+            insert_attached(w, &nic, hot, op).await
         })
         .await
     })

@@ -1,7 +1,10 @@
-use async_graphql::{Context, ID, Object};
+use std::time::Duration;
+
+use async_graphql::{Context, ID, Object, SimpleObject, Subscription};
+use futures_util::Stream;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
-use super::{Operation, OperationStatus, model};
+use super::{Operation, OperationStatus, Progress, model};
 use crate::{
     api::{
         self, PlanStep,
@@ -34,9 +37,23 @@ impl OperationObject {
     async fn target_type(&self) -> &str {
         self.0.target_type.as_str()
     }
-    /// Where it is: RUNNING, then SUCCEEDED or FAILED.
+    /// Where it is: RUNNING, then SUCCEEDED, FAILED or CANCELLED.
     async fn status(&self) -> OperationStatus {
         self.0.status
+    }
+    /// How far a long operation (a full `cloneVm`) has come: live while it
+    /// runs, its last value once it ended; null for the others, and until
+    /// it first reports.
+    async fn progress(&self, ctx: &Context<'_>) -> Option<OperationProgress> {
+        let live = match self.0.status {
+            OperationStatus::Running => api::services(ctx)
+                .long
+                .get(&self.0.id)
+                .and_then(|long| long.current()),
+            _ => None,
+        };
+        live.or_else(|| stored_progress(&self.0))
+            .map(OperationProgress::from)
     }
     /// Why it failed; null unless FAILED.
     async fn error(&self) -> Option<&str> {
@@ -125,5 +142,131 @@ impl OperationQuery {
             .map_err(ApiError::from)
             .gql()?;
         Ok(op.map(OperationObject))
+    }
+}
+
+/// A long operation's last progress, as its record keeps it.
+fn stored_progress(op: &Operation) -> Option<Progress> {
+    serde_json::from_value(op.progress.clone()?).ok()
+}
+
+/// How far a long operation has come.
+#[derive(SimpleObject, Clone, Copy)]
+pub struct OperationProgress {
+    /// `bytesDone / bytesTotal`, 0 to 1.
+    pub fraction: f64,
+    /// Bytes done so far (for a full clone: of all its disks together).
+    pub bytes_done: crate::api::Bytes,
+    /// Bytes to do in all.
+    pub bytes_total: crate::api::Bytes,
+}
+
+impl From<Progress> for OperationProgress {
+    fn from(p: Progress) -> Self {
+        OperationProgress {
+            fraction: p.fraction(),
+            bytes_done: crate::api::Bytes(p.bytes_done as i64),
+            bytes_total: crate::api::Bytes(p.bytes_total as i64),
+        }
+    }
+}
+
+/// One item of `operationProgress`.
+#[derive(SimpleObject, Clone)]
+pub struct OperationProgressUpdate {
+    /// The operation's ID.
+    pub operation_id: ID,
+    /// RUNNING while it runs; the last item has how it ended.
+    pub status: OperationStatus,
+    /// How far it has come; null while it has not reported (and for an
+    /// operation that reports none).
+    pub progress: Option<OperationProgress>,
+}
+
+#[derive(Default)]
+pub struct OperationMutation;
+
+#[Object]
+impl OperationMutation {
+    /// Stops a long operation that runs (a full `cloneVm`): what it made is
+    /// taken back and it ends CANCELLED. Answers once it ended. An operation
+    /// that ended, or that cannot be stopped, is INVALID_STATE.
+    async fn cancel_operation(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The operation's ID.")] id: ID,
+    ) -> async_graphql::Result<OperationObject> {
+        Ok(OperationObject(
+            super::cancel(api::services(ctx), &id).await.gql()?,
+        ))
+    }
+}
+
+/// How often `operationProgress` pushes at most.
+const PUSH_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Default)]
+pub struct OperationSubscription;
+
+#[Subscription]
+impl OperationSubscription {
+    /// The progress of an operation, pushed at most every 250 ms (the latest
+    /// value wins), then one last item with how it ended; the stream ends
+    /// there. An operation that ended already gets that last item only.
+    async fn operation_progress(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The operation's ID.")] id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = OperationProgressUpdate> + use<>> {
+        let services = api::services(ctx).clone();
+        let id = validate::id("id", &id).gql()?;
+        // Registered before its record was written: a long operation found
+        // RUNNING below is in the registry, or has just ended.
+        let live = services.long.get(&id).map(|long| long.watch());
+        let op = crate::events::find_in::<model::Entity, _>(&services.db, "operation", &id)
+            .await
+            .gql()?;
+        let update = move |status, progress: Option<Progress>| OperationProgressUpdate {
+            operation_id: ID(id.clone()),
+            status,
+            progress: progress.map(OperationProgress::from),
+        };
+        Ok(async_stream::stream! {
+            let cancel = services.cancel.clone();
+            if let Some(mut live) = live {
+                loop {
+                    let progress = *live.borrow_and_update();
+                    yield update(OperationStatus::Running, progress);
+                    tokio::select! {
+                        _ = tokio::time::sleep(PUSH_EVERY) => {}
+                        _ = cancel.cancelled() => return,
+                    }
+                    let changed = tokio::select! {
+                        changed = live.changed() => changed,
+                        _ = cancel.cancelled() => return,
+                    };
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+            }
+            // Ended (or a short operation): its record, once it says how.
+            let mut op = op;
+            loop {
+                if op.status != OperationStatus::Running && op.status != OperationStatus::Pending {
+                    let progress = stored_progress(&op);
+                    yield update(op.status, progress);
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(PUSH_EVERY) => {}
+                    _ = cancel.cancelled() => return,
+                }
+                match model::Entity::find_by_id(op.id.clone()).one(&services.db).await {
+                    Ok(Some(now)) => op = now,
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        })
     }
 }

@@ -43,6 +43,10 @@ pub enum OperationKind {
     /// `deleteVm`.
     #[sea_orm(string_value = "DELETE_VM")]
     DeleteVm,
+    /// `cloneVm`: the clone's rows and its disks' files (a full clone's
+    /// copies are a long operation).
+    #[sea_orm(string_value = "CLONE_VM")]
+    CloneVm,
     /// `updateVm`, `clearPendingChanges`.
     #[sea_orm(string_value = "UPDATE_VM")]
     UpdateVm,
@@ -114,6 +118,7 @@ impl OperationKind {
             OperationKind::PauseVm => "PAUSE_VM",
             OperationKind::ResumeVm => "RESUME_VM",
             OperationKind::DeleteVm => "DELETE_VM",
+            OperationKind::CloneVm => "CLONE_VM",
             OperationKind::UpdateVm => "UPDATE_VM",
             OperationKind::CreateDisk => "CREATE_DISK",
             OperationKind::AttachDisk => "ATTACH_DISK",
@@ -146,6 +151,7 @@ impl OperationKind {
             OperationKind::CreateTemplate
             | OperationKind::UpdateTemplate
             | OperationKind::CreateVm
+            | OperationKind::CloneVm
             | OperationKind::StartVm
             | OperationKind::RestartVm
             | OperationKind::ResumeVm

@@ -13,10 +13,18 @@
 //!
 //! A failure is never silent, and nothing half-made stays behind. Adding a
 //! mutation means: an [`OperationKind`], a plan, a body, a resolver.
+//!
+//! A long operation (a full `cloneVm`) is split in two: [`accept_long`]
+//! records it RUNNING and the mutation answers; [`carry_out`] runs the same
+//! envelope in a background task, with progress and cancel ([`progress`]),
+//! and a cancel ends it CANCELLED after the same undo as a failure.
 
 pub mod graphql;
 pub mod kind;
 pub mod model;
+pub mod progress;
+
+use std::sync::Arc;
 
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
@@ -29,6 +37,7 @@ use crate::{
 };
 pub use kind::{OperationKind, SubjectType};
 pub use model::{Model as Operation, OperationStatus};
+pub use progress::{Long, Progress};
 
 /// A new operation's identity, known before it is written so a lock holder can name it.
 pub fn new_id() -> String {
@@ -92,11 +101,18 @@ pub struct Envelope<'c> {
     undo: Vec<HostAction>,
     failed_at: Option<&'static str>,
     done: Option<Operation>,
+    /// A long operation's progress and cancel (see [`accept_long`]).
+    long: Option<Arc<Long>>,
 }
 
 impl<'c> Envelope<'c> {
     pub fn ctx(&self) -> &'c Ctx {
         self.ctx
+    }
+
+    /// Where a long operation reports its progress; `None` for the others.
+    pub fn long(&self) -> Option<&Arc<Long>> {
+        self.long.as_ref()
     }
 
     /// The operation's id, for the events its writes journal.
@@ -107,6 +123,23 @@ impl<'c> Envelope<'c> {
     /// Runs a hypervisor action and records its steps.
     pub async fn vm(&mut self, action: &VmAction) -> ApiResult<Outcome> {
         let outcome = self.ctx.hypervisor.execute(action).await;
+        self.record(action.name(), outcome)
+    }
+
+    /// Runs a long hypervisor action ([`VmAction::CopyDisk`]) and records
+    /// its steps; a long operation reports `progress(fraction)` as it goes.
+    pub async fn vm_reporting(
+        &mut self,
+        action: &VmAction,
+        progress: impl Fn(f64) -> Progress + Send + Sync,
+    ) -> ApiResult<Outcome> {
+        let long = self.long.clone();
+        let report = move |fraction: f64| {
+            if let Some(long) = &long {
+                long.report(progress(fraction));
+            }
+        };
+        let outcome = self.ctx.hypervisor.execute_reporting(action, &report).await;
         self.record(action.name(), outcome)
     }
 
@@ -209,11 +242,47 @@ pub async fn run<T>(
     request: Request,
     body: impl AsyncFnOnce(&mut Envelope<'_>) -> ApiResult<T>,
 ) -> ApiResult<Change<T>> {
+    let op = accept(ctx, &request).await?;
+    carry_out(ctx, op, None, body).await
+}
+
+/// Records a long operation RUNNING and registers its progress and cancel
+/// ([`progress`]); the caller then runs its body with [`carry_out`] (in a
+/// background task that holds the locks) and answers with the RUNNING
+/// record at once.
+pub async fn accept_long(ctx: &Ctx, request: &Request) -> ApiResult<(Operation, Arc<Long>)> {
+    // Registered before its record is written: whoever reads it RUNNING
+    // finds its progress.
+    let long = ctx.long.register(&request.id);
+    match accept(ctx, request).await {
+        Ok(op) => Ok((op, long)),
+        Err(e) => {
+            ctx.long.remove(&request.id);
+            Err(e)
+        }
+    }
+}
+
+/// Refuses work that adds while the database is nearly full, then records
+/// the operation RUNNING.
+async fn accept(ctx: &Ctx, request: &Request) -> ApiResult<Operation> {
     let located = |e: ApiError| e.locate(&ctx.config);
     if request.kind.needs_room() {
         crate::storage::ensure_database_room(&ctx.config)?;
     }
-    let op = begin(ctx, &request).await.map_err(located)?;
+    begin(ctx, request).await.map_err(located)
+}
+
+/// Runs the body of the operation `op` (recorded RUNNING) and records how it
+/// ended. A long one (`long`) that is cancelled stops at the body's next
+/// await: what it made is undone and it ends CANCELLED.
+pub async fn carry_out<T>(
+    ctx: &Ctx,
+    op: Operation,
+    long: Option<Arc<Long>>,
+    body: impl AsyncFnOnce(&mut Envelope<'_>) -> ApiResult<T>,
+) -> ApiResult<Change<T>> {
+    let located = |e: ApiError| e.locate(&ctx.config);
     let mut envelope = Envelope {
         ctx,
         op,
@@ -221,21 +290,49 @@ pub async fn run<T>(
         undo: Vec::new(),
         failed_at: None,
         done: None,
+        long: long.clone(),
     };
-    let result = body(&mut envelope).await.map_err(located);
+    let result = match &long {
+        None => body(&mut envelope).await,
+        Some(long) => {
+            let cancelled = long.cancelled();
+            tokio::select! {
+                biased;
+                result = body(&mut envelope) => result,
+                _ = cancelled.cancelled() => Err(ApiError::Cancelled(format!(
+                    "cancelled by {}; what it had made was taken back",
+                    long.cancelled_by().unwrap_or_default()
+                ))),
+            }
+        }
+    }
+    .map_err(located);
+    let progress = long.as_ref().and_then(|l| l.current());
     let done = match (&result, envelope.done.take()) {
         // Committed: the change is in, whatever the body did after it.
-        (_, Some(done)) => done,
+        (_, Some(done)) => match progress {
+            Some(progress) => record_progress(ctx, done, progress).await,
+            None => done,
+        },
         (Ok(_), None) => {
             let op = envelope.op.clone();
-            finish(ctx, op, &envelope.steps, None, None)
+            finish(ctx, op, &envelope.steps, None, None, progress)
                 .await
                 .map_err(located)?
         }
         (Err(e), None) => {
             envelope.undo_all().await;
             let op = envelope.op.clone();
-            match finish(ctx, op, &envelope.steps, Some(e), envelope.failed_at).await {
+            match finish(
+                ctx,
+                op,
+                &envelope.steps,
+                Some(e),
+                envelope.failed_at,
+                progress,
+            )
+            .await
+            {
                 Ok(done) => done,
                 // The client hears why the operation failed, not why its
                 // record could not say so (a database still busy, say); it
@@ -246,17 +343,40 @@ pub async fn run<T>(
                         error = %recording.locate(&ctx.config),
                         "recording a failed operation"
                     );
+                    ctx.long.remove(&envelope.op.id);
                     return Err(result.err().expect("the body failed"));
                 }
             }
         }
     };
+    // Its record says how it ended: watchers may read it now.
+    ctx.long.remove(&done.id);
     count_finished(&done);
     Ok(Change {
         object: result?,
         operation: Some(done),
         plan: envelope.steps,
     })
+}
+
+/// Adds a long operation's last progress to its record (committed with its
+/// change); a failure to is logged: the change is in.
+async fn record_progress(ctx: &Ctx, done: Operation, progress: Progress) -> Operation {
+    let write = async {
+        let w = ctx.bus.writer().await?;
+        let mut row = done.clone().into_active_model();
+        row.progress = Set(serde_json::to_value(progress).ok());
+        let op = row.update(w.txn()).await?;
+        w.commit().await?;
+        Ok::<_, ApiError>(op)
+    };
+    match write.await {
+        Ok(op) => op,
+        Err(e) => {
+            tracing::warn!(operation = %done.id, error = %e, "recording an operation's progress");
+            done
+        }
+    }
 }
 
 /// Records an operation that was done outside a serving vman (the command
@@ -282,6 +402,7 @@ pub async fn record_done(
         started_at: Set(now),
         actor: Set(actor.to_string()),
         finished_at: Set(Some(now)),
+        progress: Set(None),
     }
     .insert(db)
     .await?)
@@ -303,6 +424,7 @@ async fn begin(ctx: &Ctx, request: &Request) -> ApiResult<Operation> {
         started_at: Set(Utc::now()),
         actor: Set(ctx.actor.to_string()),
         finished_at: Set(None),
+        progress: Set(None),
     }
     .insert(w.txn())
     .await?;
@@ -324,7 +446,10 @@ fn finished_row(
     match error {
         None => row.status = Set(OperationStatus::Succeeded),
         Some(e) => {
-            row.status = Set(OperationStatus::Failed);
+            row.status = Set(match e {
+                ApiError::Cancelled(_) => OperationStatus::Cancelled,
+                _ => OperationStatus::Failed,
+            });
             row.error = Set(Some(e.to_string()));
             row.error_code = Set(Some(e.code().to_string()));
             row.failed_step = Set(failed_at.map(str::to_string));
@@ -340,11 +465,14 @@ async fn finish(
     steps: &[HostStep],
     error: Option<&ApiError>,
     failed_at: Option<&str>,
+    progress: Option<Progress>,
 ) -> ApiResult<Operation> {
     let w = ctx.bus.writer().await?;
-    let op = finished_row(op, steps, error, failed_at)
-        .update(w.txn())
-        .await?;
+    let mut row = finished_row(op, steps, error, failed_at);
+    if let Some(progress) = progress {
+        row.progress = Set(serde_json::to_value(progress).ok());
+    }
+    let op = row.update(w.txn()).await?;
     w.commit().await?;
     Ok(op)
 }
@@ -400,4 +528,47 @@ pub async fn fail_interrupted(ctx: &Ctx) -> ApiResult<u64> {
         );
     }
     Ok(ended)
+}
+
+/// How long `cancelOperation` waits for the operation it stopped to record
+/// its end (undoing what it made included).
+const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Stops the long operation `id` and answers with its record once it ended
+/// (CANCELLED, or how it ended if it finished first). Refused for an
+/// operation that ended already or that cannot be stopped.
+pub async fn cancel(ctx: &Ctx, id: &str) -> ApiResult<Operation> {
+    use sea_orm::EntityTrait;
+    let id = crate::validate::id("id", id)?;
+    let find = async || crate::events::find_in::<model::Entity, _>(&ctx.db, "operation", &id).await;
+    let op = find().await?;
+    let Some(long) = ctx.long.get(&id) else {
+        let op = model::Entity::find_by_id(op.id.clone())
+            .one(&ctx.db)
+            .await?
+            .unwrap_or(op);
+        return Err(ApiError::InvalidState(match op.status {
+            OperationStatus::Pending | OperationStatus::Running => format!(
+                "operation {} ({}) cannot be cancelled: only long operations (a full cloneVm) can",
+                op.id, op.kind
+            ),
+            OperationStatus::Succeeded | OperationStatus::Failed | OperationStatus::Cancelled => {
+                format!(
+                    "operation {} ({}) has ended: it is {}",
+                    op.id,
+                    op.kind,
+                    op.status.as_str()
+                )
+            }
+        }));
+    };
+    let mut ended = long.watch();
+    long.cancel(&ctx.actor);
+    drop(long);
+    // The receiver closes once the operation's record says how it ended.
+    let wait = async { while ended.changed().await.is_ok() {} };
+    if tokio::time::timeout(CANCEL_WAIT, wait).await.is_err() {
+        tracing::warn!(operation = %id, "a cancelled operation has not ended yet");
+    }
+    find().await
 }

@@ -21,6 +21,9 @@ pub struct Model {
     /// Who asked: an API token's name, `local` without auth, `vman` for vman's own work.
     pub actor: String,
     pub finished_at: Option<DateTimeUtc>,
+    /// A long operation's last progress, as `progress::Progress` JSON,
+    /// written when it ends; null for the others.
+    pub progress: Option<Json>,
 }
 
 /// Where an operation is.
@@ -51,6 +54,9 @@ pub enum OperationStatus {
     /// (`errorCode` INTERRUPTED).
     #[sea_orm(string_value = "FAILED")]
     Failed,
+    /// `cancelOperation` stopped it; what it had made was taken back.
+    #[sea_orm(string_value = "CANCELLED")]
+    Cancelled,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -65,6 +71,7 @@ impl OperationStatus {
             OperationStatus::Running => "RUNNING",
             OperationStatus::Succeeded => "SUCCEEDED",
             OperationStatus::Failed => "FAILED",
+            OperationStatus::Cancelled => "CANCELLED",
         }
     }
 }

@@ -559,6 +559,7 @@ mod tests {
             vm_id: Some("vm-1".into()),
             attachment: Attachment::Attached,
             backing_template_id: None,
+            base_id: None,
             created_at: at,
             updated_at: at,
         };

@@ -223,6 +223,22 @@ impl From<Change<Vm>> for VmPayload {
     }
 }
 
+/// The result of `cloneVm`. A linked clone is made within the mutation:
+/// `vm` is the clone. A full clone's copies go on after it answers: `vm` is
+/// null, `operation` is RUNNING and its `targetId` is the clone's ID (see
+/// `operationProgress`, `cancelOperation`). With `dryRun: true`, `vm` is
+/// what would be, `operation` is null and `plan` lists the host steps.
+#[derive(SimpleObject)]
+pub struct CloneVmPayload {
+    /// The clone; null while a full clone's copies run.
+    pub vm: Option<VmObject>,
+    /// The record of the host work; null with `dryRun: true`.
+    pub operation: Option<OperationObject>,
+    /// The host steps taken (none yet for a full clone that runs), or with
+    /// `dryRun: true` those that would be.
+    pub plan: Vec<PlanStep>,
+}
+
 #[derive(Default)]
 pub struct VmQuery;
 
@@ -464,6 +480,45 @@ impl VmMutation {
         dry_run: bool,
     ) -> async_graphql::Result<VmPayload> {
         lifecycle(ctx, (id, name), Lifecycle::Pause, dry_run).await
+    }
+
+    /// Makes a new STOPPED VM from a STOPPED one: a new ID and new MACs, the
+    /// same template link, settings, tags and networks, and its own disks.
+    /// `linked: true` makes qcow2 overlays on read-only bases frozen from
+    /// the source's disks (quick; the source then cannot be deleted while
+    /// clones use them); `linked: false` copies every disk (a long
+    /// operation: the mutation answers with it RUNNING).
+    async fn clone_vm(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The source VM's ID; or give `sourceName`.")] id: Option<ID>,
+        #[graphql(desc = "The source VM's name; or give `id`.")] source_name: Option<String>,
+        #[graphql(desc = "The clone's name, unique among VMs.")] name: String,
+        #[graphql(
+            default = false,
+            desc = "Overlays on frozen bases (qcow2 disks only) instead of full copies."
+        )]
+        linked: bool,
+        #[graphql(
+            default = false,
+            desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
+        )]
+        dry_run: bool,
+    ) -> async_graphql::Result<CloneVmPayload> {
+        let id = vm_id(ctx, ("id", id), ("sourceName", source_name)).await?;
+        let change = super::clone::clone(
+            api::services(ctx),
+            &id,
+            super::clone::CloneVm { name, linked },
+            dry_run,
+        )
+        .await
+        .gql()?;
+        Ok(CloneVmPayload {
+            vm: change.object.map(VmObject),
+            operation: change.operation.map(OperationObject),
+            plan: api::plan(&change.plan),
+        })
     }
 
     /// Resumes a PAUSED VM (QMP `cont`): RUNNING.

@@ -7,6 +7,7 @@
 //! returns the plan.
 
 pub mod adopt;
+pub mod clone;
 pub mod graphql;
 pub mod lock;
 pub mod model;
@@ -204,6 +205,7 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
         backing_template_id: base_image
             .as_ref()
             .and(template.as_ref().map(|t| t.id.clone())),
+        base_id: None,
         created_at: Utc::now(),
         updated_at: Utc::now(),
     });
@@ -254,18 +256,7 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
             env.undo_with(HostAction::Vm(VmAction::DeleteDisk(spec.clone())));
         }
         env.commit(async |w, op| {
-            ensure_vm_name_free(w.txn(), &vm.name).await?;
-            let vm = model::ActiveModel::from(vm.clone()).insert(w.txn()).await?;
-            tag::set(w.txn(), &vm.id, &tags).await?;
-            w.record(NewEvent::new(
-                &vm.id,
-                Some(op),
-                Payload::VmCreated {
-                    name: vm.name.clone(),
-                    template_id: vm.template_id.clone(),
-                },
-            ))
-            .await?;
+            let vm = insert_new(w, &vm, &tags, op).await?;
             if let Some(root) = &root {
                 disk::ensure_name_free(w.txn(), &root.name).await?;
                 let root = disk_model::ActiveModel::from(root.clone())
@@ -278,6 +269,24 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
         .await
     })
     .await
+}
+
+/// Writes a new VM's row and tags (its name checked again in the write) and
+/// journals VM_CREATED.
+async fn insert_new(w: &mut Writer<'_>, vm: &Vm, tags: &[String], op: &str) -> ApiResult<Vm> {
+    ensure_vm_name_free(w.txn(), &vm.name).await?;
+    let vm = model::ActiveModel::from(vm.clone()).insert(w.txn()).await?;
+    tag::set(w.txn(), &vm.id, tags).await?;
+    w.record(NewEvent::new(
+        &vm.id,
+        Some(op),
+        Payload::VmCreated {
+            name: vm.name.clone(),
+            template_id: vm.template_id.clone(),
+        },
+    ))
+    .await?;
+    Ok(vm)
 }
 
 async fn ensure_vm_name_free(db: &impl ConnectionTrait, name: &str) -> ApiResult<()> {
@@ -541,7 +550,9 @@ fn moves(action: &VmAction, current: VmState) -> Moves {
         | VmAction::DeleteImage { .. }
         | VmAction::CreateSnapshot { .. }
         | VmAction::RestoreSnapshot { .. }
-        | VmAction::DeleteSnapshot { .. } => {
+        | VmAction::DeleteSnapshot { .. }
+        | VmAction::CopyDisk { .. }
+        | VmAction::MoveFile { .. } => {
             unreachable!("only lifecycle actions move a VM between states")
         }
     };
@@ -688,6 +699,11 @@ pub async fn delete(
         .filter(disk_model::Column::VmId.eq(&id))
         .all(&app.db)
         .await?;
+    if delete_disks {
+        for d in &disks {
+            disk::base::ensure_no_clones(&app.db, d, &format!("delete VM {:?}", vm.name)).await?;
+        }
+    }
     let stop =
         (vm.state != VmState::Stopped && vm.state != VmState::Crashed).then(|| VmAction::Stop {
             vm_id: id.clone(),
@@ -729,40 +745,50 @@ pub async fn delete(
         for action in &removals {
             env.vm(action).await?;
         }
-        env.commit(async |w, op| {
-            for d in &disks {
-                if delete_disks {
-                    d.clone().delete(w.txn()).await?;
-                    w.record(disk::deleted_event(d, Some(op))).await?;
-                } else {
-                    let mut row = d.clone().into_active_model();
-                    row.vm_id = Set(None);
-                    row.attachment = Set(Attachment::Detached);
-                    row.updated_at = Set(Utc::now());
-                    row.update(w.txn()).await?;
-                    w.record(disk::detached_event(d, &id, Some(op))).await?;
+        let (current, unused_bases) = env
+            .commit(async |w, op| {
+                for d in &disks {
+                    if delete_disks {
+                        d.clone().delete(w.txn()).await?;
+                        w.record(disk::deleted_event(d, Some(op))).await?;
+                    } else {
+                        let mut row = d.clone().into_active_model();
+                        row.vm_id = Set(None);
+                        row.attachment = Set(Attachment::Detached);
+                        row.updated_at = Set(Utc::now());
+                        row.update(w.txn()).await?;
+                        w.record(disk::detached_event(d, &id, Some(op))).await?;
+                    }
                 }
-            }
-            crate::snapshot::forget_of_vm(w, &id, op).await?;
-            for nic in &nics {
-                nic.clone().delete(w.txn()).await?;
-                w.record(crate::network::nic::detached_event(nic, Some(op)))
-                    .await?;
-            }
-            let current = find_in::<model::Entity, _>(w.txn(), "VM", &id).await?;
-            current.clone().delete(w.txn()).await?;
-            w.record(NewEvent::new(
-                &id,
-                Some(op),
-                Payload::VmDeleted {
-                    name: current.name.clone(),
-                    deleted_disks: delete_disks,
-                },
-            ))
+                crate::snapshot::forget_of_vm(w, &id, op).await?;
+                for nic in &nics {
+                    nic.clone().delete(w.txn()).await?;
+                    w.record(crate::network::nic::detached_event(nic, Some(op)))
+                        .await?;
+                }
+                let current = find_in::<model::Entity, _>(w.txn(), "VM", &id).await?;
+                current.clone().delete(w.txn()).await?;
+                w.record(NewEvent::new(
+                    &id,
+                    Some(op),
+                    Payload::VmDeleted {
+                        name: current.name.clone(),
+                        deleted_disks: delete_disks,
+                    },
+                ))
+                .await?;
+                let unused = match delete_disks {
+                    true => {
+                        let bases = disks.iter().filter_map(|d| d.base_id.clone());
+                        disk::base::release(app, w.txn(), bases).await?
+                    }
+                    false => Vec::new(),
+                };
+                Ok((current, unused))
+            })
             .await?;
-            Ok(current)
-        })
-        .await
+        disk::base::remove_files(env, &unused_bases).await;
+        Ok(current)
     })
     .await
 }

@@ -70,6 +70,8 @@ pub struct QemuOptions {
     pub kvm_cpu: String,
     /// Empty root ports every VM starts with, for hot-plugging disks.
     pub spare_root_ports: u32,
+    /// `storage.copy_bytes_per_second`: a disk copy's rate limit (0: none).
+    pub copy_bytes_per_second: u64,
 }
 
 impl QemuOptions {
@@ -91,6 +93,7 @@ impl QemuOptions {
             },
             accel,
             spare_root_ports: 4,
+            copy_bytes_per_second: config.storage.copy_bytes_per_second,
         }
     }
 }

@@ -16,14 +16,27 @@ impl QemuHypervisor {
     /// want of space where it writes, is [`HostError::NoSpace`] naming that
     /// directory (see [`files::no_space`]).
     pub(super) async fn execute(self: &Arc<Self>, action: &VmAction) -> Result<Outcome, HostError> {
-        let done = self.dispatch(action).await;
+        self.execute_reporting(action, &|_| {}).await
+    }
+
+    /// [`Self::execute`], reporting the fraction done of a long action.
+    pub(super) async fn execute_reporting(
+        self: &Arc<Self>,
+        action: &VmAction,
+        report: &(dyn Fn(f64) + Send + Sync),
+    ) -> Result<Outcome, HostError> {
+        let done = self.dispatch(action, report).await;
         match writes_under(action) {
             Some(dir) => done.map_err(|e| files::no_space(dir, e)),
             None => done,
         }
     }
 
-    async fn dispatch(self: &Arc<Self>, action: &VmAction) -> Result<Outcome, HostError> {
+    async fn dispatch(
+        self: &Arc<Self>,
+        action: &VmAction,
+        report: &(dyn Fn(f64) + Send + Sync),
+    ) -> Result<Outcome, HostError> {
         let planned = || plan(&self.options, action);
         match action {
             VmAction::Start(spec) => self.start(spec, planned()).await,
@@ -79,6 +92,19 @@ impl QemuHypervisor {
                 disks,
                 tag,
             } => self.delete_snapshot_offline(disks, tag).await,
+            VmAction::CopyDisk { to, .. } => {
+                let steps = planned();
+                files::copy_disk(&steps, to, report).await?;
+                Ok(took(steps))
+            }
+            VmAction::MoveFile {
+                from,
+                to,
+                read_only,
+            } => {
+                files::move_file(from, to, *read_only)?;
+                Ok(took(planned()))
+            }
         }
     }
 
@@ -187,6 +213,7 @@ fn writes_under(action: &VmAction) -> Option<&Path> {
         VmAction::ImportImage { dest, .. } => dest.parent(),
         // A snapshot writes into the disks' files (memory into the first).
         VmAction::CreateSnapshot { disks, .. } => disks.first().and_then(|d| d.path.parent()),
+        VmAction::CopyDisk { to, .. } => to.path.parent(),
         VmAction::Stop { .. }
         | VmAction::Pause { .. }
         | VmAction::Resume { .. }
@@ -200,7 +227,8 @@ fn writes_under(action: &VmAction) -> Option<&Path> {
         | VmAction::Destroy { .. }
         | VmAction::InspectImage { .. }
         | VmAction::RestoreSnapshot { .. }
-        | VmAction::DeleteSnapshot { .. } => None,
+        | VmAction::DeleteSnapshot { .. }
+        | VmAction::MoveFile { .. } => None,
     }
 }
 

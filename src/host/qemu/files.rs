@@ -93,6 +93,79 @@ pub(super) async fn create_disk(steps: &[HostStep], disk: &DiskSpec) -> Result<(
     result
 }
 
+/// A file being written under a temporary name: removed when dropped
+/// (a failure, or a cancelled operation's dropped future) unless kept.
+struct PartialFile(Option<PathBuf>);
+
+impl PartialFile {
+    /// Renames it into place; from then on it is not removed.
+    fn rename_to(mut self, to: &Path) -> Result<(), HostError> {
+        let from = self.0.take().expect("a partial file until renamed");
+        std::fs::rename(&from, to).map_err(|source| {
+            let _ = std::fs::remove_file(&from);
+            HostError::Io {
+                what: format!("renaming {} into place", from.display()),
+                source,
+            }
+        })
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Copies a disk with the planned `qemu-img convert` into `to`'s partial
+/// file, then renames it into place. Nothing is left on failure, nor when
+/// the future is dropped (qemu-img is killed, the partial file removed).
+pub(super) async fn copy_disk(
+    steps: &[HostStep],
+    to: &DiskSpec,
+    report: &(dyn Fn(f64) + Send + Sync),
+) -> Result<(), HostError> {
+    let [HostStep::Exec { argv }] = steps else {
+        unreachable!("plan(CopyDisk) is one qemu-img run")
+    };
+    if to.path.exists() {
+        return Err(HostError::Failed(format!(
+            "{} already exists",
+            to.path.display()
+        )));
+    }
+    let partial = img::partial_path(to);
+    let _ = std::fs::remove_file(&partial);
+    let guard = PartialFile(Some(partial));
+    img::run_reporting(argv, report).await?;
+    guard.rename_to(&to.path)
+}
+
+/// Renames a file within storage, refusing to replace one; `read_only`
+/// makes it 0444 (a frozen base), otherwise it is made 0644 again.
+pub(super) fn move_file(from: &Path, to: &Path, read_only: bool) -> Result<(), HostError> {
+    use std::os::unix::fs::PermissionsExt;
+    if to.exists() {
+        return Err(HostError::Failed(format!(
+            "{} already exists",
+            to.display()
+        )));
+    }
+    std::fs::rename(from, to).map_err(|source| HostError::Io {
+        what: format!("moving {} to {}", from.display(), to.display()),
+        source,
+    })?;
+    let mode = if read_only { 0o444 } else { 0o644 };
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        HostError::Io {
+            what: format!("setting the mode of {}", to.display()),
+            source,
+        }
+    })
+}
+
 /// What a file to import is, read in place; a disk image is checked as
 /// [`inspect_disk_image`] does.
 pub(super) async fn inspect_image(

@@ -32,6 +32,94 @@ pub fn create_argv(qemu_img: &Path, disk: &DiskSpec, target: &Path) -> Vec<Strin
     argv
 }
 
+/// The `qemu-img convert` argv that copies `from` into a standalone file of
+/// `to`'s format at `target` (a temporary name), printing its progress.
+pub fn convert_argv(
+    options: &super::argv::QemuOptions,
+    from: &DiskSpec,
+    to: &DiskSpec,
+    target: &Path,
+) -> Vec<String> {
+    let mut argv = vec![
+        options.img_binary.display().to_string(),
+        "convert".into(),
+        "-p".into(),
+        // An explicit source format: qemu-img never probes.
+        "-f".into(),
+        from.format.qemu_name().into(),
+        "-O".into(),
+        to.format.qemu_name().into(),
+    ];
+    if options.copy_bytes_per_second > 0 {
+        argv.extend(["-r".into(), options.copy_bytes_per_second.to_string()]);
+    }
+    argv.extend([
+        from.path.display().to_string(),
+        target.display().to_string(),
+    ]);
+    argv
+}
+
+/// The fractions (0 to 1) in what `qemu-img -p` printed: `    (12.34/100%)`
+/// items separated by carriage returns.
+pub fn progress_fractions(printed: &str) -> impl Iterator<Item = f64> + '_ {
+    printed.split(['\r', '\n']).filter_map(|item| {
+        let percent = item.trim().strip_prefix('(')?.strip_suffix("/100%)")?;
+        let percent: f64 = percent.parse().ok()?;
+        Some((percent / 100.0).clamp(0.0, 1.0))
+    })
+}
+
+/// Runs a long qemu-img (`convert -p`) to completion, with no time limit,
+/// calling `report` with each fraction it prints. Dropping the future kills
+/// qemu-img.
+pub async fn run_reporting(
+    argv: &[String],
+    report: &(dyn Fn(f64) + Send + Sync),
+) -> Result<(), HostError> {
+    use tokio::io::AsyncReadExt;
+    let (program, mut child) = spawn(argv)?;
+    let io = |source| HostError::Io {
+        what: format!("running {program}"),
+        source,
+    };
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let errors = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let mut buf = [0u8; 4096];
+    let mut pending = String::new();
+    loop {
+        let n = stdout.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+        // Only whole items: the last one may be cut.
+        if let Some(end) = pending.rfind(['\r', '\n']) {
+            if let Some(fraction) = progress_fractions(&pending[..end]).last() {
+                report(fraction);
+            }
+            pending.drain(..=end);
+        }
+    }
+    let status = child.wait().await.map_err(io)?;
+    let errors = errors.await.unwrap_or_default();
+    if status.success() {
+        report(1.0);
+        Ok(())
+    } else {
+        Err(HostError::Failed(format!(
+            "{} failed ({status}): {}",
+            argv.join(" "),
+            errors.trim()
+        )))
+    }
+}
+
 /// The temporary name a disk is created under before it is renamed into place.
 pub fn partial_path(disk: &DiskSpec) -> std::path::PathBuf {
     let mut name = disk.path.file_name().unwrap_or_default().to_os_string();
@@ -39,21 +127,37 @@ pub fn partial_path(disk: &DiskSpec) -> std::path::PathBuf {
     disk.path.with_file_name(name)
 }
 
-pub async fn run(argv: &[String]) -> Result<String, HostError> {
+/// Starts `argv` with its output piped; dropping the child kills it.
+fn spawn(argv: &[String]) -> Result<(&String, tokio::process::Child), HostError> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| HostError::Failed("empty argv".into()))?;
-    let child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| HostError::Io {
-            what: format!("running {program}"),
-            source,
-        })?;
+        .kill_on_drop(true);
+    // qemu-img dies with vman: a vman killed (SIGKILL) in the middle of a
+    // long copy must not leave one writing on. (kill_on_drop covers the rest.)
+    // SAFETY: the closure makes one raw system call (prctl), which is
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = command.spawn().map_err(|source| HostError::Io {
+        what: format!("running {program}"),
+        source,
+    })?;
+    Ok((program, child))
+}
+
+pub async fn run(argv: &[String]) -> Result<String, HostError> {
+    let (program, child) = spawn(argv)?;
     let output = tokio::time::timeout(QEMU_IMG_TIMEOUT, child.wait_with_output())
         .await
         .map_err(|_| {
@@ -170,4 +274,23 @@ pub fn info_argv(qemu_img: &Path, path: &Path) -> Vec<String> {
 pub async fn info(qemu_img: &Path, path: &Path) -> Result<ImageInfo, HostError> {
     let out = run(&info_argv(qemu_img, path)).await?;
     serde_json::from_str(&out).map_err(|e| HostError::Failed(format!("qemu-img info: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_img_progress_is_read_item_by_item() {
+        let printed = "    (0.00/100%)\r    (1.17/100%)\r    (50.00/100%)\r\n    (100.00/100%)\r";
+        let fractions: Vec<f64> = progress_fractions(printed).collect();
+        let expected = [0.0, 0.0117, 0.5, 1.0];
+        assert_eq!(fractions.len(), expected.len(), "{fractions:?}");
+        for (got, want) in fractions.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-9, "{fractions:?}");
+        }
+        // A cut item, and other output, are no fraction.
+        assert_eq!(progress_fractions("    (12.3").count(), 0);
+        assert_eq!(progress_fractions("qemu-img: warning\n").count(), 0);
+    }
 }

@@ -86,6 +86,14 @@ impl Hypervisor for Qemu {
         self.0.execute(action).await
     }
 
+    async fn execute_reporting(
+        &self,
+        action: &VmAction,
+        report: &(dyn Fn(f64) + Send + Sync),
+    ) -> Result<Outcome, HostError> {
+        self.0.execute_reporting(action, report).await
+    }
+
     fn is_dry_run(&self) -> bool {
         false
     }

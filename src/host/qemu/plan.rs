@@ -178,6 +178,18 @@ pub fn plan(options: &QemuOptions, action: &VmAction) -> Vec<HostStep> {
             disks,
             tag,
         } => img_snapshot(options, img::SnapshotOp::Delete, tag, disks),
+        VmAction::CopyDisk { from, to } => vec![HostStep::Exec {
+            argv: img::convert_argv(options, from, to, &img::partial_path(to)),
+        }],
+        VmAction::MoveFile {
+            from,
+            to,
+            read_only,
+        } => vec![HostStep::MoveFile {
+            from: from.clone(),
+            to: to.clone(),
+            read_only: *read_only,
+        }],
         VmAction::ImportImage { source, dest, disk } => {
             let mut steps = Vec::new();
             if *disk {

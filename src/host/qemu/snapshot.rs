@@ -28,19 +28,19 @@ impl QemuHypervisor {
         vm_id: &str,
         steps: Vec<HostStep>,
     ) -> Result<Outcome, HostError> {
-        let vm = self.running(vm_id)?;
+        let client = self.running(vm_id)?.qmp_ready().await;
         let commands = HostStep::qmp_commands(&steps);
         let Some(&(command, arguments)) = commands.first() else {
             return Ok(took(steps));
         };
         let Some(job) = arguments.get("job-id").and_then(|j| j.as_str()) else {
             // The transaction: QEMU applies every action or none.
-            vm.qmp.execute_json(command, arguments).await?;
+            client.execute_json(command, arguments).await?;
             return Ok(took(steps));
         };
         // Subscribed before the command: its job may end before the reply is read.
-        let mut notices = vm.qmp.notices();
-        vm.qmp.execute_json(command, arguments).await?;
+        let mut notices = client.notices();
+        client.execute_json(command, arguments).await?;
         let concluded = tokio::time::timeout(SNAPSHOT_JOB_WAIT, async {
             loop {
                 match notices.recv().await {
@@ -59,7 +59,7 @@ impl QemuHypervisor {
                     }
                     // Events were dropped: ask QEMU whether the job ended.
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        if job_info(&vm.qmp, job)
+                        if job_info(&client, job)
                             .await?
                             .is_some_and(|j| j.status == qmp::JobStatus::concluded)
                         {
@@ -78,8 +78,8 @@ impl QemuHypervisor {
             }
             Ok(result) => result?,
         }
-        let error = job_info(&vm.qmp, job).await?.and_then(|j| j.error);
-        vm.qmp
+        let error = job_info(&client, job).await?.and_then(|j| j.error);
+        client
             .execute(qmp::job_dismiss { id: job.into() }, COMMAND_TIMEOUT)
             .await?;
         match error {

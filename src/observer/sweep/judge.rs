@@ -642,10 +642,16 @@ fn judge_links(
     }
 }
 
-/// The operation kind whose file is named from a row it has not written yet,
-/// and from another id than its target: `createVm` makes its root disk's file
-/// before the disk's row, under an operation that names the VM.
-const CREATE_VM: OperationKind = OperationKind::CreateVm;
+/// The operation kinds whose files are named from rows they have not written
+/// yet, and from another id than their target: `createVm` makes its root
+/// disk's file before the disk's row, `cloneVm` its disks' copies (for as
+/// long as a full copy takes), under an operation that names the VM.
+const MAKES_DISK_FILES: [OperationKind; 2] = [OperationKind::CreateVm, OperationKind::CloneVm];
+
+/// Whether an operation that makes disk files before their rows runs.
+fn making_disk_files(rows: &Rows) -> bool {
+    MAKES_DISK_FILES.iter().any(|k| rows.busy_kinds.contains(k))
+}
 
 /// The id of the row a file in storage is named from: what comes before its
 /// first dot (`<disk-id>.qcow2`, `<disk-id>.qcow2.partial`, `<image-id>`).
@@ -658,9 +664,9 @@ fn named_from(file_name: &str) -> &str {
 /// which the disk-file kinds say what there is to say. One whose row an
 /// operation is making is left to it.
 fn stray_files(rows: &Rows, storage: &StorageSeen, out: &mut Judgement) {
-    // While a createVm runs, any disk file with no row may be its: storage
-    // waits for the next sweep.
-    if rows.busy_kinds.contains(&CREATE_VM) {
+    // While a createVm or cloneVm runs, any disk file with no row may be
+    // its: storage waits for the next sweep.
+    if making_disk_files(rows) {
         return;
     }
     out.checked.storage = true;
@@ -747,7 +753,7 @@ pub fn still_unclaimed(drifts: Vec<Drift>, now: &Rows, held: &HashSet<String>) -
                     .unwrap_or_default()
                     .to_string_lossy();
                 let id = named_from(&name);
-                !exists.contains(id) && !claimed(id) && !now.busy_kinds.contains(&CREATE_VM)
+                !exists.contains(id) && !claimed(id) && !making_disk_files(now)
             }
             SubjectType::Vm
             | SubjectType::Disk

@@ -54,6 +54,7 @@ fn disk(id: &str, vm: Option<&str>, attachment: Attachment) -> Disk {
         vm_id: vm.map(str::to_string),
         attachment,
         backing_template_id: None,
+        base_id: None,
         created_at: at(),
         updated_at: at(),
     }
