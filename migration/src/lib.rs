@@ -10,6 +10,7 @@ mod m20261126_000004_operations_status_index;
 mod m20261203_000005_operation_failed_step;
 mod m20261204_000006_api_tokens;
 mod m20261204_000007_vm_changes;
+mod m20261205_000010_read_indexes;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000005_operation_failed_step::Migration),
             Box::new(m20261204_000006_api_tokens::Migration),
             Box::new(m20261204_000007_vm_changes::Migration),
+            Box::new(m20261205_000010_read_indexes::Migration),
         ]
     }
 }

@@ -99,7 +99,7 @@ where
     N: OutputType,
 {
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-    use sea_orm::Condition;
+    use sea_orm::sea_query::{Expr, ExprTrait};
     let first = self::first(first)?;
     let total_count = select.clone().count(db).await?;
     let has_after = after.is_some();
@@ -112,10 +112,12 @@ where
             .ok_or_else(|| {
                 ApiError::bad_input("after is not a cursor of this list in this order")
             })?;
+        // A row value, `(key, unique) > (k, u)`: SQLite walks the
+        // `(key, unique)` index from there in order (the same condition
+        // spelt with OR reads two ranges and sorts them).
         select = select.filter(
-            Condition::any()
-                .add(key.gt(k.clone()))
-                .add(Condition::all().add(key.eq(k)).add(unique.gt(u))),
+            Expr::tuple([key.into_expr(), unique.into_expr()])
+                .gt(Expr::tuple([Expr::val(k), Expr::val(u)])),
         );
     }
     let rows = select.limit(first + 1).all(db).await?;
