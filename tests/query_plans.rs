@@ -188,12 +188,7 @@ async fn seeded() -> (TestServer, String) {
             .to_string();
         first.get_or_insert(id);
     }
-    server
-        .ok(
-            "mutation { createNetwork(input: {name: \"lan\", vlanId: 10}) { network { id } } }",
-            json!({}),
-        )
-        .await;
+    server.create_network("lan", 10).await;
     server
         .ok(
             "mutation { attachNic(vmName: \"vm-0\", networkName: \"lan\") { nic { id } } }",
