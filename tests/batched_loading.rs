@@ -136,3 +136,23 @@ async fn a_batch_keeps_each_vms_children_apart_and_in_order() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_page_counts_its_list_only_when_asked_for_total_count() {
+    let server = with_template_and_network().await;
+    server.create_vm("a", "small").await;
+    let query = "{ vms(first: 1) { edges { node { id } } } }";
+    let (statements, _) = statements_of(&server, query, json!({})).await;
+    assert!(
+        statements.iter().all(|s| !s.contains("COUNT(")),
+        "{statements:#?}"
+    );
+    let counted = "{ vms(first: 1) { totalCount edges { node { id } } } }";
+    let (statements, data) = statements_of(&server, counted, json!({})).await;
+    assert_eq!(data["vms"]["totalCount"], 1);
+    assert_eq!(
+        statements.iter().filter(|s| s.contains("COUNT(")).count(),
+        1,
+        "{statements:#?}"
+    );
+}
