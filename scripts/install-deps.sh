@@ -28,6 +28,8 @@ command -v ip >/dev/null || missing+=(iproute2)
 # `curl` and `jq` for the README's walk-through (tests/readme_walkthrough.rs runs it).
 command -v curl >/dev/null || missing+=(curl)
 command -v jq >/dev/null || missing+=(jq)
+# `wrk`, the load generator of `cargo bench --bench api` (docs/BENCHMARKS.md).
+command -v wrk >/dev/null || missing+=(wrk)
 # Headless Chromium for tests/playground_browser.rs (driven by playwright-core).
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 if ((${#missing[@]})); then

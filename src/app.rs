@@ -34,6 +34,8 @@ pub struct App {
     pub auth: Arc<Auth>,
     /// The per-VM samplers of `vmStats`.
     pub stats: Arc<crate::stats::Samplers>,
+    /// Every statement the app's database pools run (counted; recorded on demand).
+    pub statements: Arc<crate::db::Statements>,
     _lock: DataDirLock,
 }
 
@@ -158,9 +160,15 @@ impl App {
                 )));
             }
         }
-        let db = crate::db::connect(&config.db_path(), config.database.busy_timeout).await?;
+        let statements = Arc::new(crate::db::Statements::default());
+        let db = crate::db::observed(
+            crate::db::connect(&config.db_path(), config.database.busy_timeout),
+            &statements,
+        )
+        .await?;
         crate::db::migrate(&db).await?;
-        let writes = crate::db::connect_writes(&config.db_path()).await?;
+        let writes =
+            crate::db::observed(crate::db::connect_writes(&config.db_path()), &statements).await?;
         let options = QemuOptions::from_config(&config);
         let hypervisor: Arc<dyn Hypervisor> = if config.dry_run {
             Arc::new(DryRunHypervisor::new(options))
@@ -195,6 +203,7 @@ impl App {
             stats: Arc::new(crate::stats::Samplers::new(ctx.clone())),
             observer: Arc::new(Observer::new(ctx.clone())),
             ctx,
+            statements,
             adoption_problems: Default::default(),
             _lock: lock,
         })

@@ -8,7 +8,15 @@
 //! `BEGIN IMMEDIATE` gives up quickly so that `events::EventBus::writer` can
 //! retry it until `database.busy_timeout` and then answer `DATABASE_BUSY`.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{
+    path::Path,
+    str::FromStr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
@@ -23,6 +31,68 @@ pub const WRITE_ATTEMPT: Duration = Duration::from_millis(50);
 /// The pool for reads: SQLite waits up to `busy_timeout` for a lock.
 pub async fn connect(path: &Path, busy_timeout: Duration) -> Result<DatabaseConnection, DbErr> {
     open(path, busy_timeout, 8).await
+}
+
+/// [`connect`] or [`connect_writes`]'s pool (`connect(path)`), every statement of which
+/// `statements` sees.
+pub async fn observed<F>(
+    connect: F,
+    statements: &Arc<Statements>,
+) -> Result<DatabaseConnection, DbErr>
+where
+    F: std::future::IntoFuture<Output = Result<DatabaseConnection, DbErr>>,
+{
+    let mut db = connect.await?;
+    let statements = statements.clone();
+    db.set_metric_callback(move |info| statements.saw(info.statement));
+    Ok(db)
+}
+
+/// The statements the app's pools have run: counted (one atomic add each)
+/// and, while a [`Recording`] is open, kept with their values. The tests and
+/// the benchmark use it to count what one request costs and to explain the
+/// query plans of the SQL the resolvers really send.
+#[derive(Default)]
+pub struct Statements {
+    count: AtomicU64,
+    recording: AtomicBool,
+    recorded: Mutex<Vec<sea_orm::Statement>>,
+}
+
+impl Statements {
+    /// How many statements have run so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Keeps every statement from now until [`Recording::finish`].
+    pub fn record(&self) -> Recording<'_> {
+        self.lock().clear();
+        self.recording.store(true, Ordering::SeqCst);
+        Recording(self)
+    }
+
+    fn saw(&self, statement: &sea_orm::Statement) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if self.recording.load(Ordering::Relaxed) {
+            self.lock().push(statement.clone());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<sea_orm::Statement>> {
+        self.recorded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An open recording of [`Statements`].
+pub struct Recording<'a>(&'a Statements);
+
+impl Recording<'_> {
+    /// The statements run since the recording began, in order.
+    pub fn finish(self) -> Vec<sea_orm::Statement> {
+        self.0.recording.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *self.0.lock())
+    }
 }
 
 /// The pool for the event bus's writes: one connection (writes are

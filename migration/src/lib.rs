@@ -12,6 +12,7 @@ mod m20261204_000006_api_tokens;
 mod m20261204_000007_vm_changes;
 mod m20261205_000008_snapshots;
 mod m20261205_000009_clones;
+mod m20261205_000010_read_indexes;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000007_vm_changes::Migration),
             Box::new(m20261205_000008_snapshots::Migration),
             Box::new(m20261205_000009_clones::Migration),
+            Box::new(m20261205_000010_read_indexes::Migration),
         ]
     }
 }

@@ -4,6 +4,7 @@ pub mod events;
 pub mod health;
 pub mod http;
 pub mod limits;
+pub mod loaders;
 pub mod node;
 pub mod order;
 pub mod pagination;
@@ -87,6 +88,7 @@ pub fn schema(app: Arc<App>) -> VmanSchema {
         .extension(crate::telemetry::GraphqlMetrics)
         .extension(crate::auth::guard::RoleGuard)
         .extension(order::SelectionOrder)
+        .extension(loaders::BatchLoading)
         .data(limits);
     if !config.introspection {
         // The extension refuses it first, with its code; this is the backstop.
@@ -113,21 +115,20 @@ pub(crate) fn services<'a>(ctx: &Context<'a>) -> &'a crate::context::Ctx {
         .unwrap_or_else(|| &app(ctx).ctx)
 }
 
-/// Loads a related row by its ID (a foreign key the caller holds); None stays None.
+/// Loads a related row by its ID (a foreign key the caller holds); None
+/// stays None. The rows that the resolvers of one request ask for together
+/// are read in one query (`loaders`).
 pub(crate) async fn load<E>(
     ctx: &Context<'_>,
     id: Option<&str>,
 ) -> async_graphql::Result<Option<E::Model>>
 where
     E: EntityTrait,
+    E::Model: Send + Sync + Clone,
     E::PrimaryKey: PrimaryKeyTrait<ValueType = String>,
 {
     let Some(id) = id else { return Ok(None) };
-    E::find_by_id(id.to_string())
-        .one(&services(ctx).db)
-        .await
-        .map_err(ApiError::from)
-        .gql()
+    loaders::of(ctx).load(loaders::Row::<E>::new(id)).await
 }
 
 /// What an object is named by: exactly one of an ID argument and its name

@@ -1,20 +1,49 @@
 //! Relay connections over sea-orm selects, ordered by a unique column.
 
 use async_graphql::{
-    OutputType, SimpleObject,
+    ErrorExtensions, Object, OutputType,
     connection::{Connection, Edge, EmptyFields},
 };
+use futures_util::future::BoxFuture;
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
     QuerySelect, Select,
 };
 
 use crate::error::{ApiError, ApiResult};
 
-#[derive(SimpleObject)]
+/// What a page knows of its whole list. The count is read only when
+/// `totalCount` is asked for: on a large table it is the dearest part of a
+/// page (every matching row is counted), and most pages do not show it.
 pub struct Totals {
+    count: Box<dyn Fn() -> BoxFuture<'static, Result<u64, DbErr>> + Send + Sync>,
+}
+
+impl Totals {
+    fn of<E>(db: &DatabaseConnection, select: Select<E>) -> Totals
+    where
+        E: EntityTrait,
+        E::Model: Sync,
+    {
+        let db = db.clone();
+        Totals {
+            count: Box::new(move || {
+                let (db, select) = (db.clone(), select.clone());
+                Box::pin(async move { select.count(&db).await })
+            }),
+        }
+    }
+}
+
+#[Object]
+impl Totals {
     /// How many items match, across all pages.
-    pub total_count: u64,
+    async fn total_count(&self) -> async_graphql::Result<u64> {
+        (self.count)()
+            .await
+            .map_err(ApiError::from)
+            .map_err(|e| e.extend())
+    }
 }
 
 pub type Page<N> = Connection<String, N, Totals, EmptyFields>;
@@ -48,14 +77,14 @@ where
     V: Into<sea_orm::Value>,
 {
     let first = self::first(first)?;
-    let total_count = select.clone().count(db).await?;
+    let totals = Totals::of(db, select.clone());
     let has_after = after.is_some();
     let mut select = select.order_by_asc(order);
     if let Some(after) = after {
         select = select.filter(order.gt(after));
     }
     let rows = select.limit(first + 1).all(db).await?;
-    Ok(connection(rows, first, has_after, total_count, |row| {
+    Ok(connection(rows, first, has_after, totals, |row| {
         Edge::new(cursor(&row), node(row))
     }))
 }
@@ -65,13 +94,12 @@ fn connection<M, N: OutputType>(
     mut rows: Vec<M>,
     first: u64,
     has_after: bool,
-    total_count: u64,
+    totals: Totals,
     edge: impl Fn(M) -> Edge<String, N, EmptyFields>,
 ) -> Page<N> {
     let has_next = rows.len() as u64 > first;
     rows.truncate(first as usize);
-    let mut connection =
-        Connection::with_additional_fields(has_after, has_next, Totals { total_count });
+    let mut connection = Connection::with_additional_fields(has_after, has_next, totals);
     connection.edges.extend(rows.into_iter().map(edge));
     connection
 }
@@ -99,9 +127,9 @@ where
     N: OutputType,
 {
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-    use sea_orm::Condition;
+    use sea_orm::sea_query::{Expr, ExprTrait};
     let first = self::first(first)?;
-    let total_count = select.clone().count(db).await?;
+    let totals = Totals::of(db, select.clone());
     let has_after = after.is_some();
     let mut select = select.order_by_asc(key).order_by_asc(unique);
     if let Some(after) = after {
@@ -112,14 +140,16 @@ where
             .ok_or_else(|| {
                 ApiError::bad_input("after is not a cursor of this list in this order")
             })?;
+        // A row value, `(key, unique) > (k, u)`: SQLite walks the
+        // `(key, unique)` index from there in order (the same condition
+        // spelt with OR reads two ranges and sorts them).
         select = select.filter(
-            Condition::any()
-                .add(key.gt(k.clone()))
-                .add(Condition::all().add(key.eq(k)).add(unique.gt(u))),
+            Expr::tuple([key.into_expr(), unique.into_expr()])
+                .gt(Expr::tuple([Expr::val(k), Expr::val(u)])),
         );
     }
     let rows = select.limit(first + 1).all(db).await?;
-    Ok(connection(rows, first, has_after, total_count, |row| {
+    Ok(connection(rows, first, has_after, totals, |row| {
         let pair = serde_json::to_vec(&cursor(&row)).unwrap_or_default();
         Edge::new(URL_SAFE_NO_PAD.encode(pair), node(row))
     }))

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use async_graphql::{Context, Enum, ID, Object, SimpleObject, Subscription};
 use futures_util::{Stream, StreamExt};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use super::{CoherenceIssue, CoherenceKind, model};
 use crate::{
@@ -10,7 +10,7 @@ use crate::{
         self,
         pagination::{Page, id_cursor, page},
     },
-    error::{ApiError, ResultExt},
+    error::ResultExt,
     events::{Event, EventKind},
     observer::sweep::SweepReport,
     vm::graphql::VmObject,
@@ -147,24 +147,6 @@ pub fn filter_open(
         Some(false) => select.filter(model::Column::ResolvedAt.is_not_null()),
         None => select,
     }
-}
-
-/// A VM's coherence issues, oldest first.
-pub async fn of_vm(
-    ctx: &Context<'_>,
-    vm_id: &str,
-    open: Option<bool>,
-) -> async_graphql::Result<Vec<CoherenceIssueObject>> {
-    let issues = filter_open(
-        model::Entity::find().filter(model::Column::VmId.eq(vm_id)),
-        open,
-    )
-    .order_by_asc(model::Column::Id)
-    .all(&api::services(ctx).db)
-    .await
-    .map_err(ApiError::from)
-    .gql()?;
-    Ok(issues.into_iter().map(CoherenceIssueObject).collect())
 }
 
 #[derive(Default)]

@@ -1,14 +1,15 @@
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use super::{CreateVm, Lifecycle, Vm, VmState, model};
 use crate::{
     api::{
         self, PlanStep,
+        loaders::{self, DisksOfVm, IssuesOfVm, NicsOfVm, TagsOfVm},
         pagination::{Page, id_cursor, page, page_by_key},
     },
     disk::graphql::DiskObject,
-    error::{ApiError, ResultExt},
+    error::ResultExt,
     host::StopRequest,
     network::graphql::NicObject,
     operation::{Change, graphql::OperationObject},
@@ -64,17 +65,17 @@ impl VmObject {
         #[graphql(desc = "True: open ones only; false: resolved ones only; omitted: all.")]
         open: Option<bool>,
     ) -> async_graphql::Result<Vec<crate::coherence::graphql::CoherenceIssueObject>> {
-        crate::coherence::graphql::of_vm(ctx, &self.0.id, open).await
+        let issues = loaders::of(ctx)
+            .rows(IssuesOfVm(self.0.id.clone(), open))
+            .await?;
+        Ok(issues
+            .into_iter()
+            .map(crate::coherence::graphql::CoherenceIssueObject)
+            .collect())
     }
     /// The disks attached to it (DETACHING ones included), oldest first.
     async fn disks(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<DiskObject>> {
-        let disks = crate::disk::model::Entity::find()
-            .filter(crate::disk::model::Column::VmId.eq(&self.0.id))
-            .order_by_asc(crate::disk::model::Column::Id)
-            .all(&api::services(ctx).db)
-            .await
-            .map_err(ApiError::from)
-            .gql()?;
+        let disks = loaders::of(ctx).rows(DisksOfVm(self.0.id.clone())).await?;
         Ok(disks.into_iter().map(DiskObject).collect())
     }
     /// Its snapshots, oldest first.
@@ -92,14 +93,7 @@ impl VmObject {
     }
     /// Its NICs, by `position`.
     async fn nics(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<NicObject>> {
-        use crate::network::model::nic;
-        let nics = nic::Entity::find()
-            .filter(nic::Column::VmId.eq(&self.0.id))
-            .order_by_asc(nic::Column::Position)
-            .all(&api::services(ctx).db)
-            .await
-            .map_err(ApiError::from)
-            .gql()?;
+        let nics = loaders::of(ctx).rows(NicsOfVm(self.0.id.clone())).await?;
         Ok(nics.into_iter().map(NicObject).collect())
     }
     /// What its QEMU has used so far (CPU, memory, disks, NICs); null when
@@ -117,9 +111,7 @@ impl VmObject {
     }
     /// Its tags, sorted.
     async fn tags(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
-        super::update::tags(&api::services(ctx).db, &self.0)
-            .await
-            .gql()
+        loaders::of(ctx).rows(TagsOfVm(self.0.id.clone())).await
     }
     /// Changes waiting for its next start; null when none wait.
     /// `clearPendingChanges` drops them.

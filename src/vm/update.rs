@@ -4,7 +4,7 @@
 //! changes at once, whatever the state.
 
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ConnectionTrait, IntoActiveModel, Set};
+use sea_orm::{ActiveModelTrait, IntoActiveModel, Set};
 use serde::{Deserialize, Serialize};
 
 use super::{Vm, VmState, ensure_vm_name_free, model, tag};
@@ -279,9 +279,4 @@ async fn update_pending(
         .await
     })
     .await
-}
-
-/// The tags of `vm`, for resolvers.
-pub async fn tags(db: &impl ConnectionTrait, vm: &Vm) -> ApiResult<Vec<String>> {
-    tag::of(db, &vm.id).await
 }

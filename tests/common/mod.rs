@@ -188,6 +188,20 @@ impl TestServer {
         data["createVm"]["vm"]["id"].as_str().unwrap().to_string()
     }
 
+    /// Creates a network on VLAN `vlan` and returns its ID.
+    pub async fn create_network(&self, name: &str, vlan: i32) -> String {
+        let data = self
+            .ok(
+                "mutation($n: String!, $v: Int!) { createNetwork(input: {name: $n, vlanId: $v}) { network { id } } }",
+                json!({"n": name, "v": vlan}),
+            )
+            .await;
+        data["createNetwork"]["network"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// Starts a VM; an error in the answer fails the test.
     pub async fn start_vm(&self, id: &str) -> Value {
         self.ok(
