@@ -17,8 +17,10 @@ use serde_json::{Value, json};
 const GQL: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
 
-/// How fast a refusal must be answered.
-const QUICK: Duration = Duration::from_millis(50);
+/// How fast a refusal must be answered: it comes before anything is
+/// expanded or run, well under a millisecond, but this suite runs beside
+/// QEMU guests on two cores, where a 50 ms bound was once missed by 0.1 ms.
+const QUICK: Duration = Duration::from_millis(500);
 
 /// Tries per measurement: the fastest one counts, so that a test run among
 /// others on two cores (a debug build, other tests compiling or booting
