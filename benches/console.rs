@@ -239,6 +239,8 @@ impl RawSide {
             }),
             run_dir: config.run_dir().join("raw"),
             loadvm: None,
+            cdrom: None,
+            boot_order: vec![],
         };
         let options = QemuOptions::from_config(&config);
         let steps = qemu::plan(&options, &VmAction::Start(spec.clone()));

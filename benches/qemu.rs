@@ -386,6 +386,8 @@ async fn main() {
             boot: None,
             run_dir: config.run_dir().join(format!("raw-{round}")),
             loadvm: None,
+            cdrom: None,
+            boot_order: vec![],
         };
         let (took, process, qmp) = raw_start(&options, &spec).await;
         raw_start_t.push(took);

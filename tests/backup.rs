@@ -264,6 +264,7 @@ async fn a_damaged_database_stops_vman_at_start_naming_the_backup_to_restore() {
                 initrd_image_id: None,
                 cmdline: None,
                 default_disk_size_bytes: None,
+                boot_order: None,
             },
         )
         .await

@@ -114,6 +114,7 @@ async fn write_directly(server: &TestServer, name: String) -> vman::error::ApiRe
         initrd_image_id: Set(None),
         cmdline: Set(None),
         default_disk_size_bytes: Set(None),
+        boot_order: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     }

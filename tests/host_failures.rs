@@ -247,6 +247,8 @@ fn create_vm(name: &str) -> CreateVm {
         disk_size_bytes: None,
         description: None,
         tags: None,
+        boot_order: None,
+        cdrom_image_id: None,
     }
 }
 

@@ -18,11 +18,12 @@ use serde_json::{Value, json};
 use vman::{
     disk::DiskFormat,
     host::{
-        DirectBoot, DiskSpec, HostStep, NicSpec, VmSpec,
+        BootDevice, DirectBoot, DiskSpec, HostStep, NicSpec, VmSpec,
         qemu::{
             argv::{
-                Accel, QemuOptions, argv, console_socket, device_id, disk_node, escape, file_node,
-                pid_file, qemu_log, qmp_socket, serial_log, spare_root_ports,
+                Accel, CDROM_DEVICE, QemuOptions, argv, change_medium, console_socket, device_id,
+                disk_node, escape, file_node, pid_file, qemu_log, qmp_socket, serial_log,
+                spare_root_ports,
             },
             hotplug::{attach_disk, attach_nic, detach_disk, detach_nic},
         },
@@ -71,6 +72,8 @@ fn vm(data: &str, name: &str) -> VmSpec {
         boot: None,
         run_dir: PathBuf::from(format!("{data}/run/{VM_ID}")),
         loadvm: None,
+        cdrom: None,
+        boot_order: vec![],
     }
 }
 
@@ -181,6 +184,56 @@ fn golden_disks() {
         ..vm(DATA, "with-disks")
     };
     check_args("disks", &spec, &options(Accel::Tcg, 2));
+}
+
+/// An installer: the ISO in the CD-ROM drive, booted first, then the root
+/// disk, then the network; the second disk and NIC get no bootindex.
+#[test]
+fn golden_install_media() {
+    let spec = VmSpec {
+        disks: vec![
+            disk(DATA, DISK_A, DiskFormat::Qcow2),
+            disk(DATA, DISK_B, DiskFormat::Raw),
+        ],
+        nics: vec![
+            nic(
+                NIC_A,
+                "02:00:00:00:00:0a",
+                "virtio-net-pci",
+                "vt0123456789a0",
+                "vmbr10",
+            ),
+            nic(
+                NIC_B,
+                "02:00:00:00:00:0b",
+                "e1000",
+                "vt0123456789a1",
+                "vmbr10",
+            ),
+        ],
+        cdrom: Some(format!("{DATA}/images/debian-12.iso").into()),
+        boot_order: vec![BootDevice::Cdrom, BootDevice::Disk, BootDevice::Network],
+        ..vm(DATA, "installer")
+    };
+    check_args("install_media", &spec, &options(Accel::Tcg, 0));
+    // The drive's medium changed on a running VM, and emptied.
+    let iso = PathBuf::from(format!("{DATA}/images/other.iso"));
+    check_qmp(
+        "change_medium",
+        &json!([
+            step_json(&change_medium(VM_ID, Some(&iso))),
+            step_json(&change_medium(VM_ID, None)),
+        ]),
+    );
+}
+
+fn step_json(step: &HostStep) -> Value {
+    match step {
+        HostStep::Qmp {
+            command, arguments, ..
+        } => json!({"execute": command, "arguments": arguments}),
+        other => panic!("not a QMP step: {other:?}"),
+    }
 }
 
 /// NICs take the root ports after the disks'; the spare ports follow.
@@ -533,13 +586,32 @@ fn qemu_img_create(disk: &DiskSpec) {
     assert!(status.success());
 }
 
-/// `query-block`'s disks by node name: (format driver, file name, device).
+/// Makes `spec`'s run directory and disks, and options that run the real
+/// QEMU (TCG) with `spare_root_ports`.
+fn real_options(spec: &VmSpec, spare_root_ports: u32) -> QemuOptions {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&spec.run_dir)
+        .unwrap();
+    for disk in &spec.disks {
+        qemu_img_create(disk);
+    }
+    let mut opts = options(Accel::Tcg, spare_root_ports);
+    opts.binary = which::which("qemu-system-x86_64")
+        .expect("qemu-system-x86_64 (install qemu-system-x86: scripts/install-deps.sh)");
+    opts
+}
+
+/// `query-block`'s disks by node name: (format driver, file name, device);
+/// the CD-ROM drive (removable) apart.
 fn block_devices(qmp: &mut Qmp) -> Vec<(String, String, String, String)> {
     let mut found: Vec<_> = qmp
         .ok("query-block", Value::Null)
         .as_array()
         .unwrap()
         .iter()
+        .filter(|b| b["removable"] != true)
         .map(|b| {
             let inserted = &b["inserted"];
             let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
@@ -580,17 +652,7 @@ fn real_qemu_accepts_the_command_line_and_the_hot_plug() {
         ],
         ..vm(data, "evil,debug-threads=on")
     };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&spec.run_dir)
-        .unwrap();
-    for disk in &spec.disks {
-        qemu_img_create(disk);
-    }
-    let mut opts = options(Accel::Tcg, 2);
-    opts.binary = which::which("qemu-system-x86_64")
-        .expect("qemu-system-x86_64 (install qemu-system-x86: scripts/install-deps.sh)");
+    let opts = real_options(&spec, 2);
     let args = argv(&spec, &opts);
 
     let mut qemu = Qemu::spawn(&args, &qemu_log(&spec.run_dir));
@@ -655,4 +717,88 @@ fn real_qemu_accepts_the_command_line_and_the_hot_plug() {
         !pid_file(&spec.run_dir).exists(),
         "QEMU removes its pid file"
     );
+}
+
+/// The CD-ROM drive's medium as `query-block` gives it: (driver, file,
+/// read-only); None when the drive is empty.
+fn cdrom_medium(qmp: &mut Qmp) -> Option<(String, String, bool)> {
+    let blocks = qmp.ok("query-block", Value::Null);
+    let drive = blocks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["qdev"].as_str().is_some_and(|q| q.contains(CDROM_DEVICE)))
+        .unwrap_or_else(|| panic!("no CD-ROM drive in {blocks:#}"))
+        .clone();
+    assert_eq!(drive["removable"], true, "{drive:#}");
+    let inserted = drive.get("inserted")?;
+    Some((
+        inserted["drv"].as_str().unwrap().to_string(),
+        inserted["file"].as_str().unwrap().to_string(),
+        inserted["ro"].as_bool().unwrap(),
+    ))
+}
+
+/// The real QEMU takes the boot order as `bootindex` (the CD-ROM first, then
+/// the root disk), opens the ISO read-only, and changes and ejects the
+/// medium of the running machine.
+#[test]
+fn real_qemu_boots_the_cdrom_first_and_changes_its_medium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().to_str().unwrap();
+    fs::create_dir_all(format!("{data}/storage")).unwrap();
+    fs::create_dir_all(format!("{data}/images")).unwrap();
+    let (install, rescue) = (
+        PathBuf::from(format!("{data}/images/install.iso")),
+        PathBuf::from(format!("{data}/images/rescue,x=y.iso")),
+    );
+    for iso in [&install, &rescue] {
+        fs::write(iso, vec![0u8; 1 << 20]).unwrap();
+    }
+    let spec = VmSpec {
+        disks: vec![
+            disk(data, DISK_A, DiskFormat::Qcow2),
+            disk(data, DISK_B, DiskFormat::Qcow2),
+        ],
+        cdrom: Some(install.clone()),
+        boot_order: vec![BootDevice::Cdrom, BootDevice::Disk],
+        ..vm(data, "installer")
+    };
+    let opts = real_options(&spec, 0);
+    let mut qemu = Qemu::spawn(&argv(&spec, &opts), &qemu_log(&spec.run_dir));
+    let mut qmp = qemu.connect(&qmp_socket(&spec.run_dir));
+
+    let bootindex = |qmp: &mut Qmp, device: &str| {
+        qmp.ok(
+            "qom-get",
+            json!({"path": format!("/machine/peripheral/{device}"), "property": "bootindex"}),
+        )
+    };
+    assert_eq!(bootindex(&mut qmp, CDROM_DEVICE), 0);
+    assert_eq!(bootindex(&mut qmp, &device_id(DISK_A)), 1);
+    // The second disk is not in the boot order.
+    assert_eq!(bootindex(&mut qmp, &device_id(DISK_B)), -1);
+    let medium = |path: &Path| Some(("raw".to_string(), path.display().to_string(), true));
+    assert_eq!(cdrom_medium(&mut qmp), medium(&install));
+
+    qmp.ok("cont", Value::Null);
+    assert_eq!(
+        qmp.run(&change_medium(VM_ID, Some(&rescue))),
+        json!({ "return": {} })
+    );
+    assert_eq!(cdrom_medium(&mut qmp), medium(&rescue));
+    assert_eq!(
+        qmp.run(&change_medium(VM_ID, None)),
+        json!({ "return": {} })
+    );
+    assert_eq!(cdrom_medium(&mut qmp), None);
+    // An empty drive takes a medium again.
+    assert_eq!(
+        qmp.run(&change_medium(VM_ID, Some(&install))),
+        json!({ "return": {} })
+    );
+    assert_eq!(cdrom_medium(&mut qmp), medium(&install));
+
+    qmp.ok("quit", Value::Null);
+    assert!(qemu.wait_exit().success());
 }

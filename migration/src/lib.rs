@@ -13,6 +13,7 @@ mod m20261204_000007_vm_changes;
 mod m20261205_000008_snapshots;
 mod m20261205_000009_clones;
 mod m20261205_000010_read_indexes;
+mod m20261205_000011_install_media;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000008_snapshots::Migration),
             Box::new(m20261205_000009_clones::Migration),
             Box::new(m20261205_000010_read_indexes::Migration),
+            Box::new(m20261205_000011_install_media::Migration),
         ]
     }
 }

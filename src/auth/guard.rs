@@ -26,6 +26,8 @@ pub const MUTATIONS: &[(&str, Role)] = &[
     ("deleteVm", Role::Operator),
     ("updateVm", Role::Operator),
     ("clearPendingChanges", Role::Operator),
+    ("attachCdrom", Role::Operator),
+    ("ejectCdrom", Role::Operator),
     ("createDisk", Role::Operator),
     ("attachDisk", Role::Operator),
     ("detachDisk", Role::Operator),

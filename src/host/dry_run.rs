@@ -78,6 +78,7 @@ impl DryRunHypervisor {
             | VmAction::AttachDisk { .. }
             | VmAction::DetachDisk { .. }
             | VmAction::AttachNic { .. }
+            | VmAction::ChangeMedium { .. }
             | VmAction::DetachNic { .. }
             | VmAction::Destroy { .. }
             | VmAction::ResizeDisk { .. }

@@ -245,11 +245,46 @@ pub struct VmSpec {
     /// In NIC position order; their taps must exist before the start.
     pub nics: Vec<NicSpec>,
     pub boot: Option<DirectBoot>,
+    /// The ISO image in its CD-ROM drive (always read-only); the drive is
+    /// there, empty, without one, so a medium can be inserted while it runs.
+    pub cdrom: Option<PathBuf>,
+    /// Devices to boot from, first first (`bootindex`); empty: the firmware's
+    /// own order.
+    pub boot_order: Vec<BootDevice>,
     pub run_dir: PathBuf,
     /// Start from this internal snapshot, memory included (`-loadvm`): a
     /// restore of a snapshot with memory onto a stopped VM.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loadvm: Option<String>,
+}
+
+/// A device a VM may boot from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, async_graphql::Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BootDevice {
+    /// Its first disk (the root disk).
+    Disk,
+    /// Its CD-ROM drive.
+    Cdrom,
+    /// Its first NIC (PXE).
+    Network,
+}
+
+impl BootDevice {
+    /// The stored and shown name (`CDROM`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootDevice::Disk => "DISK",
+            BootDevice::Cdrom => "CDROM",
+            BootDevice::Network => "NETWORK",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<BootDevice> {
+        [BootDevice::Disk, BootDevice::Cdrom, BootDevice::Network]
+            .into_iter()
+            .find(|device| device.as_str() == name)
+    }
 }
 
 /// How a stop should proceed.
@@ -309,6 +344,12 @@ pub enum VmAction {
     DetachNic {
         vm_id: String,
         nic: NicSpec,
+    },
+    /// Put an ISO image into a running VM's CD-ROM drive (`Some`), read-only,
+    /// replacing what is in it, or empty the drive (`None`).
+    ChangeMedium {
+        vm_id: String,
+        medium: Option<PathBuf>,
     },
     /// Remove what a stopped VM left on the host (its run directory).
     Destroy {
@@ -395,6 +436,7 @@ impl VmAction {
             VmAction::DetachDisk { .. } => "detachDisk",
             VmAction::AttachNic { .. } => "attachNic",
             VmAction::DetachNic { .. } => "detachNic",
+            VmAction::ChangeMedium { .. } => "changeMedium",
             VmAction::Destroy { .. } => "destroy",
             VmAction::ResizeDisk { .. } => "resizeDisk",
             VmAction::InspectImage { .. } => "inspectImage",

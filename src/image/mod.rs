@@ -136,7 +136,7 @@ async fn ensure_name_free(db: &impl sea_orm::ConnectionTrait, name: &str) -> Api
     crate::db::ensure_free::<model::Entity>(db, model::Column::Name, name, "an image").await
 }
 
-/// The image `id`, if no template uses it.
+/// The image `id`, if no template uses it and no VM has it in its drive.
 async fn ensure_unused(db: &impl sea_orm::ConnectionTrait, id: &str) -> ApiResult<Image> {
     use crate::template::model as t;
     let image = find_in::<model::Entity, _>(db, "image", id).await?;
@@ -153,6 +153,20 @@ async fn ensure_unused(db: &impl sea_orm::ConnectionTrait, id: &str) -> ApiResul
         return Err(ApiError::Conflict(format!(
             "image {:?} is used by {users} template(s)",
             image.name
+        )));
+    }
+    let in_drives: Vec<String> = crate::vm::model::Entity::find()
+        .filter(crate::vm::model::Column::CdromImageId.eq(id))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|vm| vm.name)
+        .collect();
+    if !in_drives.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "image {:?} is in the CD-ROM drive of VM(s) {}: eject it first",
+            image.name,
+            in_drives.join(", ")
         )));
     }
     Ok(image)

@@ -39,6 +39,10 @@ pub enum ImageKind {
     /// An initial ramdisk for direct boot.
     #[sea_orm(string_value = "INITRD")]
     Initrd,
+    /// A CD-ROM image (ISO 9660) for a VM's CD-ROM drive: install media.
+    /// Always read-only.
+    #[sea_orm(string_value = "ISO")]
+    Iso,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

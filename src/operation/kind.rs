@@ -50,6 +50,12 @@ pub enum OperationKind {
     /// `updateVm`, `clearPendingChanges`.
     #[sea_orm(string_value = "UPDATE_VM")]
     UpdateVm,
+    /// `attachCdrom`.
+    #[sea_orm(string_value = "ATTACH_CDROM")]
+    AttachCdrom,
+    /// `ejectCdrom`.
+    #[sea_orm(string_value = "EJECT_CDROM")]
+    EjectCdrom,
     /// `createDisk`.
     #[sea_orm(string_value = "CREATE_DISK")]
     CreateDisk,
@@ -120,6 +126,8 @@ impl OperationKind {
             OperationKind::DeleteVm => "DELETE_VM",
             OperationKind::CloneVm => "CLONE_VM",
             OperationKind::UpdateVm => "UPDATE_VM",
+            OperationKind::AttachCdrom => "ATTACH_CDROM",
+            OperationKind::EjectCdrom => "EJECT_CDROM",
             OperationKind::CreateDisk => "CREATE_DISK",
             OperationKind::AttachDisk => "ATTACH_DISK",
             OperationKind::DetachDisk => "DETACH_DISK",
@@ -156,6 +164,7 @@ impl OperationKind {
             | OperationKind::RestartVm
             | OperationKind::ResumeVm
             | OperationKind::UpdateVm
+            | OperationKind::AttachCdrom
             | OperationKind::CreateDisk
             | OperationKind::AttachDisk
             | OperationKind::ResizeDisk
@@ -170,6 +179,7 @@ impl OperationKind {
             | OperationKind::PauseVm
             | OperationKind::DeleteVm
             | OperationKind::DetachDisk
+            | OperationKind::EjectCdrom
             | OperationKind::DeleteDisk
             | OperationKind::DeleteNetwork
             | OperationKind::DetachNic

@@ -296,7 +296,7 @@ fn ensure_same_machine(snapshot: &Snapshot, vm: &Vm, now: Option<Vec<String>>) -
         }
     };
     Err(ApiError::InvalidState(format!(
-        "snapshot {:?} holds the memory of a QEMU started otherwise than VM {:?} would run now          (devices hot-plugged or unplugged while it ran, or its settings changed): then {}; now {}",
+        "snapshot {:?} holds the memory of a QEMU started otherwise than VM {:?} would run now (devices hot-plugged or unplugged while it ran, or its settings changed): then {}; now {}",
         snapshot.name,
         vm.name,
         only(&then, &now),
@@ -490,6 +490,8 @@ mod tests {
             state_reason: None,
             description: String::new(),
             pending_changes: None,
+            cdrom_image_id: None,
+            boot_order: None,
             created_at: at,
             updated_at: at,
         }

@@ -2,6 +2,7 @@ use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use super::{CreateTemplate, Template, model};
+use crate::host::BootDevice;
 use crate::operation::Change;
 use crate::{
     api::{
@@ -61,6 +62,10 @@ impl TemplateObject {
     async fn default_disk_size_bytes(&self) -> Option<api::Bytes> {
         self.0.default_disk_size_bytes.map(api::Bytes)
     }
+    /// The boot order its VMs get, first first; null: the firmware's own.
+    async fn boot_order(&self) -> Option<Vec<BootDevice>> {
+        crate::vm::media::parse(self.0.boot_order.as_deref())
+    }
     /// VMs made from this template.
     async fn vms(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<VmObject>> {
         let vms = crate::vm::model::Entity::find()
@@ -104,6 +109,9 @@ pub struct CreateTemplateInput {
     pub cmdline: Option<String>,
     /// Size of the root disk a VM gets when it does not ask for one.
     pub default_disk_size_bytes: Option<api::Bytes>,
+    /// The boot order its VMs get, first first, each device at most once;
+    /// empty or absent: the firmware's own.
+    pub boot_order: Option<Vec<BootDevice>>,
 }
 
 /// What to change on a template; what is left out stays as it is.
@@ -121,6 +129,8 @@ pub struct UpdateTemplateInput {
     pub cmdline: Option<String>,
     /// The root disk size VMs made from now on get.
     pub default_disk_size_bytes: Option<api::Bytes>,
+    /// The boot order VMs made from now on get (empty: the firmware's own).
+    pub boot_order: Option<Vec<BootDevice>>,
 }
 
 /// The result of a template mutation.
@@ -212,6 +222,7 @@ impl TemplateMutation {
                 initrd_image_id: input.initrd_image_id.map(|i| i.0),
                 cmdline: input.cmdline,
                 default_disk_size_bytes: input.default_disk_size_bytes.map(|b| b.0),
+                boot_order: input.boot_order,
             },
         )
         .await
@@ -236,6 +247,7 @@ impl TemplateMutation {
             memory_mib: input.memory_mib,
             cmdline: input.cmdline,
             default_disk_size_bytes: input.default_disk_size_bytes.map(|b| b.0),
+            boot_order: input.boot_order,
         };
         Ok(super::update(api::services(ctx), &id, input)
             .await

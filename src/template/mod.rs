@@ -6,8 +6,8 @@ pub mod model;
 
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, ModelTrait, PaginatorTrait,
-    QueryFilter, Set,
+    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, ModelTrait,
+    PaginatorTrait, QueryFilter, Set,
 };
 
 use crate::{
@@ -30,6 +30,7 @@ pub struct CreateTemplate {
     pub initrd_image_id: Option<String>,
     pub cmdline: Option<String>,
     pub default_disk_size_bytes: Option<i64>,
+    pub boot_order: Option<Vec<crate::host::BootDevice>>,
 }
 
 pub async fn create(app: &Ctx, input: CreateTemplate) -> ApiResult<Change<Template>> {
@@ -45,6 +46,7 @@ pub async fn create(app: &Ctx, input: CreateTemplate) -> ApiResult<Change<Templa
     if let Some(cmdline) = &input.cmdline {
         validate::cmdline(cmdline)?;
     }
+    let boot_order = crate::vm::media::store(input.boot_order.as_deref().unwrap_or_default())?;
     if (input.cmdline.is_some() || input.initrd_image_id.is_some())
         && input.kernel_image_id.is_none()
     {
@@ -68,8 +70,9 @@ pub async fn create(app: &Ctx, input: CreateTemplate) -> ApiResult<Change<Templa
                     .ok_or_else(|| ApiError::not_found("image", &id))?;
                 if found.kind != kind {
                     return Err(ApiError::bad_input(format!(
-                        "{field} {id} is a {:?} image, not {kind:?}",
-                        found.kind
+                        "{field} {id} is a {} image, not {}",
+                        found.kind.to_value(),
+                        kind.to_value()
                     )));
                 }
                 Some(id)
@@ -99,6 +102,7 @@ pub async fn create(app: &Ctx, input: CreateTemplate) -> ApiResult<Change<Templa
                 initrd_image_id: Set(initrd_image_id.clone()),
                 cmdline: Set(input.cmdline.clone()),
                 default_disk_size_bytes: Set(input.default_disk_size_bytes),
+                boot_order: Set(boot_order.clone()),
                 created_at: Set(now),
                 updated_at: Set(now),
             }
@@ -156,6 +160,7 @@ pub struct UpdateTemplate {
     pub memory_mib: Option<i64>,
     pub cmdline: Option<String>,
     pub default_disk_size_bytes: Option<i64>,
+    pub boot_order: Option<Vec<crate::host::BootDevice>>,
 }
 
 /// `updateTemplate`: applies at once. VMs already made from the template
@@ -181,6 +186,11 @@ pub async fn update(app: &Ctx, id: &str, input: UpdateTemplate) -> ApiResult<Cha
     if let Some(cmdline) = &input.cmdline {
         validate::cmdline(cmdline)?;
     }
+    let boot_order = input
+        .boot_order
+        .as_deref()
+        .map(crate::vm::media::store)
+        .transpose()?;
     let template = find_in::<model::Entity, _>(&app.db, "template", &id).await?;
     if input.cmdline.is_some() && template.kernel_image_id.is_none() {
         return Err(ApiError::bad_input(
@@ -227,6 +237,10 @@ pub async fn update(app: &Ctx, id: &str, input: UpdateTemplate) -> ApiResult<Cha
             {
                 row.default_disk_size_bytes = Set(input.default_disk_size_bytes);
                 changed.push("defaultDiskSizeBytes");
+            }
+            if let Some(order) = boot_order.clone().filter(|o| *o != template.boot_order) {
+                row.boot_order = Set(order);
+                changed.push("bootOrder");
             }
             row.updated_at = Set(Utc::now());
             let updated = row.update(w.txn()).await?;

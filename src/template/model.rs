@@ -15,6 +15,9 @@ pub struct Model {
     pub initrd_image_id: Option<String>,
     pub cmdline: Option<String>,
     pub default_disk_size_bytes: Option<i64>,
+    /// The boot order its VMs get (as `CDROM,DISK`); null:
+    /// the firmware's own.
+    pub boot_order: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

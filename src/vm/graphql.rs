@@ -10,7 +10,8 @@ use crate::{
     },
     disk::graphql::DiskObject,
     error::ResultExt,
-    host::StopRequest,
+    host::{BootDevice, StopRequest},
+    image::graphql::ImageObject,
     network::graphql::NicObject,
     operation::{Change, graphql::OperationObject},
     template::graphql::TemplateObject,
@@ -120,7 +121,20 @@ impl VmObject {
         (!pending.is_empty()).then_some(PendingChanges {
             vcpus: pending.vcpus,
             memory_mib: pending.memory_mib,
+            boot_order: pending
+                .boot_order
+                .as_deref()
+                .map(|order| super::media::parse(Some(order)).unwrap_or_default()),
         })
+    }
+    /// The devices it boots from, first first; null: the firmware's own
+    /// order. A change on a running VM waits for its next start.
+    async fn boot_order(&self) -> Option<Vec<BootDevice>> {
+        super::media::parse(self.0.boot_order.as_deref())
+    }
+    /// The ISO image in its CD-ROM drive; null when the drive is empty.
+    async fn cdrom(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ImageObject>> {
+        ImageObject::load(ctx, self.0.cdrom_image_id.as_deref()).await
     }
     /// When the VM was created.
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
@@ -153,6 +167,11 @@ pub struct CreateVmInput {
     /// Labels to find it by (`vms(tag:)`): at most 32, each 1 to 63 lowercase
     /// letters, digits, `-`, `_`, `.`, `:` or `/`, a letter or digit first.
     pub tags: Option<Vec<String>>,
+    /// The devices it boots from, first first, each at most once; defaults
+    /// to the template's; empty or absent without one: the firmware's order.
+    pub boot_order: Option<Vec<BootDevice>>,
+    /// An ISO image (kind `ISO`) to put in its CD-ROM drive.
+    pub cdrom_image_id: Option<ID>,
 }
 
 /// What to change on a VM; what is left out stays as it is.
@@ -170,6 +189,9 @@ pub struct UpdateVmInput {
     pub memory_mib: Option<i64>,
     /// The whole new set of tags (the rules of `createVm`); changes at once.
     pub tags: Option<Vec<String>>,
+    /// A new boot order (empty: the firmware's own): at once on a STOPPED or
+    /// CRASHED VM, else at its next start.
+    pub boot_order: Option<Vec<BootDevice>>,
 }
 
 /// Changes that wait for a VM's next start (a running QEMU cannot take
@@ -180,6 +202,8 @@ pub struct PendingChanges {
     pub vcpus: Option<i32>,
     /// The memory size the next start gives it, in MiB.
     pub memory_mib: Option<i64>,
+    /// The boot order the next start gives it (empty: the firmware's own).
+    pub boot_order: Option<Vec<BootDevice>>,
 }
 
 /// How `vms` orders its list.
@@ -350,6 +374,8 @@ impl VmMutation {
             disk_size_bytes: input.disk_size_bytes.map(|b| b.0),
             description: input.description,
             tags: input.tags,
+            boot_order: input.boot_order,
+            cdrom_image_id: input.cdrom_image_id.map(|i| i.0),
         };
         Ok(super::create(api::services(ctx), input, dry_run)
             .await
@@ -357,9 +383,10 @@ impl VmMutation {
             .into())
     }
 
-    /// Changes a VM's name, description, tags, CPU count or memory. On a
-    /// STOPPED or CRASHED VM all apply at once; otherwise the CPU count and
-    /// memory wait for its next start (`Vm.pendingChanges`).
+    /// Changes a VM's name, description, tags, CPU count, memory or boot
+    /// order. On a STOPPED or CRASHED VM all apply at once; otherwise the CPU
+    /// count, memory and boot order wait for its next start
+    /// (`Vm.pendingChanges`).
     async fn update_vm(
         &self,
         ctx: &Context<'_>,
@@ -374,8 +401,43 @@ impl VmMutation {
             vcpus: input.vcpus,
             memory_mib: input.memory_mib,
             tags: input.tags,
+            boot_order: input.boot_order,
         };
         Ok(super::update::update(api::services(ctx), &id, input)
+            .await
+            .gql()?
+            .into())
+    }
+
+    /// Puts an ISO image into a VM's CD-ROM drive, read-only, replacing what
+    /// is in it: at once on a RUNNING or PAUSED VM, and kept for its next
+    /// starts.
+    async fn attach_cdrom(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
+        #[graphql(desc = "The ISO image's ID (an image of kind `ISO`).")] image_id: ID,
+    ) -> async_graphql::Result<VmPayload> {
+        let id = vm_id(ctx, ("id", id), ("name", name)).await?;
+        Ok(
+            super::media::set_cdrom(api::services(ctx), &id, Some(&image_id))
+                .await
+                .gql()?
+                .into(),
+        )
+    }
+
+    /// Empties a VM's CD-ROM drive (at once on a RUNNING or PAUSED VM). An
+    /// empty drive stays empty and nothing is recorded as changed.
+    async fn eject_cdrom(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The VM's ID; or give `name`.")] id: Option<ID>,
+        #[graphql(desc = "The VM's name; or give `id`.")] name: Option<String>,
+    ) -> async_graphql::Result<VmPayload> {
+        let id = vm_id(ctx, ("id", id), ("name", name)).await?;
+        Ok(super::media::set_cdrom(api::services(ctx), &id, None)
             .await
             .gql()?
             .into())

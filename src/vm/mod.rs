@@ -10,6 +10,7 @@ pub mod adopt;
 pub mod clone;
 pub mod graphql;
 pub mod lock;
+pub mod media;
 pub mod model;
 pub mod state;
 pub mod tag;
@@ -146,6 +147,10 @@ pub struct CreateVm {
     pub disk_size_bytes: Option<i64>,
     pub description: Option<String>,
     pub tags: Option<Vec<String>>,
+    /// Defaults to the template's.
+    pub boot_order: Option<Vec<crate::host::BootDevice>>,
+    /// An ISO image for its CD-ROM drive.
+    pub cdrom_image_id: Option<String>,
 }
 
 pub fn run_dir(app: &Ctx, vm_id: &str) -> PathBuf {
@@ -183,6 +188,14 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
         validate::text("description", description, update::MAX_DESCRIPTION)?;
     }
     let tags = update::check_tags(input.tags.as_deref().unwrap_or_default())?;
+    let boot_order = match &input.boot_order {
+        Some(order) => media::store(order)?,
+        None => template.as_ref().and_then(|t| t.boot_order.clone()),
+    };
+    let cdrom = match &input.cdrom_image_id {
+        Some(id) => Some(media::iso(app, id).await?),
+        None => None,
+    };
     if let Some(size) = input.disk_size_bytes {
         validate::size_bytes(limits, "diskSizeBytes", size)?;
     }
@@ -231,6 +244,8 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
         state_reason: Some("created".into()),
         description: input.description.clone().unwrap_or_default(),
         pending_changes: None,
+        cdrom_image_id: cdrom.map(|image| image.id),
+        boot_order,
         created_at: now,
         updated_at: now,
     };
@@ -336,6 +351,14 @@ pub async fn spec(app: &Ctx, vm: &Vm) -> ApiResult<VmSpec> {
             .collect::<Vec<DiskSpec>>(),
         nics: crate::network::nic::specs(app, &vm.id).await?,
         boot,
+        cdrom: match &vm.cdrom_image_id {
+            Some(id) => Some(crate::image::path(
+                app,
+                &find_in::<image::Entity, _>(&app.db, "image", id).await?,
+            )),
+            None => None,
+        },
+        boot_order: media::parse(vm.boot_order.as_deref()).unwrap_or_default(),
         run_dir: run_dir(app, &vm.id),
         loadvm: None,
     })
@@ -542,6 +565,7 @@ fn moves(action: &VmAction, current: VmState) -> Moves {
         | VmAction::AttachDisk { .. }
         | VmAction::DetachDisk { .. }
         | VmAction::AttachNic { .. }
+        | VmAction::ChangeMedium { .. }
         | VmAction::DetachNic { .. }
         | VmAction::Destroy { .. }
         | VmAction::ResizeDisk { .. }

@@ -22,6 +22,11 @@ pub struct Model {
     /// Changes that wait for the VM's next start (`vcpus`, `memoryMib`), as
     /// [`super::update::Pending`] JSON; null when none wait.
     pub pending_changes: Option<Json>,
+    /// The ISO image in its CD-ROM drive; null when the drive is empty.
+    pub cdrom_image_id: Option<String>,
+    /// Its boot order ([`crate::vm::media::BootOrder`], `CDROM,DISK`); null:
+    /// the firmware's own.
+    pub boot_order: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -31,6 +31,9 @@ pub struct Pending {
     pub vcpus: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<i64>,
+    /// As stored ([`super::media::store`]); empty: the firmware's own order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_order: Option<String>,
 }
 
 impl Pending {
@@ -57,6 +60,9 @@ impl Pending {
         if self.memory_mib.is_some() {
             fields.push("memoryMib".to_string());
         }
+        if self.boot_order.is_some() {
+            fields.push("bootOrder".to_string());
+        }
         fields
     }
 }
@@ -67,6 +73,9 @@ pub fn effective(vm: &Vm) -> Vm {
     let mut vm = vm.clone();
     vm.vcpus = pending.vcpus.unwrap_or(vm.vcpus);
     vm.memory_mib = pending.memory_mib.unwrap_or(vm.memory_mib);
+    if let Some(order) = pending.boot_order {
+        vm.boot_order = (!order.is_empty()).then_some(order);
+    }
     vm
 }
 
@@ -82,6 +91,7 @@ pub async fn apply_pending(w: &mut Writer<'_>, vm: &Vm, op: &str) -> ApiResult<(
         id: Set(vm.id.clone()),
         vcpus: Set(now.vcpus),
         memory_mib: Set(now.memory_mib),
+        boot_order: Set(now.boot_order.clone()),
         pending_changes: Set(None),
         updated_at: Set(Utc::now()),
         ..Default::default()
@@ -141,6 +151,8 @@ pub struct UpdateVm {
     pub memory_mib: Option<i64>,
     /// The whole new set of tags.
     pub tags: Option<Vec<String>>,
+    /// Empty: the firmware's own order.
+    pub boot_order: Option<Vec<crate::host::BootDevice>>,
 }
 
 /// States in which a new CPU count or memory size applies at once: no
@@ -168,6 +180,11 @@ pub async fn update(ctx: &Ctx, id: &str, input: UpdateVm) -> ApiResult<Change<Vm
         validate::memory_mib(limits, memory_mib)?;
     }
     let tags = input.tags.as_deref().map(check_tags).transpose()?;
+    let boot_order = input
+        .boot_order
+        .as_deref()
+        .map(super::media::store)
+        .transpose()?;
     let op_id = operation::new_id();
     let _guard = ctx.locks.lock(&id, &op_id, OperationKind::UpdateVm).await?;
     let vm = find_in::<model::Entity, _>(&ctx.db, "VM", &id).await?;
@@ -213,6 +230,18 @@ pub async fn update(ctx: &Ctx, id: &str, input: UpdateVm) -> ApiResult<Change<Vm
                     (memory_mib != vm.memory_mib).then(|| changed.push("memoryMib".to_string()));
                 } else {
                     pending.memory_mib = (memory_mib != vm.memory_mib).then_some(memory_mib);
+                }
+            }
+            if let Some(order) = &boot_order {
+                if now {
+                    row.boot_order = Set(order.clone());
+                    pending.boot_order = None;
+                    if *order != vm.boot_order {
+                        changed.push("bootOrder".to_string());
+                    }
+                } else {
+                    pending.boot_order =
+                        (*order != vm.boot_order).then(|| order.clone().unwrap_or_default());
                 }
             }
             row.pending_changes = Set(pending.to_json());

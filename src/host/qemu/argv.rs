@@ -31,7 +31,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::host::{DiskSpec, NicSpec, VmSpec};
+use crate::host::{BootDevice, DiskSpec, HostStep, NicSpec, VmSpec};
 
 /// Root ports that fit on q35's `pcie.0` next to its built-in devices when
 /// QEMU places them (QEMU 7.2 with `-nodefaults`: the 31st is refused with
@@ -174,18 +174,71 @@ pub fn argv(spec: &VmSpec, opts: &QemuOptions) -> Vec<String> {
             ),
         );
     }
+    let boot_index = |device: BootDevice| {
+        spec.boot_order
+            .iter()
+            .position(|d| *d == device)
+            .map(|index| index.to_string())
+    };
     for (disk, index) in spec.disks.iter().zip(1..) {
         args.option("-blockdev", file_node_props(disk).option_value());
         args.option("-blockdev", format_node_props(disk).option_value());
         let port = root_port_id(index);
-        args.option("-device", device_props(disk, &port).device_option_value());
+        let mut device = device_props(disk, &port);
+        // DISK is the first disk: the root disk, made with the VM.
+        if index == 1
+            && let Some(boot) = boot_index(BootDevice::Disk)
+        {
+            device.0.push(("bootindex", boot));
+        }
+        args.option("-device", device.device_option_value());
     }
     let first_nic_port = spec.disks.len() as u32 + 1;
     for (nic, index) in spec.nics.iter().zip(first_nic_port..) {
         args.option("-netdev", netdev_props(nic).device_option_value());
         let port = root_port_id(index);
-        args.option("-device", nic_props(nic, &port).device_option_value());
+        let mut device = nic_props(nic, &port);
+        if index == first_nic_port
+            && let Some(boot) = boot_index(BootDevice::Network)
+        {
+            device.0.push(("bootindex", boot));
+        }
+        args.option("-device", device.device_option_value());
     }
+    // The CD-ROM drive, on the first port of q35's own SATA controller (no
+    // root port), always there so a medium can go in while the VM runs.
+    let mut cdrom = vec![
+        ("driver", "ide-cd".to_string()),
+        ("bus", "ide.0".to_string()),
+        ("id", CDROM_DEVICE.to_string()),
+    ];
+    if let Some(medium) = &spec.cdrom {
+        args.option(
+            "-blockdev",
+            Props(vec![
+                ("driver", "file".into()),
+                ("filename", medium.display().to_string()),
+                ("node-name", CDROM_FILE_NODE.into()),
+                ("read-only", "on".into()),
+            ])
+            .option_value(),
+        );
+        args.option(
+            "-blockdev",
+            Props(vec![
+                ("driver", "raw".into()),
+                ("file", CDROM_FILE_NODE.into()),
+                ("node-name", CDROM_NODE.into()),
+                ("read-only", "on".into()),
+            ])
+            .option_value(),
+        );
+        cdrom.push(("drive", CDROM_NODE.to_string()));
+    }
+    if let Some(boot) = boot_index(BootDevice::Cdrom) {
+        cdrom.push(("bootindex", boot));
+    }
+    args.option("-device", Props(cdrom).device_option_value());
 
     if let Some(boot) = &spec.boot {
         args.option("-kernel", boot.kernel.display().to_string());
@@ -255,6 +308,37 @@ pub fn serial_log(run_dir: &Path) -> PathBuf {
 /// QEMU's own stdout and stderr, redirected by the spawner.
 pub fn qemu_log(run_dir: &Path) -> PathBuf {
     run_dir.join("qemu.log")
+}
+
+/// The CD-ROM drive's device id (what `eject` and `blockdev-change-medium` name).
+pub const CDROM_DEVICE: &str = "cdrom0";
+/// The node names of a medium in the drive at start.
+const CDROM_FILE_NODE: &str = "cdrom-file";
+const CDROM_NODE: &str = "cdrom-medium";
+
+/// The QMP command that puts `medium` (an ISO image, read-only) into a
+/// running VM's CD-ROM drive, replacing what is there, or empties the drive.
+pub fn change_medium(vm_id: &str, medium: Option<&Path>) -> HostStep {
+    let (command, arguments) = match medium {
+        Some(path) => (
+            "blockdev-change-medium",
+            serde_json::json!({
+                "id": CDROM_DEVICE,
+                "filename": path.display().to_string(),
+                "format": "raw",
+                "read-only-mode": "read-only",
+            }),
+        ),
+        None => (
+            "eject",
+            serde_json::json!({"id": CDROM_DEVICE, "force": true}),
+        ),
+    };
+    HostStep::Qmp {
+        vm_id: vm_id.to_string(),
+        command: command.into(),
+        arguments,
+    }
 }
 
 /// A root port's device id; `index` counts from 1.

@@ -54,6 +54,7 @@ impl QemuHypervisor {
             VmAction::DetachDisk { vm_id, disk } => self.detach_disk(vm_id, disk).await,
             VmAction::AttachNic { vm_id, nic } => self.attach_nic(vm_id, nic).await,
             VmAction::DetachNic { vm_id, nic } => self.detach_nic(vm_id, nic).await,
+            VmAction::ChangeMedium { vm_id, .. } => self.run_on_vm(vm_id, planned()).await,
             VmAction::Destroy { vm_id, run_dir } => self.destroy(vm_id, run_dir, planned()),
             VmAction::ResizeDisk { running_vm, .. } => {
                 self.resize_disk(running_vm.as_deref(), planned()).await
@@ -223,6 +224,7 @@ fn writes_under(action: &VmAction) -> Option<&Path> {
         | VmAction::AttachDisk { .. }
         | VmAction::DetachDisk { .. }
         | VmAction::AttachNic { .. }
+        | VmAction::ChangeMedium { .. }
         | VmAction::DetachNic { .. }
         | VmAction::Destroy { .. }
         | VmAction::InspectImage { .. }

@@ -69,6 +69,9 @@ pub fn plan(options: &QemuOptions, action: &VmAction) -> Vec<HostStep> {
             hotplug::attach_nic(vm_id, nic, &argv::root_port_id(1))
         }
         VmAction::DetachNic { vm_id, nic } => unplug_plan(vm_id, hotplug::detach_nic(vm_id, nic)),
+        VmAction::ChangeMedium { vm_id, medium } => {
+            vec![argv::change_medium(vm_id, medium.as_deref())]
+        }
         VmAction::Destroy { run_dir, .. } => vec![HostStep::RemoveDir {
             path: run_dir.clone(),
         }],

@@ -242,6 +242,10 @@ impl QmpClient {
             "query-jobs" => self.typed::<qmp::query_jobs>(args, STATUS_TIMEOUT),
             "job-dismiss" => self.typed::<qmp::job_dismiss>(args, COMMAND_TIMEOUT),
             "transaction" => self.typed::<qmp::transaction>(args, SNAPSHOT_TIMEOUT),
+            "blockdev-change-medium" => {
+                self.typed::<qmp::blockdev_change_medium>(args, COMMAND_TIMEOUT)
+            }
+            "eject" => self.typed::<qmp::eject>(args, COMMAND_TIMEOUT),
             other => Err(HostError::Failed(format!(
                 "QMP command {other} is not supported by vman"
             ))),

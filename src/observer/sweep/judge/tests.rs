@@ -40,6 +40,8 @@ fn vm(id: &str, state: VmState) -> Vm {
         state_reason: None,
         description: String::new(),
         pending_changes: None,
+        cdrom_image_id: None,
+        boot_order: None,
         created_at: at(),
         updated_at: at(),
     }
