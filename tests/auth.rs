@@ -49,6 +49,16 @@ fn mutations() -> Vec<(&'static str, &'static str, &'static str)> {
             "clearPendingChanges(id: $id) { vm { id } }",
         ),
         (
+            "attachCdrom",
+            "operator",
+            "attachCdrom(id: $id, imageId: $id) { vm { id } }",
+        ),
+        (
+            "ejectCdrom",
+            "operator",
+            "ejectCdrom(id: $id) { vm { id } }",
+        ),
+        (
             "updateTemplate",
             "admin",
             "updateTemplate(id: $id, input: {vcpus: 1}) { template { id } }",
