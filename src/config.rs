@@ -110,6 +110,11 @@ pub struct StorageConfig {
     /// How fast a full clone may copy a disk (`qemu-img convert -r`), in
     /// bytes per second; 0: as fast as the disk goes.
     pub copy_bytes_per_second: u64,
+    /// The largest image `importImage` downloads from a URL, in bytes.
+    pub download_max_bytes: u64,
+    /// A download whose server sends nothing for this long is cut off.
+    #[serde(with = "humantime_serde")]
+    pub download_stall_timeout: Duration,
 }
 
 /// Scheduled backups of the database under `<data_dir>/backups/`.
@@ -269,6 +274,8 @@ impl Default for Config {
             storage: StorageConfig {
                 min_free_bytes: 0,
                 copy_bytes_per_second: 0,
+                download_max_bytes: 64 << 30,
+                download_stall_timeout: Duration::from_secs(30),
             },
             backup: BackupConfig {
                 interval: Duration::from_secs(24 * 60 * 60),
@@ -585,6 +592,22 @@ impl Config {
             return Err(bad(
                 "observer.interval",
                 self.observer.interval,
+                "must be between 100ms and 1h",
+            ));
+        }
+        if self.storage.download_max_bytes == 0 {
+            return Err(bad(
+                "storage.download_max_bytes",
+                self.storage.download_max_bytes,
+                "must be at least 1",
+            ));
+        }
+        if self.storage.download_stall_timeout < Duration::from_millis(100)
+            || self.storage.download_stall_timeout > Duration::from_secs(3600)
+        {
+            return Err(bad(
+                "storage.download_stall_timeout",
+                self.storage.download_stall_timeout,
                 "must be between 100ms and 1h",
             ));
         }

@@ -20,7 +20,7 @@ use vman::{
     disk::{self, CreateDisk, DiskFormat},
     error::ApiResult,
     host::StopRequest,
-    image::{self, ImageKind, ImportImage},
+    image::{self, ImageKind, ImportImage, ImportSource},
     network::{self, CreateNetwork, nic::AttachNic},
     operation::{Change, Operation, OperationStatus},
     vm::{self, CreateVm, Lifecycle, VmState},
@@ -350,7 +350,7 @@ async fn an_image_import_fails_cleanly_at_its_inspection_and_at_its_copy() {
             ImportImage {
                 name: "base".into(),
                 kind: ImageKind::Disk,
-                path: "base.qcow2".into(),
+                source: ImportSource::Path("base.qcow2".into()),
             },
             false,
         )
@@ -370,7 +370,7 @@ async fn an_image_import_fails_cleanly_at_its_inspection_and_at_its_copy() {
     assert_eq!(after, before, "no file, not even a partial one");
 
     let imported = succeeds(&server, &steps, &mutation).await;
-    assert_eq!(imported.format, Some(DiskFormat::Qcow2));
+    assert_eq!(imported.unwrap().format, Some(DiskFormat::Qcow2));
     assert_eq!(storage_files(&server).len(), 1);
 }
 

@@ -11,13 +11,12 @@ use std::{
     time::Duration,
 };
 
-use common::{TestServer, WAIT, WsClient};
+use common::{ProgressWatch, TestServer, WAIT};
 use serde_json::{Value, json};
 use sha2::Digest;
 use vman::config::Accel;
 
 const CLONE: &str = "mutation($id: ID!, $name: String!, $linked: Boolean!) { cloneVm(id: $id, name: $name, linked: $linked) { vm { id name state vcpus memoryMib tags template { id } disks { id name format sizeBytes } nics { mac network { id } } } operation { id status kind targetId progress { fraction bytesDone bytesTotal } } plan { action } } }";
-const PROGRESS: &str = "subscription($id: ID!) { operationProgress(id: $id) { operationId status progress { fraction bytesDone bytesTotal } } }";
 const CANCEL: &str = "mutation($id: ID!) { cancelOperation(id: $id) { id status errorCode progress { fraction bytesDone bytesTotal } } }";
 const DELETE_VM: &str = "mutation($id: ID!) { deleteVm(id: $id) { vm { id } } }";
 
@@ -357,27 +356,6 @@ async fn vm_with_a_full_disk(server: &TestServer) -> (String, PathBuf) {
     (vm, path)
 }
 
-/// The `operationProgress` items of one operation, as they come.
-struct ProgressWatch(WsClient);
-
-impl ProgressWatch {
-    async fn open(server: &TestServer, operation: &str) -> ProgressWatch {
-        let mut ws = WsClient::connect(&server.ws_url).await;
-        ws.subscribe("p", PROGRESS, json!({"id": operation})).await;
-        ProgressWatch(ws)
-    }
-
-    /// The next item; `None` once the subscription completed.
-    async fn next(&mut self) -> Option<Value> {
-        let message = self.0.next_message_within(COPY).await;
-        match message["type"].as_str() {
-            Some("complete") => None,
-            Some("next") => Some(message["payload"]["data"]["operationProgress"].clone()),
-            _ => panic!("unexpected message {message}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_full_clone_copies_every_byte_and_pushes_its_progress() {
     let server = TestServer::start_with(|c| {
@@ -393,7 +371,7 @@ async fn a_full_clone_copies_every_byte_and_pushes_its_progress() {
     let id = operation["id"].as_str().unwrap();
     let clone_id = operation["targetId"].as_str().unwrap();
 
-    let mut watch = ProgressWatch::open(&server, id).await;
+    let mut watch = ProgressWatch::open(&server, id, COPY).await;
     let mut items = Vec::new();
     while let Some(item) = watch.next().await {
         items.push(item);
@@ -454,7 +432,7 @@ async fn a_full_clone_copies_a_raw_disk_as_raw_where_a_linked_one_is_refused() {
 
     let accepted = clone(&server, &vm, "raw2", false).await;
     let id = accepted["operation"]["id"].as_str().unwrap();
-    let mut watch = ProgressWatch::open(&server, id).await;
+    let mut watch = ProgressWatch::open(&server, id, COPY).await;
     let mut last = None;
     while let Some(item) = watch.next().await {
         last = Some(item);
@@ -489,7 +467,7 @@ async fn a_full_clone_cancelled_half_way_leaves_no_file_and_no_row() {
 
     let accepted = clone(&server, &vm, "big2", false).await;
     let id = accepted["operation"]["id"].as_str().unwrap().to_string();
-    let mut watch = ProgressWatch::open(&server, &id).await;
+    let mut watch = ProgressWatch::open(&server, &id, COPY).await;
     let mut pushes = 0;
     while pushes < 3 {
         let item = watch.next().await.expect("still running");

@@ -79,6 +79,7 @@ impl DryRunHypervisor {
             | VmAction::DetachDisk { .. }
             | VmAction::AttachNic { .. }
             | VmAction::ChangeMedium { .. }
+            | VmAction::DownloadImage { .. }
             | VmAction::DetachNic { .. }
             | VmAction::Destroy { .. }
             | VmAction::ResizeDisk { .. }
@@ -260,6 +261,7 @@ impl HostNetwork for DryRunNetwork {
                 | HostStep::Signal { .. }
                 | HostStep::CopyFile { .. }
                 | HostStep::MoveFile { .. }
+                | HostStep::Download { .. }
                 | HostStep::CreateDir { .. }
                 | HostStep::RemoveDir { .. }
                 | HostStep::RemoveFile { .. } => {}

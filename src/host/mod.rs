@@ -69,6 +69,12 @@ pub enum HostStep {
         to: PathBuf,
         read_only: bool,
     },
+    /// Fetch `url` into the file `to`, checking its SHA-256.
+    Download {
+        url: String,
+        to: PathBuf,
+        sha256: String,
+    },
     /// Create a bridge, marked as vman's; a bridge vman made before is kept.
     AddBridge {
         name: String,
@@ -117,6 +123,7 @@ impl HostStep {
                 | HostStep::RemoveDir { .. }
                 | HostStep::RemoveFile { .. }
                 | HostStep::MoveFile { .. }
+                | HostStep::Download { .. }
                 | HostStep::AddBridge { .. }
                 | HostStep::AddVlanLink { .. }
                 | HostStep::AddTap { .. }
@@ -157,6 +164,9 @@ impl HostStep {
                 to.display(),
                 if *read_only { " (read-only)" } else { "" }
             ),
+            HostStep::Download { url, to, sha256 } => {
+                format!("download {url} to {} (sha256 {sha256})", to.display())
+            }
             HostStep::AddBridge { name } => format!("add bridge {name} (kept if vman's exists)"),
             HostStep::AddVlanLink {
                 name,
@@ -184,6 +194,7 @@ impl HostStep {
             HostStep::RemoveDir { .. } => "removeDir",
             HostStep::RemoveFile { .. } => "removeFile",
             HostStep::MoveFile { .. } => "moveFile",
+            HostStep::Download { .. } => "download",
             HostStep::AddBridge { .. } => "addBridge",
             HostStep::AddVlanLink { .. } => "addVlanLink",
             HostStep::AddTap { .. } => "addTap",
@@ -256,6 +267,23 @@ pub struct VmSpec {
     /// restore of a snapshot with memory onto a stopped VM.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loadvm: Option<String>,
+}
+
+/// How far a long action has come: the fraction done (0 to 1), and the
+/// bytes it moves in all when it knows them (0 when not: a disk copy counts
+/// in its caller's sizes, a download whose server did not say).
+pub type Report<'a> = dyn Fn(f64, u64) + Send + Sync + 'a;
+
+/// The bounds of a download ([`VmAction::DownloadImage`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DownloadLimits {
+    /// Larger is refused: by its announced size up front, else when reached.
+    pub max_bytes: u64,
+    /// A server that sends nothing for this long (or does not answer) is
+    /// cut off.
+    pub stall_timeout: std::time::Duration,
+    /// Redirects followed, at most.
+    pub max_redirects: usize,
 }
 
 /// A device a VM may boot from.
@@ -375,6 +403,19 @@ pub enum VmAction {
         dest: PathBuf,
         disk: bool,
     },
+    /// Download an image from `url` (http or https) into `dest`: streamed
+    /// into a `.partial` file, its SHA-256 checked against `sha256` (and a
+    /// disk image checked as an import is), then renamed into place. A long
+    /// action: it reports the fraction received when the size is known; a
+    /// dropped one removes its partial file.
+    DownloadImage {
+        url: String,
+        /// Lowercase hex.
+        sha256: String,
+        dest: PathBuf,
+        disk: bool,
+        limits: DownloadLimits,
+    },
     /// Remove an imported image's file from storage; a missing one is fine.
     DeleteImage {
         path: PathBuf,
@@ -437,6 +478,7 @@ impl VmAction {
             VmAction::AttachNic { .. } => "attachNic",
             VmAction::DetachNic { .. } => "detachNic",
             VmAction::ChangeMedium { .. } => "changeMedium",
+            VmAction::DownloadImage { .. } => "downloadImage",
             VmAction::Destroy { .. } => "destroy",
             VmAction::ResizeDisk { .. } => "resizeDisk",
             VmAction::InspectImage { .. } => "inspectImage",
@@ -680,15 +722,15 @@ pub trait Hypervisor: Send + Sync {
     /// The steps `execute` would take, computed without touching the host.
     fn plan(&self, action: &VmAction) -> Vec<HostStep>;
     async fn execute(&self, action: &VmAction) -> Result<Outcome, HostError>;
-    /// [`Hypervisor::execute`], calling `report` with the fraction done (0
-    /// to 1) as a long action ([`VmAction::CopyDisk`]) goes.
+    /// [`Hypervisor::execute`], calling `report` as a long action
+    /// ([`VmAction::CopyDisk`], [`VmAction::DownloadImage`]) goes.
     async fn execute_reporting(
         &self,
         action: &VmAction,
-        report: &(dyn Fn(f64) + Send + Sync),
+        report: &Report<'_>,
     ) -> Result<Outcome, HostError> {
         let outcome = self.execute(action).await;
-        report(1.0);
+        report(1.0, 0);
         outcome
     }
     /// Whether this port touches the host.

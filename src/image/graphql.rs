@@ -1,4 +1,4 @@
-use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+use async_graphql::{Context, ErrorExtensions, ID, InputObject, Object, SimpleObject};
 use sea_orm::EntityTrait;
 
 use super::{Image, model};
@@ -100,8 +100,42 @@ pub struct ImportImageInput {
     pub name: String,
     /// What the file is for.
     pub kind: model::ImageKind,
-    /// A file inside the configured import directory, as a relative path.
-    pub path: String,
+    /// A file inside the configured import directory, as a relative path;
+    /// or give `url`.
+    pub path: Option<String>,
+    /// An http or https URL to download the file from (redirects followed
+    /// up to 5 times); give `sha256` with it. Or give `path`.
+    pub url: Option<String>,
+    /// The file's SHA-256, 64 hexadecimal digits: a download that does not
+    /// match is refused and nothing is kept. Only with `url`.
+    pub sha256: Option<String>,
+}
+
+/// The result of `importImage`. From the import directory the image is made
+/// within the mutation. From a URL the download goes on after it answers:
+/// `image` is null and `operation` RUNNING, with its progress
+/// (`operationProgress`) and cancel (`cancelOperation`); the image is
+/// `operation.targetId` once it SUCCEEDED. With `dryRun: true`, `image` is
+/// what would be and `plan` lists the host steps.
+#[derive(SimpleObject)]
+pub struct ImportImagePayload {
+    /// The image; null while a download runs.
+    pub image: Option<ImageObject>,
+    /// The record of the host work; null with `dryRun: true`.
+    pub operation: Option<OperationObject>,
+    /// The host steps taken (none yet for a download that runs), or with
+    /// `dryRun: true` those that would be.
+    pub plan: Vec<PlanStep>,
+}
+
+impl From<Change<Option<Image>>> for ImportImagePayload {
+    fn from(change: Change<Option<Image>>) -> Self {
+        ImportImagePayload {
+            image: change.object.map(ImageObject),
+            operation: change.operation.map(OperationObject),
+            plan: api::plan(&change.plan),
+        }
+    }
 }
 
 /// The result of an image mutation; see `VmPayload` for `dryRun`.
@@ -130,8 +164,9 @@ pub struct ImageMutation;
 
 #[Object]
 impl ImageMutation {
-    /// (Admin) Copies a file from the import directory into storage. A DISK
-    /// image must be a standalone qcow2 or raw file: no backing file, no data file.
+    /// (Admin) Copies a file from the import directory into storage, or
+    /// downloads one from a URL (a long operation). A DISK image must be a
+    /// standalone qcow2 or raw file: no backing file, no data file.
     async fn import_image(
         &self,
         ctx: &Context<'_>,
@@ -141,11 +176,24 @@ impl ImageMutation {
             desc = "Check and plan only: change nothing, record no operation; `plan` lists the host steps that would run."
         )]
         dry_run: bool,
-    ) -> async_graphql::Result<ImagePayload> {
+    ) -> async_graphql::Result<ImportImagePayload> {
+        let refuse = |why: &str| crate::error::ApiError::bad_input(why).extend();
+        let source = match (input.path, input.url, input.sha256) {
+            (Some(path), None, None) => super::ImportSource::Path(path),
+            (None, Some(url), Some(sha256)) => super::ImportSource::Url { url, sha256 },
+            (None, Some(_), None) => return Err(refuse("a url needs its file's sha256")),
+            (Some(_), None, Some(_)) => {
+                return Err(refuse(
+                    "sha256 goes with url; a file from the import directory needs none",
+                ));
+            }
+            (Some(_), Some(_), _) => return Err(refuse("give path or url, not both")),
+            (None, None, _) => return Err(refuse("give path or url")),
+        };
         let input = super::ImportImage {
             name: input.name,
             kind: input.kind,
-            path: input.path,
+            source,
         };
         Ok(super::import(api::services(ctx), input, dry_run)
             .await

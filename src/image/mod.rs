@@ -1,6 +1,8 @@
 //! Images: files imported into storage that templates build on (a base disk
-//! image, a kernel, an initrd). Users name a file inside the configured import
-//! directory; vman checks it and copies it under a name of its own.
+//! image, a kernel, an initrd) and that VMs' CD-ROM drives take (an ISO).
+//! Users name a file inside the configured import directory, or a URL with
+//! the file's SHA-256; vman checks it and copies or downloads it under a
+//! name of its own. A download is a long operation (progress, cancel).
 
 pub mod graphql;
 pub mod model;
@@ -30,8 +32,41 @@ pub fn path(app: &Ctx, image: &Image) -> PathBuf {
 pub struct ImportImage {
     pub name: String,
     pub kind: ImageKind,
+    pub source: ImportSource,
+}
+
+/// Where an image comes from.
+pub enum ImportSource {
     /// Relative to the import directory.
-    pub path: String,
+    Path(String),
+    /// An http or https URL, and the file's SHA-256 (hex).
+    Url { url: String, sha256: String },
+}
+
+/// Redirects a download follows, at most.
+const MAX_REDIRECTS: usize = 5;
+
+/// A URL to download from: http or https, with a host.
+fn check_url(url: &str) -> ApiResult<String> {
+    validate::text("url", url, 2048)?;
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ApiError::bad_input(format!("url {url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(ApiError::bad_input(format!(
+            "url {url:?} must be an http or https URL with a host"
+        )));
+    }
+    Ok(parsed.to_string())
+}
+
+/// A SHA-256 as 64 hex digits, lowercased.
+fn check_sha256(sha256: &str) -> ApiResult<String> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_input(format!(
+            "sha256 {sha256:?} must be 64 hexadecimal digits"
+        )));
+    }
+    Ok(sha256.to_ascii_lowercase())
 }
 
 /// Resolves a user-given relative path inside the import directory, refusing
@@ -61,18 +96,137 @@ fn resolve_import(import_dir: &Path, relative: &str) -> ApiResult<PathBuf> {
     Ok(full)
 }
 
-pub async fn import(app: &Ctx, input: ImportImage, dry_run: bool) -> ApiResult<Change<Image>> {
+/// `importImage`: from the import directory within the mutation, or from a
+/// URL as a long operation (the answer has no image yet: the operation is
+/// RUNNING).
+pub async fn import(
+    app: &Ctx,
+    input: ImportImage,
+    dry_run: bool,
+) -> ApiResult<Change<Option<Image>>> {
     validate::name("name", &input.name)?;
-    let source = resolve_import(&app.config.import_dir(), &input.path)?;
-    ensure_name_free(&app.db, &input.name).await?;
-    let mut image = Image {
+    match input.source {
+        ImportSource::Path(ref relative) => {
+            let source = resolve_import(&app.config.import_dir(), relative)?;
+            let change = import_file(app, &input, source, dry_run).await?;
+            Ok(Change {
+                object: Some(change.object),
+                operation: change.operation,
+                plan: change.plan,
+            })
+        }
+        ImportSource::Url {
+            ref url,
+            ref sha256,
+        } => {
+            let (url, sha256) = (check_url(url)?, check_sha256(sha256)?);
+            download(app, &input, url, sha256, dry_run).await
+        }
+    }
+}
+
+fn new_image(input: &ImportImage) -> Image {
+    Image {
         id: uuid::Uuid::now_v7().to_string(),
-        name: input.name,
+        name: input.name.clone(),
         kind: input.kind,
         format: None,
         size_bytes: 0,
         created_at: Utc::now(),
+    }
+}
+
+/// Records an image whose file the host made (copied or downloaded).
+async fn record(
+    env: &mut operation::Envelope<'_>,
+    image: &mut Image,
+    found: Option<&crate::host::ImportedImage>,
+) -> ApiResult<Image> {
+    if let Some(found) = found {
+        image.format = found.format;
+        image.size_bytes = i64::try_from(found.size_bytes).unwrap_or(i64::MAX);
+    }
+    let image = image.clone();
+    env.commit(async |w, op| {
+        ensure_name_free(w.txn(), &image.name).await?;
+        let image = model::ActiveModel::from(image.clone())
+            .insert(w.txn())
+            .await?;
+        w.record(NewEvent::new(
+            &image.id,
+            Some(op),
+            Payload::ImageImported {
+                name: image.name.clone(),
+                kind: image.kind,
+                size_bytes: image.size_bytes,
+            },
+        ))
+        .await?;
+        Ok(image)
+    })
+    .await
+}
+
+/// A download: accepted as a long operation, carried out in the background.
+async fn download(
+    app: &Ctx,
+    input: &ImportImage,
+    url: String,
+    sha256: String,
+    dry_run: bool,
+) -> ApiResult<Change<Option<Image>>> {
+    ensure_name_free(&app.db, &input.name).await?;
+    let mut image = new_image(input);
+    let dest = path(app, &image);
+    let action = VmAction::DownloadImage {
+        url,
+        sha256,
+        dest: dest.clone(),
+        disk: image.kind == ImageKind::Disk,
+        limits: crate::host::DownloadLimits {
+            max_bytes: app.config.storage.download_max_bytes,
+            stall_timeout: app.config.storage.download_stall_timeout,
+            max_redirects: MAX_REDIRECTS,
+        },
     };
+    if dry_run {
+        return Ok(Change::planned(Some(image), app.hypervisor.plan(&action)));
+    }
+    let request = Request::new(OperationKind::ImportImage, SubjectType::Image, &image.id);
+    let (op, long) = operation::accept_long(app, &request).await?;
+    let running = op.clone();
+    let ctx = app.clone();
+    tokio::spawn(async move {
+        let ended = operation::carry_out(&ctx, op, Some(long), async |env| {
+            let outcome = env
+                .vm_reporting(&action, |fraction, total| {
+                    crate::operation::progress::Progress::of(fraction, total)
+                })
+                .await?;
+            env.undo_with(HostAction::Vm(VmAction::DeleteImage { path: dest }));
+            record(env, &mut image, outcome.image.as_ref()).await
+        })
+        .await;
+        if let Err(e) = ended {
+            tracing::info!(error = %e, "an image download did not complete");
+        }
+    });
+    Ok(Change {
+        object: None,
+        operation: Some(running),
+        plan: Vec::new(),
+    })
+}
+
+/// An import from the import directory, within the mutation.
+async fn import_file(
+    app: &Ctx,
+    input: &ImportImage,
+    source: PathBuf,
+    dry_run: bool,
+) -> ApiResult<Change<Image>> {
+    ensure_name_free(&app.db, &input.name).await?;
+    let mut image = Image { ..new_image(input) };
     // Inspect before anything is recorded: a refused image changes nothing.
     let inspect = VmAction::InspectImage {
         source: source.clone(),
@@ -103,31 +257,10 @@ pub async fn import(app: &Ctx, input: ImportImage, dry_run: bool) -> ApiResult<C
     let request = Request::new(OperationKind::ImportImage, SubjectType::Image, &image.id);
     operation::run(app, request, async |env| {
         let outcome = env.vm(&action).await?;
-        if let Some(found) = &outcome.image {
-            image.format = found.format;
-            image.size_bytes = i64::try_from(found.size_bytes).unwrap_or(i64::MAX);
-        }
         env.undo_with(HostAction::Vm(VmAction::DeleteImage {
             path: path(app, &image),
         }));
-        env.commit(async |w, op| {
-            ensure_name_free(w.txn(), &image.name).await?;
-            let image = model::ActiveModel::from(image.clone())
-                .insert(w.txn())
-                .await?;
-            w.record(NewEvent::new(
-                &image.id,
-                Some(op),
-                Payload::ImageImported {
-                    name: image.name.clone(),
-                    kind: image.kind,
-                    size_bytes: image.size_bytes,
-                },
-            ))
-            .await?;
-            Ok(image)
-        })
-        .await
+        record(env, &mut image, outcome.image.as_ref()).await
     })
     .await
 }

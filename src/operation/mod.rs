@@ -126,17 +126,18 @@ impl<'c> Envelope<'c> {
         self.record(action.name(), outcome)
     }
 
-    /// Runs a long hypervisor action ([`VmAction::CopyDisk`]) and records
-    /// its steps; a long operation reports `progress(fraction)` as it goes.
+    /// Runs a long hypervisor action ([`VmAction::CopyDisk`],
+    /// [`VmAction::DownloadImage`]) and records its steps; a long operation
+    /// reports `progress(fraction, total bytes or 0)` as it goes.
     pub async fn vm_reporting(
         &mut self,
         action: &VmAction,
-        progress: impl Fn(f64) -> Progress + Send + Sync,
+        progress: impl Fn(f64, u64) -> Progress + Send + Sync,
     ) -> ApiResult<Outcome> {
         let long = self.long.clone();
-        let report = move |fraction: f64| {
+        let report = move |fraction: f64, total: u64| {
             if let Some(long) = &long {
-                long.report(progress(fraction));
+                long.report(progress(fraction, total));
             }
         };
         let outcome = self.ctx.hypervisor.execute_reporting(action, &report).await;

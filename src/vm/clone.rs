@@ -253,7 +253,7 @@ pub async fn clone(
             let mut before = 0u64;
             for (copy, source) in copies.iter().zip(&sources) {
                 let (done, size) = (before, source.size_bytes);
-                env.vm_reporting(copy, move |fraction| Progress {
+                env.vm_reporting(copy, move |fraction, _| Progress {
                     bytes_done: done + (fraction * size as f64) as u64,
                     bytes_total: total,
                 })

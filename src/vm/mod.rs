@@ -566,6 +566,7 @@ fn moves(action: &VmAction, current: VmState) -> Moves {
         | VmAction::DetachDisk { .. }
         | VmAction::AttachNic { .. }
         | VmAction::ChangeMedium { .. }
+        | VmAction::DownloadImage { .. }
         | VmAction::DetachNic { .. }
         | VmAction::Destroy { .. }
         | VmAction::ResizeDisk { .. }

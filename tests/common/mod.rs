@@ -620,3 +620,51 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `operationProgress` for one operation: the items of a long operation
+/// (a full clone, a download) as they come.
+pub struct ProgressWatch {
+    ws: WsClient,
+    /// The longest wait for the next item.
+    within: Duration,
+}
+
+pub const PROGRESS: &str = "subscription($id: ID!) { operationProgress(id: $id) { operationId status progress { fraction bytesDone bytesTotal } } }";
+
+impl ProgressWatch {
+    pub async fn open(server: &TestServer, operation: &str, within: Duration) -> ProgressWatch {
+        let mut ws = WsClient::connect(&server.ws_url).await;
+        ws.subscribe("p", PROGRESS, serde_json::json!({"id": operation}))
+            .await;
+        ProgressWatch { ws, within }
+    }
+
+    /// The next item; `None` once the subscription completed.
+    pub async fn next(&mut self) -> Option<Value> {
+        let message = self.ws.next_message_within(self.within).await;
+        match message["type"].as_str() {
+            Some("complete") => None,
+            Some("next") => Some(message["payload"]["data"]["operationProgress"].clone()),
+            _ => panic!("unexpected message {message}"),
+        }
+    }
+
+    /// Items until one has `bytes` done; that one.
+    pub async fn until_done(&mut self, bytes: u64) -> Value {
+        loop {
+            let item = self.next().await.expect("the operation still runs");
+            if item["progress"]["bytesDone"].as_u64() >= Some(bytes) {
+                return item;
+            }
+        }
+    }
+
+    /// The last item, once the operation ended.
+    pub async fn end(&mut self) -> Value {
+        let mut last = Value::Null;
+        while let Some(item) = self.next().await {
+            last = item;
+        }
+        last
+    }
+}

@@ -8,7 +8,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use super::{QemuHypervisor, files, img, plan};
+use super::{QemuHypervisor, download, files, img, plan};
 use crate::host::{DiskSpec, HostError, HostStep, Outcome, VmAction};
 
 impl QemuHypervisor {
@@ -16,14 +16,14 @@ impl QemuHypervisor {
     /// want of space where it writes, is [`HostError::NoSpace`] naming that
     /// directory (see [`files::no_space`]).
     pub(super) async fn execute(self: &Arc<Self>, action: &VmAction) -> Result<Outcome, HostError> {
-        self.execute_reporting(action, &|_| {}).await
+        self.execute_reporting(action, &|_, _| {}).await
     }
 
     /// [`Self::execute`], reporting the fraction done of a long action.
     pub(super) async fn execute_reporting(
         self: &Arc<Self>,
         action: &VmAction,
-        report: &(dyn Fn(f64) + Send + Sync),
+        report: &crate::host::Report<'_>,
     ) -> Result<Outcome, HostError> {
         let done = self.dispatch(action, report).await;
         match writes_under(action) {
@@ -35,7 +35,7 @@ impl QemuHypervisor {
     async fn dispatch(
         self: &Arc<Self>,
         action: &VmAction,
-        report: &(dyn Fn(f64) + Send + Sync),
+        report: &crate::host::Report<'_>,
     ) -> Result<Outcome, HostError> {
         let planned = || plan(&self.options, action);
         match action {
@@ -64,6 +64,22 @@ impl QemuHypervisor {
             }
             VmAction::ImportImage { source, dest, disk } => {
                 self.import_image(source, dest, *disk, planned()).await
+            }
+            VmAction::DownloadImage {
+                url,
+                sha256,
+                dest,
+                disk,
+                limits,
+            } => {
+                let image =
+                    download::fetch(&self.options, url, sha256, dest, *disk, limits, report)
+                        .await?;
+                Ok(Outcome {
+                    steps: planned(),
+                    image: Some(image),
+                    ..Default::default()
+                })
             }
             VmAction::CreateSnapshot {
                 running_vm: Some(vm_id),
@@ -95,7 +111,7 @@ impl QemuHypervisor {
             } => self.delete_snapshot_offline(disks, tag).await,
             VmAction::CopyDisk { to, .. } => {
                 let steps = planned();
-                files::copy_disk(&steps, to, report).await?;
+                files::copy_disk(&steps, to, &|fraction| report(fraction, 0)).await?;
                 Ok(took(steps))
             }
             VmAction::MoveFile {
@@ -211,7 +227,7 @@ fn writes_under(action: &VmAction) -> Option<&Path> {
     match action {
         VmAction::Start(spec) => Some(&spec.run_dir),
         VmAction::CreateDisk(disk) | VmAction::ResizeDisk { disk, .. } => disk.path.parent(),
-        VmAction::ImportImage { dest, .. } => dest.parent(),
+        VmAction::ImportImage { dest, .. } | VmAction::DownloadImage { dest, .. } => dest.parent(),
         // A snapshot writes into the disks' files (memory into the first).
         VmAction::CreateSnapshot { disks, .. } => disks.first().and_then(|d| d.path.parent()),
         VmAction::CopyDisk { to, .. } => to.path.parent(),

@@ -95,11 +95,11 @@ pub(super) async fn create_disk(steps: &[HostStep], disk: &DiskSpec) -> Result<(
 
 /// A file being written under a temporary name: removed when dropped
 /// (a failure, or a cancelled operation's dropped future) unless kept.
-struct PartialFile(Option<PathBuf>);
+pub(super) struct PartialFile(pub(super) Option<PathBuf>);
 
 impl PartialFile {
     /// Renames it into place; from then on it is not removed.
-    fn rename_to(mut self, to: &Path) -> Result<(), HostError> {
+    pub(super) fn rename_to(mut self, to: &Path) -> Result<(), HostError> {
         let from = self.0.take().expect("a partial file until renamed");
         std::fs::rename(&from, to).map_err(|source| {
             let _ = std::fs::remove_file(&from);
@@ -222,9 +222,7 @@ pub(super) async fn import_image(
             source,
         })?;
     }
-    let mut partial = dest.as_os_str().to_os_string();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
+    let partial = partial_of(dest);
     let (from, to) = (source.to_path_buf(), partial.clone());
     let copied = tokio::task::spawn_blocking(move || std::fs::copy(from, to))
         .await
@@ -259,6 +257,13 @@ pub(super) async fn import_image(
         let _ = std::fs::remove_file(&partial);
     }
     checked
+}
+
+/// The name a file is written under until it is complete and checked.
+pub(super) fn partial_of(dest: &Path) -> PathBuf {
+    let mut partial = dest.as_os_str().to_os_string();
+    partial.push(".partial");
+    PathBuf::from(partial)
 }
 
 /// Removes the `*.partial` files directly under `storage` and

@@ -19,6 +19,7 @@ pub mod argv;
 mod attach;
 mod console;
 pub mod cpu;
+mod download;
 mod execute;
 mod files;
 pub mod hotplug;
@@ -89,7 +90,7 @@ impl Hypervisor for Qemu {
     async fn execute_reporting(
         &self,
         action: &VmAction,
-        report: &(dyn Fn(f64) + Send + Sync),
+        report: &crate::host::Report<'_>,
     ) -> Result<Outcome, HostError> {
         self.0.execute_reporting(action, report).await
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{argv, argv::QemuOptions, hotplug, img};
+use super::{argv, argv::QemuOptions, files, hotplug, img};
 use crate::host::{HostStep, VmAction};
 
 /// How long `detachDisk` waits for the guest before reporting the disk as DETACHING.
@@ -193,6 +193,31 @@ pub fn plan(options: &QemuOptions, action: &VmAction) -> Vec<HostStep> {
             to: to.clone(),
             read_only: *read_only,
         }],
+        VmAction::DownloadImage {
+            url,
+            sha256,
+            dest,
+            disk,
+            ..
+        } => {
+            let partial = files::partial_of(dest);
+            let mut steps = vec![HostStep::Download {
+                url: url.clone(),
+                to: partial.clone(),
+                sha256: sha256.clone(),
+            }];
+            if *disk {
+                steps.push(HostStep::Exec {
+                    argv: img::info_argv(&options.img_binary, &partial),
+                });
+            }
+            steps.push(HostStep::MoveFile {
+                from: partial,
+                to: dest.clone(),
+                read_only: false,
+            });
+            steps
+        }
         VmAction::ImportImage { source, dest, disk } => {
             let mut steps = Vec::new();
             if *disk {
