@@ -239,6 +239,7 @@ impl RawSide {
             }),
             run_dir: config.run_dir().join("raw"),
             loadvm: None,
+            seed: None,
             cdrom: None,
             boot_order: vec![],
         };

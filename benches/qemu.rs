@@ -386,6 +386,7 @@ async fn main() {
             boot: None,
             run_dir: config.run_dir().join(format!("raw-{round}")),
             loadvm: None,
+            seed: None,
             cdrom: None,
             boot_order: vec![],
         };

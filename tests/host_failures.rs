@@ -249,6 +249,7 @@ fn create_vm(name: &str) -> CreateVm {
         tags: None,
         boot_order: None,
         cdrom_image_id: None,
+        cloud_init: None,
     }
 }
 

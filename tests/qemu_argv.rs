@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use vman::{
     disk::DiskFormat,
     host::{
-        BootDevice, DirectBoot, DiskSpec, HostStep, NicSpec, VmSpec,
+        BootDevice, DirectBoot, DiskSpec, HostStep, NicSpec, Seed, VmSpec,
         qemu::{
             argv::{
                 Accel, CDROM_DEVICE, QemuOptions, argv, change_medium, console_socket, device_id,
@@ -72,6 +72,7 @@ fn vm(data: &str, name: &str) -> VmSpec {
         boot: None,
         run_dir: PathBuf::from(format!("{data}/run/{VM_ID}")),
         loadvm: None,
+        seed: None,
         cdrom: None,
         boot_order: vec![],
     }
@@ -225,6 +226,31 @@ fn golden_install_media() {
             step_json(&change_medium(VM_ID, None)),
         ]),
     );
+}
+
+/// A cloud-init seed: a read-only virtio disk on the port after the NICs';
+/// the spare ports follow it.
+#[test]
+fn golden_cloud_init_seed() {
+    let spec = VmSpec {
+        disks: vec![disk(DATA, DISK_A, DiskFormat::Qcow2)],
+        nics: vec![nic(
+            NIC_A,
+            "02:00:00:00:00:0a",
+            "virtio-net-pci",
+            "vt0123456789a0",
+            "vmbr10",
+        )],
+        seed: Some(Box::new(Seed {
+            meta_data: "instance-id: \"iid-1\"\n".into(),
+            user_data: "#cloud-config\n".into(),
+            network_config: None,
+        })),
+        ..vm(DATA, "seeded")
+    };
+    let opts = options(Accel::Tcg, 2);
+    check_args("cloud_init_seed", &spec, &opts);
+    assert_eq!(spare_root_ports(&spec, &opts), ["rp4", "rp5"]);
 }
 
 fn step_json(step: &HostStep) -> Value {

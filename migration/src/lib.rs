@@ -14,6 +14,7 @@ mod m20261205_000008_snapshots;
 mod m20261205_000009_clones;
 mod m20261205_000010_read_indexes;
 mod m20261205_000011_install_media;
+mod m20261205_000012_cloud_init;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000009_clones::Migration),
             Box::new(m20261205_000010_read_indexes::Migration),
             Box::new(m20261205_000011_install_media::Migration),
+            Box::new(m20261205_000012_cloud_init::Migration),
         ]
     }
 }

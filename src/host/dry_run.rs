@@ -262,6 +262,7 @@ impl HostNetwork for DryRunNetwork {
                 | HostStep::CopyFile { .. }
                 | HostStep::MoveFile { .. }
                 | HostStep::Download { .. }
+                | HostStep::WriteSeed { .. }
                 | HostStep::CreateDir { .. }
                 | HostStep::RemoveDir { .. }
                 | HostStep::RemoveFile { .. } => {}

@@ -69,6 +69,10 @@ pub enum HostStep {
         to: PathBuf,
         read_only: bool,
     },
+    /// Write a VM's cloud-init seed (a vfat volume labelled `cidata`).
+    WriteSeed {
+        path: PathBuf,
+    },
     /// Fetch `url` into the file `to`, checking its SHA-256.
     Download {
         url: String,
@@ -124,6 +128,7 @@ impl HostStep {
                 | HostStep::RemoveFile { .. }
                 | HostStep::MoveFile { .. }
                 | HostStep::Download { .. }
+                | HostStep::WriteSeed { .. }
                 | HostStep::AddBridge { .. }
                 | HostStep::AddVlanLink { .. }
                 | HostStep::AddTap { .. }
@@ -164,6 +169,10 @@ impl HostStep {
                 to.display(),
                 if *read_only { " (read-only)" } else { "" }
             ),
+            HostStep::WriteSeed { path } => format!(
+                "write the cloud-init seed (vfat, label cidata: meta-data, user-data, network-config) to {}",
+                path.display()
+            ),
             HostStep::Download { url, to, sha256 } => {
                 format!("download {url} to {} (sha256 {sha256})", to.display())
             }
@@ -195,6 +204,7 @@ impl HostStep {
             HostStep::RemoveFile { .. } => "removeFile",
             HostStep::MoveFile { .. } => "moveFile",
             HostStep::Download { .. } => "download",
+            HostStep::WriteSeed { .. } => "writeSeed",
             HostStep::AddBridge { .. } => "addBridge",
             HostStep::AddVlanLink { .. } => "addVlanLink",
             HostStep::AddTap { .. } => "addTap",
@@ -267,6 +277,33 @@ pub struct VmSpec {
     /// restore of a snapshot with memory onto a stopped VM.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loadvm: Option<String>,
+    /// The cloud-init NoCloud seed the guest finds at boot, written into the
+    /// run directory at each start and attached read-only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<Box<Seed>>,
+}
+
+/// The files of a cloud-init NoCloud seed (a vfat volume labelled `cidata`).
+/// Its user data is never shown: not in plans, logs or `Debug`.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct Seed {
+    pub meta_data: String,
+    #[serde(skip)]
+    pub user_data: String,
+    pub network_config: Option<String>,
+}
+
+impl std::fmt::Debug for Seed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seed")
+            .field("meta_data", &self.meta_data)
+            .field(
+                "user_data",
+                &format_args!("({} bytes)", self.user_data.len()),
+            )
+            .field("network_config", &self.network_config)
+            .finish()
+    }
 }
 
 /// How far a long action has come: the fraction done (0 to 1), and the

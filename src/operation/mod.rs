@@ -78,6 +78,9 @@ impl Request {
 
 /// A host action of either port: what an envelope runs and undoes.
 #[derive(Debug, Clone)]
+// A VM action may carry a whole VM spec (a start); an operation holds a
+// handful of them (its undo list), so boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum HostAction {
     Vm(VmAction),
     Network(NetworkAction),

@@ -357,6 +357,11 @@ impl Cloning {
         // should it be gone all the same.
         find_in::<model::Entity, _>(w.txn(), "VM", &self.source.id).await?;
         let vm = super::insert_new(w, &self.vm, &self.tags, op).await?;
+        // The same cloud-init data, as a new instance (a new instance-id).
+        if let Some(row) = super::cloud_init::of(w.txn(), &self.source.id).await? {
+            let data = super::cloud_init::data(&row);
+            super::cloud_init::set(w.txn(), &vm.id, Some(&data)).await?;
+        }
         for pair in &self.pairs {
             if let Some(base) = &pair.base {
                 base::model::ActiveModel::from(base.clone())

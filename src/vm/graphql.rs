@@ -127,6 +127,16 @@ impl VmObject {
                 .map(|order| super::media::parse(Some(order)).unwrap_or_default()),
         })
     }
+    /// Its cloud-init NoCloud data; null when it has none.
+    async fn cloud_init(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<CloudInitObject>> {
+        let row = super::cloud_init::of(&api::services(ctx).db, &self.0.id)
+            .await
+            .gql()?;
+        Ok(row.map(CloudInitObject))
+    }
     /// The devices it boots from, first first; null: the firmware's own
     /// order. A change on a running VM waits for its next start.
     async fn boot_order(&self) -> Option<Vec<BootDevice>> {
@@ -172,6 +182,67 @@ pub struct CreateVmInput {
     pub boot_order: Option<Vec<BootDevice>>,
     /// An ISO image (kind `ISO`) to put in its CD-ROM drive.
     pub cdrom_image_id: Option<ID>,
+    /// cloud-init NoCloud data: a seed volume labelled `cidata`, attached
+    /// read-only, that the guest's cloud-init reads at boot.
+    pub cloud_init: Option<CloudInitInput>,
+}
+
+/// cloud-init NoCloud data (see `Vm.cloudInit`).
+#[derive(InputObject)]
+pub struct CloudInitInput {
+    /// The guest's hostname (`local-hostname`); defaults to the VM's name.
+    pub hostname: Option<String>,
+    /// SSH public keys (`public-keys`), one `authorized_keys` line each: at
+    /// most 100.
+    pub ssh_authorized_keys: Option<Vec<String>>,
+    /// The `user-data` file (a `#cloud-config` document or a script), at
+    /// most 64 KiB; `#cloud-config` with nothing in it when left out. Never
+    /// shown back, logged or journaled: `Vm.cloudInit` gives its size.
+    pub user_data: Option<String>,
+    /// The `network-config` file (network config version 1 or 2), at most
+    /// 64 KiB; none when left out.
+    pub network_config: Option<String>,
+}
+
+impl From<CloudInitInput> for super::cloud_init::CloudInit {
+    fn from(input: CloudInitInput) -> Self {
+        super::cloud_init::CloudInit {
+            hostname: input.hostname,
+            ssh_authorized_keys: input.ssh_authorized_keys.unwrap_or_default(),
+            user_data: input.user_data,
+            network_config: input.network_config,
+        }
+    }
+}
+
+pub struct CloudInitObject(super::cloud_init::Model);
+
+/// A VM's cloud-init NoCloud data, as its seed gives it at the next boot.
+#[Object(name = "CloudInit")]
+impl CloudInitObject {
+    /// `instance-id` in `meta-data`: new with every change, so that
+    /// cloud-init in the guest runs again.
+    async fn instance_id(&self) -> &str {
+        &self.0.instance_id
+    }
+    /// `local-hostname` (the VM's name unless one was given).
+    async fn hostname(&self) -> Option<String> {
+        super::cloud_init::data(&self.0).hostname
+    }
+    /// The SSH public keys.
+    async fn ssh_authorized_keys(&self) -> Vec<String> {
+        super::cloud_init::data(&self.0).ssh_authorized_keys
+    }
+    /// The size of the user data, in bytes (0: none was given); the data
+    /// itself is never shown.
+    async fn user_data_bytes(&self) -> i32 {
+        let data = super::cloud_init::data(&self.0);
+        data.user_data.map_or(0, |u| u.len() as i32)
+    }
+    /// The `network-config` file, if one was given.
+    async fn network_config(&self) -> Option<String> {
+        super::cloud_init::data(&self.0).network_config
+    }
 }
 
 /// What to change on a VM; what is left out stays as it is.
@@ -192,6 +263,9 @@ pub struct UpdateVmInput {
     /// A new boot order (empty: the firmware's own): at once on a STOPPED or
     /// CRASHED VM, else at its next start.
     pub boot_order: Option<Vec<BootDevice>>,
+    /// New cloud-init data, replacing the old (null: none any more). The
+    /// guest sees it at its next boot, with a new instance-id.
+    pub cloud_init: async_graphql::MaybeUndefined<CloudInitInput>,
 }
 
 /// Changes that wait for a VM's next start (a running QEMU cannot take
@@ -376,6 +450,7 @@ impl VmMutation {
             tags: input.tags,
             boot_order: input.boot_order,
             cdrom_image_id: input.cdrom_image_id.map(|i| i.0),
+            cloud_init: input.cloud_init.map(Into::into),
         };
         Ok(super::create(api::services(ctx), input, dry_run)
             .await
@@ -402,6 +477,11 @@ impl VmMutation {
             memory_mib: input.memory_mib,
             tags: input.tags,
             boot_order: input.boot_order,
+            cloud_init: match input.cloud_init {
+                async_graphql::MaybeUndefined::Undefined => None,
+                async_graphql::MaybeUndefined::Null => Some(None),
+                async_graphql::MaybeUndefined::Value(data) => Some(Some(data.into())),
+            },
         };
         Ok(super::update::update(api::services(ctx), &id, input)
             .await

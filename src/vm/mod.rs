@@ -8,6 +8,7 @@
 
 pub mod adopt;
 pub mod clone;
+pub mod cloud_init;
 pub mod graphql;
 pub mod lock;
 pub mod media;
@@ -147,6 +148,8 @@ pub struct CreateVm {
     pub disk_size_bytes: Option<i64>,
     pub description: Option<String>,
     pub tags: Option<Vec<String>>,
+    /// cloud-init NoCloud data: a seed the guest finds at each boot.
+    pub cloud_init: Option<cloud_init::CloudInit>,
     /// Defaults to the template's.
     pub boot_order: Option<Vec<crate::host::BootDevice>>,
     /// An ISO image for its CD-ROM drive.
@@ -188,6 +191,9 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
         validate::text("description", description, update::MAX_DESCRIPTION)?;
     }
     let tags = update::check_tags(input.tags.as_deref().unwrap_or_default())?;
+    if let Some(data) = &input.cloud_init {
+        data.check()?;
+    }
     let boot_order = match &input.boot_order {
         Some(order) => media::store(order)?,
         None => template.as_ref().and_then(|t| t.boot_order.clone()),
@@ -272,6 +278,7 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
         }
         env.commit(async |w, op| {
             let vm = insert_new(w, &vm, &tags, op).await?;
+            cloud_init::set(w.txn(), &vm.id, input.cloud_init.as_ref()).await?;
             if let Some(root) = &root {
                 disk::ensure_name_free(w.txn(), &root.name).await?;
                 let root = disk_model::ActiveModel::from(root.clone())
@@ -361,6 +368,9 @@ pub async fn spec(app: &Ctx, vm: &Vm) -> ApiResult<VmSpec> {
         boot_order: media::parse(vm.boot_order.as_deref()).unwrap_or_default(),
         run_dir: run_dir(app, &vm.id),
         loadvm: None,
+        seed: cloud_init::of(&app.db, &vm.id)
+            .await?
+            .map(|row| Box::new(cloud_init::seed(&row, &vm.name))),
     })
 }
 

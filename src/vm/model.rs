@@ -24,7 +24,7 @@ pub struct Model {
     pub pending_changes: Option<Json>,
     /// The ISO image in its CD-ROM drive; null when the drive is empty.
     pub cdrom_image_id: Option<String>,
-    /// Its boot order ([`crate::vm::media::BootOrder`], `CDROM,DISK`); null:
+    /// Its boot order (`CDROM,DISK`); null:
     /// the firmware's own.
     pub boot_order: Option<String>,
     pub created_at: DateTimeUtc,

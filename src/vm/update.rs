@@ -153,6 +153,8 @@ pub struct UpdateVm {
     pub tags: Option<Vec<String>>,
     /// Empty: the firmware's own order.
     pub boot_order: Option<Vec<crate::host::BootDevice>>,
+    /// `Some(None)`: remove it; a change takes effect at the next boot.
+    pub cloud_init: Option<Option<super::cloud_init::CloudInit>>,
 }
 
 /// States in which a new CPU count or memory size applies at once: no
@@ -185,6 +187,9 @@ pub async fn update(ctx: &Ctx, id: &str, input: UpdateVm) -> ApiResult<Change<Vm
         .as_deref()
         .map(super::media::store)
         .transpose()?;
+    if let Some(Some(data)) = &input.cloud_init {
+        data.check()?;
+    }
     let op_id = operation::new_id();
     let _guard = ctx.locks.lock(&id, &op_id, OperationKind::UpdateVm).await?;
     let vm = find_in::<model::Entity, _>(&ctx.db, "VM", &id).await?;
@@ -211,6 +216,12 @@ pub async fn update(ctx: &Ctx, id: &str, input: UpdateVm) -> ApiResult<Change<Vm
             {
                 tag::set(w.txn(), &vm.id, tags).await?;
                 changed.push("tags".to_string());
+            }
+            // The guest reads it at its next boot, whatever the VM's state.
+            if let Some(data) = &input.cloud_init
+                && super::cloud_init::set(w.txn(), &vm.id, data.as_ref()).await?
+            {
+                changed.push("cloudInit".to_string());
             }
             let mut pending = Pending::of(&vm);
             let now = applies_now(vm.state);

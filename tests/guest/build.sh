@@ -18,7 +18,7 @@ out=${1:-$repo_root/target/vman-guest}
 HOST_PKGS=(qemu-system-x86 qemu-utils busybox-static cpio)
 KERNEL_PKG=${VMAN_GUEST_KERNEL_PKG:-linux-image-cloud-amd64}
 # Wanted modules; their dependencies are added (from .modinfo), built-in ones are skipped.
-MODULES=(virtio_pci virtio_blk virtio_net button evdev)
+MODULES=(virtio_pci virtio_blk virtio_net button evdev vfat nls_cp437 nls_ascii nls_utf8)
 
 say() { echo "vman-guest: $*"; }
 die() { echo "vman-guest: error: $*" >&2; exit 1; }

@@ -113,8 +113,16 @@ pub fn root_ports(spec: &VmSpec, opts: &QemuOptions) -> u32 {
 }
 
 fn cold_plugged(spec: &VmSpec) -> u32 {
-    (spec.disks.len() + spec.nics.len()) as u32
+    (spec.disks.len() + spec.nics.len() + usize::from(spec.seed.is_some())) as u32
 }
+
+/// The cloud-init seed image in the run directory (written at each start).
+pub fn seed_image(run_dir: &Path) -> PathBuf {
+    run_dir.join("cidata.img")
+}
+
+/// The seed's device id.
+pub const SEED_DEVICE: &str = "seed0";
 
 /// The whole command line; `argv[0]` is the binary.
 ///
@@ -204,6 +212,40 @@ pub fn argv(spec: &VmSpec, opts: &QemuOptions) -> Vec<String> {
             device.0.push(("bootindex", boot));
         }
         args.option("-device", device.device_option_value());
+    }
+    // The cloud-init seed, read-only, on the port after the NICs'.
+    if spec.seed.is_some() {
+        let port = root_port_id(first_nic_port + spec.nics.len() as u32);
+        args.option(
+            "-blockdev",
+            Props(vec![
+                ("driver", "file".into()),
+                ("filename", seed_image(run).display().to_string()),
+                ("node-name", "seed-file".into()),
+                ("read-only", "on".into()),
+            ])
+            .option_value(),
+        );
+        args.option(
+            "-blockdev",
+            Props(vec![
+                ("driver", "raw".into()),
+                ("file", "seed-file".into()),
+                ("node-name", "seed".into()),
+                ("read-only", "on".into()),
+            ])
+            .option_value(),
+        );
+        args.option(
+            "-device",
+            Props(vec![
+                ("driver", "virtio-blk-pci".into()),
+                ("drive", "seed".into()),
+                ("id", SEED_DEVICE.into()),
+                ("bus", port),
+            ])
+            .device_option_value(),
+        );
     }
     // The CD-ROM drive, on the first port of q35's own SATA controller (no
     // root port), always there so a medium can go in while the VM runs.

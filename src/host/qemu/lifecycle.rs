@@ -15,6 +15,7 @@ use super::{
     process::{self, QemuProcess},
     qmp::{self, QmpClient},
     running::Seen,
+    seed,
 };
 use crate::host::{Adoption, HostError, HostStep, Outcome, StopRequest, StopRung, VmSpec};
 
@@ -40,8 +41,14 @@ impl QemuHypervisor {
             )));
         }
         prepare_run_dir(&spec.run_dir)?;
-        let HostStep::SpawnQemu { argv, .. } = &steps[1] else {
-            unreachable!("plan(Start) spawns QEMU second")
+        if let Some(seed) = &spec.seed {
+            seed::write(&argv::seed_image(&spec.run_dir), seed)?;
+        }
+        let Some(argv) = steps.iter().find_map(|step| match step {
+            HostStep::SpawnQemu { argv, .. } => Some(argv),
+            _ => None,
+        }) else {
+            unreachable!("plan(Start) spawns QEMU")
         };
         let log = argv::qemu_log(&spec.run_dir);
         let process = process::spawn(argv, &log).map_err(|source| HostError::Io {

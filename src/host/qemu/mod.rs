@@ -30,6 +30,7 @@ mod probe;
 pub mod process;
 pub mod qmp;
 mod running;
+mod seed;
 mod snapshot;
 mod stats;
 

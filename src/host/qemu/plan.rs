@@ -22,16 +22,22 @@ pub(super) const JOB_STATUS_CHANGE: &str = "JOB_STATUS_CHANGE";
 /// The exact host steps an action takes.
 pub fn plan(options: &QemuOptions, action: &VmAction) -> Vec<HostStep> {
     match action {
-        VmAction::Start(spec) => vec![
-            HostStep::CreateDir {
+        VmAction::Start(spec) => {
+            let mut steps = vec![HostStep::CreateDir {
                 path: spec.run_dir.clone(),
-            },
-            HostStep::SpawnQemu {
+            }];
+            if spec.seed.is_some() {
+                steps.push(HostStep::WriteSeed {
+                    path: argv::seed_image(&spec.run_dir),
+                });
+            }
+            steps.push(HostStep::SpawnQemu {
                 vm_id: spec.id.clone(),
                 argv: argv::argv(spec, options),
-            },
-            step_qmp(&spec.id, "cont"),
-        ],
+            });
+            steps.push(step_qmp(&spec.id, "cont"));
+            steps
+        }
         VmAction::Stop { vm_id, request } => {
             let mut steps = Vec::new();
             if !request.force {
