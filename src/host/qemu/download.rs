@@ -51,7 +51,8 @@ pub(super) async fn fetch(
     let (bytes, digest) = receive(url, &partial, limits, report).await?;
     if digest != sha256 {
         return Err(HostError::Rejected(format!(
-            "the file at {url} has SHA-256 {digest}, not {sha256} as given: nothing was imported"
+            "the file at {} has SHA-256 {digest}, not {sha256} as given: nothing was imported",
+            shown(url)
         )));
     }
     let image = match disk {
@@ -66,6 +67,17 @@ pub(super) async fn fetch(
     };
     guard.rename_to(dest)?;
     Ok(image)
+}
+
+/// `url` as plans and operation records show it: a password in it hidden.
+pub(super) fn shown(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// The client: redirects bounded, every wait bounded by the stall timeout.
@@ -85,9 +97,11 @@ async fn receive(
     limits: &DownloadLimits,
     report: &Report<'_>,
 ) -> Result<(u64, String), HostError> {
+    // What messages show (a password hidden); `url` is what is fetched.
+    let named = &shown(url);
     let stalled = || {
         HostError::Timeout(format!(
-            "{url} sent nothing for {}",
+            "{named} sent nothing for {}",
             humantime::format_duration(limits.stall_timeout)
         ))
     };
@@ -95,10 +109,10 @@ async fn receive(
     let mut response = tokio::time::timeout(limits.stall_timeout, request)
         .await
         .map_err(|_| stalled())?
-        .map_err(|e| refused(url, e, limits))?;
+        .map_err(|e| refused(named, e, limits))?;
     let status = response.status();
     if !status.is_success() {
-        let said = format!("{url} answered {status}");
+        let said = format!("{named} answered {status}");
         return Err(match status.is_client_error() {
             true => HostError::Rejected(said),
             false => HostError::Failed(said),
@@ -106,7 +120,7 @@ async fn receive(
     }
     let total = response.content_length().unwrap_or(0);
     if total > limits.max_bytes {
-        return Err(too_large(url, limits));
+        return Err(too_large(named, limits));
     }
     let mut file = tokio::fs::File::create(partial)
         .await
@@ -121,11 +135,11 @@ async fn receive(
         let chunk = tokio::time::timeout(limits.stall_timeout, response.chunk())
             .await
             .map_err(|_| stalled())?
-            .map_err(|e| refused(url, e, limits))?;
+            .map_err(|e| refused(named, e, limits))?;
         let Some(chunk) = chunk else { break };
         received += chunk.len() as u64;
         if received > limits.max_bytes {
-            return Err(too_large(url, limits));
+            return Err(too_large(named, limits));
         }
         hasher.update(&chunk);
         file.write_all(&chunk)
@@ -158,9 +172,10 @@ fn too_large(url: &str, limits: &DownloadLimits) -> HostError {
     ))
 }
 
-/// A request that failed: a redirect loop is the user's; a timeout and the
-/// rest are the network's.
+/// A request to `url` (as shown) that failed: a redirect loop is the
+/// user's; a timeout and the rest are the network's.
 fn refused(url: &str, e: reqwest::Error, limits: &DownloadLimits) -> HostError {
+    let e = e.without_url();
     if e.is_redirect() {
         return HostError::Rejected(format!(
             "{url} redirects more than {} times (a loop?)",
@@ -174,11 +189,26 @@ fn refused(url: &str, e: reqwest::Error, limits: &DownloadLimits) -> HostError {
         ));
     }
     // The chain says why (connection refused, reset, a TLS failure).
-    let mut text = e.to_string();
+    let mut text = format!("{url}: {e}");
     let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {
         text.push_str(&format!(": {cause}"));
         source = cause.source();
     }
     HostError::Failed(text)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_password_in_a_url_is_not_shown() {
+        assert_eq!(
+            super::shown("https://me:secret@example.org/a.iso"),
+            "https://me:***@example.org/a.iso"
+        );
+        assert_eq!(
+            super::shown("http://example.org/a.iso"),
+            "http://example.org/a.iso"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{argv, argv::QemuOptions, files, hotplug, img};
+use super::{argv, argv::QemuOptions, download, files, hotplug, img};
 use crate::host::{HostStep, VmAction};
 
 /// How long `detachDisk` waits for the guest before reporting the disk as DETACHING.
@@ -208,7 +208,7 @@ pub fn plan(options: &QemuOptions, action: &VmAction) -> Vec<HostStep> {
         } => {
             let partial = files::partial_of(dest);
             let mut steps = vec![HostStep::Download {
-                url: url.clone(),
+                url: download::shown(url),
                 to: partial.clone(),
                 sha256: sha256.clone(),
             }];
