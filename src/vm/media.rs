@@ -11,7 +11,7 @@
 use chrono::Utc;
 use sea_orm::{ActiveEnum, ActiveModelTrait, Set};
 
-use super::{Vm, VmState, model};
+use super::{Vm, model};
 use crate::{
     context::Ctx,
     error::{ApiError, ApiResult},
@@ -62,11 +62,6 @@ pub(super) async fn iso(ctx: &Ctx, id: &str) -> ApiResult<image::Model> {
     Ok(found)
 }
 
-/// Whether the VM's QEMU runs (its drive is changed live).
-fn live(state: VmState) -> bool {
-    matches!(state, VmState::Running | VmState::Paused)
-}
-
 /// `attachCdrom` (`Some` image id) and `ejectCdrom` (`None`): changes the
 /// medium of a running VM's drive through QMP, and records it for the next
 /// start. Ejecting an empty drive changes nothing.
@@ -83,15 +78,7 @@ pub async fn set_cdrom(ctx: &Ctx, vm_id: &str, image_id: Option<&str>) -> ApiRes
     };
     let _guard = ctx.locks.lock(&vm_id, &op_id, kind).await?;
     let vm = find_in::<model::Entity, _>(&ctx.db, "VM", &vm_id).await?;
-    if matches!(
-        vm.state,
-        VmState::Starting | VmState::Stopping | VmState::Unknown
-    ) {
-        return Err(ApiError::InvalidState(format!(
-            "VM {:?} is {}: its CD-ROM changes when it is STOPPED, RUNNING or PAUSED",
-            vm.name, vm.state
-        )));
-    }
+    let plug = super::plug(&vm, "change the CD-ROM of")?;
     let medium_id = medium.as_ref().map(|m| m.id.clone());
     // What undoing a live change puts back: the medium it had.
     let before = match &vm.cdrom_image_id {
@@ -103,7 +90,7 @@ pub async fn set_cdrom(ctx: &Ctx, vm_id: &str, image_id: Option<&str>) -> ApiRes
     };
     let request = Request::with_id(op_id, kind, SubjectType::Vm, &vm.id);
     operation::run(ctx, request, async |env| {
-        if live(vm.state) && (medium.is_some() || vm.cdrom_image_id.is_some()) {
+        if plug == super::Plug::Hot && (medium.is_some() || vm.cdrom_image_id.is_some()) {
             env.vm(&VmAction::ChangeMedium {
                 vm_id: vm.id.clone(),
                 medium: medium.as_ref().map(|m| crate::image::path(ctx, m)),
