@@ -6,12 +6,7 @@
 
 mod common;
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -21,9 +16,8 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
     routing::get,
 };
-use common::{ProgressWatch, TestServer};
+use common::{ProgressWatch, TestServer, file_names, sha256_hex};
 use serde_json::{Value, json};
-use sha2::Digest;
 use tokio::sync::Semaphore;
 
 const IMPORT: &str = "mutation($n: String!, $k: ImageKind!, $u: String, $s: String, $p: String) { importImage(input: {name: $n, kind: $k, url: $u, sha256: $s, path: $p}) { image { id name } operation { id status kind targetId } plan { action detail } } }";
@@ -40,13 +34,6 @@ struct Files {
     qcow2: Bytes,
     /// `/gated.iso` sends its second half once a permit is added.
     gate: Semaphore,
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// A body of `chunks`, then whatever `rest` yields, with its length announced.
@@ -137,18 +124,6 @@ fn images_dir(server: &TestServer) -> PathBuf {
     server.app.ctx.config.storage_dir().join("images")
 }
 
-fn files_in(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 /// Starts a download; the RUNNING operation's ID.
 async fn start(server: &TestServer, name: &str, kind: &str, url: &str, sha: &str) -> String {
     let accepted = server
@@ -174,7 +149,7 @@ async fn ended(server: &TestServer, operation: &str) -> Value {
 #[tokio::test]
 async fn a_download_with_its_checksum_becomes_an_image_and_pushes_its_progress() {
     let (server, files, base) = setup().await;
-    let sha = sha256(&files.body);
+    let sha = sha256_hex(&files.body);
     let operation = start(
         &server,
         "installer",
@@ -192,7 +167,7 @@ async fn a_download_with_its_checksum_becomes_an_image_and_pushes_its_progress()
     assert_eq!(half["progress"]["bytesTotal"], SIZE);
     assert_eq!(half["progress"]["fraction"], 0.5);
     assert!(
-        files_in(&images_dir(&server))
+        file_names(&images_dir(&server))
             .iter()
             .all(|f| f.ends_with(".partial")),
         "only a partial file while it runs"
@@ -216,8 +191,8 @@ async fn a_download_with_its_checksum_becomes_an_image_and_pushes_its_progress()
         json!({"name": "installer", "kind": "ISO", "sizeBytes": SIZE, "format": null})
     );
     let file = images_dir(&server).join(id);
-    assert_eq!(sha256(&std::fs::read(&file).unwrap()), sha);
-    assert_eq!(files_in(&images_dir(&server)), [id.to_string()]);
+    assert_eq!(sha256_hex(&std::fs::read(&file).unwrap()), sha);
+    assert_eq!(file_names(&images_dir(&server)), [id.to_string()]);
 
     // Through a redirect, a disk image: checked as an import is (qcow2,
     // standalone) and sized at what a VM sees.
@@ -226,7 +201,7 @@ async fn a_download_with_its_checksum_becomes_an_image_and_pushes_its_progress()
         "base",
         "DISK",
         &format!("{base}/disk.qcow2"),
-        &sha256(&files.qcow2),
+        &sha256_hex(&files.qcow2),
     )
     .await;
     let record = ended(&server, &operation).await;
@@ -249,7 +224,7 @@ async fn a_download_with_its_checksum_becomes_an_image_and_pushes_its_progress()
 #[tokio::test]
 async fn a_bad_download_ends_with_its_code_and_leaves_no_file() {
     let (server, files, base) = setup().await;
-    let sha = sha256(&files.body);
+    let sha = sha256_hex(&files.body);
     let cases = [
         (
             "a wrong checksum",
@@ -297,7 +272,7 @@ async fn a_bad_download_ends_with_its_code_and_leaves_no_file() {
             "{what}: {record:#}"
         );
         assert_eq!(
-            files_in(&images_dir(&server)),
+            file_names(&images_dir(&server)),
             Vec::<String>::new(),
             "{what}"
         );
@@ -310,7 +285,7 @@ async fn a_bad_download_ends_with_its_code_and_leaves_no_file() {
     let cancelled = server.ok(CANCEL, json!({"id": operation})).await["cancelOperation"].clone();
     assert_eq!(cancelled["status"], "CANCELLED", "{cancelled:#}");
     assert_eq!(cancelled["errorCode"], "CANCELLED");
-    assert_eq!(files_in(&images_dir(&server)), Vec::<String>::new());
+    assert_eq!(file_names(&images_dir(&server)), Vec::<String>::new());
     let images = server.ok("{ images { totalCount } }", json!({})).await;
     assert_eq!(images["images"]["totalCount"], 0);
 }
@@ -318,7 +293,7 @@ async fn a_bad_download_ends_with_its_code_and_leaves_no_file() {
 #[tokio::test]
 async fn bad_input_is_refused_before_anything_runs() {
     let (server, files, base) = setup().await;
-    let sha = sha256(&files.body);
+    let sha = sha256_hex(&files.body);
     let before = server.snapshot().await;
     let good = format!("{base}/good.iso");
     let cases = [
@@ -396,5 +371,5 @@ async fn bad_input_is_refused_before_anything_runs() {
     assert!(planned["operation"].is_null());
     assert_eq!(planned["image"]["name"], "img");
     assert_eq!(server.snapshot().await, before);
-    assert_eq!(files_in(&images_dir(&server)), Vec::<String>::new());
+    assert_eq!(file_names(&images_dir(&server)), Vec::<String>::new());
 }

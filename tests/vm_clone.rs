@@ -13,7 +13,6 @@ use std::{
 
 use common::{ProgressWatch, TestServer, WAIT};
 use serde_json::{Value, json};
-use sha2::Digest;
 use vman::config::Accel;
 
 const CLONE: &str = "mutation($id: ID!, $name: String!, $linked: Boolean!) { cloneVm(id: $id, name: $name, linked: $linked) { vm { id name state vcpus memoryMib tags template { id } disks { id name format sizeBytes } nics { mac network { id } } } operation { id status kind targetId progress { fraction bytesDone bytesTotal } } plan { action } } }";
@@ -68,26 +67,12 @@ fn storage(server: &TestServer) -> PathBuf {
     server.app.ctx.config.storage_dir()
 }
 
-/// The files directly in storage (not `images/`), sorted.
 fn files(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .filter(|e| e.file_type().unwrap().is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+    common::file_names(dir)
 }
 
 fn sha256(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap();
-    sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    common::sha256_hex(&std::fs::read(path).unwrap())
 }
 
 fn run(argv: &[&str]) {
