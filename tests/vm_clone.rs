@@ -75,6 +75,22 @@ fn sha256(path: &Path) -> String {
     common::sha256_hex(&std::fs::read(path).unwrap())
 }
 
+/// The process whose command line names `path` (its argument, exactly).
+fn process_naming(path: &Path) -> Option<i32> {
+    let wanted = path.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == wanted)
+                .then_some(pid)
+        })
+}
+
 fn run(argv: &[&str]) {
     let status = std::process::Command::new(argv[0])
         .args(&argv[1..])
@@ -658,17 +674,23 @@ async fn a_vman_killed_in_the_middle_of_a_full_clone_leaves_nothing_after_its_re
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let copying = storage.join(partial().unwrap());
+    // The qemu-img writing it, watched by a pidfd: readable once it exits
+    // (zombie or reaped).
+    let qemu_img = process_naming(&copying).expect("a qemu-img writes the partial file");
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(qemu_img).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .unwrap();
+    // SAFETY: the AsyncFd owns the pidfd, so it stays open while registered.
+    let exited = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }.unwrap();
     vman.child.kill().unwrap(); // SIGKILL
     vman.child.wait().unwrap();
-    // Its qemu-img died with it: the partial file stops growing.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let size = std::fs::metadata(&copying).unwrap().len();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        std::fs::metadata(&copying).unwrap().len(),
-        size,
-        "no copy writes on"
-    );
+    // Its qemu-img dies with it: no copy writes on.
+    let _ = tokio::time::timeout(WAIT, exited.readable())
+        .await
+        .expect("qemu-img exits when vman is killed")
+        .unwrap();
 
     let restarted = VmanProcess::start(&data, free_port());
     restarted.ready(&http).await;
