@@ -13,7 +13,7 @@ use axum::{
 };
 
 use crate::{
-    api::{self, VmanSchema},
+    api::{self, executor::Api},
     app::App,
     auth::{
         self, Principal,
@@ -24,7 +24,7 @@ use crate::{
 #[derive(Clone)]
 struct Shared {
     app: Arc<App>,
-    schema: VmanSchema,
+    api: Api,
 }
 
 /// The routes, each behind what guards it: a principal for `/graphql` (and
@@ -32,17 +32,17 @@ struct Shared {
 /// auth the Host check. Health stays open.
 pub fn router(app: Arc<App>) -> Router {
     let config = &app.ctx.config;
-    let schema = api::schema(app.clone());
+    let api = Api::new(app.clone());
     let browsers = Browsers::new(config, config.scheme());
     let ws = api::ws::route(
-        schema.clone(),
+        api.clone(),
         config.websocket.clone(),
         app.ctx.cancel.clone(),
         Arc::new(WsGate { app: app.clone() }),
     );
     let auth = app.auth.clone();
     let metrics_public = config.metrics.public;
-    let shared = Shared { app, schema };
+    let shared = Shared { app, api };
     let graphql_route = Router::new()
         .route("/graphql", get(graphql).post(graphql))
         .route_layer(from_fn_with_state(auth.clone(), require_principal));
@@ -87,7 +87,7 @@ async fn graphql(State(shared): State<Shared>, request: Request) -> Response {
         return auth::http::refusal_response(&auth::Refusal::Unauthenticated("no caller".into()));
     };
     let ctx = shared.app.ctx.acting_as(&principal.actor);
-    api::http::graphql_http_with(&shared.schema, request, move |request| {
+    api::http::graphql_http_with(&shared.api, request, move |request| {
         request.data(principal).data(ctx)
     })
     .await

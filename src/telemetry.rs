@@ -193,17 +193,19 @@ impl Extension for GraphqlMetricsExtension {
         let started = Instant::now();
         let response = next.run(ctx, operation_name).await;
         let kind = *self.operation.lock().expect("operation type");
-        let result = if response.errors.is_empty() {
-            "ok"
-        } else {
-            "error"
-        };
-        metrics::counter!("vman_graphql_requests_total", "operation" => kind, "result" => result)
-            .increment(1);
-        metrics::histogram!("vman_graphql_request_duration_seconds", "operation" => kind)
-            .record(started.elapsed().as_secs_f64());
+        graphql_request(kind, response.errors.is_empty(), started);
         response
     }
+}
+
+/// Counts one executed GraphQL request of `kind` (`query`, `mutation`,
+/// `subscription`) that began at `started`.
+pub fn graphql_request(kind: &'static str, ok: bool, started: Instant) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!("vman_graphql_requests_total", "operation" => kind, "result" => result)
+        .increment(1);
+    metrics::histogram!("vman_graphql_request_duration_seconds", "operation" => kind)
+        .record(started.elapsed().as_secs_f64());
 }
 
 pub fn qmp_command(command: &'static str, took: std::time::Duration, timed_out: bool) {

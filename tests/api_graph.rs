@@ -171,3 +171,43 @@ async fn mutations_name_their_object_by_id_or_by_name() {
         "VM named \"nope\" not found"
     );
 }
+
+/// Fields that read the database (a VM's template, its disks) answer after
+/// those that do not, yet the response keeps the order the query asked for
+/// (`api::order`), on the HTTP path that runs queries without the schema's
+/// extensions (`api::executor`) as on the one that has them (a mutation).
+#[tokio::test]
+async fn a_response_keeps_the_order_of_its_selection() {
+    let server = TestServer::start().await;
+    server.create_template("small").await;
+    server.create_vm("vm1", "small").await;
+    let selection = "template { name } disks { name } name state";
+    let query = format!("{{ vms {{ nodes {{ {selection} }} }} }}");
+    let mutation = format!(
+        "mutation {{ updateVm(name: \"vm1\", input: {{ tags: [\"a\"] }}) {{ vm {{ {selection} }} }} }}"
+    );
+    for document in [query, mutation] {
+        let text = server
+            .http
+            .post(&server.url)
+            .json(&json!({ "query": document }))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body");
+        let mut from = 0;
+        for key in [
+            "\"template\":{\"name\":\"small\"}",
+            "\"disks\":",
+            "\"name\":\"vm1\"",
+            "\"state\":",
+        ] {
+            let at = text[from..]
+                .find(key)
+                .unwrap_or_else(|| panic!("{key} after byte {from} of {text}"));
+            from += at + key.len();
+        }
+    }
+}

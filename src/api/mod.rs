@@ -1,6 +1,7 @@
 //! The GraphQL schema: roots merged per domain, thin resolvers over the services.
 
 pub mod events;
+pub mod executor;
 pub mod health;
 pub mod http;
 pub mod limits;
@@ -81,17 +82,29 @@ pub fn schema_builder() -> async_graphql::SchemaBuilder<Query, Mutation, Subscri
 /// the `QueryLimits` extension, not by async-graphql's `limit_depth` and
 /// `limit_complexity`: see `limits`).
 pub fn schema(app: Arc<App>) -> VmanSchema {
-    let config = &app.ctx.config.graphql;
-    let limits = limits::QueryLimits::new(config);
-    let mut builder = schema_builder()
+    let limits = limits::QueryLimits::new(&app.ctx.config.graphql);
+    let builder = schema_builder()
         .extension(limits.clone())
         .extension(crate::telemetry::GraphqlMetrics)
         .extension(crate::auth::guard::RoleGuard)
         .extension(order::SelectionOrder)
         .extension(loaders::BatchLoading)
         .data(limits);
-    if !config.introspection {
-        // The extension refuses it first, with its code; this is the backstop.
+    finish(builder, app)
+}
+
+/// [`schema`] without its extensions, for the queries [`executor::Api`]
+/// checks up front and completes itself.
+pub(crate) fn lean_schema(app: Arc<App>) -> VmanSchema {
+    finish(schema_builder(), app)
+}
+
+fn finish(
+    mut builder: async_graphql::SchemaBuilder<Query, Mutation, Subscription>,
+    app: Arc<App>,
+) -> VmanSchema {
+    if !app.ctx.config.graphql.introspection {
+        // The limits refuse it first, with their code; this is the backstop.
         builder = builder.disable_introspection();
     }
     builder.data(app).finish()

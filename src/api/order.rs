@@ -119,45 +119,96 @@ impl<'a> Walk<'a> {
     /// (every selection set of the fields merged under one response key).
     fn value(&self, type_name: &str, selections: &[&'a SelectionSet], value: &mut Value) {
         match value {
+            // The items of a list of one concrete type have the same fields:
+            // they are collected once (a page of 100 VMs, their disks).
+            Value::List(items)
+                if self
+                    .registry
+                    .types
+                    .get(type_name)
+                    .is_some_and(|meta| meta.possible_types().is_none()) =>
+            {
+                let fields = self.collect(type_name, selections);
+                for item in items {
+                    self.value_of(type_name, &fields, item);
+                }
+            }
             Value::List(items) => {
                 for item in items {
                     self.value(type_name, selections, item);
                 }
             }
-            Value::Object(object) => self.object(type_name, selections, object),
+            Value::Object(object) => {
+                if let Some((concrete, fields)) = self.concrete(type_name, selections, object) {
+                    self.object(concrete, &fields, object);
+                }
+            }
             _ => {}
         }
     }
 
+    /// A value (or list of values) of the concrete type `concrete`, whose
+    /// fields are `fields`.
+    fn value_of(
+        &self,
+        concrete: &str,
+        fields: &IndexMap<&'a str, Vec<&'a Field>>,
+        value: &mut Value,
+    ) {
+        match value {
+            Value::List(items) => {
+                for item in items {
+                    self.value_of(concrete, fields, item);
+                }
+            }
+            Value::Object(object) => self.object(concrete, fields, object),
+            _ => {}
+        }
+    }
+
+    /// Puts `object`'s keys in the order of `fields`, unless they are in it
+    /// already (when no field of it awaited), and goes on into its values.
     fn object(
         &self,
-        type_name: &str,
-        selections: &[&'a SelectionSet],
+        concrete: &str,
+        fields: &IndexMap<&'a str, Vec<&'a Field>>,
         object: &mut IndexMap<Name, Value>,
     ) {
-        let Some((concrete, fields)) = self.concrete(type_name, selections, object) else {
+        let in_order = object.len() == fields.len()
+            && object
+                .keys()
+                .zip(fields.keys())
+                .all(|(have, want)| have.as_str() == *want);
+        if in_order {
+            for (value, fields) in object.values_mut().zip(fields.values()) {
+                self.nested(concrete, fields, value);
+            }
             return;
-        };
+        }
         let mut ordered = IndexMap::with_capacity(object.len());
         for (key, fields) in fields {
-            let Some((key, mut value)) = object.shift_remove_entry(key) else {
+            let Some((key, mut value)) = object.shift_remove_entry(*key) else {
                 continue; // @skip, @include
             };
-            let nested: Vec<&SelectionSet> = fields
-                .iter()
-                .map(|field| &field.selection_set.node)
-                .filter(|set| !set.items.is_empty())
-                .collect();
-            if let (false, Some(field_type)) =
-                (nested.is_empty(), self.field_type(concrete, fields[0]))
-            {
-                self.value(field_type, &nested, &mut value);
-            }
+            self.nested(concrete, fields, &mut value);
             ordered.insert(key, value);
         }
         // Nothing should be left; if something is, it keeps its place after.
         ordered.extend(object.drain(..));
         *object = ordered;
+    }
+
+    /// The value of `fields` (one response key) of an object of `concrete`.
+    fn nested(&self, concrete: &str, fields: &[&'a Field], value: &mut Value) {
+        let nested: Vec<&SelectionSet> = fields
+            .iter()
+            .map(|field| &field.selection_set.node)
+            .filter(|set| !set.items.is_empty())
+            .collect();
+        if let (false, Some(field_type)) = (nested.is_empty(), self.field_type(concrete, fields[0]))
+        {
+            self.value(field_type, &nested, value);
+        }
     }
 
     /// The object's own type (for an interface or a union, the possible type
