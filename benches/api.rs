@@ -6,14 +6,17 @@
 //! its own. The bench seeds it through the API (a template, a network, 100
 //! VMs with a root disk and a NIC each), measures, grows it to 10,000 VMs
 //! (the last 100 with NICs, 100 RUNNING, each tagged `rack-<i % 100>`) and
-//! measures again. The load comes from `wrk` (Debian's package; see
+//! measures again; between the two, 1,000 websocket subscribers of one
+//! VM's state (`--subscribers`) time a state change to the last of them,
+//! beside one subscriber. The load comes from `wrk` (Debian's package; see
 //! scripts/install-deps.sh), a process of its own, with 8 connections over
 //! 2 threads unless told otherwise. It prints vman's RSS idle and after each
 //! part.
 //!
 //! `cargo bench --bench api` (add `-- --seconds N` per figure, default 5;
 //! `--connections N`; `--threads N` for wrk; `--vms N` for the large part,
-//! default 10000; `--vman PATH` to measure another build).
+//! default 10000; `--subscribers N` for the websocket part, default 1000;
+//! `--vman PATH` to measure another build).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -24,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::VmanProcess;
+use common::{VmanProcess, WsClient};
 use serde_json::{Value, json};
 
 struct Args {
@@ -33,6 +36,7 @@ struct Args {
     connections: u32,
     threads: u32,
     vms: usize,
+    subscribers: usize,
 }
 
 impl Args {
@@ -60,6 +64,7 @@ impl Args {
             connections: number("--connections", 8),
             threads: number("--threads", 2),
             vms: number("--vms", 10_000) as usize,
+            subscribers: number("--subscribers", 1_000) as usize,
         }
     }
 }
@@ -81,6 +86,8 @@ impl Vman {
                 ("VMAN_DRY_RUN", "true"),
                 // The load is one caller: no per-token rate limit.
                 ("VMAN_LIMITS_REQUESTS_PER_SECOND", "0"),
+                // The subscribers' part holds 1,000 websockets.
+                ("VMAN_LIMITS_WEBSOCKET_CONNECTIONS_PER_TOKEN", "2000"),
             ],
         );
         let http = reqwest::Client::new();
@@ -263,6 +270,79 @@ async fn create_vms(vman: &Vman, from: usize, to: usize, with_nic: impl Fn(usize
     }
 }
 
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `args.subscribers` graphql-transport-ws connections subscribed to one
+/// VM's state; a state change (its start or stop, on the dry-run host) →
+/// the last of them has it, over `ROUNDS` changes, beside the same with one
+/// subscriber (the floor). The clients are this process's one thread: the
+/// figure includes reading 1,000 messages here.
+async fn subscribers(args: &Args, vman: &Vman) {
+    const ROUNDS: usize = 20;
+    const SUBSCRIPTION: &str = "subscription($vm: ID) { vmStateChanged(vmId: $vm) { to } }";
+    let vm = vman
+        .ok("{ vm(name: \"vm-00000\") { id } }", json!({}))
+        .await["vm"]["id"]
+        .clone();
+    let ws_url = vman.url.replace("http://", "ws://") + "/ws";
+    println!(
+        "\nwebsocket subscribers (graphql-transport-ws) of one VM's state, {ROUNDS} changes each:"
+    );
+    let mut floor = None;
+    for count in [1, args.subscribers] {
+        let mut clients = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut client = WsClient::connect(&ws_url).await;
+            client.subscribe("s", SUBSCRIPTION, json!({"vm": vm})).await;
+            clients.push(client);
+        }
+        let mut lasts = Vec::with_capacity(ROUNDS);
+        for round in 0..ROUNDS {
+            let (mutation, to) = match round % 2 {
+                0 => (
+                    "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+                    "RUNNING",
+                ),
+                _ => (
+                    "mutation($id: ID!) { stopVm(id: $id) { vm { state } } }",
+                    "STOPPED",
+                ),
+            };
+            let started = Instant::now();
+            vman.ok(mutation, json!({"id": vm})).await;
+            for client in &mut clients {
+                while client.next_data("s").await["vmStateChanged"]["to"] != to {}
+            }
+            lasts.push(started.elapsed());
+        }
+        lasts.sort();
+        let (p50, p99) = (percentile(&lasts, 0.5), percentile(&lasts, 0.99));
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let what = format!("{count} subscriber(s): state change -> the last");
+        match floor {
+            None => {
+                println!(
+                    "  {what:<44} p50 {:>6.2} ms, p99 {:>6.2} ms (the floor)",
+                    ms(p50),
+                    ms(p99)
+                );
+                floor = Some(p50);
+            }
+            Some(floor) => println!(
+                "  {what:<44} p50 {:>6.2} ms, p99 {:>6.2} ms   ({:.1}x the floor's p50)",
+                ms(p50),
+                ms(p99),
+                p50.as_secs_f64() / floor.as_secs_f64()
+            ),
+        }
+        for client in clients {
+            client.close().await;
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
@@ -315,6 +395,9 @@ async fn main() {
         ],
     )
     .await;
+    println!("RSS: {:.1} MiB", vman.rss_mib());
+
+    subscribers(&args, &vman).await;
     println!("RSS: {:.1} MiB", vman.rss_mib());
 
     let n = args.vms.max(300);
