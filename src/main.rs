@@ -6,11 +6,6 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use vman::config::{CliOverrides, Config, Sources};
 
-/// mimalloc instead of glibc's malloc: a quarter of vman's CPU time on the
-/// read path was glibc's `malloc` and `free` (docs/BENCHMARKS.md, issue 22).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "vman",
