@@ -148,6 +148,35 @@ impl QemuProcess {
         }
     }
 
+    /// How the process is ending, once it has begun to exit; `None` while
+    /// it runs. A process that begins to exit is flagged `PF_EXITING`, sets
+    /// its exit code and closes its files (QEMU's QMP socket among them)
+    /// first; the pidfd says it has exited only when the last of its
+    /// threads is gone, after the kernel has torn down its memory: for a
+    /// QEMU with a guest, 10-25 ms later on the benchmark host
+    /// (docs/BENCHMARKS.md, issue 22). The status is the main thread's exit
+    /// code (proc(5)'s `exit_code`, as `waitpid` encodes it); for a process
+    /// that is not vman's child it is unknown, as [`Self::exited`] says.
+    pub fn exiting(&self) -> Option<ExitStatus> {
+        /// `PF_EXITING` in `/proc/<pid>/stat`'s `flags`.
+        const PF_EXITING: u64 = 0x4;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        let (_, rest) = stat.rsplit_once(')')?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let (state, flags) = (*fields.first()?, fields.get(6)?.parse::<u64>().ok()?);
+        if !matches!(state, "Z" | "X") && flags & PF_EXITING == 0 {
+            return None;
+        }
+        if !self.own_child {
+            return Some(ExitStatus::Unknown);
+        }
+        let code: i32 = fields.get(49)?.parse().ok()?;
+        Some(match code & 0x7f {
+            0 => ExitStatus::Code((code >> 8) & 0xff),
+            signal => ExitStatus::Signal(signal),
+        })
+    }
+
     /// Whether the process has exited (non-blocking).
     pub fn has_exited(&self) -> bool {
         let fd = self.pidfd.get_ref().as_fd();
@@ -286,6 +315,41 @@ mod tests {
             .unwrap();
         assert_eq!(status, ExitStatus::Signal(libc::SIGKILL));
         assert!(!is_alive(process.pid));
+    }
+
+    /// A process that has begun to exit says how, before its pidfd is
+    /// read (the window a QEMU spends tearing down its guest's memory; a
+    /// zombie not yet reaped stands in for it here), and its pidfd still
+    /// collects it afterwards.
+    #[tokio::test]
+    async fn a_process_that_is_exiting_says_how_before_it_is_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let wait = std::time::Duration::from_secs(5);
+        for (argv, expected) in [
+            (vec!["sh", "-c", "exit 3"], ExitStatus::Code(3)),
+            (
+                vec!["sh", "-c", "kill -TERM $$"],
+                ExitStatus::Signal(libc::SIGTERM),
+            ),
+        ] {
+            let argv: Vec<String> = argv.into_iter().map(String::from).collect();
+            let process = spawn(&argv, &log).unwrap();
+            tokio::time::timeout(wait, process.pidfd.readable())
+                .await
+                .unwrap()
+                .unwrap()
+                .retain_ready();
+            assert_eq!(process.exiting(), Some(expected.clone()), "{argv:?}");
+            assert_eq!(
+                tokio::time::timeout(wait, process.exited()).await.unwrap(),
+                expected
+            );
+        }
+        let running = spawn(&["sleep".into(), "30".into()], &log).unwrap();
+        assert_eq!(running.exiting(), None);
+        running.kill().unwrap();
+        tokio::time::timeout(wait, running.exited()).await.unwrap();
     }
 
     /// What `std::process::Command` would have given the child, without its

@@ -96,6 +96,12 @@ impl RunningVm {
         }
     }
 
+    /// Waits until `done` holds, however long: only for a watcher that
+    /// something else ends (the process's exit).
+    async fn until(&self, done: impl Fn(&Seen) -> bool) {
+        while !self.wait(Duration::from_secs(3600), &done).await {}
+    }
+
     /// Waits up to `timeout` for the guest to let go of `device`
     /// (`DEVICE_DELETED`), or for QEMU to exit; true when one happened.
     pub(super) async fn released(&self, device: &str, timeout: Duration) -> bool {
@@ -263,8 +269,17 @@ async fn reconnect(watched: &RunningVm) -> Option<(QmpClient, broadcast::Receive
 /// Waits for QEMU's exit, then takes the VM out of the table and reports the
 /// exit with the tails of its logs. Holds the hypervisor weakly: a dropped
 /// hypervisor reports nothing.
+///
+/// The exit is reported as soon as it is certain: when QMP's connection
+/// closes and the process has begun to exit ([`QemuProcess::exiting`]). Its
+/// files are closed then (disk images, taps, sockets, the log), and its
+/// pidfd would say so 10-25 ms later, once the kernel has torn down the
+/// guest's memory. The pidfd still collects the process afterwards.
 async fn watch_process(watched: Arc<RunningVm>, hypervisor: Weak<QemuHypervisor>) {
-    let status = watched.process.exited().await;
+    let (status, early) = tokio::select! {
+        status = watched.process.exited() => (status, false),
+        status = exiting(&watched) => (status, true),
+    };
     watched.update(|s| s.exited = Some(status.clone()));
     if let Some(this) = hypervisor.upgrade() {
         this.exited
@@ -278,6 +293,23 @@ async fn watch_process(watched: Arc<RunningVm>, hypervisor: Weak<QemuHypervisor>
             qemu_log: process::tail(&argv::qemu_log(&watched.run_dir), 20),
             serial_log: process::tail(&argv::serial_log(&watched.run_dir), 20),
         });
+    }
+    if early {
+        // Reaps vman's child (a zombie until then).
+        watched.process.exited().await;
+    }
+}
+
+/// The status of a QEMU whose QMP connection closed because it is exiting;
+/// pending while QMP is connected or is being connected again to a QEMU
+/// that lives (so only beside [`QemuProcess::exited`], which ends it).
+async fn exiting(watched: &RunningVm) -> ExitStatus {
+    loop {
+        watched.until(|s| s.qmp_closed).await;
+        if let Some(status) = watched.process.exiting() {
+            return status;
+        }
+        watched.until(|s| !s.qmp_closed).await;
     }
 }
 
