@@ -1,5 +1,7 @@
 //! Issue 3's figures, measured in one run on the same QEMU:
 //! - raw `spawn → QMP running` against `startVm → RUNNING event at a websocket subscriber`;
+//! - 20 raw spawns at once against 20 `startVm` at once, until all run (a
+//!   guard: vman's rate at least 0.8 × raw's);
 //! - raw `blockdev-add + device_add` against `attachDisk`: the raw commands
 //!   one after the other, each waiting for its reply (as a hand-written
 //!   client sends them, and as qapi sends vman's: see `host::qemu::qmp`).
@@ -166,6 +168,81 @@ async fn raw_start(
         .unwrap();
     assert!(qmp.status().await.unwrap().running);
     (started.elapsed(), process, qmp)
+}
+
+/// A raw VM as vman would start one from the bench template (1 vCPU,
+/// 64 MiB, no disk).
+fn raw_spec(config: &Config, name: &str) -> VmSpec {
+    VmSpec {
+        id: uuid::Uuid::now_v7().to_string(),
+        name: name.to_string(),
+        vcpus: 1,
+        memory_mib: 64,
+        disks: vec![],
+        nics: vec![],
+        boot: None,
+        run_dir: config.run_dir().join(name),
+        loadvm: None,
+        seed: None,
+        cdrom: None,
+        boot_order: vec![],
+    }
+}
+
+/// How many starts the burst sends at once.
+const AT_ONCE: usize = 20;
+
+/// [`AT_ONCE`] raw QEMUs spawned at once until all run, then the same number
+/// of `startVm` sent at once to each build until all answered RUNNING: the
+/// wall time of each burst (issue 22's guard: vman's rate at least 0.8 x
+/// raw's). Everything started is stopped again.
+async fn starts_at_once(
+    options: &QemuOptions,
+    config: &Config,
+    vmans: &[(String, Vman)],
+) -> (Duration, Vec<Duration>) {
+    let specs: Vec<VmSpec> = (0..AT_ONCE)
+        .map(|i| raw_spec(config, &format!("burst-{i}")))
+        .collect();
+    let started = Instant::now();
+    let raws =
+        futures_util::future::join_all(specs.iter().map(|spec| raw_start(options, spec))).await;
+    let raw = started.elapsed();
+    for (_, process, qmp) in raws {
+        let _ = qmp.execute_json("quit", &serde_json::Value::Null).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), process.exited()).await;
+    }
+    let mut bursts = Vec::new();
+    for (_, vman) in vmans {
+        let mut ids = Vec::new();
+        for i in 0..AT_ONCE {
+            let name = format!("burst-{i}");
+            ids.push(
+                vman.create("createVm", "vm", &name, "templateName: \"bench\"")
+                    .await,
+            );
+        }
+        let started = Instant::now();
+        let answers = futures_util::future::join_all(ids.iter().map(|id| {
+            vman.gql(
+                "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+                json!({"id": id}),
+            )
+        }))
+        .await;
+        bursts.push(started.elapsed());
+        for answer in answers {
+            assert_eq!(answer["startVm"]["vm"]["state"], "RUNNING", "{answer}");
+        }
+        for id in &ids {
+            vman.gql(
+                "mutation($id: ID!) { deleteVm(id: $id) { operation { id } } }",
+                json!({"id": id}),
+            )
+            .await;
+        }
+    }
+    (raw, bursts)
 }
 
 /// The `vman serve` under test and a client for it.
@@ -376,20 +453,7 @@ async fn main() {
     for round in 0..rounds {
         // Raw: the same argv vman would use, driven directly, and the VM's
         // first hot-plug (as vman's is).
-        let spec = VmSpec {
-            id: uuid::Uuid::now_v7().to_string(),
-            name: format!("raw-{round}"),
-            vcpus: 1,
-            memory_mib: 64,
-            disks: vec![],
-            nics: vec![],
-            boot: None,
-            run_dir: config.run_dir().join(format!("raw-{round}")),
-            loadvm: None,
-            seed: None,
-            cdrom: None,
-            boot_order: vec![],
-        };
+        let spec = raw_spec(&config, &format!("raw-{round}"));
         let (took, process, qmp) = raw_start(&options, &spec).await;
         raw_start_t.push(took);
         let disk = DiskSpec {
@@ -428,6 +492,7 @@ async fn main() {
             vmans[i].1.round(round, settle, warm, by_thread).await;
         }
     }
+    let bursts = starts_at_once(&options, &config, &vmans).await;
     // What an idle pause costs the next request: the same requests back to
     // back, then each after the process has been idle for a while. HTTP
     // alone, then GraphQL with nothing to resolve, then the floor.
@@ -542,6 +607,15 @@ async fn main() {
     }
     if unsettled > 0 {
         println!("({unsettled} hot-plugs went ahead after 5 s with the guest still busy)");
+    }
+    let (raw_burst, vman_bursts) = bursts;
+    for ((build, _), vman_burst) in vmans.iter().zip(vman_bursts) {
+        println!(
+            "{AT_ONCE} at once: spawn -> all QMP running {:.0} ms; {AT_ONCE} startVm -> all RUNNING {:.0} ms ({build}): vman's rate {:.2}x raw's (guard: at least 0.8x)",
+            ms(raw_burst),
+            ms(vman_burst),
+            raw_burst.as_secs_f64() / vman_burst.as_secs_f64()
+        );
     }
     // What this host charges for a wake-up, whatever the program: the
     // baseline for the sleep counts above.

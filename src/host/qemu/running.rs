@@ -246,7 +246,8 @@ async fn reconnect(watched: &RunningVm) -> Option<(QmpClient, broadcast::Receive
     loop {
         // A QEMU that exits closes its socket first: its exit comes within
         // milliseconds, and then nothing is to be connected.
-        if watched.wait(delay, |s| s.exited.is_some()).await {
+        if watched.wait(delay, |s| s.exited.is_some()).await || watched.process.exiting().is_some()
+        {
             return None;
         }
         match QmpClient::connect_watched(&socket).await {
@@ -303,13 +304,22 @@ async fn watch_process(watched: Arc<RunningVm>, hypervisor: Weak<QemuHypervisor>
 /// The status of a QEMU whose QMP connection closed because it is exiting;
 /// pending while QMP is connected or is being connected again to a QEMU
 /// that lives (so only beside [`QemuProcess::exited`], which ends it).
+/// A QEMU told to quit closes its monitor before it begins to exit, so
+/// while QMP stays closed the process is looked at again, as often as a
+/// reconnect is tried.
 async fn exiting(watched: &RunningVm) -> ExitStatus {
     loop {
         watched.until(|s| s.qmp_closed).await;
-        if let Some(status) = watched.process.exiting() {
-            return status;
+        let mut delay = RECONNECT_FIRST;
+        loop {
+            if let Some(status) = watched.process.exiting() {
+                return status;
+            }
+            if watched.wait(delay, |s| !s.qmp_closed).await {
+                break;
+            }
+            delay = (delay * 2).min(RECONNECT_MAX);
         }
-        watched.until(|s| !s.qmp_closed).await;
     }
 }
 
