@@ -212,6 +212,22 @@ async fn vm_commands_print_tables_and_json_and_exit_with_codes_scripts_rely_on()
     let viewed = vman_at(&server.url, Some(&tokens.viewer), &["vm", "list"]).await;
     row(viewed.ok(), "web");
 
+    // A full clone answers RUNNING: the client follows it to its end (a
+    // progress bar on stderr when that is a terminal) and shows the clone.
+    let cloned = vman(&server, &["vm", "clone", "db", "db-copy", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(
+        cloned["cloneVm"]["operation"]["status"], "SUCCEEDED",
+        "{cloned}"
+    );
+    assert_eq!(cloned["cloneVm"]["vm"]["name"], "db-copy", "{cloned}");
+    let data = vman(&server, &["vm", "show", "db-copy", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(data["vm"]["state"], "STOPPED");
+    vman(&server, &["vm", "delete", "db-copy"]).await.ok();
+
     let stopped = vman(&server, &["vm", "stop", "web", "--force", "-o", "json"])
         .await
         .json();
@@ -448,4 +464,98 @@ async fn console_round_trips_a_command_through_the_guest_under_a_pseudo_terminal
             .local_flags
             .contains(LocalFlags::ICANON)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_and_token_come_from_the_flag_then_the_environment_then_the_client_config_file()
+{
+    let (server, tokens) = TestServer::with_tokens(|_| {}).await;
+    server.create_template("small").await;
+    server.create_vm("web", "small").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("client.toml");
+    std::fs::write(
+        &file,
+        format!("server = {:?}\ntoken = {:?}\n", server.url, tokens.viewer),
+    )
+    .unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_vman"));
+        command
+            .args(args)
+            .env_remove("VMAN_SERVER")
+            .env_remove("VMAN_TOKEN")
+            .env("VMAN_CLIENT_CONFIG", &file)
+            .envs(env.iter().copied())
+            .kill_on_drop(true);
+        async move {
+            let out = tokio::time::timeout(WAIT, command.output())
+                .await
+                .expect("vman ends within the wait")
+                .unwrap();
+            (
+                out.status.code().unwrap(),
+                String::from_utf8(out.stderr).unwrap(),
+            )
+        }
+    };
+    // The file alone: its server, its (viewer) token.
+    assert_eq!(run(&["vm", "list"], &[]).await.0, 0);
+    assert_eq!(run(&["vm", "start", "web"], &[]).await.0, 4);
+    // The environment beats the file; the flag beats the environment.
+    assert_eq!(
+        run(&["vm", "start", "web"], &[("VMAN_TOKEN", &tokens.operator)])
+            .await
+            .0,
+        0
+    );
+    let (code, stderr) = run(
+        &["vm", "stop", "web", "--token", "wrong"],
+        &[("VMAN_TOKEN", &tokens.operator)],
+    )
+    .await;
+    assert_eq!(code, 4, "{stderr}");
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    assert_eq!(
+        run(&["vm", "list"], &[("VMAN_SERVER", &nowhere)]).await.0,
+        8
+    );
+    assert_eq!(
+        run(
+            &["vm", "list", "--server", &server.url],
+            &[("VMAN_SERVER", &nowhere)]
+        )
+        .await
+        .0,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_follow_prints_the_events_of_operations_as_they_come() {
+    let server = TestServer::start().await;
+    server.create_template("small").await;
+    server.create_disk("d1", 1 << 20, "QCOW2").await;
+    let mut follower = std_command(&server.url, None)
+        .args(["ops", "--follow", "--after", "0", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut follower);
+    let next = || -> Value {
+        let line = lines
+            .recv_timeout(WAIT)
+            .expect("an operation's event within the wait");
+        serde_json::from_str(&line).unwrap()
+    };
+    assert_eq!(next()["kind"], "TEMPLATE_CREATED");
+    let event = next();
+    assert_eq!(event["kind"], "DISK_CREATED");
+    assert!(event["operationId"].is_string(), "{event}");
+    // Then live ones.
+    server.create_disk("d2", 1 << 20, "QCOW2").await;
+    assert_eq!(next()["payload"]["name"], "d2");
+    follower.kill().unwrap();
+    follower.wait().unwrap();
 }

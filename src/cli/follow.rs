@@ -160,14 +160,16 @@ fn note(text: &str) {
     eprintln!("vman: {text}");
 }
 
-/// Waits for the end of an operation a mutation answered with, with a
-/// progress bar on stderr while it runs; an operation that FAILED is the
+/// Waits for the end of an operation a mutation answered with (`operation`,
+/// updated to how it ended), with a progress bar on stderr while it runs;
+/// whether it ran on after the answer. An operation that FAILED is the
 /// command's failure, with the operation's error code.
-pub async fn operation_end(client: &Client, operation: &Value) -> Result<(), Failure> {
-    let Some(id) = operation["id"].as_str() else {
-        return Ok(());
+pub async fn operation_end(client: &Client, operation: &mut Value) -> Result<bool, Failure> {
+    let Some(id) = operation["id"].as_str().map(str::to_string) else {
+        return Ok(false);
     };
-    if matches!(operation["status"].as_str(), Some("RUNNING" | "PENDING")) {
+    let ran_on = matches!(operation["status"].as_str(), Some("RUNNING" | "PENDING"));
+    if ran_on {
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template(
                 "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({eta} left)",
@@ -181,21 +183,26 @@ pub async fn operation_end(client: &Client, operation: &Value) -> Result<(), Fai
                 .to_string(),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
-        let variables = operation_feed::Variables { id: id.to_string() };
+        let variables = operation_feed::Variables { id: id.clone() };
         let mut stream = client.subscribe::<OperationFeed>(variables).await?;
         while let Some(item) = stream.next().await {
             let Ok(response) = item else { break };
-            if let Some(progress) = response.data.and_then(|d| d.operation_progress.progress) {
-                bar.set_length(progress.bytes_total.as_u64().unwrap_or(0));
-                bar.set_position(progress.bytes_done.as_u64().unwrap_or(0));
+            if let Some(item) = response.data.map(|d| d.operation_progress) {
+                if let Some(progress) = &item.progress {
+                    bar.set_length(progress.bytes_total.as_u64().unwrap_or(0));
+                    bar.set_position(progress.bytes_done.as_u64().unwrap_or(0));
+                }
+                operation["progress"] = to_json(item.progress);
             }
         }
         bar.finish_and_clear();
     }
-    let variables = operation_show::Variables { id: id.to_string() };
-    let Some(operation) = client.run::<OperationShow>(variables).await?.operation else {
-        return Ok(());
+    let variables = operation_show::Variables { id: id.clone() };
+    let Some(ended) = client.run::<OperationShow>(variables).await?.operation else {
+        return Ok(ran_on);
     };
+    operation["status"] = to_json(&ended.status);
+    let operation = ended;
     match operation.status {
         operation_show::OperationStatus::FAILED | operation_show::OperationStatus::CANCELLED => {
             Err(Failure::Server {
@@ -212,6 +219,6 @@ pub async fn operation_end(client: &Client, operation: &Value) -> Result<(), Fai
                 ),
             })
         }
-        _ => Ok(()),
+        _ => Ok(ran_on),
     }
 }

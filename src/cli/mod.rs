@@ -208,9 +208,13 @@ pub struct EventsArgs {
 
 #[derive(Args, Debug)]
 pub struct OpsArgs {
-    /// Keep printing the events of operations as they happen.
+    /// Keep printing the events of operations as they happen (reconnecting
+    /// as `events --follow` does).
     #[arg(long)]
     follow: bool,
+    /// With --follow: first the operations' events after this sequence.
+    #[arg(long, value_name = "N", requires = "follow")]
+    after: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -270,7 +274,10 @@ async fn dispatch(client: &Client, format: Format, request: Request) -> Result<(
                 follow::journal(client, format, after).await
             }
         }
-        Request::Ops(args) if args.follow => follow::events(client, format, None, true).await,
+        Request::Ops(args) if args.follow => {
+            let after = args.after.map(|n| n.to_string());
+            follow::events(client, format, after, true).await
+        }
         Request::Ops(_) => {
             let data = to_json(
                 client
@@ -372,6 +379,7 @@ async fn resolve_vm(client: &Client, vm: &str) -> Result<String, Failure> {
 async fn vm(client: &Client, format: Format, command: VmCommand) -> Result<(), Failure> {
     // The mutations answer `{<field>: {vm, operation}}`: follow a long one
     // to its end, then print the VM.
+    let mut clone_name = None;
     let (field, data) = match command {
         VmCommand::List { state } => {
             let state = state.map(|s| vm_list::VmState::Other(s.to_uppercase()));
@@ -448,11 +456,21 @@ async fn vm(client: &Client, format: Format, command: VmCommand) -> Result<(), F
         }
         VmCommand::Clone { vm, name, linked } => {
             let id = resolve_vm(client, &vm).await?;
+            clone_name = Some(name.clone());
             let variables = vm_clone::Variables { id, name, linked };
             ("cloneVm", to_json(client.run::<VmClone>(variables).await?))
         }
     };
-    follow::operation_end(client, &data[field]["operation"]).await?;
+    let mut data = data;
+    let ran_on = follow::operation_end(client, &mut data[field]["operation"]).await?;
+    if ran_on && let Some(name) = clone_name {
+        // A full clone answers before its VM exists: show it as it is now.
+        let variables = vm_lookup::Variables {
+            id: None,
+            name: Some(name),
+        };
+        data[field]["vm"] = to_json(client.run::<VmLookup>(variables).await?.vm);
+    }
     print(format, &data, |d| table(VM_CHANGED, &[d[field].clone()]));
     Ok(())
 }
