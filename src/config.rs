@@ -399,10 +399,10 @@ pub struct CliOverrides {
     pub dry_run: bool,
 }
 
-/// `VMAN_*` names that are not server settings: the config file's own
-/// (`VMAN_CONFIG`) and the command-line client's (`VMAN_SERVER`, `VMAN_TOKEN`,
-/// `VMAN_CLIENT_CONFIG`, docs/CLI.md), so a shell set up for the client can
-/// still `vman serve`.
+/// `VMAN_*` environment variables that are not server settings: the config
+/// file's own (`VMAN_CONFIG`) and the command-line client's (`VMAN_SERVER`,
+/// `VMAN_TOKEN`, `VMAN_CLIENT_CONFIG`, docs/CLI.md), so a shell set up for the
+/// client can still `vman serve`. In `.env` they are keys like any other.
 const NOT_SETTINGS: &[&str] = &["config", "server", "token", "client_config"];
 
 /// `.env` entries that start with `VMAN_`, below the real environment.
@@ -423,9 +423,7 @@ impl Provider for DotEnv {
             for entry in entries {
                 let (key, value) = entry
                     .map_err(|e| figment::Error::from(format!("{}: {e}", self.path.display())))?;
-                if let Some(key) = key.strip_prefix("VMAN_")
-                    && !NOT_SETTINGS.contains(&key.to_ascii_lowercase().as_str())
-                {
+                if let Some(key) = key.strip_prefix("VMAN_") {
                     insert_path(
                         &mut dict,
                         &env_key_to_path(key),

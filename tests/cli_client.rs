@@ -349,7 +349,12 @@ async fn events_follow_resumes_after_the_server_restarts_missing_nothing_and_pri
     let data = dir.path().join("data");
     let port = free_port();
     let http = reqwest::Client::new();
-    let env = [("VMAN_DRY_RUN", "true")];
+    // A shell set up for the client (VMAN_SERVER, VMAN_TOKEN) can still serve.
+    let env = [
+        ("VMAN_DRY_RUN", "true"),
+        ("VMAN_SERVER", "http://127.0.0.1:1"),
+        ("VMAN_TOKEN", "not-a-server-setting"),
+    ];
     let server = VmanProcess::start_with_env(&data, port, &env);
     server.ready(&http).await;
     let url = format!("http://127.0.0.1:{port}");

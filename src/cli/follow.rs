@@ -52,7 +52,7 @@ impl EventPrinter {
 }
 
 fn row(cells: &[impl AsRef<str>]) -> String {
-    let widths = [8, 30, 18, 10, 36, 0];
+    let widths = [8, 35, 22, 10, 36, 0];
     cells
         .iter()
         .zip(widths)
