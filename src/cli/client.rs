@@ -33,7 +33,11 @@ impl Failure {
 
     /// The exit code: the table in docs/CLI.md.
     pub fn exit_code(&self) -> ExitCode {
-        ExitCode::from(match self {
+        ExitCode::from(self.exit_status())
+    }
+
+    fn exit_status(&self) -> u8 {
+        match self {
             Failure::Server { code, .. } => match code.as_str() {
                 "NOT_FOUND" => 3,
                 "FORBIDDEN" | "UNAUTHENTICATED" => 4,
@@ -44,7 +48,7 @@ impl Failure {
             },
             Failure::Unreachable(_) => 8,
             Failure::Other(_) => 1,
-        })
+        }
     }
 }
 
@@ -228,4 +232,35 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Failure;
+
+    /// The table in docs/CLI.md, which scripts rely on.
+    #[test]
+    fn each_error_code_has_its_exit_status() {
+        let server = |code: &str| Failure::Server {
+            code: code.into(),
+            message: String::new(),
+        };
+        let table = [
+            ("NOT_FOUND", 3),
+            ("FORBIDDEN", 4),
+            ("UNAUTHENTICATED", 4),
+            ("INVALID_STATE", 5),
+            ("CONFLICT", 6),
+            ("VM_BUSY", 6),
+            ("BAD_USER_INPUT", 7),
+            ("GRAPHQL_VALIDATION_FAILED", 7),
+            ("HOST_ERROR", 1),
+            ("INTERNAL", 1),
+        ];
+        for (code, status) in table {
+            assert_eq!(server(code).exit_status(), status, "{code}");
+        }
+        assert_eq!(Failure::Unreachable(String::new()).exit_status(), 8);
+        assert_eq!(Failure::Other(String::new()).exit_status(), 1);
+    }
 }
