@@ -399,6 +399,12 @@ pub struct CliOverrides {
     pub dry_run: bool,
 }
 
+/// `VMAN_*` environment variables that are not server settings: the config
+/// file's own (`VMAN_CONFIG`) and the command-line client's (`VMAN_SERVER`,
+/// `VMAN_TOKEN`, `VMAN_CLIENT_CONFIG`, docs/CLI.md), so a shell set up for the
+/// client can still `vman serve`. In `.env` they are keys like any other.
+const NOT_SETTINGS: &[&str] = &["config", "server", "token", "client_config"];
+
 /// `.env` entries that start with `VMAN_`, below the real environment.
 struct DotEnv {
     path: PathBuf,
@@ -490,7 +496,7 @@ pub fn figment(sources: &Sources, cli: &CliOverrides) -> Figment {
     .merge(
         Env::prefixed("VMAN_")
             .map(|k| env_key_to_path(k.as_str()).into())
-            .ignore(&["config"]),
+            .ignore(NOT_SETTINGS),
     )
     .merge(Named {
         name: "command line",

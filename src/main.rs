@@ -1,5 +1,8 @@
 //! The `vman` command: serve, migrate, schema, config check, tokens, and the
-//! database's care: backup, restore, doctor.
+//! database's care: backup, restore, doctor. `vm`, `disk`, `net`, `events`,
+//! `ops` and `console` are a client of a running server (src/cli/).
+
+mod cli;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -91,6 +94,49 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// VMs on a running server: list, show, create, start, stop, pause,
+    /// resume, delete, clone.
+    Vm {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(subcommand)]
+        command: cli::VmCommand,
+    },
+    /// Disks on a running server: list, create, delete.
+    Disk {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(subcommand)]
+        command: cli::DiskCommand,
+    },
+    /// Networks on a running server: list, create, delete.
+    Net {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(subcommand)]
+        command: cli::NetCommand,
+    },
+    /// The server's event journal; `--follow` keeps printing new events.
+    Events {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(flatten)]
+        args: cli::EventsArgs,
+    },
+    /// The server's operations; `--follow` prints their events as they come.
+    Ops {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(flatten)]
+        args: cli::OpsArgs,
+    },
+    /// A VM's serial console, interactive (Ctrl-] leaves).
+    Console {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(flatten)]
+        args: cli::ConsoleArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -135,6 +181,21 @@ fn main() -> ExitCode {
         ..Sources::default()
     };
     match cli.command {
+        Command::Vm {
+            connection,
+            command,
+        } => cli::run(connection, cli::Request::Vm(command)),
+        Command::Disk {
+            connection,
+            command,
+        } => cli::run(connection, cli::Request::Disk(command)),
+        Command::Net {
+            connection,
+            command,
+        } => cli::run(connection, cli::Request::Net(command)),
+        Command::Events { connection, args } => cli::run(connection, cli::Request::Events(args)),
+        Command::Ops { connection, args } => cli::run(connection, cli::Request::Ops(args)),
+        Command::Console { connection, args } => cli::run(connection, cli::Request::Console(args)),
         Command::Schema => {
             print!("{}", vman::api::sdl());
             ExitCode::SUCCESS
