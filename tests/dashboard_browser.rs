@@ -5,7 +5,9 @@
 //! table within 1 s; its serial terminal takes `echo hi` and shows `hi`; a
 //! Start click starts a VM; a SIGKILLed QEMU shows CRASHED within 1 s; vman
 //! killed shows "reconnecting", and restarted, the page resumes and shows
-//! what happened meanwhile; no request leaves the vman origin.
+//! what happened meanwhile; no request leaves the vman origin. With
+//! `auth.mode = "token"` (dry run): the page asks for a token, and with a
+//! viewer's it follows VMs live; a viewer's Start click shows FORBIDDEN.
 //!
 //! `docs/dashboard.png` and `docs/dashboard-vm.png` are its screenshots:
 //! `DASHBOARD_DOCS_SHOTS=$PWD/docs cargo test --test dashboard_browser`
@@ -44,4 +46,14 @@ async fn the_dashboard_follows_vms_live_runs_their_console_and_survives_a_vman_r
         common::guest_dir().display().to_string(),
     ];
     common::run_browser_script("dashboard.mjs", args, Vec::new()).await;
+}
+
+#[tokio::test]
+async fn the_dashboard_asks_for_a_token_and_uses_it_on_http_and_the_websocket() {
+    let (server, tokens) = common::TestServer::with_tokens(|_| {}).await;
+    let env = vec![
+        ("DASHBOARD_ADMIN_TOKEN".to_string(), tokens.admin.clone()),
+        ("DASHBOARD_VIEWER_TOKEN".to_string(), tokens.viewer.clone()),
+    ];
+    common::run_browser_script("dashboard.mjs", vec![server.url.clone()], env).await;
 }

@@ -23,12 +23,19 @@ import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 
+// With DASHBOARD_VIEWER_TOKEN and DASHBOARD_ADMIN_TOKEN (a server with
+// `auth.mode = "token"`, given by URL: `node dashboard.mjs URL`) it walks the
+// token prompt instead: the page asks for a token, takes the viewer's (kept
+// over a reload), then lists the VMs live over an authenticated websocket,
+// and a Start click shows the FORBIDDEN a viewer gets.
+const viewerToken = process.env.DASHBOARD_VIEWER_TOKEN || null;
+const adminToken = process.env.DASHBOARD_ADMIN_TOKEN || null;
 const [bin, data, port, guest] = process.argv.slice(2);
-if (!guest) {
-  console.error('usage: node dashboard.mjs VMAN_BINARY DATA_DIR PORT GUEST_DIR');
+if (!viewerToken && !guest) {
+  console.error('usage: node dashboard.mjs VMAN_BINARY DATA_DIR PORT GUEST_DIR, or node dashboard.mjs URL with the tokens');
   process.exit(2);
 }
-const origin = `http://127.0.0.1:${port}`;
+const origin = viewerToken ? new URL(bin).origin : `http://127.0.0.1:${port}`;
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const shots = process.env.SHOTS || fs.mkdtempSync(path.join(os.tmpdir(), 'vman-dashboard-shots-'));
 const docsShots = process.env.DASHBOARD_DOCS_SHOTS || null;
@@ -61,20 +68,26 @@ async function ready() {
   throw new Error('vman did not become ready');
 }
 async function gql(query, variables = {}) {
-  const r = await (await fetch(`${origin}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ query, variables }) })).json();
+  const headers = { 'content-type': 'application/json' };
+  if (adminToken) headers.authorization = `Bearer ${adminToken}`;
+  const r = await (await fetch(`${origin}/graphql`, { method: 'POST', headers, body: JSON.stringify({ query, variables }) })).json();
   if (r.errors) throw new Error(JSON.stringify(r.errors));
   return r.data;
 }
 const qemuPid = (vmId) => Number(fs.readFileSync(path.join(data, 'run', vmId, 'qemu.pid'), 'utf8').trim());
 const vmState = async (id) => (await gql('query($id: ID) { vm(id: $id) { state } }', { id })).vm.state;
 
-startVman();
-await ready();
+if (!viewerToken) {
+  startVman();
+  await ready();
+}
 const IMPORT = 'mutation($n: String!, $k: ImageKind!, $p: String!) { importImage(input: {name: $n, kind: $k, path: $p}) { image { id } } }';
-const kernel = (await gql(IMPORT, { n: 'kernel', k: 'KERNEL', p: 'vmlinuz' })).importImage.image.id;
-const initrd = (await gql(IMPORT, { n: 'initrd', k: 'INITRD', p: 'initrd.img' })).importImage.image.id;
-await gql('mutation($k: ID!, $i: ID!) { createTemplate(input: {name: "tiny", vcpus: 1, memoryMib: 256, kernelImageId: $k, initrdImageId: $i, cmdline: "console=ttyS0 panic=-1"}) { template { id } } }', { k: kernel, i: initrd });
-const createVm = async (name) => (await gql('mutation($n: String!) { createVm(input: {name: $n, templateName: "tiny"}) { vm { id } } }', { n: name })).createVm.vm.id;
+async function guestTemplate() {
+  const kernel = (await gql(IMPORT, { n: 'kernel', k: 'KERNEL', p: 'vmlinuz' })).importImage.image.id;
+  const initrd = (await gql(IMPORT, { n: 'initrd', k: 'INITRD', p: 'initrd.img' })).importImage.image.id;
+  await gql('mutation($k: ID!, $i: ID!) { createTemplate(input: {name: "tiny", vcpus: 1, memoryMib: 256, kernelImageId: $k, initrdImageId: $i, cmdline: "console=ttyS0 panic=-1"}) { template { id } } }', { k: kernel, i: initrd });
+}
+const createVm = async (name, template = 'tiny') => (await gql('mutation($n: String!, $t: String!) { createVm(input: {name: $n, templateName: $t}) { vm { id } } }', { n: name, t: template })).createVm.vm.id;
 
 const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vman-dash-chromium-'));
 const context = await chromium.launchPersistentContext(userDataDir, {
@@ -93,7 +106,7 @@ await context.route('**/*', (route) => {
 const page = context.pages()[0] || await context.newPage();
 const problems = [];
 page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
-page.on('console', (m) => { if (m.type() === 'error' && !/ERR_CONNECTION_REFUSED|WebSocket connection/.test(m.text())) problems.push(`console: ${m.text()}`); });
+page.on('console', (m) => { if (m.type() === 'error' && !/ERR_CONNECTION_REFUSED|WebSocket connection|status of 401/.test(m.text())) problems.push(`console: ${m.text()}`); });
 page.on('websocket', (ws) => requested.push(ws.url()));
 
 const row = (name) => page.locator(`tr[data-vm="${name}"]`);
@@ -122,7 +135,41 @@ page.on('response', async (r) => {
   }
 });
 
+async function tokenWalk() {
+  await gql('mutation { createTemplate(input: {name: "small", vcpus: 1, memoryMib: 128}) { template { id } } }');
+  await createVm('db-1', 'small');
+  await page.goto(`${origin}/dashboard`);
+  await within(WAIT_MS, 'without a token the page asks for one',
+    (ms) => page.getByRole('textbox', { name: 'API token' }).waitFor({ timeout: ms }));
+  await page.getByRole('textbox', { name: 'API token' }).fill(`Bearer ${viewerToken}`);
+  await page.getByRole('button', { name: 'Use token' }).click();
+  await within(WAIT_MS, 'with the viewer token the table loads and the events websocket is live',
+    (ms) => page.getByTestId('connection').filter({ hasText: /^live$/ }).waitFor({ timeout: ms }));
+  check(await page.getByRole('textbox', { name: 'API token' }).count() === 0, 'the prompt is gone');
+  await page.reload();
+  await within(WAIT_MS, 'the token is kept over a reload (sessionStorage)',
+    (ms) => stateOf('db-1').filter({ hasText: 'STOPPED' }).waitFor({ timeout: ms }));
+  await createVm('db-2', 'small');
+  await within(LIVE_MS, 'a VM created by the admin shows within 1 s',
+    (ms) => stateOf('db-2').filter({ hasText: 'STOPPED' }).waitFor({ timeout: ms }));
+  await row('db-1').locator('button[data-action="start"]').click();
+  await within(WAIT_MS, 'a viewer\'s Start click shows vman\'s FORBIDDEN',
+    (ms) => row('db-1').getByTestId('result').filter({ hasText: /^start failed: FORBIDDEN: / }).waitFor({ timeout: ms }));
+}
+
 try {
+  if (viewerToken) {
+    await tokenWalk();
+  } else {
+    await guestTemplate();
+    await qemuWalk();
+  }
+} catch (e) {
+  check(false, 'the walk ran to its end', e.stack);
+  await page.screenshot({ path: path.join(shots, 'failure.png') }).catch(() => {});
+}
+
+async function qemuWalk() {
   await page.goto(`${origin}/dashboard`);
   await within(WAIT_MS, 'the dashboard loads and its event subscription is live',
     (ms) => page.getByTestId('connection').filter({ hasText: /^live$/ }).waitFor({ timeout: ms }));
@@ -193,9 +240,6 @@ try {
   await within(WAIT_MS, `the page shows what happened meanwhile: web-2 ${after}`,
     (ms) => stateOf('web-2').filter({ hasText: new RegExp(`^${after}$`) }).waitFor({ timeout: ms }));
   check((await page.getByTestId('connection').innerText()) === 'live', 'the connection badge says live');
-} catch (e) {
-  check(false, 'the walk ran to its end', e.stack);
-  await page.screenshot({ path: path.join(shots, 'failure.png') }).catch(() => {});
 }
 
 const foreign = requested.filter((u) => !u.startsWith(origin) && !u.startsWith(origin.replace('http', 'ws')));
