@@ -1,6 +1,26 @@
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vite';
+import { buildSchema, parse, validate } from 'graphql';
+import { ALL as dashboardDocuments } from './src/dashboard/documents.js';
 
-// `npm run dev` proxies the API to a running vman (VMAN_URL, default
+// The dashboard's GraphQL documents (src/dashboard/documents.js) against
+// vman's schema (../schema.graphql): an invalid one fails the build.
+function validateDocuments() {
+  return {
+    name: 'vman-validate-documents',
+    buildStart() {
+      const sdl = fs.readFileSync(fileURLToPath(new URL('../schema.graphql', import.meta.url)), 'utf8');
+      const schema = buildSchema(sdl);
+      const problems = dashboardDocuments.flatMap((doc) =>
+        validate(schema, parse(doc)).map((e) => `${doc.trim().split('\n')[0]}: ${e.message}`),
+      );
+      if (problems.length) this.error(`dashboard documents do not match schema.graphql:\n${problems.join('\n')}`);
+    },
+  };
+}
+
+// Builds the playground and the dashboard. `npm run dev` proxies the API to a running vman (VMAN_URL, default
 // http://127.0.0.1:8080); `npm run build` writes a static, self-contained
 // bundle to dist/.
 const target = process.env.VMAN_URL || 'http://127.0.0.1:8080';
@@ -9,6 +29,7 @@ export default defineConfig({
   // Relative asset URLs: the same dist/ can be served at / and /playground/.
   base: './',
   esbuild: { jsx: 'automatic' },
+  plugins: [validateDocuments()],
   build: {
     outDir: 'dist',
     emptyOutDir: true,
@@ -17,6 +38,12 @@ export default defineConfig({
     // No sourcemaps: they would more than double dist/.
     sourcemap: false,
     rollupOptions: {
+      // Two pages, one build: the playground (index.html, served at / and
+      // /playground/) and the dashboard (dashboard.html, at /dashboard).
+      input: {
+        playground: fileURLToPath(new URL('index.html', import.meta.url)),
+        dashboard: fileURLToPath(new URL('dashboard.html', import.meta.url)),
+      },
       onwarn(warning, warn) {
         // React libraries' "use client" / "use no memo" directives are
         // meaningless in a client-only bundle; rollup warns once per file.

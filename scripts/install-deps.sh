@@ -65,11 +65,13 @@ npm_ci() {
 npm_ci tests/js
 npm_ci playground
 
-# The playground bundle, rebuilt when its sources change.
+# The playground and dashboard bundle, rebuilt when its sources change (the
+# schema included: the build checks the dashboard's documents against it).
 stamp=playground/dist/.vman-sources
-sources=$(cd playground && cat package-lock.json index.html vite.config.js src/* | sha256sum | cut -d' ' -f1)
+sources=$(cd playground && find package-lock.json index.html dashboard.html vite.config.js src ../schema.graphql -type f -print0 \
+  | sort -z | xargs -0 cat | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || "$(cat "$stamp")" != "$sources" ]]; then
-  say "building the playground"
+  say "building the playground and the dashboard"
   (cd playground && npm run --silent build >/dev/null)
   echo "$sources" > "$stamp"
 fi

@@ -1,5 +1,7 @@
 //! The bundled GraphiQL playground (`playground/`, built with Vite), served
-//! at `/` and `/playground/`. It loads nothing from the internet.
+//! at `/` and `/playground/`, and the dashboard of the same build
+//! (`playground/dashboard.html`) at `/dashboard`. They load nothing from the
+//! internet.
 //!
 //! Release builds embed `playground/dist`; debug builds read it from disk, so
 //! `npm run build` in `playground/` is picked up without recompiling. When the
@@ -27,6 +29,13 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         )
         .route("/playground/", get(index))
         .route("/playground/{*path}", get(asset))
+        // Its assets are relative (`./assets/…`): served at `/dashboard`
+        // they resolve to `/assets/…`, as the playground's do at `/`.
+        .route("/dashboard", get(dashboard))
+        .route(
+            "/dashboard/",
+            get(|| async { Redirect::permanent("/dashboard") }),
+        )
         .route(
             "/assets/{*path}",
             get(|Path(path): Path<String>| async move { file(&format!("assets/{path}")) }),
@@ -34,12 +43,20 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 }
 
 async fn index() -> Response {
-    match Bundle::get("index.html") {
-        Some(_) => file("index.html"),
+    page("index.html")
+}
+
+async fn dashboard() -> Response {
+    page("dashboard.html")
+}
+
+fn page(name: &str) -> Response {
+    match Bundle::get(name) {
+        Some(_) => file(name),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             Html(
-                "<!doctype html><title>vman</title><h1>vman</h1><p>The playground is not built yet. \
+                "<!doctype html><title>vman</title><h1>vman</h1><p>The playground and dashboard are not built yet. \
                  Run <code>npm ci &amp;&amp; npm run build</code> in <code>playground/</code> \
                  (<code>make run</code> does it), or POST GraphQL to <code>/graphql</code>.</p>",
             ),

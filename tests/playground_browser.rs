@@ -29,61 +29,21 @@
 
 mod common;
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// Runs `tests/js/playground.mjs` against `server` with `env`; fails the
-/// test (keeping the screenshots) when the script fails.
+/// Runs `tests/js/playground.mjs` against `server` with `env`.
 async fn drive_playground(server: &common::TestServer, env: &[(&str, &str)]) {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let js = format!("{root}/tests/js");
     assert!(
-        Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: run `make deps` (scripts/install-deps.sh installs the Debian package chromium; CI does this)"
-    );
-    assert!(
-        Path::new(&js).join("node_modules/playwright-core").is_dir(),
-        "tests/js/node_modules/playwright-core is missing: run `make deps` (or `npm ci --prefix tests/js`)"
-    );
-    assert!(
-        Path::new(root).join("playground/dist/index.html").is_file(),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("playground/dist/index.html")
+            .is_file(),
         "playground/dist is not built: run `make deps` (it builds the playground)"
     );
-    // Screenshots: removed after a pass, kept (and named) after a failure.
-    let shots = tempfile::Builder::new()
-        .prefix("vman-playground-shots-")
-        .tempdir()
-        .expect("temp dir");
-    let url = server.url.clone();
-    let shots_dir = shots.path().to_owned();
-    let env: Vec<(String, String)> = env
+    let env = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(format!("{js}/playground.mjs"))
-            .arg(url)
-            .env("CHROMIUM", CHROMIUM)
-            .env("SHOTS", shots_dir)
-            .envs(env)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    if !output.status.success() {
-        let kept = shots.keep();
-        panic!(
-            "playground.mjs failed ({}); screenshots kept in {}:\n{stdout}\n{}",
-            output.status,
-            kept.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    common::run_browser_script("playground.mjs", vec![server.url.clone()], env).await;
 }
 
 #[tokio::test]

@@ -692,3 +692,54 @@ pub fn file_names(dir: &std::path::Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// The system Chromium the browser tests drive (Debian package `chromium`).
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Runs `node tests/js/<script> args…` (a headless-Chromium walk, through
+/// playwright-core) with `env`, `CHROMIUM` and `SHOTS` (a fresh temp dir
+/// for its screenshots), and prints what it said. When it fails, fails the
+/// test, keeping the screenshots. A missing Chromium fails too, never skips.
+pub async fn run_browser_script(script: &str, args: Vec<String>, env: Vec<(String, String)>) {
+    let js = format!("{}/tests/js", env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        std::path::Path::new(CHROMIUM).is_file(),
+        "{CHROMIUM} is missing: run `make deps` (scripts/install-deps.sh installs the Debian package chromium; CI does this)"
+    );
+    assert!(
+        std::path::Path::new(&js)
+            .join("node_modules/playwright-core")
+            .is_dir(),
+        "tests/js/node_modules/playwright-core is missing: run `make deps` (or `npm ci --prefix tests/js`)"
+    );
+    // Screenshots: removed after a pass, kept (and named) after a failure.
+    let shots = tempfile::Builder::new()
+        .prefix("vman-browser-shots-")
+        .tempdir()
+        .expect("temp dir");
+    let shots_dir = shots.path().to_owned();
+    let path = format!("{js}/{script}");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(path)
+            .args(args)
+            .env("CHROMIUM", CHROMIUM)
+            .env("SHOTS", shots_dir)
+            .envs(env)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    if !output.status.success() {
+        let kept = shots.keep();
+        panic!(
+            "{script} failed ({}); screenshots kept in {}:\n{stdout}\n{}",
+            output.status,
+            kept.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

@@ -1,0 +1,110 @@
+// One VM: its state and actions, disks, NICs, snapshots, recent operations
+// (with progress bars) and its serial console in a terminal.
+import { useEffect, useRef, useState } from 'react';
+import { Terminal } from '@xterm/xterm';
+import '@xterm/xterm/css/xterm.css';
+import { CONSOLE, SEND_INPUT, VM_PAGE } from './documents.js';
+import { follow, request } from './api.js';
+import { ActionButtons, Sparkline, StateBadge, mib } from './parts.jsx';
+
+function Console({ vmId }) {
+  const box = useRef(null);
+  const [state, setState] = useState('connecting');
+  const [inputError, setInputError] = useState(null);
+  useEffect(() => {
+    const term = new Terminal({ convertEol: false, fontSize: 13, rows: 24, cols: 100, scrollback: 5000 });
+    term.open(box.current);
+    let next = null;
+    const stop = follow(CONSOLE, () => ({ vm: vmId, after: next }), ({ vmConsole: chunk }) => {
+      next = chunk.nextOffset;
+      if (chunk.kind === 'OUTPUT') term.write(Uint8Array.from(atob(chunk.data), (c) => c.charCodeAt(0)));
+      else term.write(`\r\n\x1b[33m[${chunk.reason || 'output dropped'}]\x1b[0m\r\n`);
+    }, { onState: setState });
+    // Keystrokes go in order, one mutation each.
+    let queue = Promise.resolve();
+    const typing = term.onData((data) => {
+      queue = queue.then(() => request(SEND_INPUT, { vm: vmId, data })).then(() => setInputError(null), (e) => setInputError(`${e.code}: ${e.message}`));
+    });
+    return () => { stop(); typing.dispose(); term.dispose(); };
+  }, [vmId]);
+  return (
+    <section>
+      <h2>Serial console <small data-testid="console-state">{state === 'complete' ? 'ended (the VM does not run)' : state}</small></h2>
+      {inputError && <p className="error">Input not sent: {inputError}</p>}
+      <div ref={box} className="terminal" data-testid="terminal" />
+    </section>
+  );
+}
+
+function Progress({ op }) {
+  if (!op.progress) return op.status === 'RUNNING' ? <progress aria-label="progress" /> : null;
+  return <progress aria-label="progress" value={op.progress.fraction} max={1}>{Math.round(op.progress.fraction * 100)}%</progress>;
+}
+
+export function VmPage({ id, tick, vm: row, stats, result, setResult }) {
+  const [page, setPage] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    request(VM_PAGE, { id }).then((d) => { setPage(d); setError(null); }, (e) => setError(`${e.code}: ${e.message}`));
+  }, [id, tick]);
+  // Progress bars move between events: poll while something runs.
+  const running = page?.operations.nodes.some((o) => o.status === 'RUNNING' || o.status === 'PENDING');
+  useEffect(() => {
+    if (!running) return undefined;
+    const t = setInterval(() => request(VM_PAGE, { id }).then(setPage, () => {}), 1000);
+    return () => clearInterval(t);
+  }, [id, running]);
+
+  if (error) return <p className="error">{error}</p>;
+  if (!page) return <p>Loading…</p>;
+  if (!page.vm) return <p>No VM {id} (deleted?). <a href="#/">Back to the table</a></p>;
+  const vm = row ?? page.vm;
+  const live = ['RUNNING', 'PAUSED', 'STARTING'].includes(vm.state);
+  return (
+    <div className="vm-page" data-vm-page={vm.name}>
+      <p><a href="#/">← all VMs</a></p>
+      <h2>{vm.name} <StateBadge state={vm.state} /></h2>
+      <p>
+        {vm.vcpus} vCPU, {vm.memoryMib} MiB; wanted {vm.desiredState}{vm.stateReason && ` (${vm.stateReason})`}
+        {' '}<ActionButtons vm={vm} onResult={setResult} />
+        {' '}<span data-testid="result" className={result && !result.ok ? 'error' : ''}>{result?.text}</span>
+      </p>
+      {stats && (
+        <p>CPU <Sparkline values={stats.cpu} max={100 * vm.vcpus} label="CPU %" /> {stats.cpu.at(-1).toFixed(0)}%
+          {' '}memory <Sparkline values={stats.mem} label="RSS" /> {mib(stats.mem.at(-1))}</p>
+      )}
+      <div className="columns">
+        <section>
+          <h3>Disks</h3>
+          <table><tbody>
+            {page.vm.disks.map((d) => <tr key={d.id}><td>{d.name}</td><td>{d.format}</td><td>{mib(d.sizeBytes)}</td><td>{d.attachment}</td></tr>)}
+            {page.vm.disks.length === 0 && <tr><td>none</td></tr>}
+          </tbody></table>
+          <h3>NICs</h3>
+          <table><tbody>
+            {page.vm.nics.map((n) => <tr key={n.id}><td>#{n.position}</td><td>{n.network?.name}</td><td>{n.mac}</td><td>{n.model}</td><td>{n.tap}</td><td>{n.attachment}</td></tr>)}
+            {page.vm.nics.length === 0 && <tr><td>none</td></tr>}
+          </tbody></table>
+          <h3>Snapshots</h3>
+          <table><tbody>
+            {page.vm.snapshots.map((s) => <tr key={s.id}><td>{s.name}</td><td>{s.vmState}</td><td>{s.withMemory ? 'with memory' : 'disks only'}</td><td>{new Date(s.createdAt).toLocaleString()}</td></tr>)}
+            {page.vm.snapshots.length === 0 && <tr><td>none</td></tr>}
+          </tbody></table>
+        </section>
+        <section>
+          <h3>Operations</h3>
+          <table className="operations"><tbody>
+            {page.operations.nodes.map((o) => (
+              <tr key={o.id}>
+                <td>{new Date(o.startedAt).toLocaleTimeString()}</td><td>{o.kind}</td>
+                <td className={o.status === 'FAILED' ? 'error' : ''}>{o.status}{o.errorCode && `: ${o.errorCode}: ${o.error}`}</td>
+                <td><Progress op={o} /></td>
+              </tr>
+            ))}
+          </tbody></table>
+        </section>
+      </div>
+      {live ? <Console vmId={vm.id} key={vm.id} /> : <p>The serial console shows while the VM runs.</p>}
+    </div>
+  );
+}

@@ -1,0 +1,119 @@
+// How the dashboard talks to vman: POST /graphql for queries and mutations,
+// graphql-ws on /graphql/ws for subscriptions, both on the page's origin and
+// both with the API token (kept in sessionStorage) when there is one:
+// `Authorization: Bearer` on HTTP, `{authorization}` in `connection_init`.
+import { createClient } from 'graphql-ws';
+import { HEAD, JOURNAL_SIZE } from './documents.js';
+
+const HTTP_URL = new URL('/graphql', window.location.href).href;
+const WS_URL = HTTP_URL.replace(/^http/, 'ws') + '/ws';
+const TOKEN_KEY = 'vman.dashboard.apiToken';
+
+export const auth = new EventTarget();
+
+export function token() {
+  try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch { return ''; }
+}
+
+export function setToken(value) {
+  const clean = value.trim().replace(/^bearer\s+/i, '').trim();
+  try {
+    if (clean) sessionStorage.setItem(TOKEN_KEY, clean); else sessionStorage.removeItem(TOKEN_KEY);
+  } catch { /* storage disabled */ }
+  auth.dispatchEvent(new Event('changed'));
+}
+
+function needsToken(message) {
+  auth.dispatchEvent(new CustomEvent('needed', { detail: message }));
+}
+
+/** An error with vman's `extensions.code`. */
+export class ApiError extends Error {
+  constructor(message, code) { super(message); this.code = code; }
+}
+
+/** Runs a query or mutation; its `data`, or throws an ApiError. */
+export async function request(query, variables = {}) {
+  const headers = { 'content-type': 'application/json', accept: 'application/json' };
+  if (token()) headers.authorization = `Bearer ${token()}`;
+  let response;
+  try {
+    response = await fetch(HTTP_URL, { method: 'POST', headers, body: JSON.stringify({ query, variables }) });
+  } catch (e) {
+    throw new ApiError(`cannot reach vman: ${e.message}`, 'UNREACHABLE');
+  }
+  const body = await response.json().catch(() => null);
+  const error = body?.errors?.[0];
+  if (response.status === 401 || error?.extensions?.code === 'UNAUTHENTICATED') {
+    needsToken(error?.message || 'this vman needs an API token');
+    throw new ApiError(error?.message || 'unauthenticated', 'UNAUTHENTICATED');
+  }
+  if (error) throw new ApiError(error.message, error.extensions?.code || 'ERROR');
+  if (!response.ok || !body) throw new ApiError(`HTTP ${response.status}`, `HTTP_${response.status}`);
+  return body.data;
+}
+
+/** The journal's last sequence ("0" when empty). */
+export async function journalHead() {
+  const { events } = await request(JOURNAL_SIZE);
+  // Sequences are increasing integers from 1, so the head is at least the
+  // count: start just before it and page to the end.
+  let after = String(Math.max(0, events.totalCount - 1));
+  for (;;) {
+    const page = (await request(HEAD, { after })).events;
+    if (page.nodes.length) after = page.nodes[page.nodes.length - 1].sequence;
+    if (!page.pageInfo.hasNextPage) return after;
+  }
+}
+
+function newClient(on) {
+  return createClient({
+    url: WS_URL,
+    lazy: true,
+    retryAttempts: 0,
+    connectionParams: () => (token() ? { authorization: `Bearer ${token()}` } : {}),
+    on,
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Follows a subscription for ever: on a dropped connection calls
+ * `onState('reconnecting')`, waits (back-off 250 ms doubling to 4 s) and
+ * subscribes again with `variables()` (which resume where it stopped);
+ * `onState('live')` once connected. A subscription that completes (the
+ * server ended it) is not followed again unless `again` says so. Returns a
+ * function that stops it.
+ */
+export function follow(query, variables, onData, { onState = () => {}, again = false } = {}) {
+  let stopped = false;
+  let client = null;
+  (async () => {
+    let wait = 250;
+    while (!stopped) {
+      client = newClient({ connected: () => { wait = 250; onState('live'); } });
+      let completed = false;
+      try {
+        for await (const result of client.iterate({ query, variables: variables() })) {
+          if (stopped) break;
+          if (result.errors?.length) {
+            const e = result.errors[0];
+            if (e.extensions?.code === 'UNAUTHENTICATED') needsToken(e.message);
+            onState('error', e.message);
+          } else onData(result.data);
+        }
+        completed = true;
+      } catch (e) {
+        // A CloseEvent (4403: the token was refused) or a network error.
+        if (e?.code === 4403 || e?.code === 4401) needsToken(e.reason || 'this vman needs an API token');
+      }
+      client.dispose();
+      if (stopped || (completed && !again)) { if (completed) onState('complete'); return; }
+      onState('reconnecting');
+      await sleep(wait);
+      wait = Math.min(wait * 2, 4000);
+    }
+  })();
+  return () => { stopped = true; client?.dispose(); };
+}
