@@ -15,8 +15,9 @@ run: deps
 # each test on a fresh database of its own); tests/postgres.rs runs in the
 # first pass. The others need SQLite's file, or start vman processes of their own.
 POSTGRES_TESTS := api_scenario api_bad_input api_pages_and_readiness api_concurrency \
-	api_graph api_limits api_disk_lifecycle auth batched_loading cloud_init vm_clone \
-	snapshots vm_update ws_protocol
+	api_graph api_limits api_disk_lifecycle auth batched_loading cloud_init console_api \
+	graphql_http_audit image_download install_media metrics observer_sweep snapshots \
+	stats tls vm_clone vm_update ws_protocol
 
 # The whole test suite: format, lints, and every test, real QEMU and real
 # guests included (CI runs exactly this), inside a throwaway PostgreSQL cluster

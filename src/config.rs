@@ -99,9 +99,9 @@ pub struct DatabaseConfig {
     /// Absent: SQLite at `<data_dir>/vman.db`.
     #[serde(default)]
     pub url: Option<DatabaseUrl>,
-    /// How long a write waits for SQLite's write lock (and a read for a
-    /// lock) while another connection holds it, before the request fails
-    /// with `DATABASE_BUSY`.
+    /// How long a write waits for SQLite's write lock (PostgreSQL: the
+    /// journal lock), and a read for a lock, while another connection holds
+    /// it, before the request fails with `DATABASE_BUSY`.
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
 }
@@ -928,6 +928,7 @@ impl Config {
             None => crate::db::Location::Sqlite(self.db_path()),
         }
     }
+
     pub fn storage_dir(&self) -> PathBuf {
         self.data_dir.join("storage")
     }

@@ -238,3 +238,38 @@ async fn an_unreachable_server_fails_the_start_without_showing_the_password() {
     assert!(!message.contains("s3cret"), "{message}");
     assert!(!format!("{config:?}").contains("s3cret"));
 }
+
+/// On the command line: `config check` shows the URL with its password
+/// masked, and `backup`, `restore` and `doctor` refuse, naming pg_dump,
+/// without connecting; a URL of another scheme is a bad config (2).
+#[test]
+fn the_command_line_masks_the_password_and_leaves_backups_to_pg_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let vman = |url: &str, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vman"))
+            .current_dir(dir.path())
+            .env("VMAN_DATABASE_URL", url)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!text.contains("s3cret"), "{args:?}: {text}");
+        (out.status.code(), text)
+    };
+    let url = "postgres://vman:s3cret@127.0.0.1:1/vman";
+    let (code, text) = vman(url, &["config", "check"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("database.url = \"postgres://vman:***@127.0.0.1:1/vman\""),
+        "{text}"
+    );
+    for args in [&["backup", "b.db"][..], &["restore", "b.db"], &["doctor"]] {
+        let (code, text) = vman(url, args);
+        assert_eq!(code, Some(1), "{args:?}: {text}");
+        assert!(text.contains("pg_dump"), "{args:?}: {text}");
+    }
+    let (code, text) = vman("mysql://vman:s3cret@h/vman", &["config", "check"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("database.url"), "{text}");
+}
