@@ -13,11 +13,13 @@ run: deps
 
 # The test files whose servers run on PostgreSQL too (VMANTEST_DATABASE=postgres:
 # each test on a fresh database of its own); tests/postgres.rs runs in the
-# first pass. The others need SQLite's file, or start vman processes of their own.
+# first pass. The others need SQLite's file (backup, database_busy, full_disk,
+# query_plans), start vman processes of their own (on SQLite), or use no database.
 POSTGRES_TESTS := api_scenario api_bad_input api_pages_and_readiness api_concurrency \
 	api_graph api_limits api_disk_lifecycle auth batched_loading cloud_init console_api \
-	graphql_http_audit image_download install_media metrics observer_sweep snapshots \
-	stats tls vm_clone vm_update ws_protocol
+	console_guest graphql_http_audit host_failures image_download install_media metrics \
+	mutations_succeed network_guests network_host observer_sweep qemu_host qmp_reconnect \
+	snapshots stats tls vm_clone vm_update ws_protocol
 
 # The whole test suite: format, lints, and every test, real QEMU and real
 # guests included (CI runs exactly this), inside a throwaway PostgreSQL cluster

@@ -78,11 +78,10 @@ impl TestDatabase {
             .await
             .expect("CREATE DATABASE");
         let _ = admin.close().await;
-        let (base, _) = cluster_url()
-            .rsplit_once('/')
-            .expect("a cluster URL ends in /database");
+        let mut url = reqwest::Url::parse(cluster_url()).expect("the cluster's URL");
+        url.set_path(&name);
         TestDatabase {
-            url: format!("{base}/{name}"),
+            url: url.to_string(),
             name,
         }
     }
