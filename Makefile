@@ -17,9 +17,9 @@ run: deps
 # query_plans), start vman processes of their own (on SQLite), or use no database.
 POSTGRES_TESTS := api_scenario api_bad_input api_pages_and_readiness api_concurrency \
 	api_graph api_limits api_disk_lifecycle auth batched_loading cloud_init console_api \
-	console_guest graphql_http_audit host_failures image_download install_media metrics \
-	mutations_succeed network_guests network_host observer_sweep qemu_host qmp_reconnect \
-	snapshots stats tls vm_clone vm_update ws_protocol
+	console_guest graphql_http_audit host_failures image_download install_media \
+	js_clients metrics mutations_succeed network_guests network_host observer_sweep \
+	qemu_guest qemu_host qmp_reconnect snapshots stats tls vm_clone vm_update ws_protocol
 
 # The whole test suite: format, lints, and every test, real QEMU and real
 # guests included (CI runs exactly this), inside a throwaway PostgreSQL cluster
