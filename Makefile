@@ -11,11 +11,26 @@ run: deps
 	cargo build --profile quick
 	./target/quick/vman serve $$(command -v qemu-system-x86_64 >/dev/null || echo --dry-run)
 
+# The test files whose servers run on PostgreSQL too (VMANTEST_DATABASE=postgres:
+# each test on a fresh database of its own); tests/postgres.rs runs in the
+# first pass. The others need SQLite's file (backup, database_busy, full_disk,
+# query_plans), start vman processes of their own (on SQLite), or use no database.
+POSTGRES_TESTS := api_scenario api_bad_input api_pages_and_readiness api_concurrency \
+	api_graph api_limits api_disk_lifecycle auth batched_loading cloud_init console_api \
+	console_guest graphql_http_audit host_failures image_download install_media \
+	js_clients metrics mutations_succeed network_guests network_host observer_sweep \
+	qemu_guest qemu_host qmp_reconnect snapshots stats tls vm_clone vm_update ws_protocol
+
 # The whole test suite: format, lints, and every test, real QEMU and real
-# guests included (CI runs exactly this). Slow real-guest tests run alone with
-# `cargo test --test qemu_guest`.
+# guests included (CI runs exactly this), inside a throwaway PostgreSQL cluster
+# (scripts/pg-test-cluster.sh); then the database-heavy files again on
+# PostgreSQL. Slow real-guest tests run alone with `cargo test --test qemu_guest`.
 test: deps guest lint
-	cargo test --workspace --lib --bins --tests --no-fail-fast
+	./scripts/pg-test-cluster.sh run bash -c '\
+	  status=0; \
+	  cargo test --workspace --lib --bins --tests --no-fail-fast || status=1; \
+	  VMANTEST_DATABASE=postgres cargo test --no-fail-fast $(POSTGRES_TESTS:%=--test %) || status=1; \
+	  exit $$status'
 
 # Line coverage of src/ by the same tests, one row per file and the total
 # (cargo-llvm-cov, installed on first use; its own target directory, so a

@@ -34,7 +34,10 @@ export LLVM_PROFILE_FILE_NAME="vman-%p%c.profraw"
 tests=0
 if [[ ${1:-} != --report-only ]]; then
   cargo llvm-cov clean --workspace || exit
-  cargo llvm-cov --no-report --workspace --lib --bins --tests --no-fail-fast
+  # Inside a throwaway PostgreSQL cluster, as in `make test`: tests/postgres.rs
+  # needs one (and under CI=true does not start its own).
+  ./scripts/pg-test-cluster.sh run \
+    cargo llvm-cov --no-report --workspace --lib --bins --tests --no-fail-fast
   tests=$?
 fi
 

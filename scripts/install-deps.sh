@@ -32,6 +32,9 @@ command -v jq >/dev/null || missing+=(jq)
 command -v wrk >/dev/null || missing+=(wrk)
 # Headless Chromium for tests/playground_browser.rs (driven by playwright-core).
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+# PostgreSQL 15's server, for the database tests' second backend
+# (scripts/pg-test-cluster.sh starts a throwaway cluster; nothing is configured).
+[[ -x /usr/lib/postgresql/15/bin/initdb ]] || missing+=(postgresql-15)
 if ((${#missing[@]})); then
   if [[ $(id -u) != 0 ]]; then
     say "missing ${missing[*]}: run as root or install them" >&2

@@ -126,7 +126,7 @@ impl App {
             dir: config.data_dir.clone(),
             source,
         })?;
-        let db = crate::db::connect(&config.db_path(), config.database.busy_timeout).await?;
+        let db = crate::db::connect(config.database(), config.database.busy_timeout).await?;
         crate::db::migrate(&db).await?;
         Ok(())
     }
@@ -152,23 +152,26 @@ impl App {
         config.data_dir = data_dir;
         check_socket_room(&config)?;
         let lock = DataDirLock::take(&config)?;
-        match crate::db::check_file(&config.db_path(), crate::db::Check::Quick, false).await? {
-            crate::db::FileCheck::Missing | crate::db::FileCheck::Ok => {}
-            crate::db::FileCheck::Damaged(detail) => {
-                return Err(StartError::Damaged(crate::backup::damaged_message(
-                    &config, &detail,
-                )));
+        let location = config.database();
+        // A PostgreSQL server keeps its own files whole: only SQLite's is read here.
+        if let crate::db::Location::Sqlite(path) = &location {
+            match crate::db::check_file(path, crate::db::Check::Quick, false).await? {
+                crate::db::FileCheck::Missing | crate::db::FileCheck::Ok => {}
+                crate::db::FileCheck::Damaged(detail) => {
+                    return Err(StartError::Damaged(crate::backup::damaged_message(
+                        &config, &detail,
+                    )));
+                }
             }
         }
         let statements = Arc::new(crate::db::Statements::default());
         let db = crate::db::observed(
-            crate::db::connect(&config.db_path(), config.database.busy_timeout),
+            crate::db::connect(&location, config.database.busy_timeout),
             &statements,
         )
         .await?;
         crate::db::migrate(&db).await?;
-        let writes =
-            crate::db::observed(crate::db::connect_writes(&config.db_path()), &statements).await?;
+        let writes = crate::db::observed(crate::db::connect_writes(&location), &statements).await?;
         let options = QemuOptions::from_config(&config);
         let hypervisor: Arc<dyn Hypervisor> = if config.dry_run {
             Arc::new(DryRunHypervisor::new(options))

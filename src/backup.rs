@@ -50,6 +50,15 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackupError {
     move |source| BackupError::Io { what, source }
 }
 
+/// Why backups, restores and `vman doctor` are not vman's to do with this
+/// config (a PostgreSQL database), or `None` (SQLite: they are).
+pub fn not_ours(config: &Config) -> Option<String> {
+    let url = config.database.url.as_ref()?;
+    Some(format!(
+        "the database is PostgreSQL ({url}): back it up with pg_dump and check it with the server's tools; vman backs up, restores and checks only its own SQLite file"
+    ))
+}
+
 /// A backup made, as [`backup`] checked it.
 #[derive(Debug, Clone)]
 pub struct Backup {
@@ -240,6 +249,10 @@ pub fn spawn_schedule(
     cancel: tokio_util::sync::CancellationToken,
 ) {
     if config.backup.interval.is_zero() {
+        return;
+    }
+    if let Some(why) = not_ours(&config) {
+        tracing::info!("no scheduled backups (backup.interval is ignored): {why}");
         return;
     }
     tokio::spawn(async move {

@@ -89,15 +89,81 @@ pub struct LogConfig {
     pub keep_files: usize,
 }
 
-/// The SQLite database (`<data_dir>/vman.db`).
+/// The database: SQLite at `<data_dir>/vman.db` unless `url` names a
+/// PostgreSQL server.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// How long a write waits for SQLite's write lock (and a read for a
-    /// lock) while another connection holds it, before the request fails
-    /// with `DATABASE_BUSY`.
+    /// `postgres://user:password@host:port/database` (any option sqlx's
+    /// PostgreSQL driver takes, `?sslmode=…` say): the database is there.
+    /// Absent: SQLite at `<data_dir>/vman.db`.
+    #[serde(default)]
+    pub url: Option<DatabaseUrl>,
+    /// How long a write waits for SQLite's write lock (PostgreSQL: the
+    /// journal lock), and a read for a lock, while another connection holds
+    /// it, before the request fails with `DATABASE_BUSY`.
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
+}
+
+/// A database URL, whose password `Debug`, `Display` and `config check`
+/// never show ([`shown_url`]).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseUrl(url.into())
+    }
+
+    /// The URL with its password, for connecting and for nothing else.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", shown_url(&self.0))
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&shown_url(&self.0))
+    }
+}
+
+/// `url` as messages, logs and records show it: a password in it, in the
+/// user part or as a `password` parameter, is `***`.
+pub fn shown_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        // Not a URL: it may still hold a password, so none of it is shown.
+        return "(not a URL)".into();
+    };
+    let in_query = parsed.query_pairs().any(|(k, _)| k == "password");
+    if parsed.password().is_none() && !in_query {
+        return url.to_string();
+    }
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if in_query {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 /// Disks and images under `<data_dir>/storage/`.
@@ -269,6 +335,7 @@ impl Default for Config {
                 keep_files: 5,
             },
             database: DatabaseConfig {
+                url: None,
                 busy_timeout: Duration::from_secs(5),
             },
             storage: StorageConfig {
@@ -575,6 +642,10 @@ impl Config {
                 "must be between 10ms and 10m",
             ));
         }
+        if let Some(url) = &self.database.url {
+            crate::db::Location::postgres(url)
+                .map_err(|reason| bad("database.url", url, &reason))?;
+        }
         if !self.backup.interval.is_zero()
             && (self.backup.interval < Duration::from_secs(1)
                 || self.backup.interval > Duration::from_secs(366 * 24 * 60 * 60))
@@ -850,9 +921,20 @@ impl Config {
         }
     }
 
+    /// Where SQLite's database file is (when there is no `database.url`).
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("vman.db")
     }
+
+    /// Where the database is: `database.url`'s PostgreSQL, or SQLite at
+    /// [`Config::db_path`].
+    pub fn database(&self) -> crate::db::Location {
+        match &self.database.url {
+            Some(url) => crate::db::Location::Postgres(url.clone()),
+            None => crate::db::Location::Sqlite(self.db_path()),
+        }
+    }
+
     pub fn storage_dir(&self) -> PathBuf {
         self.data_dir.join("storage")
     }
@@ -921,7 +1003,12 @@ fn collect(figment: &Figment, prefix: &str, value: &Value, out: &mut Vec<String>
                     None => m.name.to_string(),
                 })
                 .unwrap_or_else(|| "default".into());
-            let shown = serde_json::to_string(leaf).unwrap_or_default();
+            let shown = match (prefix, leaf) {
+                ("database.url", Value::String(_, url)) => {
+                    serde_json::to_string(&shown_url(url)).unwrap_or_default()
+                }
+                _ => serde_json::to_string(leaf).unwrap_or_default(),
+            };
             out.push(format!("{prefix} = {shown}    # from {source}"));
         }
     }
@@ -1080,6 +1167,53 @@ mod tests {
             Ok(())
         });
     }
+    /// `VMAN_DATABASE_URL` selects PostgreSQL; `config check` shows it with
+    /// its password masked, and so do `Debug` and `Display`.
+    #[test]
+    fn a_database_url_is_read_from_the_environment_and_shown_masked() {
+        figment::Jail::expect_with(|jail| {
+            let (_dir, sources) = with_files("", "");
+            let cli = CliOverrides::default();
+            let config = Config::load(&sources, &cli).unwrap();
+            assert_eq!(config.database.url, None);
+            assert!(
+                matches!(config.database(), crate::db::Location::Sqlite(p) if p == config.db_path())
+            );
+
+            jail.set_env(
+                "VMAN_DATABASE_URL",
+                "postgres://vman:s3cret@db.example:5432/vman?sslmode=require",
+            );
+            let config = Config::load(&sources, &cli).unwrap();
+            assert!(config.database().is_postgres());
+            let text = describe(&sources, &cli).unwrap();
+            assert!(
+                text.contains(
+                    "database.url = \"postgres://vman:***@db.example:5432/vman?sslmode=require\""
+                ),
+                "{text}"
+            );
+            for shown in [text, format!("{config:?}"), config.database().to_string()] {
+                assert!(!shown.contains("s3cret"), "{shown}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn passwords_in_urls_are_masked_wherever_they_are() {
+        for (url, shown) in [
+            ("postgres://u:p@h/d", "postgres://u:***@h/d"),
+            (
+                "postgres://u@h/d?password=p&sslmode=disable",
+                "postgres://u@h/d?password=***&sslmode=disable",
+            ),
+            ("postgres://u@h/d", "postgres://u@h/d"),
+            ("not a url with p", "(not a URL)"),
+        ] {
+            assert_eq!(shown_url(url), shown);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1105,6 +1239,12 @@ mod validation_tests {
             ("backup.keep", |c| c.backup.keep = 0),
             ("database.busy_timeout", |c| {
                 c.database.busy_timeout = Duration::from_secs(601)
+            }),
+            ("database.url", |c| {
+                c.database.url = Some(DatabaseUrl::new("mysql://u:p@h/d"))
+            }),
+            ("database.url", |c| {
+                c.database.url = Some(DatabaseUrl::new("postgres://u:p@h:port/d"))
             }),
             ("observer.probe_timeout", |c| {
                 c.observer.probe_timeout = Duration::from_millis(1)

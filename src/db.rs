@@ -1,15 +1,19 @@
-//! SQLite connections with the settings a long-running server needs: WAL,
-//! synchronous NORMAL, a busy timeout, foreign keys and a real pool. sqlx's
-//! defaults differ (one writer mode, no FK by default in older versions), so
-//! every setting is explicit here.
+//! The database's connections: SQLite (the default, `<data_dir>/vman.db`) or
+//! PostgreSQL (`database.url`).
+//!
+//! SQLite gets the settings a long-running server needs: WAL, synchronous
+//! NORMAL, a busy timeout, foreign keys and a real pool. sqlx's defaults
+//! differ (one writer mode, no FK by default in older versions), so every
+//! setting is explicit here. PostgreSQL needs none of these: its locks wait
+//! for `lock_timeout`, set here as SQLite's busy timeout is.
 //!
 //! Two pools: [`connect`] for reads (and the command line's writes), and
 //! [`connect_writes`], the event bus's one connection for writes, whose
-//! `BEGIN IMMEDIATE` gives up quickly so that `events::EventBus::writer` can
-//! retry it until `database.busy_timeout` and then answer `DATABASE_BUSY`.
+//! begin gives up quickly so that `events::EventBus::writer` can retry it
+//! until `database.busy_timeout` and then answer `DATABASE_BUSY`.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     str::FromStr,
     sync::{
         Arc, Mutex,
@@ -20,17 +24,85 @@ use std::{
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    DatabaseConnection, DbErr, RuntimeErr, SqlxSqliteConnector,
-    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    DatabaseConnection, DbErr, RuntimeErr, SqlxPostgresConnector, SqlxSqliteConnector,
+    sqlx::{
+        postgres::{PgConnectOptions, PgPoolOptions},
+        sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    },
 };
+
+use crate::config::DatabaseUrl;
+
+/// Where the database is (`Config::database`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Location {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`database.url`).
+    Postgres(DatabaseUrl),
+}
+
+impl Location {
+    /// `url`'s connection options, or why it is not a PostgreSQL URL.
+    pub fn postgres(url: &DatabaseUrl) -> Result<PgConnectOptions, String> {
+        let secret = url.secret();
+        if !(secret.starts_with("postgres://") || secret.starts_with("postgresql://")) {
+            return Err(
+                "must be a postgres:// URL; leave database.url out for SQLite at <data_dir>/vman.db"
+                    .into(),
+            );
+        }
+        // sqlx's message may quote the URL: it is not repeated.
+        PgConnectOptions::from_str(secret).map_err(|_| "is not a valid PostgreSQL URL".to_string())
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Location::Postgres(_))
+    }
+}
+
+/// The file's path, or the URL without its password.
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(path: &Path) -> Self {
+        Location::Sqlite(path.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for Location {
+    fn from(path: &PathBuf) -> Self {
+        Location::Sqlite(path.clone())
+    }
+}
+
+impl From<&Location> for Location {
+    fn from(location: &Location) -> Self {
+        location.clone()
+    }
+}
+
+/// How long opening a PostgreSQL connection may take: an unreachable server
+/// fails the start after this long, with a message that says so.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long one attempt to begin a write waits inside SQLite for the write
 /// lock before [`connect_writes`]'s caller tries again.
 pub const WRITE_ATTEMPT: Duration = Duration::from_millis(50);
 
-/// The pool for reads: SQLite waits up to `busy_timeout` for a lock.
-pub async fn connect(path: &Path, busy_timeout: Duration) -> Result<DatabaseConnection, DbErr> {
-    open(path, busy_timeout, 8).await
+/// The pool for reads: the database waits up to `busy_timeout` for a lock.
+pub async fn connect(
+    location: impl Into<Location>,
+    busy_timeout: Duration,
+) -> Result<DatabaseConnection, DbErr> {
+    open(&location.into(), busy_timeout, 8).await
 }
 
 /// [`connect`] or [`connect_writes`]'s pool (`connect(path)`), every statement of which
@@ -97,11 +169,51 @@ impl Recording<'_> {
 
 /// The pool for the event bus's writes: one connection (writes are
 /// serialised anyway), whose busy wait is one [`WRITE_ATTEMPT`].
-pub async fn connect_writes(path: &Path) -> Result<DatabaseConnection, DbErr> {
-    open(path, WRITE_ATTEMPT, 1).await
+pub async fn connect_writes(location: impl Into<Location>) -> Result<DatabaseConnection, DbErr> {
+    open(&location.into(), WRITE_ATTEMPT, 1).await
 }
 
 async fn open(
+    location: &Location,
+    busy_timeout: Duration,
+    connections: u32,
+) -> Result<DatabaseConnection, DbErr> {
+    match location {
+        Location::Sqlite(path) => open_sqlite(path, busy_timeout, connections).await,
+        Location::Postgres(url) => open_postgres(url, busy_timeout, connections).await,
+    }
+}
+
+async fn open_postgres(
+    url: &DatabaseUrl,
+    busy_timeout: Duration,
+    connections: u32,
+) -> Result<DatabaseConnection, DbErr> {
+    let options = Location::postgres(url)
+        .map_err(|reason| DbErr::Custom(format!("database.url {url} {reason}")))?
+        // A lock held elsewhere fails a statement after this long (55P03,
+        // `is_busy`), as SQLite's busy timeout does.
+        .options([(
+            "lock_timeout",
+            format!("{}ms", busy_timeout.as_millis().max(1)),
+        )]);
+    let pool = PgPoolOptions::new()
+        .max_connections(connections)
+        .min_connections(1)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|e| match e {
+            sea_orm::sqlx::Error::PoolTimedOut => DbErr::Custom(format!(
+                "connecting to {url}: no answer within {}",
+                humantime::format_duration(CONNECT_TIMEOUT)
+            )),
+            e => DbErr::Custom(format!("connecting to {url}: {e}")),
+        })?;
+    Ok(SqlxPostgresConnector::from_sqlx_postgres_pool(pool))
+}
+
+async fn open_sqlite(
     path: &Path,
     busy_timeout: Duration,
     connections: u32,
@@ -193,8 +305,8 @@ pub async fn check_file(path: &Path, check: Check, frozen: bool) -> Result<FileC
     }
 }
 
-/// SQLite's extended result code of a database error, if it is one.
-pub fn sqlite_code(e: &DbErr) -> Option<i32> {
+/// The driver's error behind a database error, if there is one.
+fn database_error(e: &DbErr) -> Option<&dyn sea_orm::sqlx::error::DatabaseError> {
     let (DbErr::Conn(RuntimeErr::SqlxError(e))
     | DbErr::Exec(RuntimeErr::SqlxError(e))
     | DbErr::Query(RuntimeErr::SqlxError(e))) = e
@@ -202,21 +314,38 @@ pub fn sqlite_code(e: &DbErr) -> Option<i32> {
         return None;
     };
     match e.as_ref() {
-        sea_orm::sqlx::Error::Database(e) => e.code()?.parse().ok(),
+        sea_orm::sqlx::Error::Database(e) => Some(e.as_ref()),
         _ => None,
     }
 }
 
-/// `SQLITE_FULL`: the database (or its WAL) could not grow.
+/// SQLite's extended result code of a database error, if it is one.
+pub fn sqlite_code(e: &DbErr) -> Option<i32> {
+    let e = database_error(e)?;
+    e.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()?;
+    e.code()?.parse().ok()
+}
+
+/// PostgreSQL's SQLSTATE of a database error, if it is one.
+pub fn postgres_state(e: &DbErr) -> Option<String> {
+    let e = database_error(e)?;
+    e.try_downcast_ref::<sea_orm::sqlx::postgres::PgDatabaseError>()?;
+    Some(e.code()?.into_owned())
+}
+
+/// `SQLITE_FULL`: the database (or its WAL) could not grow; PostgreSQL's
+/// `disk_full` (53100): its server's disk is full.
 pub fn is_full(e: &DbErr) -> bool {
     const SQLITE_FULL: i32 = 13;
     sqlite_code(e).is_some_and(|code| code & 0xff == SQLITE_FULL)
+        || postgres_state(e).is_some_and(|state| state == "53100")
 }
 
 /// A condition that passes by itself: `SQLITE_BUSY` and its variants
 /// (another connection holds a lock; a stale snapshot; a WAL recovery),
-/// `SQLITE_LOCKED`, or no pooled connection free in time. Worth retrying;
-/// never a bug.
+/// `SQLITE_LOCKED`, PostgreSQL's `lock_not_available` (55P03: a lock held
+/// past `lock_timeout`), or no pooled connection free in time. Worth
+/// retrying; never a bug.
 pub fn is_busy(e: &DbErr) -> bool {
     const SQLITE_BUSY: i32 = 5;
     const SQLITE_LOCKED: i32 = 6;
@@ -227,6 +356,7 @@ pub fn is_busy(e: &DbErr) -> bool {
         return true;
     }
     sqlite_code(e).is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+        || postgres_state(e).is_some_and(|state| state == "55P03")
 }
 
 /// Whether a connection given back to the pool may be lent again: not while

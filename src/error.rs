@@ -107,7 +107,10 @@ impl ApiError {
     /// database that could not grow.
     pub fn locate(self, config: &crate::config::Config) -> Self {
         match self {
-            ApiError::DatabaseFull(detail) => crate::storage::full(&config.db_path(), detail),
+            ApiError::DatabaseFull(detail) => match config.database() {
+                crate::db::Location::Sqlite(path) => crate::storage::full(&path, detail),
+                crate::db::Location::Postgres(_) => ApiError::DatabaseFull(detail),
+            },
             other => other,
         }
     }

@@ -1,8 +1,13 @@
 //! The event journal and its fan-out.
 //!
-//! Every state change is written through a [`Writer`]: an `IMMEDIATE`
-//! transaction taken under one in-process write lock. Journal rows get their
-//! `sequence` inside that transaction, so commit order is sequence order; after
+//! Every state change is written through a [`Writer`]: a transaction taken
+//! under one in-process write lock that also holds the database's write lock
+//! for the whole transaction: SQLite's, by `BEGIN IMMEDIATE`; on PostgreSQL
+//! (where many vman nodes may share the database) a transaction-level
+//! advisory lock, [`JOURNAL_LOCK`], taken first thing. Journal rows get their
+//! `sequence` inside that transaction (SQLite's rowid; on PostgreSQL the
+//! journal's highest plus one, read under the lock, so a write rolled back
+//! leaves no gap), so commit order is sequence order; after
 //! commit the writer publishes them, still under the lock, so live subscribers
 //! see the same order. A subscriber that falls behind, or resumes with
 //! `after`, reads the gap back from the journal: nothing is lost, nothing is
@@ -13,9 +18,9 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use futures_util::Stream;
 use sea_orm::{
-    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait, entity::prelude::*,
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait, entity::prelude::*,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, MutexGuard, broadcast};
@@ -180,6 +185,9 @@ const LIVE_BUFFER: usize = 1024;
 const RETRY_PAUSE: Duration = Duration::from_millis(5);
 /// Journal rows read per catch-up query.
 const CATCH_UP_PAGE: u64 = 256;
+/// The key of the PostgreSQL advisory lock every journal write holds until
+/// it commits or rolls back: `vmanjrnl` in ASCII.
+pub const JOURNAL_LOCK: i64 = 0x766d_616e_6a72_6e6c;
 
 pub struct EventBus {
     /// For reads: the journal's head and catch-up pages.
@@ -240,6 +248,10 @@ impl EventBus {
                     ..Default::default()
                 })
                 .await;
+            let begun = match begun {
+                Ok(txn) => lock_journal(txn).await,
+                Err(e) => Err(e),
+            };
             match begun {
                 Ok(txn) => {
                     return Ok(Writer {
@@ -267,11 +279,7 @@ impl EventBus {
 
     /// The highest sequence written so far (0 for an empty journal).
     pub async fn head(&self) -> ApiResult<i64> {
-        let last = model::Entity::find()
-            .order_by_desc(model::Column::Sequence)
-            .one(&self.db)
-            .await?;
-        Ok(last.map_or(0, |e| e.sequence))
+        head_in(&self.db).await
     }
 
     /// `after`, if the journal has reached it. A sequence beyond the head was
@@ -358,6 +366,30 @@ impl EventBus {
     }
 }
 
+/// The highest sequence in the journal as `conn` sees it (0 when empty).
+async fn head_in(conn: &impl ConnectionTrait) -> ApiResult<i64> {
+    let last = model::Entity::find()
+        .order_by_desc(model::Column::Sequence)
+        .one(conn)
+        .await?;
+    Ok(last.map_or(0, |e| e.sequence))
+}
+
+/// On PostgreSQL, takes [`JOURNAL_LOCK`] for `txn`'s lifetime, waiting at
+/// most the writes pool's `lock_timeout` (one `db::WRITE_ATTEMPT`: then
+/// `db::is_busy`). SQLite's `BEGIN IMMEDIATE` already holds its write lock.
+async fn lock_journal(txn: DatabaseTransaction) -> Result<DatabaseTransaction, DbErr> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [JOURNAL_LOCK.into()],
+        ))
+        .await?;
+    }
+    Ok(txn)
+}
+
 /// One write transaction; dropped without [`Writer::commit`] it rolls back.
 pub struct Writer<'a> {
     bus: &'a EventBus,
@@ -375,7 +407,16 @@ impl Writer<'_> {
 
     /// Journals an event in this transaction.
     pub async fn record(&mut self, event: NewEvent) -> ApiResult<()> {
-        let row = event.row(Utc::now()).insert(&self.txn).await?;
+        let mut row = event.row(Utc::now());
+        if self.txn.get_database_backend() == DbBackend::Postgres {
+            // The journal lock is held: nobody else is numbering.
+            let next = match self.journaled.last() {
+                Some(last) => last.sequence + 1,
+                None => head_in(&self.txn).await? + 1,
+            };
+            row.sequence = Set(next);
+        }
+        let row = row.insert(&self.txn).await?;
         self.journaled.push(row);
         Ok(())
     }

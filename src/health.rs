@@ -42,10 +42,7 @@ pub async fn check(root: &App) -> Health {
     let app = &root.ctx;
     let mut checks = Vec::new();
     checks.push(match app.db.ping().await {
-        Ok(()) => ok(
-            "database",
-            format!("{} reachable", app.config.db_path().display()),
-        ),
+        Ok(()) => ok("database", format!("{} reachable", app.config.database())),
         Err(e) => fail("database", e.to_string()),
     });
     for dir in app.config.data_dirs() {

@@ -336,7 +336,7 @@ fn token(sources: &Sources, overrides: &CliOverrides, command: TokenCommand) -> 
             eprintln!("vman: {e}");
             return ExitCode::FAILURE;
         }
-        let db = match vman::db::connect(&config.db_path(), config.database.busy_timeout).await {
+        let db = match vman::db::connect(config.database(), config.database.busy_timeout).await {
             Ok(db) => db,
             Err(e) => {
                 eprintln!("vman: opening the database: {e}");
@@ -411,6 +411,10 @@ fn care(sources: &Sources, data_dir: Option<PathBuf>, care: Care) -> ExitCode {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
+    if let Some(why) = vman::backup::not_ours(&config) {
+        eprintln!("vman: {why}");
+        return ExitCode::FAILURE;
+    }
     runtime.block_on(async move {
         let done = match care {
             Care::Backup(file) => backup(&config, &file).await,

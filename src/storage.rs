@@ -82,7 +82,10 @@ pub fn ensure_room(config: &Config, dir: &Path, bytes: u64, what: &str) -> ApiRe
 /// Refuses, with `STORAGE_FULL`, a mutation that adds something while the
 /// database's filesystem has less than [`DATABASE_HEADROOM`] free.
 pub fn ensure_database_room(config: &Config) -> ApiResult<()> {
-    let db = config.db_path();
+    // A PostgreSQL server's disk is not this host's to measure.
+    let crate::db::Location::Sqlite(db) = config.database() else {
+        return Ok(());
+    };
     match free_bytes(&db) {
         Some(free) if free < DATABASE_HEADROOM => Err(ApiError::StorageFull {
             path: db,

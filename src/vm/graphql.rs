@@ -366,7 +366,9 @@ impl VmQuery {
         }
         if let Some(part) = name_contains {
             validate::text("nameContains", &part, 63).gql()?;
-            select = select.filter(model::Column::Name.contains(&part));
+            // Names are lower case; SQLite's LIKE ignores ASCII case and
+            // PostgreSQL's does not: lowering the text makes both match alike.
+            select = select.filter(model::Column::Name.contains(part.to_ascii_lowercase()));
         }
         let db = &api::services(ctx).db;
         match order_by {

@@ -1,10 +1,12 @@
-//! Test fixtures: the real app on a temp-dir SQLite file, served on a real
-//! loopback port, with HTTP and websocket clients.
+//! Test fixtures: the real app on a temp-dir SQLite file (or a fresh
+//! PostgreSQL database: [`postgres::Backend`]), served on a real loopback
+//! port, with HTTP and websocket clients.
 
 #![allow(dead_code)]
 
 pub mod failing;
 pub mod netns;
+pub mod postgres;
 pub mod tls;
 pub mod tmpfs;
 
@@ -32,6 +34,8 @@ pub struct TestServer {
     pub token: Option<String>,
     /// The `serve_on` task: it ends once `app.ctx.cancel` fires.
     pub serving: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The server's PostgreSQL database, if it runs on one.
+    pub database: Option<postgres::TestDatabase>,
     _dir: tempfile::TempDir,
 }
 
@@ -47,13 +51,30 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
+    /// A dry-run server on the backend `VMANTEST_DATABASE` names
+    /// ([`postgres::Backend::from_env`]), `adjust`ed.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_on(postgres::Backend::from_env(), adjust).await
+    }
+
+    /// A dry-run server on `backend`, `adjust`ed.
+    pub async fn start_on(
+        backend: postgres::Backend,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
+        let database = match backend {
+            postgres::Backend::Sqlite => None,
+            postgres::Backend::Postgres => Some(postgres::TestDatabase::create().await),
+        };
         let mut config = Config {
             data_dir: dir.path().join("data"),
             dry_run: true,
             ..Config::default()
         };
+        config.database.url = database
+            .as_ref()
+            .map(|d| vman::config::DatabaseUrl::new(d.url.clone()));
         adjust(&mut config);
         let app = App::start(config).await.expect("app starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -69,6 +90,7 @@ impl TestServer {
             http: reqwest::Client::new(),
             token: None,
             serving,
+            database,
             _dir: dir,
         }
     }

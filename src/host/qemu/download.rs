@@ -72,11 +72,8 @@ pub(super) async fn fetch(
 /// `url` as plans and operation records show it: a password in it hidden.
 pub(super) fn shown(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
+        Ok(_) => crate::config::shown_url(url),
+        Err(_) => url.to_string(),
     }
 }
 
