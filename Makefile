@@ -50,9 +50,12 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-# Regenerate schema.graphql after changing the schema; review the diff. Then
+# Regenerate schema.graphql after changing the schema; review the diff (the
+# CLI's typed documents are built against the file, so it is replaced only
+# once the new one is printed, never read half-written). Then
 # lint it: every type, field, argument and value needs a description
 # (tests/docs_drift.rs runs the same check in `make test`).
 schema:
-	cargo run --quiet -- schema > schema.graphql
+	cargo run --quiet -- schema > schema.graphql.new
+	mv schema.graphql.new schema.graphql
 	npm run --silent --prefix tests/js schema-lint

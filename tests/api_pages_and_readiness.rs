@@ -149,3 +149,34 @@ async fn a_database_vman_cannot_reach_makes_it_unready() {
     assert_eq!(database["ok"], false, "{health:#}");
     assert!(!database["detail"].as_str().unwrap().is_empty());
 }
+
+/// `journalHead` is the newest event's sequence, so `events(after:
+/// journalHead)` starts exactly where the journal stands.
+#[tokio::test]
+async fn the_journal_head_is_the_newest_events_sequence() {
+    let server = TestServer::start().await;
+    let last = |journal: Vec<Value>| {
+        journal.last().map_or("0".to_string(), |e| {
+            e["sequence"].as_str().unwrap().to_string()
+        })
+    };
+    assert_eq!(journal_head(&server).await, last(server.journal().await));
+    server.create_template("t").await;
+    let after = journal_head(&server).await;
+    assert_eq!(after, last(server.journal().await));
+    assert_ne!(after, "0");
+    let page = server
+        .ok(
+            "query($a: String) { events(after: $a) { totalCount edges { cursor } } }",
+            json!({"a": after}),
+        )
+        .await;
+    assert_eq!(page["events"]["edges"], json!([]), "{page}");
+}
+
+async fn journal_head(server: &TestServer) -> String {
+    server.ok("{ journalHead }", json!({})).await["journalHead"]
+        .as_str()
+        .expect("a sequence")
+        .to_string()
+}

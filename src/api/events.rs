@@ -133,6 +133,14 @@ pub struct EventQuery;
 
 #[Object]
 impl EventQuery {
+    /// The sequence of the newest event in the journal ("0" while it is
+    /// empty). A client that subscribes to `events(after: journalHead)`
+    /// gets every event from now on, and can resume after the last one it
+    /// saw if its connection drops, even before the first.
+    async fn journal_head(&self, ctx: &Context<'_>) -> async_graphql::Result<String> {
+        Ok(super::services(ctx).bus.head().await.gql()?.to_string())
+    }
+
     /// The journal, oldest first.
     async fn events(
         &self,

@@ -111,7 +111,18 @@ pub async fn events(
     after: Option<String>,
     operations_only: bool,
 ) -> Result<(), Failure> {
-    let mut last: Option<u64> = after.as_deref().and_then(|a| a.parse().ok());
+    // Without `--after`, from the journal's head now: a connection that
+    // drops before the first event then resumes from there, missing nothing.
+    let after = match after {
+        Some(after) => after,
+        None => {
+            client
+                .run::<JournalHead>(journal_head::Variables)
+                .await?
+                .journal_head
+        }
+    };
+    let mut last: Option<u64> = after.parse().ok();
     let mut printer = EventPrinter {
         format,
         printed_header: false,

@@ -29,5 +29,5 @@ documents!("src/cli/queries/vm.graphql":
 documents!("src/cli/queries/disk.graphql": DiskList, DiskCreate, DiskDelete);
 documents!("src/cli/queries/network.graphql": NetworkList, NetworkCreate, NetworkDelete);
 documents!("src/cli/queries/events.graphql":
-    EventPage, EventFeed, OperationList, OperationShow, OperationFeed);
+    EventPage, JournalHead, EventFeed, OperationList, OperationShow, OperationFeed);
 documents!("src/cli/queries/console.graphql": ConsoleFeed, ConsoleInput);

@@ -149,6 +149,9 @@ async function tokenWalk() {
   await page.reload();
   await within(WAIT_MS, 'the token is kept over a reload (sessionStorage)',
     (ms) => stateOf('db-1').filter({ hasText: 'STOPPED' }).waitFor({ timeout: ms }));
+  // The 1 s below is the live path's: the reloaded page's websocket first.
+  await within(WAIT_MS, 'after the reload the events websocket is live again',
+    (ms) => page.getByTestId('connection').filter({ hasText: /^live$/ }).waitFor({ timeout: ms }));
   await createVm('db-2', 'small');
   await within(LIVE_MS, 'a VM created by the admin shows within 1 s',
     (ms) => stateOf('db-2').filter({ hasText: 'STOPPED' }).waitFor({ timeout: ms }));

@@ -3,7 +3,7 @@
 // both with the API token (kept in sessionStorage) when there is one:
 // `Authorization: Bearer` on HTTP, `{authorization}` in `connection_init`.
 import { createClient } from 'graphql-ws';
-import { HEAD, JOURNAL_SIZE } from './documents.js';
+import { HEAD } from './documents.js';
 
 const HTTP_URL = new URL('/graphql', window.location.href).href;
 const WS_URL = HTTP_URL.replace(/^http/, 'ws') + '/ws';
@@ -55,15 +55,7 @@ export async function request(query, variables = {}) {
 
 /** The journal's last sequence ("0" when empty). */
 export async function journalHead() {
-  const { events } = await request(JOURNAL_SIZE);
-  // Sequences are increasing integers from 1, so the head is at least the
-  // count: start just before it and page to the end.
-  let after = String(Math.max(0, events.totalCount - 1));
-  for (;;) {
-    const page = (await request(HEAD, { after })).events;
-    if (page.nodes.length) after = page.nodes[page.nodes.length - 1].sequence;
-    if (!page.pageInfo.hasNextPage) return after;
-  }
+  return (await request(HEAD)).journalHead;
 }
 
 function newClient(on) {
