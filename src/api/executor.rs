@@ -62,12 +62,6 @@ impl Api {
         }
     }
 
-    /// The schema with its extensions (what the websocket's subscriptions
-    /// and every refusal run on).
-    pub fn schema(&self) -> &VmanSchema {
-        &self.full
-    }
-
     /// Whether `request` may run on the lean schema: a query whose text is
     /// parsed, within the limits, and whose every root field the caller may
     /// read. Returns the document for the result's order.
