@@ -32,15 +32,6 @@ async fn boot(server: &TestServer, vm: &str) -> String {
     wait_for_line(&serial, "VMAN-GUEST-READY", BOOT).await
 }
 
-async fn stop(server: &TestServer, vm: &str) {
-    server
-        .ok(
-            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
-}
-
 #[tokio::test]
 async fn the_guest_reads_its_seed_and_a_change_is_a_new_instance_at_the_next_boot() {
     let server = TestServer::real(Accel::Tcg).await;
@@ -92,7 +83,7 @@ async fn the_guest_reads_its_seed_and_a_change_is_a_new_instance_at_the_next_boo
     let second = updated["instanceId"].as_str().unwrap().to_string();
     assert_ne!(second, first);
     assert_eq!(updated["userDataBytes"], 0);
-    stop(&server, &vm).await;
+    server.stop_vm(&vm).await;
     let serial = boot(&server, &vm).await;
     assert_eq!(meta(&serial, "instance-id"), [format!("\"{second}\"")]);
     assert!(serial.contains("VMAN-GUEST-HOSTNAME web-2"), "{serial}");
@@ -122,10 +113,10 @@ async fn the_guest_reads_its_seed_and_a_change_is_a_new_instance_at_the_next_boo
         removed["updateVm"]["vm"]["cloudInit"].is_null(),
         "{removed:#}"
     );
-    stop(&server, &vm).await;
+    server.stop_vm(&vm).await;
     let serial = boot(&server, &vm).await;
     assert!(!serial.contains("VMAN-GUEST-CIDATA"), "{serial}");
-    stop(&server, &vm).await;
+    server.stop_vm(&vm).await;
 
     // The user data went into the seed only: not into the journal, the
     // operations or vman's answers.

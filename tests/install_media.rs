@@ -194,12 +194,7 @@ async fn an_iso_goes_into_a_running_vms_drive_and_out_again_and_its_boot_order_w
         json!(["DISK", "CDROM"])
     );
     server.ok(ATTACH, json!({"id": id, "image": rescue})).await;
-    server
-        .ok(
-            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
-            json!({"id": id}),
-        )
-        .await;
+    server.stop_vm(&id).await;
     server.start_vm(&id).await;
     let restarted = vm(&server, &id).await;
     assert_eq!(restarted["state"], "RUNNING");

@@ -93,12 +93,7 @@ async fn a_running_vm_restarts_by_reset_in_the_same_qemu_and_gracefully_in_a_new
         states.ends_with(&["STOPPING", "STOPPED", "STARTING", "RUNNING"].map(String::from)),
         "{states:?}"
     );
-    server
-        .ok(
-            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    server.stop_vm(&vm).await;
 }
 
 #[tokio::test]

@@ -590,10 +590,5 @@ async fn a_bridge_deleted_by_hand_is_an_issue_and_repair_makes_it_again() {
     );
     let after = server.ok(SWEEP, json!({})).await;
     assert_eq!(after["runCoherenceSweep"]["findings"], json!([]), "{after}");
-    server
-        .ok(
-            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    server.stop_vm(&vm).await;
 }

@@ -178,12 +178,7 @@ async fn a_stopped_qemu_makes_its_vm_unknown_until_qmp_answers_again() {
     assert_eq!(resolved["action"], "no longer seen", "{all}");
 
     for vm in [&frozen, &lively] {
-        server
-            .ok(
-                "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
-                json!({"id": vm}),
-            )
-            .await;
+        server.stop_vm(vm).await;
     }
     ws.close().await;
     assert_no_gap(&server, journal).await;

@@ -209,12 +209,7 @@ async fn hot_plug_into_a_vm_without_an_os_leaves_the_detach_visible_and_nothing_
         .await;
     assert_eq!(paused["pauseVm"]["vm"]["state"], "PAUSED");
     // Stopping the VM releases the disk.
-    server
-        .ok(
-            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    server.stop_vm(&vm).await;
     let disk_now = server
         .ok(
             "query($id: ID) { disk(id: $id) { attachment vm { id } } }",
@@ -513,10 +508,5 @@ async fn a_vm_from_a_base_image_gets_a_qcow2_overlay_of_it() {
     );
     let started = server.start_vm(&vm).await;
     assert_eq!(started["startVm"]["vm"]["state"], "RUNNING");
-    server
-        .ok(
-            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    server.stop_vm(&vm).await;
 }

@@ -212,10 +212,5 @@ async fn a_lost_qmp_connection_is_made_again_and_the_vm_leaves_unknown() {
         ["\"PAUSED\"->\"RUNNING\"", "\"RUNNING\"->\"PAUSED\""],
         "resume and pause, nothing in between"
     );
-    server
-        .ok(
-            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    server.stop_vm(&vm).await;
 }

@@ -166,12 +166,7 @@ async fn bad_clones_are_refused_with_their_code_and_change_nothing() {
     let (code, message) = clone_error(&server, &web, "c3", true).await;
     assert_eq!(code, "INVALID_STATE", "{message}");
     assert!(message.contains("RUNNING"), "{message}");
-    server
-        .ok(
-            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
-            json!({"id": web}),
-        )
-        .await;
+    server.stop_vm(&web).await;
 
     // A source with snapshots: freezing would move them under the base.
     let snapshot = server
@@ -570,12 +565,7 @@ async fn a_linked_clone_boots_and_writes_without_changing_its_source() {
     common::wait_for_line(&log, "W2W", BOOT).await;
     send("echo Y$(dd if=/dev/vda bs=4 count=1 2>/dev/null | od -An -tx1 | tr -d ' ')Y\r").await;
     common::wait_for_line(&log, "Y00000000Y", BOOT).await;
-    server
-        .ok(
-            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
-            json!({"id": clone_id}),
-        )
-        .await;
+    server.stop_vm(&clone_id).await;
 
     assert_eq!(sha256(&base), original, "the base never changes");
     assert_eq!(

@@ -462,12 +462,7 @@ async fn results_keep_the_selection_order_in_every_event() {
     )
     .await;
     server.start_vm(&vm).await;
-    server
-        .ok(
-            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
-            json!({"id": vm}),
-        )
-        .await;
+    server.stop_vm(&vm).await;
     let first: u64 = after.parse::<u64>().unwrap() + 1;
     let moves = [
         ("STOPPED", "STARTING", "start requested"),

@@ -233,6 +233,16 @@ impl TestServer {
         .await
     }
 
+    /// Stops a VM at once (`force`: no ACPI power-off asked first); an error
+    /// in the answer fails the test.
+    pub async fn stop_vm(&self, id: &str) -> Value {
+        self.ok(
+            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
+            json!({"id": id}),
+        )
+        .await
+    }
+
     /// Creates a detached disk (`format`: RAW or QCOW2) and returns its ID.
     pub async fn create_disk(&self, name: &str, size_bytes: u64, format: &str) -> String {
         let data = self
