@@ -21,8 +21,15 @@ mod common;
 
 use std::path::Path;
 
+/// One walk at a time: the real-QEMU walk boots a guest under TCG (a whole
+/// core) and drives a Chromium of its own, and the token walk's 1 s bound
+/// should not depend on it (the token walk failed 3 times in about 20 runs
+/// while both ran at once, each time right after a build).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn the_dashboard_follows_vms_live_runs_their_console_and_survives_a_vman_restart() {
+    let _serial = SERIAL.lock().await;
     assert!(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("playground/dist/dashboard.html")
@@ -50,6 +57,7 @@ async fn the_dashboard_follows_vms_live_runs_their_console_and_survives_a_vman_r
 
 #[tokio::test]
 async fn the_dashboard_asks_for_a_token_and_uses_it_on_http_and_the_websocket() {
+    let _serial = SERIAL.lock().await;
     let (server, tokens) = common::TestServer::with_tokens(|_| {}).await;
     let env = vec![
         ("DASHBOARD_ADMIN_TOKEN".to_string(), tokens.admin.clone()),

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 #[tokio::test]
 async fn graphql_http_server_audits_all_pass() {
     let js = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
@@ -16,16 +14,7 @@ async fn graphql_http_server_audits_all_pass() {
         "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (make test does)"
     );
     let server = common::TestServer::start().await;
-    let url = server.url.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(format!("{js}/audit.mjs"))
-            .arg(url)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
+    let output = common::node("audit.mjs", vec![server.url.clone()], Vec::new()).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     assert!(

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::process::Command;
-
 const JS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
 
 /// Runs `clients.mjs` against `server` (with `env` added): its exit status
@@ -27,18 +25,12 @@ async fn clients(
             "tests/js/node_modules/{package} is missing: run `make deps` (or `npm ci --prefix tests/js`)"
         );
     }
-    let (url, ws_url) = (server.url.clone(), server.ws_url.clone());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(format!("{JS}/clients.mjs"))
-            .arg(url)
-            .arg(ws_url)
-            .envs(env)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
+    let env = env
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value.display().to_string()))
+        .collect();
+    let args = vec![server.url.clone(), server.ws_url.clone()];
+    let output = common::node("clients.mjs", args, env).await;
     let text = format!(
         "{}\n{}",
         String::from_utf8_lossy(&output.stdout),

@@ -725,6 +725,26 @@ pub fn file_names(dir: &std::path::Path) -> Vec<String> {
     names
 }
 
+/// Runs `node tests/js/<script> args…` with `env` added, on a blocking
+/// thread; what it did.
+pub async fn node(
+    script: &str,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+) -> std::process::Output {
+    let path = format!("{}/tests/js/{script}", env!("CARGO_MANIFEST_DIR"));
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(path)
+            .args(args)
+            .envs(env)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap()
+}
+
 /// The system Chromium the browser tests drive (Debian package `chromium`).
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -750,19 +770,10 @@ pub async fn run_browser_script(script: &str, args: Vec<String>, env: Vec<(Strin
         .tempdir()
         .expect("temp dir");
     let shots_dir = shots.path().to_owned();
-    let path = format!("{js}/{script}");
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(path)
-            .args(args)
-            .env("CHROMIUM", CHROMIUM)
-            .env("SHOTS", shots_dir)
-            .envs(env)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
+    let mut env = env;
+    env.push(("CHROMIUM".into(), CHROMIUM.into()));
+    env.push(("SHOTS".into(), shots_dir.display().to_string()));
+    let output = node(script, args, env).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     if !output.status.success() {
