@@ -33,7 +33,7 @@ use futures_util::stream::BoxStream;
 use super::{Mutation, Query, Subscription, VmanSchema, limits, loaders::Loaders, order};
 use crate::{
     app::App,
-    auth::{Principal, guard::required_role},
+    auth::{Principal, guard},
     config::GraphqlConfig,
     error::RequestError,
 };
@@ -88,7 +88,7 @@ impl Api {
             0,
             &mut |name| {
                 allowed &= (name == "__typename" || !name.starts_with("__"))
-                    && principal.role >= required_role("Query", name);
+                    && guard::allows(&principal, "Query", name);
             },
         )
         .then_some(())?;

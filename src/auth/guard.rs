@@ -73,6 +73,13 @@ pub fn required_role(root: &str, field: &str) -> Role {
     }
 }
 
+/// Whether `principal` may resolve root field `field` of `root`: the one
+/// role check, made by [`RoleGuard`] before each root field resolves and by
+/// `api::executor` up front for a query it runs without the extension.
+pub fn allows(principal: &Principal, root: &str, field: &str) -> bool {
+    principal.role >= required_role(root, field)
+}
+
 /// The extension to put on the schema.
 pub struct RoleGuard;
 
@@ -91,9 +98,9 @@ impl Extension for RoleGuard {
         next: NextResolve<'_>,
     ) -> ServerResult<Option<Value>> {
         if info.path_node.parent.is_none() && !info.is_for_introspection {
-            let needs = required_role(info.parent_type, info.name);
             let principal = ctx.data_opt::<Principal>();
-            if principal.is_none_or(|p| p.role < needs) {
+            if principal.is_none_or(|p| !allows(p, info.parent_type, info.name)) {
+                let needs = required_role(info.parent_type, info.name);
                 let mut error = super::forbidden(principal, info.name, needs)
                     .extend()
                     .into_server_error(Default::default());
