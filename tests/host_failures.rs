@@ -727,20 +727,18 @@ async fn a_vman_killed_while_qemu_img_runs_leaves_no_partial_file_after_its_rest
             .filter(|p| p.extension().is_some_and(|e| e == "partial"))
             .collect()
     };
-    // The hung qemu-img writes its pid once its file is complete.
+    // The hung qemu-img writes its pid once its file is complete (the shell
+    // creates the pid file before it writes the number into it).
     let deadline = tokio::time::Instant::now() + common::WAIT;
-    while std::fs::read_to_string(&hung_pid).is_err() {
+    let hung = || -> Option<i32> { std::fs::read_to_string(&hung_pid).ok()?.trim().parse().ok() };
+    while hung().is_none() {
         assert!(tokio::time::Instant::now() < deadline, "qemu-img ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(partials().len(), 1, "qemu-img wrote the partial file");
     vman.child.kill().unwrap(); // SIGKILL
     vman.child.wait().unwrap();
-    let pid: i32 = std::fs::read_to_string(&hung_pid)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = hung().expect("its pid");
     unsafe { libc::kill(pid, libc::SIGKILL) };
     create.abort();
 
