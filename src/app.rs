@@ -55,6 +55,9 @@ pub enum StartError {
     /// The database is damaged: the message says which backup to restore.
     #[error("{0}")]
     Damaged(String),
+    /// This node's host could not be registered (its name is another's).
+    #[error("registering this node's host: {0}")]
+    Host(String),
     /// The network port could not start (no netlink socket).
     #[error("network port: {0}")]
     Network(#[source] crate::host::HostError),
@@ -185,13 +188,17 @@ impl App {
             Arc::new(NetlinkNetwork::start().await.map_err(StartError::Network)?)
         };
         let cancel = CancellationToken::new();
+        let bus = Arc::new(EventBus::new(
+            db.clone(),
+            writes,
+            config.database.busy_timeout,
+            cancel.clone(),
+        ));
+        let host_id = crate::cluster::register(&config, &bus)
+            .await
+            .map_err(|e| StartError::Host(e.to_string()))?;
         let ctx = Ctx {
-            bus: Arc::new(EventBus::new(
-                db.clone(),
-                writes,
-                config.database.busy_timeout,
-                cancel.clone(),
-            )),
+            bus,
             db,
             hypervisor,
             network,
@@ -200,6 +207,7 @@ impl App {
             config: Arc::new(config),
             cancel,
             actor: crate::auth::VMAN.into(),
+            host_id: host_id.into(),
         };
         Ok(App {
             auth: Arc::new(Auth::new(&ctx.config, ctx.db.clone())),
@@ -236,6 +244,10 @@ impl App {
             );
         }
         tokio::spawn(self.auth.clone().watch_revocations(self.ctx.cancel.clone()));
+        crate::cluster::spawn(self.ctx.clone());
+        if let Err(e) = self.ctx.bus.spawn_relay().await {
+            tracing::error!(error = %e, "starting to relay the other nodes' events");
+        }
         crate::backup::spawn_schedule(
             self.ctx.config.clone(),
             self.ctx.db.clone(),

@@ -43,6 +43,24 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub tls: TlsConfig,
     pub graphql: GraphqlConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// This node's host among the vman nodes that share one PostgreSQL
+/// database (with SQLite there is one host: this one).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The host's name in `hosts`, unique in the cluster (default: the
+    /// machine's hostname).
+    pub host_name: Option<String>,
+    /// How often the node writes its heartbeat (and its host's figures).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A host whose heartbeat is older than this is marked `OFFLINE` by the
+    /// other nodes, and its VMs `UNKNOWN`.
+    #[serde(with = "humantime_serde")]
+    pub offline_after: Duration,
 }
 
 /// Who may use the API (see `auth`).
@@ -348,6 +366,11 @@ impl Default for Config {
                 interval: Duration::from_secs(24 * 60 * 60),
                 keep: 7,
             },
+            cluster: ClusterConfig {
+                host_name: None,
+                heartbeat_interval: Duration::from_secs(2),
+                offline_after: Duration::from_secs(10),
+            },
             observer: ObserverConfig {
                 interval: Duration::from_secs(5),
                 policy: DriftPolicy::Report,
@@ -443,6 +466,7 @@ const SECTIONS: &[&str] = &[
     "metrics",
     "tls",
     "graphql",
+    "cluster",
 ];
 
 fn env_key_to_path(key: &str) -> String {
@@ -661,6 +685,35 @@ impl Config {
                 "backup.keep",
                 self.backup.keep,
                 "must be between 1 and 10000",
+            ));
+        }
+        if self.cluster.heartbeat_interval < Duration::from_millis(100)
+            || self.cluster.heartbeat_interval > Duration::from_secs(600)
+        {
+            return Err(bad(
+                "cluster.heartbeat_interval",
+                self.cluster.heartbeat_interval,
+                "must be between 100ms and 10m",
+            ));
+        }
+        if self.cluster.offline_after < self.cluster.heartbeat_interval * 3 {
+            return Err(bad(
+                "cluster.offline_after",
+                self.cluster.offline_after,
+                "must be at least three heartbeat intervals (cluster.heartbeat_interval)",
+            ));
+        }
+        if let Some(name) = &self.cluster.host_name
+            && (name.is_empty()
+                || name.len() > 63
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        {
+            return Err(bad(
+                "cluster.host_name",
+                name,
+                "must be 1 to 63 letters, digits, '-' or '.'",
             ));
         }
         if self.observer.interval < Duration::from_millis(100)

@@ -38,6 +38,8 @@ pub struct Ctx {
     /// Who the operations recorded through this context are done for: an
     /// API token's name, `local` without auth, `vman` for vman's own work.
     pub actor: Arc<str>,
+    /// This node's host (`cluster`): the VMs and operations it runs.
+    pub host_id: Arc<str>,
 }
 
 impl Ctx {

@@ -62,6 +62,10 @@ pub enum ApiError {
     /// `cancelOperation` stopped the operation.
     #[error("{0}")]
     Cancelled(String),
+    /// The VM is on a host whose node is offline (or on another node's host,
+    /// until mutations are carried to it): nothing was changed.
+    #[error("{0}")]
+    HostUnavailable(String),
     #[error("internal error")]
     /// The cause is logged on the server and never shown to clients.
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -84,6 +88,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::CursorAhead { .. } => "CURSOR_AHEAD",
             ApiError::Cancelled(_) => "CANCELLED",
+            ApiError::HostUnavailable(_) => "HOST_UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
         }
     }

@@ -121,6 +121,17 @@ pub enum Payload {
     CoherenceIssueOpened(Box<CoherenceIssue>),
     /// The issue as resolved (its `action` says how).
     CoherenceIssueResolved(Box<CoherenceIssue>),
+    HostOnline {
+        name: String,
+        /// The node's first registration (false: it came back).
+        registered: bool,
+    },
+    HostOffline {
+        name: String,
+        reason: String,
+        /// The VMs that became `UNKNOWN` with it.
+        vm_ids: Vec<String>,
+    },
 }
 
 impl Payload {
@@ -149,6 +160,8 @@ impl Payload {
             Payload::SnapshotDeleted { .. } => EventKind::SnapshotDeleted,
             Payload::CoherenceIssueOpened(_) => EventKind::CoherenceIssueOpened,
             Payload::CoherenceIssueResolved(_) => EventKind::CoherenceIssueResolved,
+            Payload::HostOnline { .. } => EventKind::HostOnline,
+            Payload::HostOffline { .. } => EventKind::HostOffline,
         }
     }
 
@@ -176,6 +189,7 @@ impl Payload {
             Payload::CoherenceIssueOpened(_) | Payload::CoherenceIssueResolved(_) => {
                 SubjectType::CoherenceIssue
             }
+            Payload::HostOnline { .. } | Payload::HostOffline { .. } => SubjectType::Host,
         }
     }
 }

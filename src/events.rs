@@ -138,6 +138,12 @@ pub enum EventKind {
     /// A drift is gone, or was repaired (the payload's `action` says which).
     #[sea_orm(string_value = "COHERENCE_ISSUE_RESOLVED")]
     CoherenceIssueResolved,
+    /// A host's node registered, or came back after it was offline.
+    #[sea_orm(string_value = "HOST_ONLINE")]
+    HostOnline,
+    /// A host's node stopped heartbeating: its VMs are `UNKNOWN` until it is back.
+    #[sea_orm(string_value = "HOST_OFFLINE")]
+    HostOffline,
 }
 
 pub use crate::event_payload::Payload;
@@ -198,8 +204,22 @@ pub struct EventBus {
     busy_timeout: Duration,
     write_lock: Mutex<()>,
     live: broadcast::Sender<Arc<Event>>,
+    /// The last sequence sent to `live`: events go out in sequence order,
+    /// this node's own and (on PostgreSQL) the other nodes'.
+    published: Mutex<Option<i64>>,
+    /// Names this bus in its `NOTIFY`s, so that it skips its own.
+    instance: String,
     cancel: CancellationToken,
 }
+
+/// The PostgreSQL channel a commit with journal events notifies (its
+/// payload is the writing bus's `instance`): every other node then reads
+/// the new events from the journal and publishes them to its subscribers.
+const JOURNAL_CHANNEL: &str = "vman_journal";
+/// How often a node looks in the journal for the other nodes' events
+/// without a notification (one lost while its listening connection was
+/// down, say).
+const RELAY_POLL: Duration = Duration::from_secs(1);
 
 impl EventBus {
     pub fn new(
@@ -215,6 +235,8 @@ impl EventBus {
             busy_timeout,
             write_lock: Mutex::new(()),
             live,
+            published: Mutex::new(None),
+            instance: uuid::Uuid::now_v7().to_string(),
             cancel,
         }
     }
@@ -275,6 +297,109 @@ impl EventBus {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Sends `events` (this node's, just committed, in order) to the live
+    /// subscribers, after the ones before them that other nodes wrote and
+    /// that were not sent yet. A subscriber that sees a gap anyway reads it
+    /// from the journal: this keeps that rare.
+    async fn publish(&self, events: &[Event]) {
+        let Some(first) = events.first() else { return };
+        let mut published = self.published.lock().await;
+        if let Some(last) = *published
+            && first.sequence > last + 1
+        {
+            self.send_after(&mut published, first.sequence - 1).await;
+        }
+        for event in events {
+            if published.is_none_or(|last| event.sequence > last) {
+                let _ = self.live.send(Arc::new(event.clone()));
+                *published = Some(event.sequence);
+            }
+        }
+    }
+
+    /// Sends the journal's events after the last one sent, up to `until`
+    /// (the head when None).
+    async fn send_after(&self, published: &mut Option<i64>, until: i64) {
+        let Some(mut last) = *published else { return };
+        while last < until {
+            let page = match self.after(last, CATCH_UP_PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the other nodes' events from the journal");
+                    return;
+                }
+            };
+            let before = last;
+            for event in page.into_iter().take_while(|e| e.sequence <= until) {
+                last = event.sequence;
+                let _ = self.live.send(Arc::new(event));
+            }
+            *published = Some(last);
+            if last == before {
+                break;
+            }
+        }
+    }
+
+    /// On PostgreSQL, where other nodes write to the same journal: listens
+    /// for their commits (`LISTEN`) and publishes their events to this
+    /// node's subscribers in sequence order, until vman stops. Without a
+    /// notification it looks every [`RELAY_POLL`] all the same.
+    pub async fn spawn_relay(self: &Arc<Self>) -> ApiResult<()> {
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return Ok(());
+        }
+        *self.published.lock().await = Some(self.head().await?);
+        let bus = self.clone();
+        tokio::spawn(async move {
+            let pool = bus.db.get_postgres_connection_pool().clone();
+            loop {
+                let mut listener = match sea_orm::sqlx::postgres::PgListener::connect_with(&pool)
+                    .await
+                {
+                    Ok(mut listener) => match listener.listen(JOURNAL_CHANNEL).await {
+                        Ok(()) => Some(listener),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "LISTEN for the other nodes' events");
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "connecting to listen for the other nodes' events");
+                        None
+                    }
+                };
+                loop {
+                    let heard = async {
+                        match listener.as_mut() {
+                            Some(l) => l.try_recv().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = bus.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(RELAY_POLL) => {}
+                        heard = heard => match heard {
+                            Ok(Some(n)) if n.payload() == bus.instance => continue,
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "listening for the other nodes' events");
+                                break;
+                            }
+                        },
+                    }
+                    let mut published = bus.published.lock().await;
+                    bus.send_after(&mut published, i64::MAX).await;
+                }
+                tokio::select! {
+                    _ = bus.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(RELAY_POLL) => {}
+                }
+            }
+        });
+        Ok(())
     }
 
     /// The highest sequence written so far (0 for an empty journal).
@@ -423,11 +548,18 @@ impl Writer<'_> {
 
     /// Commits, then publishes what was journaled, in order.
     pub async fn commit(self) -> ApiResult<Vec<Event>> {
-        self.txn.commit().await?;
-        for event in &self.journaled {
-            // No receiver is fine: nobody is listening right now.
-            let _ = self.bus.live.send(Arc::new(event.clone()));
+        if !self.journaled.is_empty() && self.txn.get_database_backend() == DbBackend::Postgres {
+            // Delivered to the other nodes at commit, not before.
+            self.txn
+                .execute_raw(sea_orm::Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT pg_notify($1, $2)",
+                    [JOURNAL_CHANNEL.into(), self.bus.instance.clone().into()],
+                ))
+                .await?;
         }
+        self.txn.commit().await?;
+        self.bus.publish(&self.journaled).await;
         crate::telemetry::events_published(self.journaled.len());
         Ok(self.journaled)
     }

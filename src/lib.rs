@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod backup;
+pub mod cluster;
 pub mod coherence;
 pub mod config;
 pub mod console;

@@ -144,10 +144,11 @@ async fn a_backup_under_load_restores_into_a_fresh_data_directory_with_the_journ
     restored.create_template("after-restore").await;
     let next = entries(&restored.journal().await);
     assert_eq!(next.last().unwrap().0, head + 1);
+    let templates_made = next.iter().filter(|e| e.1 == "TEMPLATE_CREATED").count();
     assert_eq!(
         restored.ok("{ templates { totalCount } }", json!({})).await["templates"]["totalCount"],
-        head + 1,
-        "one template per event, and the new one"
+        templates_made,
+        "one template per TEMPLATE_CREATED, the new one too"
     );
 }
 

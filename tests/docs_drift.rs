@@ -161,6 +161,7 @@ fn every_api_error() -> Vec<ApiError> {
         ApiError::Forbidden(text()),
         ApiError::CursorAhead { after: 2, head: 1 },
         ApiError::Cancelled(text()),
+        ApiError::HostUnavailable(text()),
         ApiError::Internal(Box::new(std::io::Error::other("x"))),
     ];
     for error in &all {
@@ -180,6 +181,7 @@ fn every_api_error() -> Vec<ApiError> {
             | ApiError::Forbidden(_)
             | ApiError::CursorAhead { .. }
             | ApiError::Cancelled(_)
+            | ApiError::HostUnavailable(_)
             | ApiError::Internal(_) => {}
         }
     }

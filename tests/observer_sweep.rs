@@ -575,9 +575,10 @@ async fn operations_a_killed_vman_left_running_end_as_failed_at_the_next_start()
     use sea_orm::{ActiveModelTrait, ActiveValue::Set};
     use vman::operation::{OperationKind, OperationStatus, SubjectType, model};
     let server = TestServer::start().await;
-    // What a vman killed mid-operation leaves behind.
-    model::ActiveModel {
-        id: Set("01940000-0000-7000-8000-0000000000ff".into()),
+    // What a vman killed mid-operation leaves behind, and one another node
+    // (another host on the same database) is carrying out.
+    let running = |id: &str, host: &str| model::ActiveModel {
+        id: Set(id.into()),
         kind: Set(OperationKind::StopVm),
         target_id: Set("01940000-0000-7000-8000-0000000000fe".into()),
         target_type: Set(SubjectType::Vm),
@@ -590,7 +591,19 @@ async fn operations_a_killed_vman_left_running_end_as_failed_at_the_next_start()
         actor: Set("local".into()),
         finished_at: Set(None),
         progress: Set(None),
-    }
+        host_id: Set(Some(host.into())),
+    };
+    running(
+        "01940000-0000-7000-8000-0000000000ff",
+        &server.app.ctx.host_id,
+    )
+    .insert(&server.app.ctx.db)
+    .await
+    .unwrap();
+    running(
+        "01940000-0000-7000-8000-0000000000fd",
+        "01940000-0000-7000-8000-0000000000fc",
+    )
     .insert(&server.app.ctx.db)
     .await
     .unwrap();
@@ -610,7 +623,14 @@ async fn operations_a_killed_vman_left_running_end_as_failed_at_the_next_start()
     assert_eq!(op["status"], "FAILED", "{op}");
     assert_eq!(op["errorCode"], "INTERRUPTED", "{op}");
     assert!(op["finishedAt"].is_string(), "{op}");
-    // Nothing else was running.
+    let other = server
+        .ok(
+            "{ operation(id: \"01940000-0000-7000-8000-0000000000fd\") { status } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(other["operation"]["status"], "RUNNING", "{other}");
+    // Nothing else of this host's was running.
     assert_eq!(
         vman::operation::fail_interrupted(&server.app.ctx)
             .await

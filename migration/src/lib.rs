@@ -15,6 +15,7 @@ mod m20261205_000009_clones;
 mod m20261205_000010_read_indexes;
 mod m20261205_000011_install_media;
 mod m20261205_000012_cloud_init;
+mod m20261206_000013_hosts;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000010_read_indexes::Migration),
             Box::new(m20261205_000011_install_media::Migration),
             Box::new(m20261205_000012_cloud_init::Migration),
+            Box::new(m20261206_000013_hosts::Migration),
         ]
     }
 }

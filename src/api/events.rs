@@ -33,7 +33,7 @@ impl EventObject {
         ID(self.0.subject_id.clone())
     }
     /// What `subjectId` names: `Template`, `Vm`, `Disk`, `Network`, `Nic`,
-    /// `Image` or `CoherenceIssue`.
+    /// `Image`, `Snapshot`, `Host` or `CoherenceIssue`.
     async fn subject_type(&self) -> &str {
         self.0.subject_type.as_str()
     }

@@ -36,7 +36,7 @@ pub struct Query(
     events::EventQuery,
     health::HealthQuery,
     crate::auth::graphql::AuthQuery,
-    crate::stats::graphql::StatsQuery,
+    crate::cluster::graphql::ClusterQuery,
 );
 
 /// What changes vman's records and the host. Mutations that touch the host

@@ -247,6 +247,10 @@ pub enum SubjectType {
     #[sea_orm(string_value = "Snapshot")]
     #[serde(rename = "Snapshot")]
     Snapshot,
+    /// A host: a vman node's machine.
+    #[sea_orm(string_value = "Host")]
+    #[serde(rename = "Host")]
+    Host,
 }
 
 impl SubjectType {
@@ -264,6 +268,7 @@ impl SubjectType {
             SubjectType::StorageFile => "StorageFile",
             SubjectType::ApiToken => "ApiToken",
             SubjectType::Snapshot => "Snapshot",
+            SubjectType::Host => "Host",
         }
     }
 }

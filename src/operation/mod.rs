@@ -407,6 +407,7 @@ pub async fn record_done(
         actor: Set(actor.to_string()),
         finished_at: Set(Some(now)),
         progress: Set(None),
+        host_id: Set(None),
     }
     .insert(db)
     .await?)
@@ -429,6 +430,7 @@ async fn begin(ctx: &Ctx, request: &Request) -> ApiResult<Operation> {
         actor: Set(ctx.actor.to_string()),
         finished_at: Set(None),
         progress: Set(None),
+        host_id: Set(Some(ctx.host_id.to_string())),
     }
     .insert(w.txn())
     .await?;
@@ -521,6 +523,8 @@ pub async fn fail_interrupted(ctx: &Ctx) -> ApiResult<u64> {
         .col_expr(model::Column::ErrorCode, Expr::value("INTERRUPTED"))
         .col_expr(model::Column::FinishedAt, Expr::value(Utc::now()))
         .filter(model::Column::Status.is_in([OperationStatus::Pending, OperationStatus::Running]))
+        // The other nodes' operations go on.
+        .filter(model::Column::HostId.eq(&*ctx.host_id))
         .exec(w.txn())
         .await?
         .rows_affected;

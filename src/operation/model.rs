@@ -24,6 +24,8 @@ pub struct Model {
     /// A long operation's last progress, as `progress::Progress` JSON,
     /// written when it ends; null for the others.
     pub progress: Option<Json>,
+    /// The host whose node carries it out (`cluster`).
+    pub host_id: Option<String>,
 }
 
 /// Where an operation is.

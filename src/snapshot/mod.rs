@@ -492,6 +492,7 @@ mod tests {
             pending_changes: None,
             cdrom_image_id: None,
             boot_order: None,
+            host_id: None,
             created_at: at,
             updated_at: at,
         }

@@ -1,12 +1,12 @@
-//! `Vm.stats`, the `vmStats` subscription and the `host` query.
+//! `Vm.stats` and the `vmStats` subscription.
 
 use std::{collections::HashMap, time::Duration};
 
-use async_graphql::{Context, ID, Object, SimpleObject, Subscription};
+use async_graphql::{Context, ID, SimpleObject, Subscription};
 use futures_util::Stream;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
-use super::{HostFigures, VmStats};
+use super::VmStats;
 use crate::{
     api,
     error::{ApiError, ResultExt},
@@ -120,46 +120,6 @@ impl From<&VmStats> for VmStatsObject {
                 })
                 .collect(),
         }
-    }
-}
-
-/// The host vman runs on, for a dashboard's header.
-#[derive(SimpleObject)]
-#[graphql(name = "Host")]
-pub struct HostObject {
-    /// CPUs the host has.
-    pub cpus: i32,
-    /// `MemTotal`.
-    pub memory_total_bytes: api::Bytes,
-    /// `MemAvailable`: what new VMs could still get without swapping.
-    pub memory_available_bytes: api::Bytes,
-    /// Free space for disks and images (the storage directory's filesystem);
-    /// null when it cannot be read.
-    pub storage_free_bytes: Option<api::Bytes>,
-    /// The load average over one minute; null when it cannot be read.
-    pub load1: Option<f64>,
-}
-
-impl From<HostFigures> for HostObject {
-    fn from(h: HostFigures) -> Self {
-        HostObject {
-            cpus: h.cpus as i32,
-            memory_total_bytes: bytes(h.memory_total_bytes),
-            memory_available_bytes: bytes(h.memory_available_bytes),
-            storage_free_bytes: h.storage_free_bytes.map(bytes),
-            load1: h.load1,
-        }
-    }
-}
-
-#[derive(Default)]
-pub struct StatsQuery;
-
-#[Object]
-impl StatsQuery {
-    /// The host's CPUs, memory, free storage and load.
-    async fn host(&self, ctx: &Context<'_>) -> HostObject {
-        super::host(api::services(ctx)).into()
     }
 }
 

@@ -292,6 +292,11 @@ pub struct HostFigures {
 /// Reads the host's figures: CPUs, `/proc/meminfo`, the storage
 /// directory's free space, `/proc/loadavg`.
 pub fn host(ctx: &Ctx) -> HostFigures {
+    figures(&ctx.config)
+}
+
+/// [`host`], for a node that has its config only (`cluster`).
+pub fn figures(config: &crate::config::Config) -> HostFigures {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let kib = |key: &str| -> u64 {
         meminfo
@@ -301,7 +306,7 @@ pub fn host(ctx: &Ctx) -> HostFigures {
             .unwrap_or(0)
             * 1024
     };
-    let storage_free_bytes = rustix::fs::statvfs(ctx.config.storage_dir())
+    let storage_free_bytes = rustix::fs::statvfs(config.storage_dir())
         .ok()
         .map(|s| s.f_bavail * s.f_frsize);
     let load1 = std::fs::read_to_string("/proc/loadavg")

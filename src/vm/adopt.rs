@@ -27,6 +27,7 @@ impl AdoptionProblems {
 pub async fn adopt_all(app: &Ctx, problems: &AdoptionProblems) {
     report_orphan_run_dirs(app, problems).await;
     let live = match model::Entity::find()
+        .filter(model::Column::HostId.eq(&*app.host_id))
         .filter(model::Column::State.is_in([
             VmState::Starting,
             VmState::Running,

@@ -177,6 +177,7 @@ pub async fn clone(
         state: VmState::Stopped,
         state_reason: Some(format!("cloned from {}", source.name)),
         pending_changes: None,
+        host_id: Some(app.host_id.to_string()),
         created_at: now,
         updated_at: now,
         ..super::update::effective(&source)

@@ -32,6 +32,13 @@ impl VmObject {
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// The host that runs it.
+    async fn host(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<crate::cluster::graphql::HostObject>> {
+        crate::cluster::graphql::of_vm(ctx, self.0.host_id.as_deref()).await
+    }
     /// The template it was made from; null when made without one.
     async fn template(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<TemplateObject>> {
         let template =

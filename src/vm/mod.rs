@@ -252,6 +252,7 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
         pending_changes: None,
         cdrom_image_id: cdrom.map(|image| image.id),
         boot_order,
+        host_id: Some(app.host_id.to_string()),
         created_at: now,
         updated_at: now,
     };
@@ -432,6 +433,7 @@ pub async fn lifecycle(
     let op_id = operation::new_id();
     let _guard = app.locks.lock(&id, &op_id, request.kind()).await?;
     let vm = find_in::<model::Entity, _>(&app.db, "VM", &id).await?;
+    crate::cluster::check_local(app, &vm).await?;
     if !request.allowed_from().contains(&vm.state) {
         return Err(ApiError::InvalidState(format!(
             "cannot {} VM {:?}: it is {}",
@@ -730,6 +732,7 @@ pub async fn delete(
     let op_id = operation::new_id();
     let _guard = app.locks.lock(&id, &op_id, OperationKind::DeleteVm).await?;
     let vm = find_in::<model::Entity, _>(&app.db, "VM", &id).await?;
+    crate::cluster::check_local(app, &vm).await?;
     let disks = disk_model::Entity::find()
         .filter(disk_model::Column::VmId.eq(&id))
         .all(&app.db)

@@ -27,6 +27,9 @@ pub struct Model {
     /// Its boot order (`CDROM,DISK`); null:
     /// the firmware's own.
     pub boot_order: Option<String>,
+    /// The host that runs it (`cluster`); null only before the first node
+    /// that starts on the database claims it.
+    pub host_id: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -75,6 +75,11 @@ impl TestServer {
         config.database.url = database
             .as_ref()
             .map(|d| vman::config::DatabaseUrl::new(d.url.clone()));
+        // Servers of one test may share a database: each is a host of its own.
+        config.cluster.host_name = Some(format!(
+            "node-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
         adjust(&mut config);
         let app = App::start(config).await.expect("app starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

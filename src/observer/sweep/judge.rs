@@ -763,6 +763,7 @@ pub fn still_unclaimed(drifts: Vec<Drift>, now: &Rows, held: &HashSet<String>) -
             | SubjectType::Image
             | SubjectType::ApiToken
             | SubjectType::Snapshot
+            | SubjectType::Host
             | SubjectType::CoherenceIssue => {
                 exists.contains(f.subject_id.as_str())
                     || f.kind == CoherenceKind::DiskUnexpectedInQemu

@@ -171,6 +171,7 @@ pub async fn record(
             | SubjectType::Image
             | SubjectType::ApiToken
             | SubjectType::Snapshot
+            | SubjectType::Host
             | SubjectType::CoherenceIssue => false,
         };
         if stale.contains(issue.vm_id.as_deref().unwrap_or_default()) && !gone {

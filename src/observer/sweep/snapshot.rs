@@ -96,10 +96,20 @@ pub struct Snapshot {
     pub probe_timeout: Duration,
 }
 
-/// Reads the rows the sweep compares.
+/// Reads the rows the sweep compares: this host's VMs and their disks (the
+/// other hosts' are their nodes' to judge), and the disks no VM has.
 pub async fn rows(app: &Ctx) -> ApiResult<Rows> {
-    let vms = vm::model::Entity::find().all(&app.db).await?;
-    let disks = disk::model::Entity::find().all(&app.db).await?;
+    let vms = vm::model::Entity::find()
+        .filter(vm::model::Column::HostId.eq(&*app.host_id))
+        .all(&app.db)
+        .await?;
+    let local: HashSet<&str> = vms.iter().map(|vm| vm.id.as_str()).collect();
+    let disks = disk::model::Entity::find()
+        .all(&app.db)
+        .await?
+        .into_iter()
+        .filter(|d| d.vm_id.as_deref().is_none_or(|vm| local.contains(vm)))
+        .collect();
     let networks = network::model::Entity::find().all(&app.db).await?;
     let nics = network::model::nic::Entity::find().all(&app.db).await?;
     let images = image::model::Entity::find()

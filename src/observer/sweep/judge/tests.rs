@@ -42,6 +42,7 @@ fn vm(id: &str, state: VmState) -> Vm {
         pending_changes: None,
         cdrom_image_id: None,
         boot_order: None,
+        host_id: None,
         created_at: at(),
         updated_at: at(),
     }

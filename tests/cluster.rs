@@ -1,0 +1,332 @@
+//! Many nodes on one PostgreSQL database (issue 21): each node registers its
+//! host and heartbeats; a subscriber on any node sees every node's events in
+//! one gapless sequence; a node that stops heartbeating is OFFLINE at the
+//! others and its VMs UNKNOWN, and when it is back its VMs are what QEMU
+//! says again, the same processes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    TestServer, VmanProcess, WAIT, WsClient, free_port,
+    postgres::{Backend, TestDatabase},
+};
+use serde_json::{Value, json};
+
+const EVENTS: &str =
+    "subscription($after: String) { events(after: $after) { sequence kind subjectId payload } }";
+
+/// A second node (a dry run too) on `first`'s database.
+async fn second_node(
+    first: &TestServer,
+    adjust: impl FnOnce(&mut vman::config::Config),
+) -> TestServer {
+    let url = first.app.ctx.config.database.url.clone();
+    TestServer::start_on(Backend::Sqlite, |c| {
+        c.database.url = url;
+        adjust(c);
+    })
+    .await
+}
+
+/// The pid in the VM's run directory under `data`.
+fn qemu_pid(data: &std::path::Path, vm: &str) -> i32 {
+    vman::host::qemu::process::read_pidfile(&data.join("run").join(vm).join("qemu.pid"))
+        .expect("a pid file")
+}
+
+/// `stopVm` of `vm` sent to `server` is refused with `HOST_UNAVAILABLE`,
+/// its message saying `why`.
+async fn refused_as_unavailable(server: &TestServer, vm: &str, why: &str) {
+    let refused = server
+        .post(
+            "mutation($id: ID!) { stopVm(id: $id) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "HOST_UNAVAILABLE",
+        "{refused}"
+    );
+    let message = refused["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains(why), "{message}");
+    assert!(refused["data"].is_null(), "{refused}");
+}
+
+/// The next `events` item of subscription `id`.
+async fn next_event(ws: &mut WsClient, id: &str) -> Value {
+    tokio::time::timeout(WAIT, ws.next_data(id))
+        .await
+        .expect("an event within the wait")["events"]
+        .clone()
+}
+
+fn sequence(event: &Value) -> i64 {
+    event["sequence"].as_str().unwrap().parse().unwrap()
+}
+
+/// Reads `n` events of subscription `id`, checking that their sequences
+/// follow each other from `after`.
+async fn gapless(ws: &mut WsClient, id: &str, after: i64, n: usize) -> Vec<Value> {
+    let mut seen = Vec::new();
+    for i in 0..n {
+        let event = next_event(ws, id).await;
+        assert_eq!(
+            sequence(&event),
+            after + 1 + i as i64,
+            "{seen:#?}\n{event:#}"
+        );
+        seen.push(event);
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_list_both_hosts_and_each_sees_the_others_events_in_one_sequence() {
+    let a = TestServer::start_on(Backend::Postgres, |_| {}).await;
+    let b = second_node(&a, |_| {}).await;
+
+    // Both hosts, each node knows which is its own.
+    let hosts = a
+        .ok(
+            "{ hosts { id name state thisNode capabilities cpus } }",
+            json!({}),
+        )
+        .await;
+    let hosts = hosts["hosts"].as_array().unwrap().clone();
+    assert_eq!(hosts.len(), 2, "{hosts:#?}");
+    let name_of = |server: &TestServer| server.app.ctx.config.cluster.host_name.clone().unwrap();
+    for host in &hosts {
+        assert_eq!(host["state"], "ONLINE");
+        assert_eq!(host["capabilities"], json!(["dry-run"]));
+        assert!(host["cpus"].as_i64().unwrap() >= 1);
+        assert_eq!(host["thisNode"], host["name"] == name_of(&a), "{host}");
+    }
+    let own = b.ok("{ host { name thisNode } }", json!({})).await;
+    assert_eq!(own["host"]["name"], name_of(&b));
+
+    // A subscriber on A, from the head: what B and A do comes in one
+    // sequence, without gaps, as it happens.
+    let head: i64 = a.ok("{ journalHead }", json!({})).await["journalHead"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut ws = WsClient::connect(&a.ws_url).await;
+    ws.subscribe("e", EVENTS, json!({"after": head.to_string()}))
+        .await;
+    b.create_template("t").await;
+    let on_b = b.create_vm("on-b", "t").await;
+    b.start_vm(&on_b).await;
+    let on_a = a.create_vm("on-a", "t").await;
+    let events = gapless(&mut ws, "e", head, 7).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "TEMPLATE_CREATED",
+            "VM_CREATED",
+            "DISK_CREATED",
+            "VM_STATE_CHANGED",
+            "VM_STATE_CHANGED",
+            "VM_CREATED",
+            "DISK_CREATED"
+        ]
+    );
+    assert_eq!(events[1]["subjectId"], on_b.as_str());
+    assert_eq!(events[5]["subjectId"], on_a.as_str());
+
+    // Each VM names its host, whichever node is asked.
+    for server in [&a, &b] {
+        for (vm, node) in [(&on_b, &b), (&on_a, &a)] {
+            let data = server
+                .ok(
+                    "query($id: ID) { vm(id: $id) { host { name } } }",
+                    json!({"id": vm}),
+                )
+                .await;
+            assert_eq!(data["vm"]["host"]["name"], name_of(node), "{data}");
+        }
+    }
+
+    // A mutation for B's VM sent to A changes nothing and says where it runs.
+    refused_as_unavailable(&a, &on_b, &name_of(&b)).await;
+    assert_eq!(a.vm_state(&on_b).await, "RUNNING");
+
+    // The subscriber moves to B with the last sequence it saw, and misses
+    // nothing written meanwhile on either node.
+    let last = sequence(events.last().unwrap());
+    ws.close().await;
+    a.create_template("while-away-a").await;
+    b.create_template("while-away-b").await;
+    let mut ws = WsClient::connect(&b.ws_url).await;
+    ws.subscribe("e", EVENTS, json!({"after": last.to_string()}))
+        .await;
+    let moved = gapless(&mut ws, "e", last, 2).await;
+    let names: Vec<&str> = moved
+        .iter()
+        .map(|e| e["payload"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["while-away-a", "while-away-b"]);
+    let sent = std::time::Instant::now();
+    a.create_template("live-on-a").await;
+    let live = gapless(&mut ws, "e", last + 2, 1).await;
+    assert_eq!(live[0]["payload"]["name"], "live-on-a");
+    eprintln!(
+        "an event written on A reached a subscriber on B {:?} after the request",
+        sent.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_host_name_taken_by_another_host_stops_the_node_with_the_reason() {
+    let a = TestServer::start_on(Backend::Postgres, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vman::config::Config {
+        data_dir: dir.path().join("data"),
+        dry_run: true,
+        ..Default::default()
+    };
+    config.database.url = a.app.ctx.config.database.url.clone();
+    config.cluster.host_name = a.app.ctx.config.cluster.host_name.clone();
+    let Err(e) = vman::app::App::build(config).await else {
+        panic!("a second host of the same name started");
+    };
+    let message = e.to_string();
+    assert!(message.contains("cluster.host_name"), "{message}");
+    assert_eq!(
+        a.ok("{ hosts { name } }", json!({})).await["hosts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// Node B (a `vman serve` process driving real QEMU) is SIGKILLed: node A
+/// marks its host OFFLINE and its VM UNKNOWN within `offline_after`, the QEMU
+/// runs on, a mutation for it is HOST_UNAVAILABLE; B restarted on its data
+/// directory is ONLINE again and its VM RUNNING, the same process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_heartbeating_is_offline_and_its_vms_come_back_with_it() {
+    let database = TestDatabase::create().await;
+    let heartbeat = [
+        ("VMAN_CLUSTER_HEARTBEAT_INTERVAL", "200ms"),
+        ("VMAN_CLUSTER_OFFLINE_AFTER", "1s"),
+    ];
+    let url = database.url.clone();
+    let a = TestServer::start_on(Backend::Sqlite, |c| {
+        c.database.url = Some(vman::config::DatabaseUrl::new(url));
+        c.cluster.heartbeat_interval = Duration::from_millis(200);
+        c.cluster.offline_after = Duration::from_secs(1);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("b");
+    let env: Vec<(&str, &str)> = heartbeat
+        .iter()
+        .copied()
+        .chain([
+            ("VMAN_DATABASE_URL", database.url.as_str()),
+            ("VMAN_CLUSTER_HOST_NAME", "node-b"),
+        ])
+        .collect();
+    let http = reqwest::Client::new();
+    let mut b = VmanProcess::start_with_env(&data, free_port(), &env);
+    b.ready(&http).await;
+    b.gql(&http, "mutation { createTemplate(input: {name: \"bare\", vcpus: 1, memoryMib: 64}) { template { id } } }", json!({}))
+        .await;
+    let created = b
+        .gql(
+            &http,
+            "mutation { createVm(input: {name: \"on-b\", templateName: \"bare\"}) { vm { id } } }",
+            json!({}),
+        )
+        .await;
+    let vm = created["createVm"]["vm"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let started = b
+        .gql(
+            &http,
+            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(started["startVm"]["vm"]["state"], "RUNNING");
+    let pid = qemu_pid(&data, &vm);
+
+    let mut ws = WsClient::connect(&a.ws_url).await;
+    ws.subscribe("e", EVENTS, json!({})).await;
+    b.child.kill().unwrap(); // SIGKILL
+    b.child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    // Only vman died: keep the VM the guard would end.
+    let run_dir = std::mem::take(&mut b.run_dir);
+    drop(b);
+
+    let offline = next_event(&mut ws, "e").await;
+    assert_eq!(offline["kind"], "HOST_OFFLINE", "{offline}");
+    assert_eq!(offline["payload"]["vmIds"], json!([vm]));
+    let unknown = next_event(&mut ws, "e").await;
+    assert_eq!(unknown["kind"], "VM_STATE_CHANGED", "{unknown}");
+    assert_eq!(unknown["subjectId"], vm.as_str());
+    assert_eq!(unknown["payload"]["to"], "UNKNOWN");
+    assert!(
+        unknown["payload"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("node-b"),
+        "{unknown}"
+    );
+    eprintln!(
+        "node B offline at A {:?} after its SIGKILL",
+        killed.elapsed()
+    );
+    assert!(
+        vman::host::qemu::process::is_alive(pid),
+        "QEMU {pid} died with its node"
+    );
+    let hosts = a
+        .ok("{ hosts { name state stateReason } }", json!({}))
+        .await;
+    let b_host = hosts["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "node-b")
+        .unwrap()
+        .clone();
+    assert_eq!(b_host["state"], "OFFLINE", "{hosts}");
+    refused_as_unavailable(&a, &vm, "offline").await;
+
+    // B is back: its host ONLINE, its VM adopted, RUNNING, the same QEMU.
+    let b = VmanProcess::start_with_env(&data, free_port(), &env);
+    assert_eq!(b.run_dir, run_dir);
+    b.ready(&http).await;
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let event = next_event(&mut ws, "e").await;
+        kinds.push((
+            event["kind"].as_str().unwrap().to_string(),
+            event["payload"].clone(),
+        ));
+    }
+    assert_eq!(kinds[0].0, "HOST_ONLINE", "{kinds:?}");
+    assert_eq!(kinds[0].1["registered"], false);
+    assert_eq!(kinds[1].0, "VM_STATE_CHANGED", "{kinds:?}");
+    assert_eq!(kinds[1].1["from"], "UNKNOWN");
+    assert_eq!(kinds[1].1["to"], "RUNNING");
+    let pid_now = qemu_pid(&data, &vm);
+    assert_eq!(pid_now, pid, "the same QEMU");
+    let stopped = b
+        .gql(
+            &http,
+            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(stopped["stopVm"]["vm"]["state"], "STOPPED");
+}
