@@ -3,25 +3,25 @@
 import { useEffect, useRef, useState } from 'react';
 import { Terminal } from '@xterm/xterm';
 import '@xterm/xterm/css/xterm.css';
-import { CONSOLE, SEND_INPUT, VM_PAGE } from './documents.js';
-import { follow, request } from './api.js';
-import { ActionButtons, Sparkline, StateBadge, mib } from './parts.jsx';
+import { CONSOLE, SEND_INPUT, VM_PAGE, type Operation, type VmPageData, type VmRow } from './documents.ts';
+import { follow, request, type FollowState } from './api.ts';
+import { ActionButtons, Sparkline, StateBadge, latest, mib, type ActionResult, type Samples } from './parts.tsx';
 
-function Console({ vmId }) {
-  const box = useRef(null);
-  const [state, setState] = useState('connecting');
-  const [inputError, setInputError] = useState(null);
+function Console({ vmId }: { vmId: string }) {
+  const box = useRef<HTMLDivElement>(null);
+  const [state, setState] = useState<FollowState>('connecting');
+  const [inputError, setInputError] = useState<string | null>(null);
   useEffect(() => {
     const term = new Terminal({ convertEol: false, fontSize: 13, rows: 24, cols: 100, scrollback: 5000 });
-    term.open(box.current);
-    let next = null;
+    term.open(box.current!);
+    let next: number | null = null;
     const stop = follow(CONSOLE, () => ({ vm: vmId, after: next }), ({ vmConsole: chunk }) => {
       next = chunk.nextOffset;
       if (chunk.kind === 'OUTPUT') term.write(Uint8Array.from(atob(chunk.data), (c) => c.charCodeAt(0)));
       else term.write(`\r\n\x1b[33m[${chunk.reason || 'output dropped'}]\x1b[0m\r\n`);
     }, { onState: setState });
     // Keystrokes go in order, one mutation each.
-    let queue = Promise.resolve();
+    let queue: Promise<unknown> = Promise.resolve();
     const typing = term.onData((data) => {
       queue = queue.then(() => request(SEND_INPUT, { vm: vmId, data })).then(() => setInputError(null), (e) => setInputError(`${e.code}: ${e.message}`));
     });
@@ -36,14 +36,25 @@ function Console({ vmId }) {
   );
 }
 
-function Progress({ op }) {
+function Progress({ op }: { op: Operation }) {
   if (!op.progress) return op.status === 'RUNNING' ? <progress aria-label="progress" /> : null;
   return <progress aria-label="progress" value={op.progress.fraction} max={1}>{Math.round(op.progress.fraction * 100)}%</progress>;
 }
 
-export function VmPage({ id, tick, vm: row, stats, result, setResult }) {
-  const [page, setPage] = useState(null);
-  const [error, setError] = useState(null);
+interface VmPageProps {
+  id: string;
+  /** Bumped on every event: the page loads again. */
+  tick: number;
+  /** The VM's row in the table, live. */
+  vm?: VmRow;
+  stats?: Samples;
+  result?: ActionResult;
+  setResult: (r: ActionResult) => void;
+}
+
+export function VmPage({ id, tick, vm: row, stats, result, setResult }: VmPageProps) {
+  const [page, setPage] = useState<VmPageData | null>(null);
+  const [error, setError] = useState<string | null>(null);
   useEffect(() => {
     request(VM_PAGE, { id }).then((d) => { setPage(d); setError(null); }, (e) => setError(`${e.code}: ${e.message}`));
   }, [id, tick]);
@@ -70,8 +81,8 @@ export function VmPage({ id, tick, vm: row, stats, result, setResult }) {
         {' '}<span data-testid="result" className={result && !result.ok ? 'error' : ''}>{result?.text}</span>
       </p>
       {stats && (
-        <p>CPU <Sparkline values={stats.cpu} max={100 * vm.vcpus} label="CPU %" /> {stats.cpu.at(-1).toFixed(0)}%
-          {' '}memory <Sparkline values={stats.mem} label="RSS" /> {mib(stats.mem.at(-1))}</p>
+        <p>CPU <Sparkline values={stats.cpu} max={100 * vm.vcpus} label="CPU %" /> {latest(stats.cpu).toFixed(0)}%
+          {' '}memory <Sparkline values={stats.mem} label="RSS" /> {mib(latest(stats.mem))}</p>
       )}
       <div className="columns">
         <section>
