@@ -1,9 +1,11 @@
 // One VM: its state and actions, disks, NICs, snapshots, recent operations
-// (with progress bars) and its serial console in a terminal.
+// (with progress bars, pushed by `operationProgress`) and its serial console
+// in a terminal. A VM that a running operation is still making (a full
+// clone's target) shows that operation and its progress until it exists.
 import { useEffect, useRef, useState } from 'react';
 import { Terminal } from '@xterm/xterm';
 import '@xterm/xterm/css/xterm.css';
-import { CONSOLE, SEND_INPUT, VM_PAGE, type Operation, type VmPageData, type VmRow } from './documents.ts';
+import { CONSOLE, PROGRESS, SEND_INPUT, VM_PAGE, type Operation, type ProgressUpdate, type VmPageData, type VmRow } from './documents.ts';
 import { follow, request, type FollowState } from './api.ts';
 import { ActionButtons, Sparkline, StateBadge, latest, mib, type ActionResult, type Samples } from './parts.tsx';
 
@@ -41,6 +43,51 @@ function Progress({ op }: { op: Operation }) {
   return <progress aria-label="progress" value={op.progress.fraction} max={1}>{Math.round(op.progress.fraction * 100)}%</progress>;
 }
 
+const unfinished = (o: Operation) => o.status === 'RUNNING' || o.status === 'PENDING';
+
+/**
+ * The operations that run, with what `operationProgress` pushed of each
+ * since: one subscription per running operation, none when nothing runs (no
+ * polling). A dropped connection resumes each (the first item after it is
+ * where the operation is then; one that ended meanwhile sends how it ended).
+ */
+function useProgress(operations: Operation[] | undefined): Map<string, ProgressUpdate> {
+  const [pushed, setPushed] = useState(new Map<string, ProgressUpdate>());
+  const running = (operations ?? []).filter(unfinished).map((o) => o.id).join(' ');
+  useEffect(() => {
+    if (!running) return undefined;
+    const stops = running.split(' ').map((id) => follow(PROGRESS, () => ({ id }), ({ operationProgress: update }) => {
+      setPushed((old) => new Map(old).set(update.operationId, update));
+    }));
+    return () => stops.forEach((stop) => stop());
+  }, [running]);
+  return pushed;
+}
+
+/** An operation as last loaded, or as pushed since while it ran. */
+function withPushed(op: Operation, pushed: Map<string, ProgressUpdate>): Operation {
+  const update = pushed.get(op.id);
+  if (!update || !unfinished(op)) return op;
+  return { ...op, status: update.status, progress: update.progress ?? op.progress };
+}
+
+function Operations({ operations, pushed }: { operations: Operation[]; pushed: Map<string, ProgressUpdate> }) {
+  return (
+    <table className="operations"><tbody>
+      {operations.map((loaded) => {
+        const o = withPushed(loaded, pushed);
+        return (
+          <tr key={o.id} data-operation={o.kind}>
+            <td>{new Date(o.startedAt).toLocaleTimeString()}</td><td>{o.kind}</td>
+            <td className={o.status === 'FAILED' ? 'error' : ''} data-testid="operation-status">{o.status}{o.errorCode && `: ${o.errorCode}: ${o.error}`}</td>
+            <td><Progress op={o} /></td>
+          </tr>
+        );
+      })}
+    </tbody></table>
+  );
+}
+
 interface VmPageProps {
   id: string;
   /** Bumped on every event: the page loads again. */
@@ -58,17 +105,23 @@ export function VmPage({ id, tick, vm: row, stats, result, setResult }: VmPagePr
   useEffect(() => {
     request(VM_PAGE, { id }).then((d) => { setPage(d); setError(null); }, (e) => setError(`${e.code}: ${e.message}`));
   }, [id, tick]);
-  // Progress bars move between events: poll while something runs.
-  const running = page?.operations.nodes.some((o) => o.status === 'RUNNING' || o.status === 'PENDING');
-  useEffect(() => {
-    if (!running) return undefined;
-    const t = setInterval(() => request(VM_PAGE, { id }).then(setPage, () => {}), 1000);
-    return () => clearInterval(t);
-  }, [id, running]);
+  // Progress bars move between events: pushed, not polled.
+  const pushed = useProgress(page?.operations.nodes);
 
   if (error) return <p className="error">{error}</p>;
   if (!page) return <p>Loading…</p>;
-  if (!page.vm) return <p>No VM {id} (deleted?). <a href="#/">Back to the table</a></p>;
+  if (!page.vm) {
+    const making = page.operations.nodes.filter(unfinished);
+    if (making.length === 0) return <p>No VM {id} (deleted?). <a href="#/">Back to the table</a></p>;
+    return (
+      <div className="vm-page" data-vm-page={id}>
+        <p><a href="#/">← all VMs</a></p>
+        <h2>VM {id} <small>being made</small></h2>
+        <p>It exists once this ends:</p>
+        <Operations operations={making} pushed={pushed} />
+      </div>
+    );
+  }
   const vm = row ?? page.vm;
   const live = ['RUNNING', 'PAUSED', 'STARTING'].includes(vm.state);
   return (
@@ -104,15 +157,7 @@ export function VmPage({ id, tick, vm: row, stats, result, setResult }: VmPagePr
         </section>
         <section>
           <h3>Operations</h3>
-          <table className="operations"><tbody>
-            {page.operations.nodes.map((o) => (
-              <tr key={o.id}>
-                <td>{new Date(o.startedAt).toLocaleTimeString()}</td><td>{o.kind}</td>
-                <td className={o.status === 'FAILED' ? 'error' : ''}>{o.status}{o.errorCode && `: ${o.errorCode}: ${o.error}`}</td>
-                <td><Progress op={o} /></td>
-              </tr>
-            ))}
-          </tbody></table>
+          <Operations operations={page.operations.nodes} pushed={pushed} />
         </section>
       </div>
       {live ? <Console vmId={vm.id} key={vm.id} /> : <p>The serial console shows while the VM runs.</p>}

@@ -60,6 +60,14 @@ export const SEND_INPUT = graphql(`
     sendConsoleInput(vmId: $vm, data: $data) { bytes }
   }`);
 
+/** A running operation's progress bar: pushed at most every 250 ms, then its end. */
+export const PROGRESS = graphql(`
+  subscription DashboardOperationProgress($id: ID!) {
+    operationProgress(id: $id) { operationId status progress { fraction bytesDone bytesTotal } }
+  }`);
+
+export type ProgressUpdate = ResultOf<typeof PROGRESS>['operationProgress'];
+
 const OPERATION = graphql(`
   fragment ActionOperation on Operation { id kind status error errorCode }`);
 
