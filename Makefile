@@ -54,8 +54,11 @@ lint:
 # CLI's typed documents are built against the file, so it is replaced only
 # once the new one is printed, never read half-written). Then
 # lint it: every type, field, argument and value needs a description
-# (tests/docs_drift.rs runs the same check in `make test`).
+# (tests/docs_drift.rs runs the same check in `make test`). The dashboard's
+# introspection (playground/src/dashboard/graphql-env.d.ts, gql.tada) is
+# written again from it: commit it with the schema.
 schema:
 	cargo run --quiet -- schema > schema.graphql.new
 	mv schema.graphql.new schema.graphql
 	npm run --silent --prefix tests/js schema-lint
+	npm run --silent --prefix playground typegen

@@ -71,7 +71,7 @@ npm_ci playground
 # The playground and dashboard bundle, rebuilt when its sources change (the
 # schema included: the build checks the dashboard's documents against it).
 stamp=playground/dist/.vman-sources
-sources=$(cd playground && find package-lock.json index.html dashboard.html vite.config.js src ../schema.graphql -type f -print0 \
+sources=$(cd playground && find package-lock.json index.html dashboard.html vite.config.js tsconfig.json src ../schema.graphql -type f -print0 \
   | sort -z | xargs -0 cat | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || "$(cat "$stamp")" != "$sources" ]]; then
   say "building the playground and the dashboard"

@@ -19,6 +19,11 @@ struct Cli {
     /// The config file (default ./vman.toml; a missing file is fine).
     #[arg(long, global = true, env = "VMAN_CONFIG", default_value = "vman.toml")]
     config: PathBuf,
+    /// The client commands' options (`--server`, `--token`, `-o`,
+    /// `--timeout`): global, so they go before or after the command group
+    /// or the command; the other commands ignore them.
+    #[command(flatten)]
+    connection: cli::Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -97,43 +102,31 @@ enum Command {
     /// VMs on a running server: list, show, create, start, stop, pause,
     /// resume, delete, clone.
     Vm {
-        #[command(flatten)]
-        connection: cli::Connection,
         #[command(subcommand)]
         command: cli::VmCommand,
     },
     /// Disks on a running server: list, create, delete.
     Disk {
-        #[command(flatten)]
-        connection: cli::Connection,
         #[command(subcommand)]
         command: cli::DiskCommand,
     },
     /// Networks on a running server: list, create, delete.
     Net {
-        #[command(flatten)]
-        connection: cli::Connection,
         #[command(subcommand)]
         command: cli::NetCommand,
     },
     /// The server's event journal; `--follow` keeps printing new events.
     Events {
         #[command(flatten)]
-        connection: cli::Connection,
-        #[command(flatten)]
         args: cli::EventsArgs,
     },
     /// The server's operations; `--follow` prints their events as they come.
     Ops {
         #[command(flatten)]
-        connection: cli::Connection,
-        #[command(flatten)]
         args: cli::OpsArgs,
     },
     /// A VM's serial console, interactive (Ctrl-] leaves).
     Console {
-        #[command(flatten)]
-        connection: cli::Connection,
         #[command(flatten)]
         args: cli::ConsoleArgs,
     },
@@ -181,21 +174,12 @@ fn main() -> ExitCode {
         ..Sources::default()
     };
     match cli.command {
-        Command::Vm {
-            connection,
-            command,
-        } => cli::run(connection, cli::Request::Vm(command)),
-        Command::Disk {
-            connection,
-            command,
-        } => cli::run(connection, cli::Request::Disk(command)),
-        Command::Net {
-            connection,
-            command,
-        } => cli::run(connection, cli::Request::Net(command)),
-        Command::Events { connection, args } => cli::run(connection, cli::Request::Events(args)),
-        Command::Ops { connection, args } => cli::run(connection, cli::Request::Ops(args)),
-        Command::Console { connection, args } => cli::run(connection, cli::Request::Console(args)),
+        Command::Vm { command } => cli::run(cli.connection, cli::Request::Vm(command)),
+        Command::Disk { command } => cli::run(cli.connection, cli::Request::Disk(command)),
+        Command::Net { command } => cli::run(cli.connection, cli::Request::Net(command)),
+        Command::Events { args } => cli::run(cli.connection, cli::Request::Events(args)),
+        Command::Ops { args } => cli::run(cli.connection, cli::Request::Ops(args)),
+        Command::Console { args } => cli::run(cli.connection, cli::Request::Console(args)),
         Command::Schema => {
             print!("{}", vman::api::sdl());
             ExitCode::SUCCESS

@@ -536,6 +536,72 @@ async fn the_server_and_token_come_from_the_flag_then_the_environment_then_the_c
     );
 }
 
+/// `--server`, `--token`, `-o` and `--timeout` are options of `vman`
+/// itself (clap `global`): before the command group, between it and the
+/// command, or after the command, with the same effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_options_go_before_or_after_the_command_group_and_the_command() {
+    let (server, tokens) = TestServer::with_tokens(|_| {}).await;
+    server.create_template("small").await;
+    server.create_vm("web", "small").await;
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let url = server.url.as_str();
+    let token = tokens.viewer.as_str();
+    for args in [
+        vec![
+            "--server", url, "--token", token, "-o", "json", "vm", "list",
+        ],
+        vec![
+            "vm", "--server", url, "--token", token, "-o", "json", "list",
+        ],
+        vec![
+            "vm", "list", "--server", url, "--token", token, "-o", "json",
+        ],
+        vec![
+            "--server", url, "vm", "--token", token, "list", "-o", "json",
+        ],
+        vec![
+            "-o",
+            "json",
+            "--timeout",
+            "5",
+            "ops",
+            "--server",
+            url,
+            "--token",
+            token,
+        ],
+    ] {
+        // VMAN_SERVER points nowhere and there is no VMAN_TOKEN: the flags
+        // alone reach the server.
+        let run = vman_at(&nowhere, None, &args).await;
+        assert_eq!(run.code, 0, "vman {args:?}: {}", run.stderr);
+        let data = run.json();
+        assert!(data.is_object(), "vman {args:?} printed JSON: {data}");
+    }
+    let listed = vman_at(
+        &nowhere,
+        None,
+        &[
+            "--server", url, "--token", token, "vm", "list", "-o", "json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(listed["vms"]["nodes"][0]["name"], "web", "{listed:#}");
+    // The last one given wins, as for any clap option.
+    let run = vman_at(
+        &nowhere,
+        None,
+        &["--server", url, "vm", "list", "--server", &nowhere],
+    )
+    .await;
+    assert_eq!(run.code, 8, "{}", run.stderr);
+    // `vman --help` lists them under their own heading.
+    let help = vman_at(&nowhere, None, &["--help"]).await;
+    assert!(help.stdout.contains("Client options"), "{}", help.stdout);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_follow_prints_the_events_of_operations_as_they_come() {
     let server = TestServer::start().await;

@@ -5,7 +5,9 @@
 //! table within 1 s; its serial terminal takes `echo hi` and shows `hi`; a
 //! Start click starts a VM; a SIGKILLed QEMU shows CRASHED within 1 s; vman
 //! killed shows "reconnecting", and restarted, the page resumes and shows
-//! what happened meanwhile; no request leaves the vman origin. With
+//! what happened meanwhile; a full clone's progress bar on the clone's page
+//! moves as `operationProgress` pushes, with no query sent meanwhile (no
+//! polling); no request leaves the vman origin. With
 //! `auth.mode = "token"` (dry run): the page asks for a token, and with a
 //! viewer's it follows VMs live; a viewer's Start click shows FORBIDDEN.
 //!

@@ -22,8 +22,11 @@ use output::{Column, Format, fields, print, table};
 use queries::*;
 
 /// How to reach the server: flags, then `VMAN_SERVER`/`VMAN_TOKEN`, then the
-/// client config file, then the defaults.
+/// client config file, then the defaults. Global options of `vman`: they go
+/// anywhere on the command line (`vman --server URL vm list`, `vman vm list
+/// --server URL`).
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Client options (vm, disk, net, events, ops, console)")]
 pub struct Connection {
     /// The server's URL [default: http://127.0.0.1:8080; or VMAN_SERVER, or
     /// `server` in the client config file].

@@ -10,14 +10,18 @@
 // VM and shows the operation; the first VM's QEMU SIGKILLed shows CRASHED
 // within 1 s without a reload; vman SIGKILLed shows "reconnecting", and
 // after the second VM's QEMU was killed meanwhile and vman restarted, the
-// page is live again and shows that VM as vman now reports it. No request
-// of the page leaves the vman origin.
+// page is live again and shows that VM as vman now reports it. Then a full
+// clone of a VM with a 256 MiB disk, copied at 32 MiB/s: the clone's page
+// shows the CLONE_VM operation, its progress bar moves as the
+// `operationProgress` subscription pushes, with no query sent meanwhile (no
+// polling), and the page turns into the new VM's once the copy is done. No
+// request of the page leaves the vman origin.
 //
 // Screenshots: the table and the VM page go to $SHOTS (a temp dir by
 // default, printed) and, with DASHBOARD_DOCS_SHOTS=dir, to
 // dir/dashboard.png and dir/dashboard-vm.png.
 // Prints one line per check; exits non-zero on any failure.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -55,7 +59,8 @@ function check(ok, what, detail = '') {
 let vman = null;
 function startVman() {
   vman = spawn(bin, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', data], {
-    env: { ...process.env, VMAN_QEMU_ACCEL: 'tcg', VMAN_IMPORT_DIR: guest, VMAN_LOG_LEVEL: 'warn' },
+    // A full clone's copy slow enough to watch: 256 MiB at 32 MiB/s.
+    env: { ...process.env, VMAN_QEMU_ACCEL: 'tcg', VMAN_IMPORT_DIR: guest, VMAN_LOG_LEVEL: 'warn', VMAN_STORAGE_COPY_BYTES_PER_SECOND: String(32 << 20) },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
 }
@@ -107,7 +112,18 @@ const page = context.pages()[0] || await context.newPage();
 const problems = [];
 page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
 page.on('console', (m) => { if (m.type() === 'error' && !/ERR_CONNECTION_REFUSED|WebSocket connection|status of 401/.test(m.text())) problems.push(`console: ${m.text()}`); });
-page.on('websocket', (ws) => requested.push(ws.url()));
+page.on('websocket', (ws) => {
+  requested.push(ws.url());
+  ws.on('framesent', (f) => { if (typeof f.payload === 'string' && f.payload.includes('DashboardOperationProgress')) progressSubscriptions++; });
+});
+// The page's queries and mutations (POST /graphql), by operation name.
+const posts = [];
+let progressSubscriptions = 0;
+page.on('request', (r) => {
+  if (r.method() !== 'POST' || !r.url().endsWith('/graphql')) return;
+  const name = /\b(?:query|mutation)\s+(\w+)/.exec(r.postDataJSON()?.query || '')?.[1] || '?';
+  posts.push({ at: Date.now(), name });
+});
 
 const row = (name) => page.locator(`tr[data-vm="${name}"]`);
 const stateOf = (name) => row(name).getByTestId('state');
@@ -243,6 +259,46 @@ async function qemuWalk() {
   await within(WAIT_MS, `the page shows what happened meanwhile: web-2 ${after}`,
     (ms) => stateOf('web-2').filter({ hasText: new RegExp(`^${after}$`) }).waitFor({ timeout: ms }));
   check((await page.getByTestId('connection').innerText()) === 'live', 'the connection badge says live');
+
+  await cloneProgress();
+}
+
+// A full clone's progress bar, pushed by `operationProgress`: it moves while
+// the page sends no query.
+async function cloneProgress() {
+  const big = (await gql('mutation { createVm(input: {name: "big", vcpus: 1, memoryMib: 128}) { vm { id } } }')).createVm.vm.id;
+  const disk = (await gql('mutation { createDisk(input: {name: "big-data", sizeBytes: 268435456, format: QCOW2}) { disk { id } } }')).createDisk.disk.id;
+  await gql('mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { id } } }', { d: disk, v: big });
+  execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 0 256M', path.join(data, 'storage', `${disk}.qcow2`)], { stdio: 'ignore' });
+  const cloned = (await gql('mutation($id: ID!) { cloneVm(id: $id, name: "big2", linked: false) { operation { id status targetId } } }', { id: big })).cloneVm.operation;
+  check(cloned.status === 'RUNNING', 'a full clone of a VM with a 256 MiB disk answers RUNNING', cloned.status);
+  // The clone's page (as a link to it would open it): its VM is being made.
+  await page.evaluate((id) => { window.location.hash = `#/vm/${id}`; }, cloned.targetId);
+  const clonePage = page.locator(`[data-vm-page="${cloned.targetId}"]`);
+  const bar = clonePage.locator('tr[data-operation="CLONE_VM"] progress');
+  const fraction = () => bar.evaluate((b) => (b.hasAttribute('value') ? b.value : -1)).catch(() => -1);
+  const shown = await within(WAIT_MS, 'the clone\'s page shows its CLONE_VM operation with a progress bar under way',
+    (ms) => page.waitForFunction((id) => {
+      const b = document.querySelector(`[data-vm-page="${id}"] tr[data-operation="CLONE_VM"] progress[value]`);
+      return b && b.value > 0 && b.value < 0.7;
+    }, cloned.targetId, { timeout: ms }));
+  if (shown) {
+    const from = Date.now();
+    const seen = [await fraction()];
+    while (Date.now() - from < 2500) {
+      await new Promise((r) => setTimeout(r, 250));
+      seen.push(await fraction());
+    }
+    const moves = seen.filter((v, i) => i > 0 && v > seen[i - 1]).length;
+    check(moves >= 3 && seen.every((v, i) => i === 0 || v >= seen[i - 1]), `the progress bar moves forward (${seen.map((v) => v.toFixed(2)).join(' ')})`);
+    const sent = posts.filter((p) => p.at >= from);
+    check(sent.length === 0, 'and the page sent no query meanwhile: the progress is pushed, not polled', sent.map((p) => p.name).join(', '));
+    check(progressSubscriptions >= 1, `over the operationProgress subscription (${progressSubscriptions} subscribed)`);
+  }
+  await within(WAIT_MS, 'the copy done, the page shows the new VM big2 STOPPED',
+    (ms) => page.locator('[data-vm-page="big2"]').getByTestId('state').filter({ hasText: /^STOPPED$/ }).waitFor({ timeout: ms }));
+  const pagesLoaded = posts.filter((p) => p.name === 'DashboardVmPage').length;
+  console.log(`the VM page was loaded ${pagesLoaded} times in the whole walk`);
 }
 
 const foreign = requested.filter((u) => !u.startsWith(origin) && !u.startsWith(origin.replace('http', 'ws')));

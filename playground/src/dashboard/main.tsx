@@ -3,13 +3,23 @@
 // API of the origin that served it; see docs/DASHBOARD.md.
 import { StrictMode, useCallback, useEffect, useRef, useState } from 'react';
 import { createRoot } from 'react-dom/client';
-import { EVENTS, ISSUES, STATS, VMS, VM_ROW_QUERY } from './documents.js';
-import { ActionButtons, HISTORY, Sparkline, StateBadge, mib } from './parts.jsx';
-import { auth, follow, journalHead, request, setToken, token } from './api.js';
-import { VmPage } from './VmPage.jsx';
+import { EVENTS, ISSUES, STATS, VMS, VM_ROW_QUERY, type VmRow } from './documents.ts';
+import { ActionButtons, HISTORY, Sparkline, StateBadge, latest, mib, type ActionResult, type Samples } from './parts.tsx';
+import { auth, follow, journalHead, request, setToken, token, type FollowState } from './api.ts';
+import { VmPage } from './VmPage.tsx';
+import type { ResultOf } from './graphql.ts';
 import './dashboard.css';
 
-function VmTable({ vms, stats, results, setResult }) {
+type Issue = ResultOf<typeof ISSUES>['coherenceIssues']['nodes'][number];
+
+interface VmTableProps {
+  vms: Map<string, VmRow>;
+  stats: Map<string, Samples>;
+  results: Map<string, ActionResult>;
+  setResult: (id: string, r: ActionResult) => void;
+}
+
+function VmTable({ vms, stats, results, setResult }: VmTableProps) {
   const rows = [...vms.values()].sort((a, b) => a.name.localeCompare(b.name));
   return (
     <table className="vms">
@@ -27,8 +37,8 @@ function VmTable({ vms, stats, results, setResult }) {
               <td><StateBadge state={vm.state} />{vm.stateReason && <div className="reason">{vm.stateReason}</div>}</td>
               <td>{vm.vcpus}</td>
               <td>{vm.memoryMib} MiB</td>
-              <td><Sparkline values={s?.cpu} max={100 * vm.vcpus} label="CPU %" /> {s && <small>{s.cpu.at(-1).toFixed(0)}%</small>}</td>
-              <td><Sparkline values={s?.mem} max={vm.memoryMib * 1048576 * 1.5} label="RSS" /> {s && <small>{mib(s.mem.at(-1))}</small>}</td>
+              <td><Sparkline values={s?.cpu} max={100 * vm.vcpus} label="CPU %" /> {s && <small>{latest(s.cpu).toFixed(0)}%</small>}</td>
+              <td><Sparkline values={s?.mem} max={vm.memoryMib * 1048576 * 1.5} label="RSS" /> {s && <small>{mib(latest(s.mem))}</small>}</td>
               <td><ActionButtons vm={vm} onResult={(r) => setResult(vm.id, r)} /></td>
               <td data-testid="result" className={result && !result.ok ? 'error' : ''}>{result?.text}</td>
             </tr>
@@ -39,9 +49,9 @@ function VmTable({ vms, stats, results, setResult }) {
   );
 }
 
-function Issues({ version }) {
-  const [issues, setIssues] = useState([]);
-  const [error, setError] = useState(null);
+function Issues({ version }: { version: number }) {
+  const [issues, setIssues] = useState<Issue[]>([]);
+  const [error, setError] = useState<string | null>(null);
   useEffect(() => {
     request(ISSUES).then((d) => { setIssues(d.coherenceIssues.nodes); setError(null); }, (e) => setError(e.message));
   }, [version]);
@@ -64,7 +74,7 @@ function Issues({ version }) {
   );
 }
 
-function TokenPrompt({ message }) {
+function TokenPrompt({ message }: { message: string }) {
   const [value, setValue] = useState('');
   return (
     <form className="token" onSubmit={(e) => { e.preventDefault(); setToken(value); }}>
@@ -75,7 +85,7 @@ function TokenPrompt({ message }) {
   );
 }
 
-function useRoute() {
+function useRoute(): { vm?: string } {
   const [hash, setHash] = useState(window.location.hash);
   useEffect(() => {
     const on = () => setHash(window.location.hash);
@@ -87,27 +97,27 @@ function useRoute() {
 }
 
 function App() {
-  const [vms, setVms] = useState(new Map());
-  const [stats, setStats] = useState(new Map());
-  const [results, setResults] = useState(new Map());
-  const [connection, setConnection] = useState('connecting');
+  const [vms, setVms] = useState(new Map<string, VmRow>());
+  const [stats, setStats] = useState(new Map<string, Samples>());
+  const [results, setResults] = useState(new Map<string, ActionResult>());
+  const [connection, setConnection] = useState<FollowState>('connecting');
   const [tick, setTick] = useState(0);
   const [issuesVersion, setIssuesVersion] = useState(0);
-  const [tokenNeeded, setTokenNeeded] = useState(null);
-  const [loadError, setLoadError] = useState(null);
+  const [tokenNeeded, setTokenNeeded] = useState<string | null>(null);
+  const [loadError, setLoadError] = useState<string | null>(null);
   const [session, setSession] = useState(0);
-  const last = useRef(null);
-  const route = useRoute();
+  const last = useRef<string | null>(null);
+  const { vm: vmId } = useRoute();
 
   useEffect(() => {
-    const needed = (e) => setTokenNeeded(e.detail);
+    const needed = (e: Event) => setTokenNeeded((e as CustomEvent<string>).detail);
     const changed = () => { setTokenNeeded(null); setSession((s) => s + 1); };
     auth.addEventListener('needed', needed);
     auth.addEventListener('changed', changed);
     return () => { auth.removeEventListener('needed', needed); auth.removeEventListener('changed', changed); };
   }, []);
 
-  const refetchVm = useCallback(async (id) => {
+  const refetchVm = useCallback(async (id: string) => {
     try {
       const { vm } = await request(VM_ROW_QUERY, { id });
       setVms((old) => {
@@ -130,7 +140,7 @@ function App() {
         setVms(new Map(list.nodes.map((vm) => [vm.id, vm])));
         setLoadError(null);
       } catch (e) {
-        setLoadError(e.message);
+        setLoadError((e as Error).message);
         return;
       }
       let wasDown = false;
@@ -161,7 +171,7 @@ function App() {
     });
   }, { again: true }), [session]);
 
-  const setResult = useCallback((id, r) => setResults((old) => new Map(old).set(id, r)), []);
+  const setResult = useCallback((id: string, r: ActionResult) => setResults((old) => new Map(old).set(id, r)), []);
 
   return (
     <>
@@ -178,8 +188,8 @@ function App() {
       {tokenNeeded !== null && <TokenPrompt message={tokenNeeded} />}
       {loadError && <p className="error">Could not load the VMs: {loadError} <button type="button" onClick={() => setSession((s) => s + 1)}>retry</button></p>}
       <main>
-        {route.vm ? (
-          <VmPage id={route.vm} tick={tick} vm={vms.get(route.vm)} stats={stats.get(route.vm)} result={results.get(route.vm)} setResult={(r) => setResult(route.vm, r)} />
+        {vmId ? (
+          <VmPage id={vmId} tick={tick} vm={vms.get(vmId)} stats={stats.get(vmId)} result={results.get(vmId)} setResult={(r) => setResult(vmId, r)} />
         ) : (
           <>
             <VmTable vms={vms} stats={stats} results={results} setResult={setResult} />
@@ -191,4 +201,4 @@ function App() {
   );
 }
 
-createRoot(document.getElementById('root')).render(<StrictMode><App /></StrictMode>);
+createRoot(document.getElementById('root')!).render(<StrictMode><App /></StrictMode>);
