@@ -194,9 +194,13 @@ impl App {
             config.database.busy_timeout,
             cancel.clone(),
         ));
-        let host_id = crate::cluster::register(&config, &bus)
-            .await
-            .map_err(|e| StartError::Host(e.to_string()))?;
+        let host_id = crate::cluster::register(&config, &bus).await.map_err(|e| {
+            StartError::Host(match e {
+                // Said in full: this stops the start, and nobody else will log it.
+                crate::error::ApiError::Internal(source) => source.to_string(),
+                other => other.to_string(),
+            })
+        })?;
         let ctx = Ctx {
             bus,
             db,

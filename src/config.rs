@@ -61,6 +61,10 @@ pub struct ClusterConfig {
     /// other nodes, and its VMs `UNKNOWN`.
     #[serde(with = "humantime_serde")]
     pub offline_after: Duration,
+    /// The URL of this node's `/graphql` as the other nodes reach it, where
+    /// they send the mutations for this host's VMs (default: from `listen`,
+    /// unless it is a wildcard address).
+    pub advertise_url: Option<String>,
 }
 
 /// Who may use the API (see `auth`).
@@ -370,6 +374,7 @@ impl Default for Config {
                 host_name: None,
                 heartbeat_interval: Duration::from_secs(2),
                 offline_after: Duration::from_secs(10),
+                advertise_url: None,
             },
             observer: ObserverConfig {
                 interval: Duration::from_secs(5),
@@ -703,6 +708,15 @@ impl Config {
                 "must be at least three heartbeat intervals (cluster.heartbeat_interval)",
             ));
         }
+        if let Some(url) = &self.cluster.advertise_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(bad(
+                "cluster.advertise_url",
+                url,
+                "must be an http:// or https:// URL of this node's /graphql",
+            ));
+        }
         if let Some(name) = &self.cluster.host_name
             && (name.is_empty()
                 || name.len() > 63
@@ -963,6 +977,17 @@ impl Config {
         } else {
             "http"
         }
+    }
+
+    /// Where the other nodes reach this node's `/graphql`:
+    /// `cluster.advertise_url`, or else `listen` unless it is a wildcard
+    /// address (or port 0) that says nothing to another machine.
+    pub fn advertise_url(&self) -> Option<String> {
+        if let Some(url) = &self.cluster.advertise_url {
+            return Some(url.clone());
+        }
+        (!self.listen.ip().is_unspecified() && self.listen.port() != 0)
+            .then(|| format!("{}://{}/graphql", self.scheme(), self.listen))
     }
 
     /// The websocket scheme that goes with [`Config::scheme`]: `wss` or `ws`.

@@ -123,7 +123,7 @@ pub enum Payload {
     CoherenceIssueResolved(Box<CoherenceIssue>),
     HostOnline {
         name: String,
-        /// The node's first registration (false: it came back).
+        /// The host is new, joining the others (false: it came back).
         registered: bool,
     },
     HostOffline {

@@ -138,7 +138,8 @@ pub enum EventKind {
     /// A drift is gone, or was repaired (the payload's `action` says which).
     #[sea_orm(string_value = "COHERENCE_ISSUE_RESOLVED")]
     CoherenceIssueResolved,
-    /// A host's node registered, or came back after it was offline.
+    /// A host's node joined the other hosts' (not for the first host), or
+    /// came back after it was offline.
     #[sea_orm(string_value = "HOST_ONLINE")]
     HostOnline,
     /// A host's node stopped heartbeating: its VMs are `UNKNOWN` until it is back.

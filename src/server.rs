@@ -87,6 +87,10 @@ async fn graphql(State(shared): State<Shared>, request: Request) -> Response {
         return auth::http::refusal_response(&auth::Refusal::Unauthenticated("no caller".into()));
     };
     let ctx = shared.app.ctx.acting_as(&principal.actor);
+    let request = match crate::cluster::route::forward_if_remote(&ctx, request).await {
+        Ok(request) => request,
+        Err(answered) => return answered,
+    };
     api::http::graphql_http_with(&shared.api, request, move |request| {
         request.data(principal).data(ctx)
     })

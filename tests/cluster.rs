@@ -14,8 +14,7 @@ use common::{
 };
 use serde_json::{Value, json};
 
-const EVENTS: &str =
-    "subscription($after: String) { events(after: $after) { sequence kind subjectId payload } }";
+const EVENTS: &str = "subscription($after: String) { events(after: $after) { sequence kind subjectId operationId payload } }";
 
 /// A second node (a dry run too) on `first`'s database.
 async fn second_node(
@@ -82,12 +81,29 @@ async fn gapless(ws: &mut WsClient, id: &str, after: i64, n: usize) -> Vec<Value
     seen
 }
 
+/// Makes VM `name` of template `t` through `server`, on host `host`.
+async fn create_on(server: &TestServer, name: &str, host: &str) -> String {
+    let data = server
+        .ok(
+            "mutation($n: String!, $h: ID!) { createVm(input: {name: $n, templateName: \"t\", hostId: $h}) { vm { id host { id } } } }",
+            json!({"n": name, "h": host}),
+        )
+        .await;
+    assert_eq!(data["createVm"]["vm"]["host"]["id"], host, "{data}");
+    data["createVm"]["vm"]["id"].as_str().unwrap().to_string()
+}
+
+fn name_of(server: &TestServer) -> String {
+    server.app.ctx.config.cluster.host_name.clone().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_list_both_hosts_and_each_sees_the_others_events_in_one_sequence() {
+async fn three_nodes_share_hosts_carry_each_others_mutations_and_see_every_event_in_one_sequence() {
     let a = TestServer::start_on(Backend::Postgres, |_| {}).await;
     let b = second_node(&a, |_| {}).await;
+    let c = second_node(&a, |_| {}).await;
 
-    // Both hosts, each node knows which is its own.
+    // Every host, each node knows which is its own.
     let hosts = a
         .ok(
             "{ hosts { id name state thisNode capabilities cpus } }",
@@ -95,8 +111,7 @@ async fn two_nodes_list_both_hosts_and_each_sees_the_others_events_in_one_sequen
         )
         .await;
     let hosts = hosts["hosts"].as_array().unwrap().clone();
-    assert_eq!(hosts.len(), 2, "{hosts:#?}");
-    let name_of = |server: &TestServer| server.app.ctx.config.cluster.host_name.clone().unwrap();
+    assert_eq!(hosts.len(), 3, "{hosts:#?}");
     for host in &hosts {
         assert_eq!(host["state"], "ONLINE");
         assert_eq!(host["capabilities"], json!(["dry-run"]));
@@ -105,8 +120,9 @@ async fn two_nodes_list_both_hosts_and_each_sees_the_others_events_in_one_sequen
     }
     let own = b.ok("{ host { name thisNode } }", json!({})).await;
     assert_eq!(own["host"]["name"], name_of(&b));
+    let [a_host, b_host] = [&a, &b].map(|n| n.app.ctx.host_id.to_string());
 
-    // A subscriber on A, from the head: what B and A do comes in one
+    // A subscriber on A, from the head: what each node does comes in one
     // sequence, without gaps, as it happens.
     let head: i64 = a.ok("{ journalHead }", json!({})).await["journalHead"]
         .as_str()
@@ -116,10 +132,19 @@ async fn two_nodes_list_both_hosts_and_each_sees_the_others_events_in_one_sequen
     let mut ws = WsClient::connect(&a.ws_url).await;
     ws.subscribe("e", EVENTS, json!({"after": head.to_string()}))
         .await;
-    b.create_template("t").await;
-    let on_b = b.create_vm("on-b", "t").await;
-    b.start_vm(&on_b).await;
-    let on_a = a.create_vm("on-a", "t").await;
+    c.create_template("t").await;
+    // Made through A on host B: B's node makes it.
+    let on_b = create_on(&a, "on-b", &b_host).await;
+    // Started through C: B's node starts it.
+    let started = c
+        .ok(
+            "mutation($id: ID!) { startVm(id: $id) { vm { state host { name } } operation { id } } }",
+            json!({"id": on_b}),
+        )
+        .await;
+    assert_eq!(started["startVm"]["vm"]["state"], "RUNNING");
+    assert_eq!(started["startVm"]["vm"]["host"]["name"], name_of(&b));
+    let on_a = create_on(&b, "on-a", &a_host).await;
     let events = gapless(&mut ws, "e", head, 7).await;
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(
@@ -136,9 +161,16 @@ async fn two_nodes_list_both_hosts_and_each_sees_the_others_events_in_one_sequen
     );
     assert_eq!(events[1]["subjectId"], on_b.as_str());
     assert_eq!(events[5]["subjectId"], on_a.as_str());
+    // The operation that started it is the one its answer named.
+    assert_eq!(events[4]["payload"]["to"], "RUNNING", "{:#}", events[4]);
+    assert_eq!(
+        events[4]["operationId"], started["startVm"]["operation"]["id"],
+        "{:#}",
+        events[4]
+    );
 
     // Each VM names its host, whichever node is asked.
-    for server in [&a, &b] {
+    for server in [&a, &b, &c] {
         for (vm, node) in [(&on_b, &b), (&on_a, &a)] {
             let data = server
                 .ok(
@@ -150,16 +182,32 @@ async fn two_nodes_list_both_hosts_and_each_sees_the_others_events_in_one_sequen
         }
     }
 
-    // A mutation for B's VM sent to A changes nothing and says where it runs.
-    refused_as_unavailable(&a, &on_b, &name_of(&b)).await;
-    assert_eq!(a.vm_state(&on_b).await, "RUNNING");
+    // A refusal through another node is the refusal B gives, word for word.
+    let again = "mutation($id: ID!) { startVm(id: $id) { vm { state } } }";
+    let through_a = a.post(again, json!({"id": on_b})).await;
+    let from_b = b.post(again, json!({"id": on_b})).await;
+    assert_eq!(through_a, from_b);
+    assert_eq!(
+        through_a["errors"][0]["extensions"]["code"],
+        "INVALID_STATE"
+    );
+
+    // Stopped through A.
+    let stopped = a
+        .ok(
+            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
+            json!({"id": on_b}),
+        )
+        .await;
+    assert_eq!(stopped["stopVm"]["vm"]["state"], "STOPPED");
 
     // The subscriber moves to B with the last sequence it saw, and misses
-    // nothing written meanwhile on either node.
-    let last = sequence(events.last().unwrap());
+    // nothing written meanwhile on any node.
+    let last = sequence(events.last().unwrap()) + 2; // the stop's two changes
+    gapless(&mut ws, "e", last - 2, 2).await;
     ws.close().await;
     a.create_template("while-away-a").await;
-    b.create_template("while-away-b").await;
+    c.create_template("while-away-c").await;
     let mut ws = WsClient::connect(&b.ws_url).await;
     ws.subscribe("e", EVENTS, json!({"after": last.to_string()}))
         .await;
@@ -168,7 +216,7 @@ async fn two_nodes_list_both_hosts_and_each_sees_the_others_events_in_one_sequen
         .iter()
         .map(|e| e["payload"]["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["while-away-a", "while-away-b"]);
+    assert_eq!(names, ["while-away-a", "while-away-c"]);
     let sent = std::time::Instant::now();
     a.create_template("live-on-a").await;
     let live = gapless(&mut ws, "e", last + 2, 1).await;
@@ -177,6 +225,81 @@ async fn two_nodes_list_both_hosts_and_each_sees_the_others_events_in_one_sequen
         "an event written on A reached a subscriber on B {:?} after the request",
         sent.elapsed()
     );
+}
+
+/// Two nodes send `startVm` for the same VM at the same moment, 50 times:
+/// each time one start happens, and the other is refused as a second start
+/// through the VM's own node would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_racing_to_start_one_vm_start_it_once_each_time() {
+    let a = TestServer::start_on(Backend::Postgres, |_| {}).await;
+    let b = second_node(&a, |_| {}).await;
+    a.create_template("t").await;
+    let vm = create_on(&a, "raced", &b.app.ctx.host_id).await;
+    let start = "mutation($id: ID!) { startVm(id: $id) { vm { state } } }";
+    for round in 0..50 {
+        let (x, y) = tokio::join!(
+            a.post(start, json!({"id": vm})),
+            b.post(start, json!({"id": vm}))
+        );
+        let started: Vec<&Value> = [&x, &y]
+            .into_iter()
+            .filter(|r| r["data"]["startVm"]["vm"]["state"] == "RUNNING")
+            .collect();
+        assert_eq!(started.len(), 1, "round {round}: {x}\n{y}");
+        let refused = if started[0] == &x { &y } else { &x };
+        let code = refused["errors"][0]["extensions"]["code"].as_str().unwrap();
+        assert!(
+            matches!(code, "INVALID_STATE" | "VM_BUSY"),
+            "round {round}: {refused}"
+        );
+        a.ok(
+            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    }
+    let starts = a
+        .journal()
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "VM_STATE_CHANGED" && e["payload"]["to"] == "STARTING")
+        .count();
+    assert_eq!(starts, 50);
+}
+
+/// A host whose node cannot be reached (it heartbeats, but its URL goes
+/// nowhere): a mutation for its VM is HOST_UNAVAILABLE, and nothing changed.
+#[tokio::test]
+async fn a_mutation_for_a_host_whose_node_does_not_answer_is_host_unavailable() {
+    let a = TestServer::start_on(Backend::Postgres, |_| {}).await;
+    let closed = common::free_port();
+    let b = second_node(&a, |c| {
+        c.cluster.advertise_url = Some(format!("http://127.0.0.1:{closed}/graphql"))
+    })
+    .await;
+    b.create_template("t").await;
+    let vm = create_on(&b, "cut-off", &b.app.ctx.host_id).await;
+    let before = a.snapshot().await;
+    let refused = a
+        .post(
+            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "HOST_UNAVAILABLE",
+        "{refused}"
+    );
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer"),
+        "{refused}"
+    );
+    assert_eq!(a.snapshot().await, before, "nothing changed");
+    assert_eq!(b.vm_state(&vm).await, "STOPPED");
 }
 
 #[tokio::test]
@@ -240,8 +363,8 @@ async fn a_node_that_stops_heartbeating_is_offline_and_its_vms_come_back_with_it
     let created = b
         .gql(
             &http,
-            "mutation { createVm(input: {name: \"on-b\", templateName: \"bare\"}) { vm { id } } }",
-            json!({}),
+            "mutation($h: ID!) { createVm(input: {name: \"on-b\", templateName: \"bare\", hostId: $h}) { vm { id } } }",
+            json!({"h": std::fs::read_to_string(data.join("host-id")).unwrap()}),
         )
         .await;
     let vm = created["createVm"]["vm"]["id"]

@@ -250,6 +250,7 @@ fn create_vm(name: &str) -> CreateVm {
         boot_order: None,
         cdrom_image_id: None,
         cloud_init: None,
+        host_id: None,
     }
 }
 

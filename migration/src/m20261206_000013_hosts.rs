@@ -19,6 +19,7 @@ impl MigrationTrait for Migration {
                 .col(string(Hosts::State))
                 .col(string_null(Hosts::StateReason))
                 .col(string(Hosts::Version))
+                .col(string_null(Hosts::ApiUrl))
                 .col(json(Hosts::Capabilities))
                 .col(integer(Hosts::Cpus))
                 .col(big_integer(Hosts::MemoryTotalBytes))
@@ -97,6 +98,7 @@ enum Hosts {
     State,
     StateReason,
     Version,
+    ApiUrl,
     Capabilities,
     Cpus,
     MemoryTotalBytes,

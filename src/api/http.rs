@@ -90,6 +90,24 @@ where
     response
 }
 
+/// The body of `request` read as [`graphql_http`] reads it (at most
+/// [`MAX_BODY_BYTES`]), with the request put back together around it; or
+/// the refusal `graphql_http` would answer with (`413`, `400`).
+pub async fn buffered(request: Request) -> Result<(Request, Bytes), Response> {
+    let (parts, body) = request.into_parts();
+    match read_body(&parts.headers, body).await {
+        Ok(bytes) => Ok((Request::from_parts(parts, Body::from(bytes.clone())), bytes)),
+        Err(rejection) => {
+            let media = negotiate(&parts.headers).unwrap_or(MediaType::Json);
+            let mut response = rejection.into_response(media);
+            response
+                .headers_mut()
+                .append(header::VARY, HeaderValue::from_static("accept"));
+            Err(response)
+        }
+    }
+}
+
 /// The two media types this endpoint can answer with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MediaType {

@@ -231,15 +231,29 @@ pub async fn revoke(
     .await
 }
 
+/// A write transaction of the command line's that holds SQLite's write lock
+/// from its start (`BEGIN IMMEDIATE`): a serving vman writes too (its
+/// heartbeat, every `cluster.heartbeat_interval`), and a transaction that
+/// began reading could not wait for the lock, only fail.
+async fn begin_write(
+    db: &sea_orm::DatabaseConnection,
+) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
+    use sea_orm::TransactionTrait;
+    db.begin_with_options(sea_orm::TransactionOptions {
+        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
+
 /// `vman token create`: like [`create`], for the command line, which has
 /// the database but no serving vman. Recorded as an operation of `local`.
 pub async fn create_local(
     db: &sea_orm::DatabaseConnection,
     new: &NewToken,
 ) -> ApiResult<(ApiToken, String)> {
-    use sea_orm::TransactionTrait;
     let id = uuid::Uuid::now_v7().to_string();
-    let txn = db.begin().await?;
+    let txn = begin_write(db).await?;
     let made = insert(&txn, &id, new, super::LOCAL).await?;
     crate::operation::record_done(
         &txn,
@@ -256,8 +270,7 @@ pub async fn create_local(
 /// `vman token revoke`: like [`revoke`], for the command line. A serving
 /// vman ends the token's websockets when it next checks (within a second).
 pub async fn revoke_local(db: &sea_orm::DatabaseConnection, name: &str) -> ApiResult<ApiToken> {
-    use sea_orm::TransactionTrait;
-    let txn = db.begin().await?;
+    let txn = begin_write(db).await?;
     let token = remove(&txn, name).await?;
     crate::operation::record_done(
         &txn,

@@ -20,6 +20,7 @@
 //! keep their clocks in step (NTP) to well within `offline_after`.
 
 pub mod graphql;
+pub mod route;
 
 use std::{path::Path, time::Duration};
 
@@ -51,6 +52,9 @@ pub mod model {
         pub state_reason: Option<String>,
         /// The vman version of its node.
         pub version: String,
+        /// Where the other nodes send its node the mutations for its VMs
+        /// (`cluster.advertise_url`); null: nowhere.
+        pub api_url: Option<String>,
         /// What its node can do, as a JSON list of names.
         pub capabilities: Json,
         pub cpus: i32,
@@ -190,6 +194,7 @@ pub async fn register(config: &Config, bus: &EventBus) -> ApiResult<String> {
     };
     row.name = Set(name.clone());
     row.version = Set(env!("CARGO_PKG_VERSION").to_string());
+    row.api_url = Set(config.advertise_url());
     row.capabilities = Set(serde_json::json!(capabilities(config)));
     row.state = Set(HostState::Online);
     row.state_reason = Set(None);
@@ -202,7 +207,15 @@ pub async fn register(config: &Config, bus: &EventBus) -> ApiResult<String> {
             row.insert(w.txn()).await?;
         }
     }
-    if known.as_ref().is_none_or(|h| h.state != HostState::Online) {
+    // A first host starts its journal empty; one that joins others, or
+    // comes back, is news to them.
+    let joins = known.is_none()
+        && model::Entity::find()
+            .filter(model::Column::Id.ne(&id))
+            .one(w.txn())
+            .await?
+            .is_some();
+    if joins || known.as_ref().is_some_and(|h| h.state != HostState::Online) {
         w.record(NewEvent::new(
             &id,
             None,
@@ -333,7 +346,9 @@ pub async fn mark_silent(ctx: &Ctx) -> ApiResult<Vec<String>> {
 /// until vman stops.
 pub fn spawn(ctx: Ctx) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(ctx.config.cluster.heartbeat_interval);
+        // `register` wrote the first one.
+        let every = ctx.config.cluster.heartbeat_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -359,28 +374,40 @@ pub fn spawn(ctx: Ctx) {
 }
 
 /// A mutation of `vm` may go on here: its host is this node's. A VM on an
-/// offline host, or on another node's host, is `HOST_UNAVAILABLE`.
+/// offline host, or on another node's host (a request that reached this
+/// node without being routed, over the websocket), is `HOST_UNAVAILABLE`.
 pub async fn check_local(ctx: &Ctx, vm: &vm::Vm) -> ApiResult<()> {
-    let Some(host_id) = vm.host_id.as_deref() else {
-        return Ok(());
-    };
+    match vm.host_id.as_deref() {
+        Some(host_id) => check_host(ctx, host_id).await.map_err(|e| match e {
+            ApiError::HostUnavailable(why) => {
+                ApiError::HostUnavailable(format!("VM {:?} is on {why}", vm.name))
+            }
+            other => other,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Something may be made or changed on host `host_id` here: it is this
+/// node's. Otherwise `HOST_UNAVAILABLE` (NOT_FOUND for no such host).
+pub async fn check_host(ctx: &Ctx, host_id: &str) -> ApiResult<()> {
     if host_id == &*ctx.host_id {
         return Ok(());
     }
     let host = model::Entity::find_by_id(host_id.to_string())
         .one(&ctx.db)
-        .await?;
-    Err(ApiError::HostUnavailable(match host {
-        Some(h) if h.state == HostState::Offline => format!(
-            "VM {:?} is on host {:?}, which is offline: {}",
-            vm.name,
-            h.name,
-            h.state_reason.unwrap_or_default()
+        .await?
+        .ok_or_else(|| ApiError::not_found("host", host_id))?;
+    Err(ApiError::HostUnavailable(match host.state {
+        HostState::Offline => format!(
+            "host {:?}, which is offline: {}",
+            host.name,
+            host.state_reason.unwrap_or_default()
         ),
-        Some(h) => format!(
-            "VM {:?} is on host {:?}: send the mutation to that host's node",
-            vm.name, h.name
+        HostState::Online => format!(
+            "host {:?}, whose node this request did not reach: send it to {}",
+            host.name,
+            host.api_url.as_deref().unwrap_or("that host's node")
         ),
-        None => format!("VM {:?} is on host {host_id}, which is not known", vm.name),
     }))
 }

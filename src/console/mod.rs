@@ -84,6 +84,8 @@ pub async fn watch(
         })
         .transpose()?;
     let vm = find_in::<model::Entity, _>(&ctx.db, "VM", &id).await?;
+    // The console is its host's: on another node's, say where.
+    crate::cluster::check_local(ctx, &vm).await?;
     let start = |end: u64| -> ApiResult<u64> {
         match after {
             Some(after) if after > end => Err(ApiError::bad_input(format!(
@@ -152,6 +154,7 @@ pub struct InputSent {
 pub async fn send_input(ctx: &Ctx, vm_id: &str, bytes: Vec<u8>) -> ApiResult<InputSent> {
     let id = validate::id("vmId", vm_id)?;
     let vm = find_in::<model::Entity, _>(&ctx.db, "VM", &id).await?;
+    crate::cluster::check_local(ctx, &vm).await?;
     if !matches!(vm.state, VmState::Running | VmState::Paused) {
         return Err(ApiError::InvalidState(format!(
             "cannot send console input to VM {:?}: it is {}",

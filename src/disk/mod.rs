@@ -152,6 +152,7 @@ pub async fn attach(
     let _disk_guard = app.locks.lock(&disk_id, &op_id, kind).await?;
     let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk_id).await?;
     let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &vm_id).await?;
+    crate::cluster::check_local(app, &vm).await?;
     if disk.attachment != Attachment::Detached {
         return Err(ApiError::Conflict(format!(
             "disk {:?} is already attached",
@@ -209,6 +210,7 @@ pub async fn detach(app: &Ctx, disk_id: &str, dry_run: bool) -> ApiResult<Change
     let _vm_guard = app.locks.lock(&vm_id, &op_id, kind).await?;
     let _disk_guard = app.locks.lock(&disk.id, &op_id, kind).await?;
     let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &vm_id).await?;
+    crate::cluster::check_local(app, &vm).await?;
     let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk.id).await?;
     if disk.attachment != Attachment::Attached || disk.vm_id.as_deref() != Some(vm.id.as_str()) {
         return Err(ApiError::Conflict(format!(
@@ -400,6 +402,7 @@ pub async fn resize(
     let running_vm = match &disk.vm_id {
         Some(vm_id) => {
             let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", vm_id).await?;
+            crate::cluster::check_local(app, &vm).await?;
             match vm::plug(&vm, "resize a disk of")? {
                 Plug::Hot => Some(vm.id),
                 Plug::Cold => None,

@@ -238,6 +238,7 @@ pub async fn attach(app: &Ctx, input: AttachNic, dry_run: bool) -> ApiResult<Cha
     let kind = OperationKind::AttachNic;
     let _vm_guard = app.locks.lock(&vm_id, &op_id, kind).await?;
     let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &vm_id).await?;
+    crate::cluster::check_local(app, &vm).await?;
     let network = find_in::<model::Entity, _>(&app.db, "network", &network_id).await?;
     let hot = vm::plug(&vm, "attach a NIC to")? == Plug::Hot;
     let existing = model::nic::Entity::find()
@@ -342,6 +343,7 @@ pub async fn detach(app: &Ctx, nic_id: &str, dry_run: bool) -> ApiResult<Change<
         )));
     }
     let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &nic.vm_id).await?;
+    crate::cluster::check_local(app, &vm).await?;
     let network = find_in::<model::Entity, _>(&app.db, "network", &nic.network_id).await?;
     let hot = vm::plug(&vm, "detach a NIC from")? == Plug::Hot;
     let nic_spec = spec(&nic, &network);

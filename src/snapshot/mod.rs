@@ -131,6 +131,7 @@ pub async fn create(
     let kind = OperationKind::CreateSnapshot;
     let _guard = app.locks.lock(&vm_id, &op_id, kind).await?;
     let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &vm_id).await?;
+    crate::cluster::check_local(app, &vm).await?;
     ensure_name_free(&app.db, &vm, name).await?;
     let running_vm = running_vm(&vm, "snapshot")?;
     if with_memory && running_vm.is_none() {
@@ -331,6 +332,7 @@ pub async fn restore(app: &Ctx, id: &str, dry_run: bool) -> ApiResult<Change<Sna
     let _guard = app.locks.lock(&snapshot.vm_id, &op_id, kind).await?;
     let snapshot = find_in::<model::Entity, _>(&app.db, "snapshot", &snapshot.id).await?;
     let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &snapshot.vm_id).await?;
+    crate::cluster::check_local(app, &vm).await?;
     let running_vm = running_vm(&vm, "restore a snapshot of")?;
     let disks = snapshot_disks(app, &vm).await?;
     ensure_same_disks(&snapshot, &vm, &disks)?;
@@ -411,6 +413,7 @@ pub async fn delete(app: &Ctx, id: &str, dry_run: bool) -> ApiResult<Change<Snap
     let _guard = app.locks.lock(&snapshot.vm_id, &op_id, kind).await?;
     let snapshot = find_in::<model::Entity, _>(&app.db, "snapshot", &snapshot.id).await?;
     let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &snapshot.vm_id).await?;
+    crate::cluster::check_local(app, &vm).await?;
     let running_vm = running_vm(&vm, "delete a snapshot of")?;
     let covered = snapshot.disks();
     let disks: Vec<disk::Disk> = disk::model::Entity::find()

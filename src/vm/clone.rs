@@ -90,6 +90,7 @@ pub async fn clone(
     let kind = OperationKind::CloneVm;
     let guard = app.locks.lock(&source_id, &op_id, kind).await?;
     let source = find_in::<model::Entity, _>(&app.db, "VM", &source_id).await?;
+    crate::cluster::check_local(app, &source).await?;
     if source.state != VmState::Stopped {
         return Err(ApiError::InvalidState(format!(
             "cannot clone VM {:?}: it is {}; stop it first (a clone is made of a STOPPED VM)",

@@ -192,6 +192,9 @@ pub struct CreateVmInput {
     /// cloud-init NoCloud data: a seed volume labelled `cidata`, attached
     /// read-only, that the guest's cloud-init reads at boot.
     pub cloud_init: Option<CloudInitInput>,
+    /// The host to make it on (`hosts`): the request goes to that host's
+    /// node. Without it, the online host with the most memory available.
+    pub host_id: Option<ID>,
 }
 
 /// cloud-init NoCloud data (see `Vm.cloudInit`).
@@ -460,6 +463,7 @@ impl VmMutation {
             boot_order: input.boot_order,
             cdrom_image_id: input.cdrom_image_id.map(|i| i.0),
             cloud_init: input.cloud_init.map(Into::into),
+            host_id: input.host_id.map(|i| i.0),
         };
         Ok(super::create(api::services(ctx), input, dry_run)
             .await

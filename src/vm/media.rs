@@ -78,6 +78,7 @@ pub async fn set_cdrom(ctx: &Ctx, vm_id: &str, image_id: Option<&str>) -> ApiRes
     };
     let _guard = ctx.locks.lock(&vm_id, &op_id, kind).await?;
     let vm = find_in::<model::Entity, _>(&ctx.db, "VM", &vm_id).await?;
+    crate::cluster::check_local(ctx, &vm).await?;
     let plug = super::plug(&vm, "change the CD-ROM of")?;
     let medium_id = medium.as_ref().map(|m| m.id.clone());
     // What undoing a live change puts back: the medium it had.

@@ -154,6 +154,8 @@ pub struct CreateVm {
     pub boot_order: Option<Vec<crate::host::BootDevice>>,
     /// An ISO image for its CD-ROM drive.
     pub cdrom_image_id: Option<String>,
+    /// The host to make it on: this node's (none means this node's).
+    pub host_id: Option<String>,
 }
 
 pub fn run_dir(app: &Ctx, vm_id: &str) -> PathBuf {
@@ -167,6 +169,9 @@ fn root_disk_name(vm_name: &str) -> String {
 pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Change<Vm>> {
     let limits = &app.config.limits;
     validate::name("name", &input.name)?;
+    if let Some(host_id) = &input.host_id {
+        crate::cluster::check_host(app, host_id).await?;
+    }
     let template = match (&input.template_id, &input.template_name) {
         (None, None) => None,
         (id, name) => Some(

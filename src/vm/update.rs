@@ -193,6 +193,7 @@ pub async fn update(ctx: &Ctx, id: &str, input: UpdateVm) -> ApiResult<Change<Vm
     let op_id = operation::new_id();
     let _guard = ctx.locks.lock(&id, &op_id, OperationKind::UpdateVm).await?;
     let vm = find_in::<model::Entity, _>(&ctx.db, "VM", &id).await?;
+    crate::cluster::check_local(ctx, &vm).await?;
     if let Some(name) = input.name.as_ref().filter(|name| **name != vm.name) {
         ensure_vm_name_free(&ctx.db, name).await?;
     }
@@ -289,6 +290,7 @@ async fn update_pending(
     let op_id = operation::new_id();
     let _guard = ctx.locks.lock(&id, &op_id, OperationKind::UpdateVm).await?;
     let vm = find_in::<model::Entity, _>(&ctx.db, "VM", &id).await?;
+    crate::cluster::check_local(ctx, &vm).await?;
     let before = Pending::of(&vm);
     let after = new(&before);
     let request = Request::with_id(op_id, OperationKind::UpdateVm, SubjectType::Vm, &vm.id);

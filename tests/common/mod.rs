@@ -81,12 +81,17 @@ impl TestServer {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
         adjust(&mut config);
-        let app = App::start(config).await.expect("app starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().unwrap();
-        let (http, ws) = (app.ctx.config.scheme(), app.ctx.config.ws_scheme());
+        let (http, ws) = (config.scheme(), config.ws_scheme());
+        // Where the other nodes on its database send the mutations for its VMs.
+        config
+            .cluster
+            .advertise_url
+            .get_or_insert_with(|| format!("{http}://{addr}/graphql"));
+        let app = App::start(config).await.expect("app starts");
         let serving = tokio::spawn(vman::server::serve_on(app.clone(), listener));
         TestServer {
             app,

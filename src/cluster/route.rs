@@ -1,0 +1,372 @@
+//! Any node accepts any mutation: one for a VM on another host is carried
+//! out by that host's node, and the caller gets that node's answer as it is.
+//!
+//! A POST to `/graphql` whose document is a mutation is looked at before it
+//! runs: each root field names what it acts on (a VM by ID or name, a disk,
+//! a NIC, a snapshot, an operation; `createVm` a host, or is placed on the
+//! online host with the most memory available), and from that the host.
+//! When every root field's host is one other online host, the request (its
+//! body and its `Authorization`, `Content-Type` and `Accept` headers) is
+//! sent to that host's node (`Host.apiUrl`) with `vman-forwarded-by`, and
+//! its response (status, body) is the answer. The tokens are in the shared
+//! database, so the other node authenticates the caller itself: no cluster
+//! credential, and each node checks roles as for its own callers.
+//!
+//! Root fields for several hosts are refused whole (`HOST_UNAVAILABLE`,
+//! nothing done). Everything else runs here: queries; a mutation of this
+//! host, or of nothing that is a host's (templates, networks, images,
+//! tokens); one whose host is offline, unknown or without an URL (the
+//! resolvers refuse it with `HOST_UNAVAILABLE`); a request forwarded already
+//! (no loops); and mutations over the websocket (refused alike).
+
+use std::{collections::BTreeSet, sync::OnceLock, time::Duration};
+
+use async_graphql::{
+    Name, Variables,
+    parser::types::{DocumentOperations, OperationType, Selection},
+};
+use axum::{
+    body::{Body, Bytes},
+    extract::Request,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::Response,
+};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
+use super::{Host, HostState, model};
+use crate::{context::Ctx, error::ApiError};
+
+/// The header a forwarded request carries: the forwarding node's host ID.
+pub const FORWARDED_BY: &str = "vman-forwarded-by";
+
+/// How long a node waits for the other node to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a request runs.
+#[derive(Debug)]
+pub enum Route {
+    Here,
+    To(Box<Host>),
+    /// Root fields for several hosts: refused whole, nothing done.
+    Spans(Vec<String>),
+}
+
+/// Sends `request` to the node of the host it is for, when that is another
+/// host's: `Err` is then the answer. Otherwise gives the request back.
+pub async fn forward_if_remote(ctx: &Ctx, request: Request) -> Result<Request, Response> {
+    if request.method() != axum::http::Method::POST || request.headers().contains_key(FORWARDED_BY)
+    {
+        return Ok(request);
+    }
+    let (request, body) = crate::api::http::buffered(request).await?;
+    match route(ctx, &body).await {
+        Route::Here => Ok(request),
+        Route::To(host) => Err(forward(ctx, &host, request.headers(), body).await),
+        Route::Spans(hosts) => Err(unavailable(
+            request.headers(),
+            &format!(
+                "this request's mutations are for several hosts ({}): send each host's in a request of its own; nothing was done",
+                hosts.join(", ")
+            ),
+        )),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Body_ {
+    query: String,
+    #[serde(default)]
+    variables: Option<serde_json::Value>,
+    #[serde(default)]
+    operation_name: Option<String>,
+}
+
+/// Where the request in `body` (a GraphQL POST body) runs.
+pub async fn route(ctx: &Ctx, body: &[u8]) -> Route {
+    // A mutation's document has the word; the reads never pay for more.
+    if !body.windows(8).any(|w| w == b"mutation") {
+        return Route::Here;
+    }
+    let Ok(request) = serde_json::from_slice::<Body_>(body) else {
+        return Route::Here;
+    };
+    // A document beyond a limit is refused here, before it is parsed.
+    if crate::api::limits::scan(&request.query, &ctx.config.graphql).is_err() {
+        return Route::Here;
+    }
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+        return Route::Here;
+    };
+    let operation = match (&document.operations, request.operation_name.as_deref()) {
+        (DocumentOperations::Single(operation), _) => operation,
+        (DocumentOperations::Multiple(operations), Some(name)) => match operations.get(name) {
+            Some(operation) => operation,
+            None => return Route::Here,
+        },
+        (DocumentOperations::Multiple(_), None) => return Route::Here,
+    };
+    if operation.node.ty != OperationType::Mutation {
+        return Route::Here;
+    }
+    let variables = Variables::from_json(request.variables.unwrap_or_default());
+    let mut hosts = BTreeSet::new();
+    for selection in &operation.node.selection_set.node.items {
+        // Fragments at a mutation's root are left to this node.
+        let Selection::Field(field) = &selection.node else {
+            return Route::Here;
+        };
+        let field = &field.node;
+        let mut args = serde_json::Map::new();
+        for (name, value) in &field.arguments {
+            let Ok(value) = value
+                .node
+                .clone()
+                .into_const_with(|var: Name| variables.get(&var).cloned().ok_or(()))
+            else {
+                return Route::Here;
+            };
+            let Ok(value) = value.into_json() else {
+                return Route::Here;
+            };
+            args.insert(name.node.to_string(), value);
+        }
+        match host_of(ctx, field.name.node.as_str(), &args).await {
+            Ok(Some(host)) => hosts.insert(host),
+            // Templates, networks, images, tokens: the cluster's, done anywhere.
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "routing a mutation: finding its host");
+                return Route::Here;
+            }
+        };
+    }
+    if hosts.len() > 1 {
+        let names = model::Entity::find()
+            .filter(model::Column::Id.is_in(hosts.iter().cloned()))
+            .order_by_asc(model::Column::Name)
+            .all(&ctx.db)
+            .await
+            .map(|found| found.into_iter().map(|h| h.name).collect())
+            .unwrap_or_else(|_| hosts.into_iter().collect());
+        return Route::Spans(names);
+    }
+    let Some(host_id) = hosts.pop_first() else {
+        return Route::Here;
+    };
+    if host_id == *ctx.host_id {
+        return Route::Here;
+    }
+    match model::Entity::find_by_id(host_id).one(&ctx.db).await {
+        Ok(Some(host)) if host.state == HostState::Online && host.api_url.is_some() => {
+            Route::To(Box::new(host))
+        }
+        // The resolvers say why not, with their codes.
+        Ok(_) => Route::Here,
+        Err(e) => {
+            tracing::warn!(error = %e, "routing a mutation: reading its host");
+            Route::Here
+        }
+    }
+}
+
+/// A string argument.
+fn arg<'a>(args: &'a serde_json::Map<String, serde_json::Value>, name: &str) -> Option<&'a str> {
+    args.get(name).and_then(|v| v.as_str())
+}
+
+/// The host a root mutation field acts on; None: nothing that belongs to a
+/// host, or nothing found (the resolver says so).
+async fn host_of(
+    ctx: &Ctx,
+    field: &str,
+    args: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<String>, ApiError> {
+    use crate::vm::model::{Column as VmColumn, Entity as Vms};
+    let vm_host =
+        async |id: Option<&str>, name: Option<&str>| -> Result<Option<String>, ApiError> {
+            let vm = match (id, name) {
+                (Some(id), _) => Vms::find_by_id(id.to_string()).one(&ctx.db).await?,
+                (None, Some(name)) => {
+                    Vms::find()
+                        .filter(VmColumn::Name.eq(name))
+                        .one(&ctx.db)
+                        .await?
+                }
+                (None, None) => None,
+            };
+            Ok(vm.and_then(|vm| vm.host_id))
+        };
+    let of_vm_id = async |vm_id: Option<String>| vm_host(vm_id.as_deref(), None).await;
+    match field {
+        "createVm" => match args.get("input").and_then(|i| i.get("hostId")) {
+            Some(serde_json::Value::String(host)) => Ok(Some(host.clone())),
+            _ => Ok(place(ctx).await?),
+        },
+        "updateVm"
+        | "attachCdrom"
+        | "ejectCdrom"
+        | "clearPendingChanges"
+        | "startVm"
+        | "stopVm"
+        | "restartVm"
+        | "pauseVm"
+        | "resumeVm"
+        | "deleteVm" => vm_host(arg(args, "id"), arg(args, "name")).await,
+        "cloneVm" => vm_host(arg(args, "id"), arg(args, "sourceName")).await,
+        "attachDisk" | "attachNic" | "createSnapshot" | "sendConsoleInput" => {
+            vm_host(arg(args, "vmId"), arg(args, "vmName")).await
+        }
+        "detachDisk" | "resizeDisk" | "deleteDisk" => {
+            use crate::disk::model::{Column, Entity};
+            let (id, name) = match field {
+                "deleteDisk" => (arg(args, "id"), arg(args, "name")),
+                _ => (arg(args, "diskId"), arg(args, "diskName")),
+            };
+            let disk = match (id, name) {
+                (Some(id), _) => Entity::find_by_id(id.to_string()).one(&ctx.db).await?,
+                (None, Some(name)) => {
+                    Entity::find()
+                        .filter(Column::Name.eq(name))
+                        .one(&ctx.db)
+                        .await?
+                }
+                (None, None) => None,
+            };
+            of_vm_id(disk.and_then(|d| d.vm_id)).await
+        }
+        "detachNic" => {
+            let nic = match arg(args, "nicId") {
+                Some(id) => {
+                    crate::network::model::nic::Entity::find_by_id(id.to_string())
+                        .one(&ctx.db)
+                        .await?
+                }
+                None => None,
+            };
+            of_vm_id(nic.map(|n| n.vm_id)).await
+        }
+        "restoreSnapshot" | "deleteSnapshot" => {
+            let snapshot = match arg(args, "id") {
+                Some(id) => {
+                    crate::snapshot::model::Entity::find_by_id(id.to_string())
+                        .one(&ctx.db)
+                        .await?
+                }
+                None => None,
+            };
+            of_vm_id(snapshot.map(|s| s.vm_id)).await
+        }
+        "cancelOperation" => match arg(args, "id") {
+            Some(id) => Ok(crate::operation::model::Entity::find_by_id(id.to_string())
+                .one(&ctx.db)
+                .await?
+                .and_then(|op| op.host_id)),
+            None => Ok(None),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// Where a new VM goes without a `hostId`: the online host with the most
+/// memory available (this node's when it has as much).
+async fn place(ctx: &Ctx) -> Result<Option<String>, ApiError> {
+    let hosts = model::Entity::find()
+        .filter(model::Column::State.eq(HostState::Online))
+        .filter(model::Column::ApiUrl.is_not_null())
+        .order_by_desc(model::Column::MemoryAvailableBytes)
+        .all(&ctx.db)
+        .await?;
+    let best = hosts.first().map(|h| h.memory_available_bytes);
+    Ok(hosts
+        .iter()
+        .filter(|h| Some(h.memory_available_bytes) == best)
+        .find(|h| h.id == *ctx.host_id)
+        .or(hosts.first())
+        .map(|h| h.id.clone()))
+}
+
+/// One client for every forward: its connections are kept.
+fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .expect("an HTTP client")
+    })
+}
+
+/// Sends the request to `host`'s node and gives back its answer; a node
+/// that cannot be reached is `HOST_UNAVAILABLE`, having changed nothing
+/// here (and, if it never got the request, nothing there).
+async fn forward(ctx: &Ctx, host: &Host, headers: &HeaderMap, body: Bytes) -> Response {
+    let url = host.api_url.clone().unwrap_or_default();
+    // As long as the slowest mutation may take there: a graceful stop.
+    let timeout = ctx.config.qemu.stop_timeout * 2 + Duration::from_secs(30);
+    let mut outgoing = client()
+        .post(&url)
+        .timeout(timeout)
+        .header(FORWARDED_BY, &*ctx.host_id)
+        .body(body);
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT] {
+        for value in headers.get_all(&name) {
+            outgoing = outgoing.header(&name, value);
+        }
+    }
+    let started = std::time::Instant::now();
+    let answered = async {
+        let response = outgoing.send().await?;
+        let status = response.status();
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let body = response.bytes().await?;
+        Ok::<_, reqwest::Error>((status, content_type, body))
+    }
+    .await;
+    match answered {
+        Ok((status, content_type, body)) => {
+            tracing::debug!(host = %host.name, %status, elapsed_ms = started.elapsed().as_millis() as u64, "carried a mutation to its host's node");
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() =
+                StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            if let Some(content_type) = content_type
+                && let Ok(value) = HeaderValue::from_bytes(content_type.as_bytes())
+            {
+                response.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
+            response
+        }
+        Err(e) => {
+            tracing::warn!(host = %host.name, %url, error = %e, "the node of a mutation's host did not answer");
+            unavailable(
+                headers,
+                &format!(
+                    "the node of host {:?} ({url}) did not answer: {e}; it may not have carried out the mutation (see its operations)",
+                    host.name
+                ),
+            )
+        }
+    }
+}
+
+/// A GraphQL response with one `HOST_UNAVAILABLE` error and no data.
+fn unavailable(headers: &HeaderMap, message: &str) -> Response {
+    let graphql_json = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/graphql-response+json"));
+    let content_type = match graphql_json {
+        true => "application/graphql-response+json; charset=utf-8",
+        false => "application/json; charset=utf-8",
+    };
+    let body = serde_json::json!({
+        "data": null,
+        "errors": [{"message": message, "extensions": {"code": "HOST_UNAVAILABLE"}}],
+    });
+    let mut response = Response::new(Body::from(body.to_string()));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
