@@ -125,10 +125,26 @@ impl api::ws::Gate for WsGate {
             let mut data = async_graphql::Data::default();
             data.insert(app.ctx.acting_as(&admission.principal.actor));
             data.insert(admission.principal.clone());
+            // Shared subscriptions read the journal and the rows it names;
+            // what they resolve depends on the role alone (the guard's one
+            // check), never on the token: they run as the role, no one's
+            // actor, so no connection's identity reaches another.
+            let role = admission.principal.role;
+            let mut shared = async_graphql::Data::default();
+            shared.insert(Principal {
+                actor: format!("{} subscribers", role.as_str()),
+                role,
+                token_id: None,
+                expires_at: None,
+            });
             Ok(api::ws::Admitted {
                 data,
                 ends: admission.ends.clone(),
                 hold: Box::new(admission),
+                sharing: Some(api::ws::Sharing {
+                    key: role.as_str().into(),
+                    data: shared,
+                }),
             })
         })
     }
