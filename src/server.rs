@@ -206,10 +206,23 @@ pub async fn serve_on(app: Arc<App>, listener: tokio::net::TcpListener) -> std::
                 .await
         }
         None => {
-            axum::serve(listener, router)
+            use axum::serve::ListenerExt;
+            axum::serve(listener.tap_io(|stream| no_delay(stream)), router)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
+    }
+}
+
+/// Turns Nagle's algorithm off for an accepted connection. With it on, a
+/// small write (a websocket message, an answer) that follows another one not
+/// yet acknowledged waits for the acknowledgement, which a client that
+/// delays its ACKs sends up to 40 ms later: in `benches/api.rs`, one state
+/// change in 20 reached a lone websocket subscriber 40 ms late (p99 43 ms,
+/// 9 ms without Nagle; docs/BENCHMARKS.md, issue 22).
+pub(crate) fn no_delay(stream: &tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "setting TCP_NODELAY on a connection failed");
     }
 }
 
