@@ -145,8 +145,8 @@ impl Vman {
             .sum()
     }
 
-    /// vman's CPU time (user and system) so far.
-    fn cpu(&self) -> Duration {
+    /// vman's CPU time so far: in user space, in the kernel.
+    fn cpu(&self) -> (Duration, Duration) {
         let stat =
             std::fs::read_to_string(format!("/proc/{}/stat", self.process.child.id())).unwrap();
         // After the command name in parentheses: utime and stime are the
@@ -154,9 +154,10 @@ impl Vman {
         let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
             .split_whitespace()
             .collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
         let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        Duration::from_millis(ticks * 1000 / per_second)
+        let time =
+            |field: &str| Duration::from_millis(field.parse::<u64>().unwrap() * 1000 / per_second);
+        (time(fields[11]), time(fields[12]))
     }
 
     /// vman's resident memory, in MiB.
@@ -373,7 +374,16 @@ async fn subscribers(args: &Args, vman: &Vman) {
             }
             lasts.push(started.elapsed());
         }
-        let cpu = (vman.cpu() - cpu) / ROUNDS as u32;
+        let (user, system) = vman.cpu();
+        let (user, system) = (
+            (user - cpu.0) / ROUNDS as u32,
+            (system - cpu.1) / ROUNDS as u32,
+        );
+        let cpu = format!(
+            "vman's CPU {:.1} + {:.1} ms (user + kernel) a change",
+            user.as_secs_f64() * 1000.0,
+            system.as_secs_f64() * 1000.0
+        );
         lasts.sort();
         let (p50, p99) = (percentile(&lasts, 0.5), percentile(&lasts, 0.99));
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -381,19 +391,17 @@ async fn subscribers(args: &Args, vman: &Vman) {
         match floor {
             None => {
                 println!(
-                    "  {what:<44} p50 {:>6.2} ms, p99 {:>6.2} ms (the floor); vman's CPU {:.1} ms a change",
+                    "  {what:<44} p50 {:>6.2} ms, p99 {:>6.2} ms (the floor); {cpu}",
                     ms(p50),
                     ms(p99),
-                    ms(cpu)
                 );
                 floor = Some(p50);
             }
             Some(floor) => println!(
-                "  {what:<44} p50 {:>6.2} ms, p99 {:>6.2} ms   ({:.1}x the floor's p50); vman's CPU {:.1} ms a change",
+                "  {what:<44} p50 {:>6.2} ms, p99 {:>6.2} ms   ({:.1}x the floor's p50); {cpu}",
                 ms(p50),
                 ms(p99),
                 p50.as_secs_f64() / floor.as_secs_f64(),
-                ms(cpu)
             ),
         }
         for client in clients {
