@@ -218,8 +218,8 @@ pub async fn serve_on(app: Arc<App>, listener: tokio::net::TcpListener) -> std::
 /// small write (a websocket message, an answer) that follows another one not
 /// yet acknowledged waits for the acknowledgement, which a client that
 /// delays its ACKs sends up to 40 ms later: in `benches/api.rs`, one state
-/// change in 20 reached a lone websocket subscriber 40 ms late (p99 43 ms,
-/// 9 ms without Nagle; docs/BENCHMARKS.md, issue 22).
+/// change in 20 reached a lone websocket subscriber 40 ms late (p99 43–46
+/// ms, 9–17 ms without Nagle; docs/BENCHMARKS.md, issue 22).
 pub(crate) fn no_delay(stream: &tokio::net::TcpStream) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "setting TCP_NODELAY on a connection failed");
