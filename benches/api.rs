@@ -8,7 +8,8 @@
 //! (the last 100 with NICs, 100 RUNNING, each tagged `rack-<i % 100>`) and
 //! measures again; between the two, 1,000 websocket subscribers of one
 //! VM's state (`--subscribers`) time a state change to the last of them,
-//! beside one subscriber. The load comes from `wrk` (Debian's package; see
+//! beside one subscriber; then one subscriber that never reads sits through
+//! 2 × 10,000 state changes. The load comes from `wrk` (Debian's package; see
 //! scripts/install-deps.sh), a process of its own, with 8 connections over
 //! 2 threads unless told otherwise. It prints vman's RSS idle and after each
 //! part.
@@ -16,7 +17,9 @@
 //! `cargo bench --bench api` (add `-- --seconds N` per figure, default 5;
 //! `--connections N`; `--threads N` for wrk; `--vms N` for the large part,
 //! default 10000; `--subscribers N` for the websocket part, default 1000;
-//! `--vman PATH` to measure another build).
+//! `--vman PATH` to measure another build; `--against PATH` to measure a
+//! second build after it, in the same run; `--only PARTS` for some of the
+//! parts `reads`, `subscribers`, `stalled`, `large`, comma-separated).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -28,10 +31,13 @@ use std::{
 };
 
 use common::{VmanProcess, WsClient};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 
 struct Args {
     vman: PathBuf,
+    against: Option<PathBuf>,
+    parts: Vec<String>,
     seconds: u32,
     connections: u32,
     threads: u32,
@@ -60,12 +66,30 @@ impl Args {
             vman: value("--vman")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| env!("CARGO_BIN_EXE_vman").into()),
+            against: value("--against").map(PathBuf::from),
+            parts: value("--only")
+                .unwrap_or_else(|| PARTS.join(","))
+                .split(',')
+                .map(|part| {
+                    assert!(PARTS.contains(&part), "--only takes some of {PARTS:?}");
+                    part.to_string()
+                })
+                .collect(),
             seconds: number("--seconds", 5),
             connections: number("--connections", 8),
             threads: number("--threads", 2),
             vms: number("--vms", 10_000) as usize,
             subscribers: number("--subscribers", 1_000) as usize,
         }
+    }
+}
+
+/// What `--only` chooses from, in the order they run.
+const PARTS: [&str; 4] = ["reads", "subscribers", "stalled", "large"];
+
+impl Args {
+    fn runs(&self, part: &str) -> bool {
+        self.parts.iter().any(|p| p == part)
     }
 }
 
@@ -102,6 +126,38 @@ impl Vman {
     /// Runs an operation that must succeed; its `data`.
     async fn ok(&self, query: &str, variables: Value) -> Value {
         self.process.gql(&self.http, query, variables).await
+    }
+
+    /// A counter or gauge from `/metrics` (0 when absent).
+    async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url.replace("/graphql", "/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter_map(|line| line.strip_prefix(name))
+            .filter_map(|rest| rest.trim().parse::<f64>().ok())
+            .sum()
+    }
+
+    /// vman's CPU time so far: in user space, in the kernel.
+    fn cpu(&self) -> (Duration, Duration) {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.process.child.id())).unwrap();
+        // After the command name in parentheses: utime and stime are the
+        // 12th and 13th fields, in clock ticks.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        let time =
+            |field: &str| Duration::from_millis(field.parse::<u64>().unwrap() * 1000 / per_second);
+        (time(fields[11]), time(fields[12]))
     }
 
     /// vman's resident memory, in MiB.
@@ -299,6 +355,7 @@ async fn subscribers(args: &Args, vman: &Vman) {
             clients.push(client);
         }
         let mut lasts = Vec::with_capacity(ROUNDS);
+        let cpu = vman.cpu();
         for round in 0..ROUNDS {
             let (mutation, to) = match round % 2 {
                 0 => (
@@ -317,6 +374,16 @@ async fn subscribers(args: &Args, vman: &Vman) {
             }
             lasts.push(started.elapsed());
         }
+        let (user, system) = vman.cpu();
+        let (user, system) = (
+            (user - cpu.0) / ROUNDS as u32,
+            (system - cpu.1) / ROUNDS as u32,
+        );
+        let cpu = format!(
+            "vman's CPU {:.1} + {:.1} ms (user + kernel) a change",
+            user.as_secs_f64() * 1000.0,
+            system.as_secs_f64() * 1000.0
+        );
         lasts.sort();
         let (p50, p99) = (percentile(&lasts, 0.5), percentile(&lasts, 0.99));
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -324,17 +391,17 @@ async fn subscribers(args: &Args, vman: &Vman) {
         match floor {
             None => {
                 println!(
-                    "  {what:<44} p50 {:>6.2} ms, p99 {:>6.2} ms (the floor)",
+                    "  {what:<44} p50 {:>6.2} ms, p99 {:>6.2} ms (the floor); {cpu}",
                     ms(p50),
-                    ms(p99)
+                    ms(p99),
                 );
                 floor = Some(p50);
             }
             Some(floor) => println!(
-                "  {what:<44} p50 {:>6.2} ms, p99 {:>6.2} ms   ({:.1}x the floor's p50)",
+                "  {what:<44} p50 {:>6.2} ms, p99 {:>6.2} ms   ({:.1}x the floor's p50); {cpu}",
                 ms(p50),
                 ms(p99),
-                p50.as_secs_f64() / floor.as_secs_f64()
+                p50.as_secs_f64() / floor.as_secs_f64(),
             ),
         }
         for client in clients {
@@ -343,14 +410,142 @@ async fn subscribers(args: &Args, vman: &Vman) {
     }
 }
 
+/// One websocket subscriber of every VM's state changes that never reads
+/// (its kernel receive buffer 4 KiB), while 2 × `EVENTS` state changes are
+/// made (start and stop of 4 VMs, in parallel, on the dry-run host: two
+/// events each); vman's RSS before and after each. vman must drop the
+/// subscriber (LAGGED, with its resume point) rather than hold the events.
+async fn stalled(vman: &Vman) {
+    const EVENTS: usize = 10_000;
+    const LANES: usize = 4;
+    let mut vms = Vec::new();
+    for i in 0..LANES {
+        let vm = vman
+            .ok(
+                "query($n: String!) { vm(name: $n) { id } }",
+                json!({"n": format!("vm-{i:05}")}),
+            )
+            .await["vm"]["id"]
+            .clone();
+        vms.push(vm);
+    }
+    let ws_url = vman.url.replace("http://", "ws://") + "/ws";
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            ws_url.as_str(),
+        )
+        .unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let address = vman
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap();
+    let stream = socket.connect(address.parse().unwrap()).await.unwrap();
+    let (mut socket, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    let subscription =
+        "subscription { vmStateChanged { vmId from to reason operationId sequence at } }";
+    for message in [
+        json!({"type": "connection_init"}),
+        json!({"type": "subscribe", "id": "stalled", "payload": {"query": subscription}}),
+        json!({"type": "ping"}),
+    ] {
+        socket
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                message.to_string(),
+            ))
+            .await
+            .unwrap();
+    }
+    // The ack, then the pong: the subscription is in place. From here on
+    // the socket is not read until the end.
+    for expected in ["connection_ack", "pong"] {
+        let frame = socket.next().await.unwrap().unwrap();
+        let message: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        assert_eq!(message["type"], expected, "{message}");
+    }
+    let lagged = vman.metric("vman_websocket_lagged_total").await;
+    println!(
+        "\none websocket subscriber of every VM's state that never reads, {EVENTS} state changes at a time ({LANES} VMs started and stopped in parallel):"
+    );
+    println!(
+        "  RSS before:                                  {:.1} MiB",
+        vman.rss_mib()
+    );
+    for round in 1..=2 {
+        let started = Instant::now();
+        futures_util::future::join_all(vms.iter().map(|vm| async move {
+            for change in 0..EVENTS / LANES / 2 {
+                let mutation = match change % 2 {
+                    0 => "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+                    _ => "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
+                };
+                vman.ok(mutation, json!({"id": vm})).await;
+            }
+        }))
+        .await;
+        println!(
+            "  RSS after {:>6} events:                      {:.1} MiB   ({:.0} events/s)",
+            round * EVENTS,
+            vman.rss_mib(),
+            EVENTS as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+    // What reached the subscriber, read now: some results, then the end of
+    // its subscription (or of the socket, when the write stayed stuck).
+    let (mut results, mut end) = (0, String::from("the socket closed"));
+    while let Ok(Some(Ok(frame))) =
+        tokio::time::timeout(Duration::from_secs(10), socket.next()).await
+    {
+        let Ok(text) = frame.to_text() else { continue };
+        let Ok(message) = serde_json::from_str::<Value>(text) else {
+            continue;
+        };
+        match message["type"].as_str() {
+            Some("next") => results += 1,
+            Some("ping") => {}
+            _ => {
+                end = format!(
+                    "{} {} (after: {})",
+                    message["type"],
+                    message["payload"][0]["extensions"]["code"],
+                    message["payload"][0]["extensions"]["after"]
+                );
+                break;
+            }
+        }
+    }
+    println!(
+        "  the subscriber was sent {results} results, then {end}; vman_websocket_lagged_total +{}",
+        vman.metric("vman_websocket_lagged_total").await - lagged
+    );
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
+    run(&args, &args.vman).await;
+    if let Some(against) = &args.against {
+        println!();
+        run(&args, against).await;
+    }
+}
+
+async fn run(args: &Args, program: &Path) {
     let data = tempfile::tempdir().unwrap();
-    let vman = Vman::start(&args.vman, &data.path().join("data")).await;
+    let vman = Vman::start(program, &data.path().join("data")).await;
     println!(
         "vman {} (dry-run host), wrk with {} connections on {} threads, {} s per figure",
-        args.vman.display(),
+        program.display(),
         args.connections,
         args.threads,
         args.seconds
@@ -369,37 +564,48 @@ async fn main() {
     )
     .await;
     create_vms(&vman, 0, 100, |_| true).await;
-    println!("\n100 VMs, each with a root disk and a NIC:");
-    measure(
-        &args,
-        &vman,
-        &[
-            Figure::new(
-                "templates(first: 1) { totalCount }",
-                TEMPLATES,
-                json!({}),
-                None,
-            ),
-            Figure::new(
-                "a page of 100 VMs (id name state)",
-                PAGE,
-                json!({}),
-                Some(100),
-            ),
-            Figure::new(
-                "the same with each VM's disks and NICs",
-                PAGE_WITH_CHILDREN,
-                json!({}),
-                Some(100),
-            ),
-        ],
-    )
-    .await;
-    println!("RSS: {:.1} MiB", vman.rss_mib());
+    if args.runs("reads") {
+        println!("\n100 VMs, each with a root disk and a NIC:");
+        measure(
+            args,
+            &vman,
+            &[
+                Figure::new(
+                    "templates(first: 1) { totalCount }",
+                    TEMPLATES,
+                    json!({}),
+                    None,
+                ),
+                Figure::new(
+                    "a page of 100 VMs (id name state)",
+                    PAGE,
+                    json!({}),
+                    Some(100),
+                ),
+                Figure::new(
+                    "the same with each VM's disks and NICs",
+                    PAGE_WITH_CHILDREN,
+                    json!({}),
+                    Some(100),
+                ),
+            ],
+        )
+        .await;
+        println!("RSS: {:.1} MiB", vman.rss_mib());
+    }
 
-    subscribers(&args, &vman).await;
-    println!("RSS: {:.1} MiB", vman.rss_mib());
+    if args.runs("subscribers") {
+        subscribers(args, &vman).await;
+        println!("RSS: {:.1} MiB", vman.rss_mib());
+    }
 
+    if args.runs("stalled") {
+        stalled(&vman).await;
+    }
+
+    if !args.runs("large") {
+        return;
+    }
     let n = args.vms.max(300);
     let seeding = Instant::now();
     create_vms(&vman, 100, n, |i| i >= n - 100).await;
@@ -424,7 +630,7 @@ async fn main() {
         .await["vm"]["id"]
         .clone();
     measure(
-        &args,
+        args,
         &vman,
         &[
             Figure::new(

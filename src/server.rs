@@ -129,10 +129,26 @@ impl api::ws::Gate for WsGate {
             let mut data = async_graphql::Data::default();
             data.insert(app.ctx.acting_as(&admission.principal.actor));
             data.insert(admission.principal.clone());
+            // Shared subscriptions read the journal and the rows it names;
+            // what they resolve depends on the role alone (the guard's one
+            // check), never on the token: they run as the role, no one's
+            // actor, so no connection's identity reaches another.
+            let role = admission.principal.role;
+            let mut shared = async_graphql::Data::default();
+            shared.insert(Principal {
+                actor: format!("{} subscribers", role.as_str()),
+                role,
+                token_id: None,
+                expires_at: None,
+            });
             Ok(api::ws::Admitted {
                 data,
                 ends: admission.ends.clone(),
                 hold: Box::new(admission),
+                sharing: Some(api::ws::Sharing {
+                    key: role.as_str().into(),
+                    data: shared,
+                }),
             })
         })
     }
@@ -194,10 +210,23 @@ pub async fn serve_on(app: Arc<App>, listener: tokio::net::TcpListener) -> std::
                 .await
         }
         None => {
-            axum::serve(listener, router)
+            use axum::serve::ListenerExt;
+            axum::serve(listener.tap_io(|stream| no_delay(stream)), router)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
+    }
+}
+
+/// Turns Nagle's algorithm off for an accepted connection. With it on, a
+/// small write (a websocket message, an answer) that follows another one not
+/// yet acknowledged waits for the acknowledgement, which a client that
+/// delays its ACKs sends up to 40 ms later: in `benches/api.rs`, one state
+/// change in 20 reached a lone websocket subscriber 40 ms late (p99 43–46
+/// ms, 9–17 ms without Nagle; docs/BENCHMARKS.md, issue 22).
+pub(crate) fn no_delay(stream: &tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "setting TCP_NODELAY on a connection failed");
     }
 }
 

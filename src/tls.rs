@@ -127,6 +127,7 @@ async fn accept(
         tokio::select! {
             // axum's accept for a TcpListener logs and retries on errors.
             (stream, peer) = axum::serve::Listener::accept(&mut listener) => {
+                crate::server::no_delay(&stream);
                 let (acceptor, ready) = (acceptor.clone(), ready.clone());
                 handshakes.spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -16,7 +16,12 @@
 //! full for `websocket.lag_timeout`, the subscription whose result is waiting
 //! ends with an `error` that says where to resume. Nothing here buffers
 //! without bound, waits without a timeout, or panics on input.
+//!
+//! Live subscriptions that many connections make alike are resolved and
+//! encoded once per event for all of them ([`hub`]); each connection only
+//! frames the shared result with its operation's id.
 
+mod hub;
 mod protocol;
 
 use std::{
@@ -28,9 +33,7 @@ use std::{
     time::Duration,
 };
 
-use async_graphql::{
-    Data, ErrorExtensionValues, Executor, Response, ServerError, Value as GqlValue,
-};
+use async_graphql::{Data, ErrorExtensionValues, Executor, Response, ServerError};
 use axum::{
     extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
     http::StatusCode,
@@ -48,8 +51,12 @@ use tokio::{
 use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
-use self::protocol::{ClientMessage, Invalid, Protocol, ServerMessage, truncate};
-use crate::config::WebsocketConfig;
+pub use self::hub::{SHARED_ROOT_FIELDS, Sharing};
+use self::{
+    hub::{Delivery, Encoded, Hub},
+    protocol::{ClientMessage, Invalid, Protocol, ServerMessage, truncate},
+};
+use crate::{api::limits::Limited, config::WebsocketConfig};
 
 /// The `connection_init` payload, in every operation's context data so
 /// resolvers can authenticate from it (`ctx.data_opt::<ConnectionInitPayload>()`).
@@ -67,11 +74,14 @@ pub trait Gate: Send + Sync + 'static {
 }
 
 /// A connection let in: the data its operations see, and what ends it
-/// (a revoked or expired token) while `hold` is kept for its life.
+/// (a revoked or expired token) while `hold` is kept for its life; with
+/// `sharing`, its live subscriptions may share results with other
+/// connections of the same key.
 pub struct Admitted {
     pub data: Data,
     pub ends: CancellationToken,
     pub hold: Box<dyn std::any::Any + Send + Sync>,
+    pub sharing: Option<Sharing>,
 }
 
 /// Lets every connection in (tests, and schemas without auth).
@@ -88,6 +98,10 @@ impl Gate for Open {
                 data: Data::default(),
                 ends: CancellationToken::new(),
                 hold: Box::new(()),
+                sharing: Some(Sharing {
+                    key: "open".into(),
+                    data: Data::default(),
+                }),
             })
         })
     }
@@ -139,9 +153,10 @@ pub fn route<S, E>(
 ) -> MethodRouter<S>
 where
     S: Clone + Send + Sync + 'static,
-    E: Executor,
+    E: Executor + Limited,
 {
     let endpoint = Arc::new(Endpoint {
+        hub: Hub::new(executor.clone(), settings.outgoing_buffer),
         executor,
         settings,
         cancel,
@@ -159,12 +174,13 @@ where
 
 struct Endpoint<E> {
     executor: E,
+    hub: Hub<E>,
     settings: WebsocketConfig,
     cancel: CancellationToken,
     gate: Arc<dyn Gate>,
 }
 
-impl<E: Executor> Endpoint<E> {
+impl<E: Executor + Limited> Endpoint<E> {
     fn upgrade(
         self: Arc<Self>,
         upgrade: WebSocketUpgrade,
@@ -209,6 +225,7 @@ impl<E: Executor> Endpoint<E> {
             protocol,
             authorization,
             session: None,
+            sharing: None,
             ends: CancellationToken::new(),
             _hold: None,
             queue,
@@ -306,8 +323,17 @@ async fn finish(mut sink: SplitSink<WebSocket, Message>, frame: End) {
     let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
 }
 
-/// One item of an operation's stream: a result, or `None` when it ended.
-type Item = Option<Response>;
+/// One item of an operation's stream.
+enum Item {
+    /// A result of the connection's own.
+    Own(Box<Response>),
+    /// A result shared with other subscribers.
+    Shared(Arc<Encoded>),
+    /// The shared results moved on past ones this subscriber had not taken.
+    Lagged,
+    /// The operation ended.
+    End,
+}
 
 /// Per-operation bookkeeping next to its stream.
 #[derive(Default)]
@@ -339,6 +365,9 @@ struct Connection<'a, E> {
     authorization: Option<String>,
     /// Set by `connection_init`: the data every operation sees.
     session: Option<Arc<Data>>,
+    /// Set by `connection_init` if the gate allows: the key and data of
+    /// shared subscriptions.
+    sharing: Option<(String, Arc<Data>)>,
     /// Fires when the gate withdraws the admission (a revoked or expired token).
     ends: CancellationToken,
     _hold: Option<Box<dyn std::any::Any + Send + Sync>>,
@@ -352,7 +381,7 @@ struct Connection<'a, E> {
     keepalive: tokio::time::Interval,
 }
 
-impl<E: Executor> Connection<'_, E> {
+impl<E: Executor + Limited> Connection<'_, E> {
     async fn run(
         &mut self,
         mut incoming: SplitStream<WebSocket>,
@@ -407,7 +436,9 @@ impl<E: Executor> Connection<'_, E> {
                     }
                 }
                 _ = tokio::time::sleep_until(lag_deadline), if self.waiting.is_some() => {
-                    if let Err(end) = self.lagged().await {
+                    // Nothing was queued from it, so its resume point stands.
+                    let Some(waiting) = self.waiting.take() else { continue };
+                    if let Err(end) = self.lagged(waiting.id).await {
                         return end;
                     }
                 }
@@ -472,6 +503,9 @@ impl<E: Executor> Connection<'_, E> {
                 let mut data = admitted.data;
                 data.insert(ConnectionInitPayload(payload));
                 self.session = Some(Arc::new(data));
+                self.sharing = admitted
+                    .sharing
+                    .map(|sharing| (sharing.key, Arc::new(sharing.data)));
                 self.ends = admitted.ends;
                 self._hold = Some(admitted.hold);
                 self.send(ServerMessage::ConnectionAck).await?;
@@ -534,17 +568,37 @@ impl<E: Executor> Connection<'_, E> {
             return self.send_error(&id, error).await;
         }
         let subscription = is_subscription(&request);
+        let endpoint = self.endpoint;
+        let shared = match &self.sharing {
+            Some((key, data)) if subscription => endpoint
+                .hub
+                .key(&request, key, endpoint.executor.query_limits())
+                .map(|key| (key, data)),
+            _ => None,
+        };
+        let results = match shared {
+            Some((key, data)) => endpoint
+                .hub
+                .join(key, request, data)
+                .map(|delivery| match delivery {
+                    Delivery::Result(encoded) => Item::Shared(encoded),
+                    Delivery::Lagged => Item::Lagged,
+                })
+                .boxed(),
+            None => endpoint
+                .executor
+                .execute_stream(request, Some(session))
+                .map(|response| Item::Own(Box::new(response)))
+                .boxed(),
+        };
         // The gauge goes down when the stream is dropped, however it ends.
         let active = Live::new("vman_websocket_operations");
-        let stream = self
-            .endpoint
-            .executor
-            .execute_stream(request, Some(session))
+        let stream = results
             .map(move |item| {
                 let _ = &active;
-                Some(item)
+                item
             })
-            .chain(futures_util::stream::once(async { None }))
+            .chain(futures_util::stream::once(async { Item::End }))
             .boxed();
         self.operations.insert(id.clone(), stream);
         self.states.insert(
@@ -572,12 +626,17 @@ impl<E: Executor> Connection<'_, E> {
     }
 
     async fn on_result(&mut self, id: String, item: Item) -> Result<(), End> {
-        let Some(response) = item else {
-            self.stop(&id);
-            return self.send(ServerMessage::Complete { id: &id }).await;
-        };
         let Some(state) = self.states.get_mut(&id) else {
             return Ok(());
+        };
+        let encoded = match item {
+            Item::End => {
+                self.stop(&id);
+                return self.send(ServerMessage::Complete { id: &id }).await;
+            }
+            Item::Lagged => return self.lagged(id).await,
+            Item::Own(response) => Arc::new(Encoded::new(*response, state.subscription)),
+            Item::Shared(encoded) => encoded,
         };
         // A request the schema rejected before executing it (validation,
         // limits) is an `error` for the operation. async-graphql's invariant,
@@ -585,31 +644,19 @@ impl<E: Executor> Connection<'_, E> {
         // So is a subscription refused by its root field before any event (a
         // malformed or ahead `after`, a role too low): its only error's path
         // is that field, where an event's field errors lie deeper.
-        let refused = |error: &ServerError| {
-            error.path.is_empty() || (state.subscription && error.path.len() == 1)
-        };
-        if !state.answered
-            && response.data == GqlValue::Null
-            && !response.errors.is_empty()
-            && response.errors.iter().all(refused)
-        {
+        if let (false, Some(errors)) = (state.answered, &encoded.refusal) {
             self.stop(&id);
-            return self
-                .send(ServerMessage::Error {
-                    id: &id,
-                    errors: &response.errors,
-                })
-                .await;
+            return self.send(ServerMessage::Error { id: &id, errors }).await;
         }
         state.answered = true;
         let text = ServerMessage::Next {
             id: &id,
-            response: &response,
+            payload: &encoded.payload,
         }
         .encode(self.protocol);
         // Queued by the `reserve_many` branch of `run`, at once if there is room.
         self.waiting = Some(Waiting {
-            resume: resume_point(&response),
+            resume: encoded.resume.clone(),
             id,
             text,
             deadline: Instant::now() + self.endpoint.settings.lag_timeout,
@@ -617,18 +664,13 @@ impl<E: Executor> Connection<'_, E> {
         Ok(())
     }
 
-    /// The waiting result found no room in time: its client is not keeping
-    /// up. Ending the subscription frees the connection for the others; the
-    /// journal keeps what it missed, and the error says from where.
-    async fn lagged(&mut self) -> Result<(), End> {
-        let Some(waiting) = self.waiting.take() else {
-            return Ok(());
-        };
-        let resume = self
-            .states
-            .get(&waiting.id)
-            .and_then(|state| state.resume.clone());
-        self.stop(&waiting.id);
+    /// Operation `id`'s results found no room in time (or, shared, moved on
+    /// without it): its client is not keeping up. Ending the subscription
+    /// frees the connection for the others; the journal keeps what it
+    /// missed, and the error says from where.
+    async fn lagged(&mut self, id: String) -> Result<(), End> {
+        let resume = self.states.get(&id).and_then(|state| state.resume.clone());
+        self.stop(&id);
         LAGGED.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("vman_websocket_lagged_total").increment(1);
         tracing::info!(
@@ -654,7 +696,7 @@ impl<E: Executor> Connection<'_, E> {
         if let (Some(after), Some(extensions)) = (after, error.extensions.as_mut()) {
             extensions.set("after", after);
         }
-        self.send_error(&waiting.id, error).await
+        self.send_error(&id, error).await
     }
 
     async fn send_error(&mut self, id: &str, error: ServerError) -> Result<(), End> {
@@ -722,21 +764,6 @@ fn is_subscription(request: &async_graphql::Request) -> bool {
         == Some(OperationType::Subscription)
 }
 
-/// The root field and `sequence` of a result (`events` and `vmStateChanged`
-/// results carry one when the client selected it).
-fn resume_point(response: &Response) -> Option<(String, String)> {
-    let GqlValue::Object(data) = &response.data else {
-        return None;
-    };
-    data.iter().find_map(|(field, value)| match value {
-        GqlValue::Object(object) => match object.get("sequence") {
-            Some(GqlValue::String(sequence)) => Some((field.to_string(), sequence.clone())),
-            _ => None,
-        },
-        _ => None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use async_graphql::{Context, EmptyMutation, EmptySubscription, Object, Schema};
@@ -757,6 +784,193 @@ mod tests {
             let payload = ctx.data_opt::<ConnectionInitPayload>().cloned();
             async_graphql::Json(Value::Object(payload.unwrap_or_default().0))
         }
+    }
+
+    /// Who a connection is, from its `connection_init` payload's `who`.
+    struct Who(String);
+
+    /// A source of events that counts how many streams read it and how many
+    /// results they made.
+    struct Ticks {
+        ticks: tokio::sync::broadcast::Sender<u32>,
+        started: mpsc::UnboundedSender<()>,
+        resolved: AtomicU64,
+    }
+
+    struct Ticking;
+
+    #[async_graphql::Subscription]
+    impl Ticking {
+        /// Each tick, as the session that resolves it sees it.
+        async fn events(&self, ctx: &Context<'_>) -> impl futures_util::Stream<Item = String> {
+            let source = ctx.data_unchecked::<Arc<Ticks>>().clone();
+            let who = ctx
+                .data_opt::<Who>()
+                .map_or("nobody".into(), |who| who.0.clone());
+            let mut ticks = source.ticks.subscribe();
+            let _ = source.started.send(());
+            async_stream::stream! {
+                while let Ok(tick) = ticks.recv().await {
+                    source.resolved.fetch_add(1, Ordering::Relaxed);
+                    yield format!("{who} {tick}");
+                }
+            }
+        }
+    }
+
+    /// Admits `who`; with a `key`, shares as `key`, resolving as "shared <key>".
+    struct Keyed;
+
+    impl Gate for Keyed {
+        fn admit(
+            &self,
+            _authorization: Option<String>,
+            payload: &serde_json::Map<String, serde_json::Value>,
+        ) -> futures_util::future::BoxFuture<'static, Result<Admitted, String>> {
+            let text = |field: &str| {
+                payload
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            let (who, key) = (text("who").unwrap_or_default(), text("key"));
+            Box::pin(async move {
+                let mut data = Data::default();
+                data.insert(Who(who));
+                Ok(Admitted {
+                    data,
+                    ends: CancellationToken::new(),
+                    hold: Box::new(()),
+                    sharing: key.map(|key| {
+                        let mut data = Data::default();
+                        data.insert(Who(format!("shared {key}")));
+                        Sharing { key, data }
+                    }),
+                })
+            })
+        }
+    }
+
+    type Socket = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    async fn connect(addr: std::net::SocketAddr, protocol: &'static str) -> Socket {
+        let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(protocol));
+        tokio_tungstenite::connect_async(request).await.unwrap().0
+    }
+
+    async fn send(socket: &mut Socket, message: Value) {
+        socket
+            .send(WsMessage::text(message.to_string()))
+            .await
+            .unwrap();
+    }
+
+    /// The next message that is not a keepalive.
+    async fn receive(socket: &mut Socket) -> Value {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .expect("a message in time")
+                .expect("open")
+                .expect("a frame");
+            if let WsMessage::Text(text) = frame {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                if !["ka", "ping", "connection_ack"].contains(&message["type"].as_str().unwrap()) {
+                    return message;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn subscribers_with_the_same_key_share_one_resolution_and_nobody_else_does() {
+        let (ticks, _) = tokio::sync::broadcast::channel(16);
+        let (started, mut starts) = mpsc::unbounded_channel();
+        let source = Arc::new(Ticks {
+            ticks,
+            started,
+            resolved: AtomicU64::new(0),
+        });
+        let config = crate::config::Config::default();
+        let schema = Schema::build(Query, EmptyMutation, Ticking)
+            .data(source.clone())
+            .data(crate::api::limits::QueryLimits::new(&config.graphql))
+            .finish();
+        let cancel = CancellationToken::new();
+        let router = axum::Router::new().route(
+            "/ws",
+            route(schema, config.websocket, cancel.clone(), Arc::new(Keyed)),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+
+        // (protocol, connection_init payload, operation id)
+        let clients = [
+            ("graphql-transport-ws", json!({"key": "a", "who": "x"}), "1"),
+            ("graphql-transport-ws", json!({"key": "a", "who": "y"}), "2"),
+            ("graphql-transport-ws", json!({"key": "b", "who": "z"}), "3"),
+            ("graphql-ws", json!({"key": "a", "who": "w"}), "4"),
+            ("graphql-transport-ws", json!({"who": "v"}), "5"),
+        ];
+        let mut sockets = Vec::new();
+        for (protocol, payload, id) in &clients {
+            let mut socket = connect(addr, protocol).await;
+            let subscribe = match *protocol {
+                "graphql-ws" => "start",
+                _ => "subscribe",
+            };
+            send(
+                &mut socket,
+                json!({"type": "connection_init", "payload": payload}),
+            )
+            .await;
+            send(
+                &mut socket,
+                json!({"type": subscribe, "id": id, "payload": {"query": "subscription { events }"}}),
+            )
+            .await;
+            // Answered after the subscription is handled: it has joined.
+            send(
+                &mut socket,
+                json!({"type": subscribe, "id": "probe", "payload": {"query": "{ __typename }"}}),
+            )
+            .await;
+            assert_eq!(receive(&mut socket).await["id"], "probe");
+            assert_eq!(receive(&mut socket).await["type"], "complete");
+            sockets.push(socket);
+        }
+        // Three streams: keys a and b, and the one without a key.
+        for _ in 0..3 {
+            starts.recv().await.expect("a stream started");
+        }
+        for tick in 1..=2 {
+            source.ticks.send(tick).unwrap();
+        }
+        let expected = [
+            ("next", "1", "shared a"),
+            ("next", "2", "shared a"),
+            ("next", "3", "shared b"),
+            ("data", "4", "shared a"),
+            ("next", "5", "v"),
+        ];
+        for (socket, (kind, id, who)) in sockets.iter_mut().zip(expected) {
+            for tick in 1..=2 {
+                assert_eq!(
+                    receive(socket).await,
+                    json!({"type": kind, "id": id, "payload": {"data": {"events": format!("{who} {tick}")}}})
+                );
+            }
+        }
+        // Once per stream and tick, not once per subscriber.
+        assert_eq!(source.resolved.load(Ordering::Relaxed), 3 * 2);
+        assert!(starts.try_recv().is_err(), "no more streams than three");
+        cancel.cancel();
     }
 
     #[tokio::test]

@@ -10,9 +10,9 @@
 //! invalid message is rejected before any state changes, and its reasons are
 //! short because they end up in close frames.
 
-use async_graphql::{Request, Response, ServerError, Value as GqlValue, Variables};
+use async_graphql::{Request, ServerError, Value as GqlValue, Variables};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, value::RawValue};
 
 /// A websocket subprotocol we speak, from `Sec-WebSocket-Protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,10 +181,11 @@ pub enum ServerMessage<'a> {
     /// `ping` (transport-ws) or `ka` (legacy): "this socket is alive".
     KeepAlive,
     Pong(Option<&'a Map<String, Value>>),
-    /// `next` (transport-ws) or `data` (legacy): one result of an operation.
+    /// `next` (transport-ws) or `data` (legacy): one result of an operation,
+    /// already encoded (once, however many subscribers it goes to).
     Next {
         id: &'a str,
-        response: &'a Response,
+        payload: &'a RawValue,
     },
     /// The operation failed and is over: no `complete` follows.
     Error {
@@ -214,7 +215,7 @@ struct Wire<'a> {
 #[serde(untagged)]
 enum Payload<'a> {
     Object(&'a Map<String, Value>),
-    Response(&'a Response),
+    Encoded(&'a RawValue),
     Errors(&'a [ServerError]),
     Error(&'a ServerError),
     Message { message: &'a str },
@@ -229,10 +230,10 @@ impl ServerMessage<'_> {
             ServerMessage::KeepAlive if legacy => ("ka", None, None),
             ServerMessage::KeepAlive => ("ping", None, None),
             ServerMessage::Pong(payload) => ("pong", None, payload.map(Payload::Object)),
-            ServerMessage::Next { id, response } => (
+            ServerMessage::Next { id, payload } => (
                 if legacy { "data" } else { "next" },
                 Some(id),
-                Some(Payload::Response(response)),
+                Some(Payload::Encoded(payload)),
             ),
             // subscriptions-transport-ws says `payload: Error`, one object;
             // graphql-transport-ws says `GraphQLError[]`.
@@ -369,7 +370,9 @@ mod tests {
 
     #[test]
     fn server_messages_in_both_protocols() {
-        let response = Response::new(GqlValue::from_json(serde_json::json!({"a": 1})).unwrap());
+        let response =
+            async_graphql::Response::new(GqlValue::from_json(serde_json::json!({"a": 1})).unwrap());
+        let payload = serde_json::value::to_raw_value(&response).unwrap();
         let errors = [
             ServerError::new("bad", None),
             ServerError::new("worse", None),
@@ -388,7 +391,7 @@ mod tests {
             (
                 ServerMessage::Next {
                     id: "7",
-                    response: &response,
+                    payload: &payload,
                 },
                 r#"{"type":"next","id":"7","payload":{"data":{"a":1}}}"#,
                 r#"{"type":"data","id":"7","payload":{"data":{"a":1}}}"#,
