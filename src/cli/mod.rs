@@ -113,6 +113,10 @@ pub enum VmCommand {
         /// The root disk's size (bytes, or with K, M, G, T) [default: the template's].
         #[arg(long, value_parser = parse_size)]
         disk_size: Option<u64>,
+        /// The ID of the host to make it on (`{ hosts { id name } }`)
+        /// [default: the online host with the most memory available].
+        #[arg(long)]
+        host_id: Option<String>,
     },
     /// Start a VM.
     Start {
@@ -405,6 +409,7 @@ async fn vm(client: &Client, format: Format, command: VmCommand) -> Result<(), F
             vcpus,
             memory_mib,
             disk_size,
+            host_id,
         } => {
             let input = vm_create::CreateVmInput {
                 name,
@@ -418,6 +423,7 @@ async fn vm(client: &Client, format: Format, command: VmCommand) -> Result<(), F
                 boot_order: None,
                 cdrom_image_id: None,
                 cloud_init: None,
+                host_id,
             };
             let data = client
                 .run::<VmCreate>(vm_create::Variables { input })
