@@ -59,6 +59,34 @@ async fn paging_with_cursors_visits_every_item_once_in_id_order() {
     assert_eq!(data["templates"]["pageInfo"]["hasNextPage"], true);
 }
 
+/// `operations(newestFirst: true)`: the latest first, and each page's
+/// `endCursor` leads to older ones, each operation once.
+#[tokio::test]
+async fn operations_newest_first_page_back_in_time() {
+    let server = TestServer::start().await;
+    server.create_template("t").await;
+    let vm = server.create_vm("vm", "t").await;
+    server.start_vm(&vm).await;
+    server.stop_vm(&vm).await;
+    let query = "query($vm: ID!, $after: String) { operations(vmId: $vm, first: 2, after: $after, newestFirst: true) { totalCount pageInfo { hasNextPage endCursor } nodes { kind } } }";
+    let first = server.ok(query, json!({"vm": vm})).await["operations"].clone();
+    let kinds = |page: &Value| -> Vec<String> {
+        page["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(kinds(&first), ["STOP_VM", "START_VM"], "{first}");
+    assert_eq!(first["totalCount"], 3);
+    assert_eq!(first["pageInfo"]["hasNextPage"], true);
+    let after = first["pageInfo"]["endCursor"].clone();
+    let older = server.ok(query, json!({"vm": vm, "after": after})).await["operations"].clone();
+    assert_eq!(kinds(&older), ["CREATE_VM"], "{older}");
+    assert_eq!(older["pageInfo"]["hasNextPage"], false);
+}
+
 #[tokio::test]
 async fn bad_page_arguments_are_bad_input() {
     let server = TestServer::start().await;

@@ -453,3 +453,28 @@ async fn a_node_that_stops_heartbeating_is_offline_and_its_vms_come_back_with_it
         .await;
     assert_eq!(stopped["stopVm"]["vm"]["state"], "STOPPED");
 }
+
+/// A `hostId` that is not an ID, or no host's, is refused with its code,
+/// and no VM is made.
+#[tokio::test]
+async fn a_vm_for_a_host_that_is_not_there_is_refused_with_its_code() {
+    let server = TestServer::start().await;
+    server.create_template("t").await;
+    let before = server.snapshot().await;
+    let create = "mutation($h: ID!) { createVm(input: {name: \"nowhere\", templateName: \"t\", hostId: $h}) { vm { id } } }";
+    for (host, code) in [
+        ("not-an-id", "BAD_USER_INPUT"),
+        ("01940000-0000-7000-8000-0000000000aa", "NOT_FOUND"),
+    ] {
+        let refused = server.post(create, json!({"h": host})).await;
+        assert_eq!(
+            refused["errors"][0]["extensions"]["code"], code,
+            "{refused}"
+        );
+    }
+    assert_eq!(server.snapshot().await, before, "nothing was made");
+    // Its own host is fine.
+    let own = server.app.ctx.host_id.to_string();
+    let made = server.ok(create, json!({"h": own})).await;
+    assert!(made["createVm"]["vm"]["id"].is_string());
+}

@@ -181,6 +181,10 @@ const NAMED_CASES: &[(&str, &str)] = &[
         "operations of a VM",
         "query($v: ID!) { operations(vmId: $v, first: 2) { totalCount edges { cursor node { id } } } }",
     ),
+    (
+        "operations of a VM, newest first",
+        "query($v: ID!) { operations(vmId: $v, first: 2, newestFirst: true) { totalCount edges { cursor node { id } } } }",
+    ),
     ("a vm by ID", "query($v: ID!) { vm(id: $v) { id } }"),
 ];
 

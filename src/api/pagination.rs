@@ -6,8 +6,8 @@ use async_graphql::{
 };
 use futures_util::future::BoxFuture;
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Select,
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, Order, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Select,
 };
 
 use crate::error::{ApiError, ApiResult};
@@ -76,12 +76,36 @@ where
     N: OutputType,
     V: Into<sea_orm::Value>,
 {
+    page_in(db, select, (order, Order::Asc), after, first, cursor, node).await
+}
+
+/// [`page`] in `direction` of `order`: with `Desc`, the rows before
+/// `after`, highest first.
+pub async fn page_in<E, N, V>(
+    db: &DatabaseConnection,
+    select: Select<E>,
+    (order, direction): (E::Column, Order),
+    after: Option<V>,
+    first: Option<i32>,
+    cursor: impl Fn(&E::Model) -> String,
+    node: impl Fn(E::Model) -> N,
+) -> ApiResult<Page<N>>
+where
+    E: EntityTrait,
+    E::Model: Sync,
+    N: OutputType,
+    V: Into<sea_orm::Value>,
+{
     let first = self::first(first)?;
     let totals = Totals::of(db, select.clone());
     let has_after = after.is_some();
-    let mut select = select.order_by_asc(order);
+    let descending = direction == Order::Desc;
+    let mut select = select.order_by(order, direction);
     if let Some(after) = after {
-        select = select.filter(order.gt(after));
+        select = select.filter(match descending {
+            true => order.lt(after),
+            false => order.gt(after),
+        });
     }
     let rows = select.limit(first + 1).all(db).await?;
     Ok(connection(rows, first, has_after, totals, |row| {

@@ -74,7 +74,7 @@ pub async fn forward_if_remote(ctx: &Ctx, request: Request) -> Result<Request, R
 
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Body_ {
+struct PostBody {
     query: String,
     #[serde(default)]
     variables: Option<serde_json::Value>,
@@ -88,7 +88,7 @@ pub async fn route(ctx: &Ctx, body: &[u8]) -> Route {
     if !body.windows(8).any(|w| w == b"mutation") {
         return Route::Here;
     }
-    let Ok(request) = serde_json::from_slice::<Body_>(body) else {
+    let Ok(request) = serde_json::from_slice::<PostBody>(body) else {
         return Route::Here;
     };
     // A document beyond a limit is refused here, before it is parsed.

@@ -8,7 +8,7 @@ use super::{Operation, OperationStatus, Progress, model};
 use crate::{
     api::{
         self, PlanStep,
-        pagination::{Page, id_cursor, page},
+        pagination::{Page, id_cursor, page_in},
     },
     error::{ApiError, ResultExt},
     host::HostStep,
@@ -95,7 +95,8 @@ pub struct OperationQuery;
 
 #[Object]
 impl OperationQuery {
-    /// Operations, oldest first; `vmId` narrows to those on one VM.
+    /// Operations, oldest first (newest first with `newestFirst`); `vmId`
+    /// narrows to those on one VM.
     async fn operations(
         &self,
         ctx: &Context<'_>,
@@ -106,6 +107,11 @@ impl OperationQuery {
         actor: Option<String>,
         #[graphql(desc = "At most this many (default 50, at most 500).")] first: Option<i32>,
         #[graphql(desc = "Only those after this cursor (an `endCursor`).")] after: Option<String>,
+        #[graphql(
+            default = false,
+            desc = "Newest first (a page then goes back in time, and `after` is older)."
+        )]
+        newest_first: bool,
     ) -> async_graphql::Result<Page<OperationObject>> {
         let after = id_cursor(after).gql()?;
         let mut select = model::Entity::find();
@@ -116,10 +122,15 @@ impl OperationQuery {
         if let Some(actor) = actor {
             select = select.filter(model::Column::Actor.eq(actor));
         }
-        page(
+        // IDs are UUIDv7: their order is the order they began in.
+        let direction = match newest_first {
+            true => sea_orm::Order::Desc,
+            false => sea_orm::Order::Asc,
+        };
+        page_in(
             &api::services(ctx).db,
             select,
-            model::Column::Id,
+            (model::Column::Id, direction),
             after,
             first,
             |o| o.id.clone(),

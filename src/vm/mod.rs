@@ -170,7 +170,7 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
     let limits = &app.config.limits;
     validate::name("name", &input.name)?;
     if let Some(host_id) = &input.host_id {
-        crate::cluster::check_host(app, host_id).await?;
+        crate::cluster::check_host(app, &validate::id("hostId", host_id)?).await?;
     }
     let template = match (&input.template_id, &input.template_name) {
         (None, None) => None,

@@ -27,7 +27,7 @@ export const VM_PAGE = graphql(`
       nics { id mac model position tap attachment network { name } }
       snapshots { id name withMemory vmState createdAt }
     }
-    operations(vmId: $id, first: 20) {
+    operations(vmId: $id, first: 20, newestFirst: true) {
       nodes { id kind status progress { fraction bytesDone bytesTotal } error errorCode startedAt }
     }
   }`, [VM_ROW]);
