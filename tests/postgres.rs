@@ -122,7 +122,7 @@ async fn a_vm_is_created_started_listed_and_journaled_on_postgres() {
     );
 }
 
-/// Two apps on one database (two nodes, to come) and many writes at once on
+/// Two apps on one database (two nodes) and many writes at once on
 /// each: every sequence from 1 to the head is used once, and each app's
 /// writes are journaled in the order they committed.
 #[tokio::test]
@@ -146,7 +146,10 @@ async fn writers_of_two_apps_at_once_leave_the_journal_gapless() {
         .iter()
         .map(|e| e["sequence"].as_str().unwrap().parse().unwrap())
         .collect();
-    assert_eq!(sequences, (1..=40).collect::<Vec<_>>());
+    // The second node's host joining the first's, then the 40 templates.
+    assert_eq!(sequences, (1..=41).collect::<Vec<_>>());
+    assert_eq!(journal[0]["kind"], "HOST_ONLINE");
+    assert!(journal[1..].iter().all(|e| e["kind"] == "TEMPLATE_CREATED"));
     assert_eq!(b.journal().await, journal, "both read the same journal");
 }
 
