@@ -601,11 +601,18 @@ async fn nics_and_the_lifecycle_of_a_vm_with_one_fail_cleanly_on_real_netlink() 
     );
 
     // A stop whose tap removal fails still stops the VM; that tap stays.
+    // The pending unplug ends when QEMU exits, and its own task then
+    // removes the DETACHING NIC and its tap: if that comes before the stop
+    // reads the VM's NICs, the stop has one tap to remove, else two.
     let stop = async |ctx: &Ctx| vm::lifecycle(ctx, &vm, FORCE, false).await;
     let (failing, seen) = ctx_failing_at(&server.app.ctx, Some(2));
     let stopped = stop(&failing).await.expect("the stop succeeds").object;
     assert_eq!(stopped.state, VmState::Stopped);
-    assert_eq!(seen.names(), ["stop", "deleteTap", "deleteTap"]);
+    let names = seen.names();
+    assert!(
+        names == ["stop", "deleteTap"] || names == ["stop", "deleteTap", "deleteTap"],
+        "{names:?}"
+    );
     assert!(
         netns::sys_link(&tap0).is_some(),
         "the tap that failed stays"
