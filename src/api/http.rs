@@ -108,6 +108,28 @@ pub async fn buffered(request: Request) -> Result<(Request, Bytes), Response> {
     }
 }
 
+/// An answer of `error` alone with `data: null` (status 200), in the media
+/// type the request's `Accept` asks for: a request this node answers for
+/// another that it could not run (`cluster::route`).
+pub fn error_response(headers: &HeaderMap, error: crate::error::ApiError) -> Response {
+    use async_graphql::ErrorExtensions;
+    let media = negotiate(headers).unwrap_or(MediaType::Json);
+    let errors = [error.extend().into_server_error(Default::default())];
+    let mut response = json_response(
+        StatusCode::OK,
+        media,
+        &Payload {
+            data: Some(&GqlValue::Null),
+            errors: &errors,
+            extensions: None,
+        },
+    );
+    response
+        .headers_mut()
+        .append(header::VARY, HeaderValue::from_static("accept"));
+    response
+}
+
 /// The two media types this endpoint can answer with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MediaType {

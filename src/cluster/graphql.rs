@@ -1,7 +1,7 @@
 //! `Host`, `hosts`, `host` and `Vm.host`.
 
 use async_graphql::{Context, ID, Object};
-use sea_orm::{EntityTrait, QueryOrder};
+use sea_orm::{EntityTrait, QueryOrder, TryIntoModel};
 
 use super::{Host, HostState, model};
 use crate::{
@@ -87,20 +87,16 @@ impl ClusterQuery {
     /// The host of the node that answers, with its figures read now.
     async fn host(&self, ctx: &Context<'_>) -> async_graphql::Result<HostObject> {
         let services = api::services(ctx);
-        let mut host = model::Entity::find_by_id(services.host_id.to_string())
+        let host = model::Entity::find_by_id(services.host_id.to_string())
             .one(&services.db)
             .await
             .map_err(ApiError::from)
             .gql()?
             .ok_or_else(|| ApiError::not_found("host", &*services.host_id))
             .gql()?;
-        let now = crate::stats::figures(&services.config);
-        let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        host.cpus = now.cpus as i32;
-        host.memory_total_bytes = signed(now.memory_total_bytes);
-        host.memory_available_bytes = signed(now.memory_available_bytes);
-        host.storage_free_bytes = now.storage_free_bytes.map(signed);
-        host.load1 = now.load1;
+        let mut row: model::ActiveModel = host.into();
+        super::figures(&services.config, &mut row);
+        let host = row.try_into_model().map_err(ApiError::from).gql()?;
         Ok(HostObject(host))
     }
 

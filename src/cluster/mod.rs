@@ -144,7 +144,7 @@ fn capabilities(config: &Config) -> Vec<&'static str> {
     caps
 }
 
-/// The row's live figures, read now.
+/// The host's figures, read now, into its row.
 fn figures(config: &Config, row: &mut model::ActiveModel) {
     let f = crate::stats::figures(config);
     let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -153,7 +153,6 @@ fn figures(config: &Config, row: &mut model::ActiveModel) {
     row.memory_available_bytes = Set(signed(f.memory_available_bytes));
     row.storage_free_bytes = Set(f.storage_free_bytes.map(signed));
     row.load1 = Set(f.load1);
-    row.heartbeat_at = Set(Utc::now());
 }
 
 /// Registers this node's host (or finds it again) and claims the rows made
@@ -199,6 +198,7 @@ pub async fn register(config: &Config, bus: &EventBus) -> ApiResult<String> {
     row.state = Set(HostState::Online);
     row.state_reason = Set(None);
     figures(config, &mut row);
+    row.heartbeat_at = Set(Utc::now());
     match &known {
         Some(_) => {
             row.update(w.txn()).await?;
@@ -253,6 +253,7 @@ pub async fn heartbeat(ctx: &Ctx) -> ApiResult<()> {
     let name = host.name.clone();
     let mut row: model::ActiveModel = host.into();
     figures(&ctx.config, &mut row);
+    row.heartbeat_at = Set(Utc::now());
     row.state = Set(HostState::Online);
     row.state_reason = Set(None);
     row.update(w.txn()).await?;

@@ -54,7 +54,11 @@ pub enum Route {
 /// Sends `request` to the node of the host it is for, when that is another
 /// host's: `Err` is then the answer. Otherwise gives the request back.
 pub async fn forward_if_remote(ctx: &Ctx, request: Request) -> Result<Request, Response> {
-    if request.method() != axum::http::Method::POST || request.headers().contains_key(FORWARDED_BY)
+    // With SQLite there is one host; a request forwarded here already is
+    // this node's to run.
+    if ctx.db.get_database_backend() == sea_orm::DbBackend::Sqlite
+        || request.method() != axum::http::Method::POST
+        || request.headers().contains_key(FORWARDED_BY)
     {
         return Ok(request);
     }
@@ -64,7 +68,7 @@ pub async fn forward_if_remote(ctx: &Ctx, request: Request) -> Result<Request, R
         Route::To(host) => Err(forward(ctx, &host, request.headers(), body).await),
         Route::Spans(hosts) => Err(unavailable(
             request.headers(),
-            &format!(
+            format!(
                 "this request's mutations are for several hosts ({}): send each host's in a request of its own; nothing was done",
                 hosts.join(", ")
             ),
@@ -175,6 +179,24 @@ fn arg<'a>(args: &'a serde_json::Map<String, serde_json::Value>, name: &str) -> 
     args.get(name).and_then(|v| v.as_str())
 }
 
+/// The row named by `id`, or else by `name` in `name_column` (a column of
+/// `E`, or none: then `id` only).
+async fn named<E>(
+    ctx: &Ctx,
+    id: Option<&str>,
+    name: Option<(E::Column, &str)>,
+) -> Result<Option<E::Model>, ApiError>
+where
+    E: EntityTrait,
+    E::PrimaryKey: sea_orm::PrimaryKeyTrait<ValueType = String>,
+{
+    Ok(match (id, name) {
+        (Some(id), _) => E::find_by_id(id.to_string()).one(&ctx.db).await?,
+        (None, Some((column, name))) => E::find().filter(column.eq(name)).one(&ctx.db).await?,
+        (None, None) => None,
+    })
+}
+
 /// The host a root mutation field acts on; None: nothing that belongs to a
 /// host, or nothing found (the resolver says so).
 async fn host_of(
@@ -182,22 +204,19 @@ async fn host_of(
     field: &str,
     args: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Option<String>, ApiError> {
-    use crate::vm::model::{Column as VmColumn, Entity as Vms};
-    let vm_host =
-        async |id: Option<&str>, name: Option<&str>| -> Result<Option<String>, ApiError> {
-            let vm = match (id, name) {
-                (Some(id), _) => Vms::find_by_id(id.to_string()).one(&ctx.db).await?,
-                (None, Some(name)) => {
-                    Vms::find()
-                        .filter(VmColumn::Name.eq(name))
-                        .one(&ctx.db)
-                        .await?
-                }
-                (None, None) => None,
-            };
-            Ok(vm.and_then(|vm| vm.host_id))
-        };
-    let of_vm_id = async |vm_id: Option<String>| vm_host(vm_id.as_deref(), None).await;
+    use crate::{
+        disk::model as disks, network::model::nic, snapshot::model as snapshots, vm::model as vms,
+    };
+    // The VM named by an ID argument or a name argument, and so its host.
+    let vm_host = async |id: Option<&str>, name: Option<&str>| {
+        let name = name.map(|name| (vms::Column::Name, name));
+        Ok::<_, ApiError>(
+            named::<vms::Entity>(ctx, id, name)
+                .await?
+                .and_then(|vm| vm.host_id),
+        )
+    };
+    let id = |key| arg(args, key);
     match field {
         "createVm" => match args.get("input").and_then(|i| i.get("hostId")) {
             Some(serde_json::Value::String(host)) => Ok(Some(host.clone())),
@@ -212,58 +231,32 @@ async fn host_of(
         | "restartVm"
         | "pauseVm"
         | "resumeVm"
-        | "deleteVm" => vm_host(arg(args, "id"), arg(args, "name")).await,
-        "cloneVm" => vm_host(arg(args, "id"), arg(args, "sourceName")).await,
+        | "deleteVm" => vm_host(id("id"), id("name")).await,
+        "cloneVm" => vm_host(id("id"), id("sourceName")).await,
         "attachDisk" | "attachNic" | "createSnapshot" | "sendConsoleInput" => {
-            vm_host(arg(args, "vmId"), arg(args, "vmName")).await
+            vm_host(id("vmId"), id("vmName")).await
         }
         "detachDisk" | "resizeDisk" | "deleteDisk" => {
-            use crate::disk::model::{Column, Entity};
-            let (id, name) = match field {
-                "deleteDisk" => (arg(args, "id"), arg(args, "name")),
-                _ => (arg(args, "diskId"), arg(args, "diskName")),
+            let (disk_id, name) = match field {
+                "deleteDisk" => (id("id"), id("name")),
+                _ => (id("diskId"), id("diskName")),
             };
-            let disk = match (id, name) {
-                (Some(id), _) => Entity::find_by_id(id.to_string()).one(&ctx.db).await?,
-                (None, Some(name)) => {
-                    Entity::find()
-                        .filter(Column::Name.eq(name))
-                        .one(&ctx.db)
-                        .await?
-                }
-                (None, None) => None,
-            };
-            of_vm_id(disk.and_then(|d| d.vm_id)).await
+            let name = name.map(|name| (disks::Column::Name, name));
+            let disk = named::<disks::Entity>(ctx, disk_id, name).await?;
+            vm_host(disk.and_then(|d| d.vm_id).as_deref(), None).await
         }
         "detachNic" => {
-            let nic = match arg(args, "nicId") {
-                Some(id) => {
-                    crate::network::model::nic::Entity::find_by_id(id.to_string())
-                        .one(&ctx.db)
-                        .await?
-                }
-                None => None,
-            };
-            of_vm_id(nic.map(|n| n.vm_id)).await
+            let nic = named::<nic::Entity>(ctx, id("nicId"), None).await?;
+            vm_host(nic.map(|n| n.vm_id).as_deref(), None).await
         }
         "restoreSnapshot" | "deleteSnapshot" => {
-            let snapshot = match arg(args, "id") {
-                Some(id) => {
-                    crate::snapshot::model::Entity::find_by_id(id.to_string())
-                        .one(&ctx.db)
-                        .await?
-                }
-                None => None,
-            };
-            of_vm_id(snapshot.map(|s| s.vm_id)).await
+            let snapshot = named::<snapshots::Entity>(ctx, id("id"), None).await?;
+            vm_host(snapshot.map(|s| s.vm_id).as_deref(), None).await
         }
-        "cancelOperation" => match arg(args, "id") {
-            Some(id) => Ok(crate::operation::model::Entity::find_by_id(id.to_string())
-                .one(&ctx.db)
-                .await?
-                .and_then(|op| op.host_id)),
-            None => Ok(None),
-        },
+        "cancelOperation" => {
+            let op = named::<crate::operation::model::Entity>(ctx, id("id"), None).await?;
+            Ok(op.and_then(|op| op.host_id))
+        }
         _ => Ok(None),
     }
 }
@@ -340,7 +333,7 @@ async fn forward(ctx: &Ctx, host: &Host, headers: &HeaderMap, body: Bytes) -> Re
             tracing::warn!(host = %host.name, %url, error = %e, "the node of a mutation's host did not answer");
             unavailable(
                 headers,
-                &format!(
+                format!(
                     "the node of host {:?} ({url}) did not answer: {e}; it may not have carried out the mutation (see its operations)",
                     host.name
                 ),
@@ -349,24 +342,7 @@ async fn forward(ctx: &Ctx, host: &Host, headers: &HeaderMap, body: Bytes) -> Re
     }
 }
 
-/// A GraphQL response with one `HOST_UNAVAILABLE` error and no data.
-fn unavailable(headers: &HeaderMap, message: &str) -> Response {
-    let graphql_json = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/graphql-response+json"));
-    let content_type = match graphql_json {
-        true => "application/graphql-response+json; charset=utf-8",
-        false => "application/json; charset=utf-8",
-    };
-    let body = serde_json::json!({
-        "data": null,
-        "errors": [{"message": message, "extensions": {"code": "HOST_UNAVAILABLE"}}],
-    });
-    let mut response = Response::new(Body::from(body.to_string()));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
+/// An answer of one `HOST_UNAVAILABLE` error, no data.
+fn unavailable(headers: &HeaderMap, message: String) -> Response {
+    crate::api::http::error_response(headers, ApiError::HostUnavailable(message))
 }
