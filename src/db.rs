@@ -385,8 +385,29 @@ fn reusable(conn: &mut sea_orm::sqlx::SqliteConnection) -> bool {
     true
 }
 
+/// The PostgreSQL advisory lock nodes migrate under ("vman" in ASCII).
+const MIGRATION_LOCK: i64 = 0x766d_616e;
+
+/// Brings the schema up to date. On PostgreSQL the nodes of a cluster that
+/// start together take turns (a transaction-scoped advisory lock, held on a
+/// connection of its own while the migrations run on another: the pool has
+/// two at least): the first migrates, the others then find nothing left to
+/// do. Without it they all ran the same migrations, and all but one failed.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
-    Migrator::up(db, None).await
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    if db.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    let turn = db.begin().await?;
+    // Not the pool's short lock_timeout: another node's migrations may take
+    // a while; a minute is a node stuck, and this one gives up.
+    turn.execute_unprepared("SET LOCAL lock_timeout = '60s'")
+        .await?;
+    turn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+        .await?;
+    let migrated = Migrator::up(db, None).await;
+    turn.commit().await?;
+    migrated
 }
 
 /// Fails with CONFLICT when a row of `E` already has `value` in `column`.

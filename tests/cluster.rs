@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{
     TestServer, VmanProcess, WAIT, WsClient, free_port,
+    netns::{self, ip},
     postgres::{Backend, TestDatabase},
 };
 use serde_json::{Value, json};
@@ -477,4 +478,366 @@ async fn a_vm_for_a_host_that_is_not_there_is_refused_with_its_code() {
     let own = server.app.ctx.host_id.to_string();
     let made = server.ok(create, json!({"h": own})).await;
     assert!(made["createVm"]["vm"]["id"].is_string());
+}
+
+/// A named network namespace (`ip netns add`), deleted when dropped.
+struct NamedNetns(String);
+
+impl NamedNetns {
+    fn add(name: String) -> NamedNetns {
+        ip(&["netns", "add", &name]);
+        NamedNetns(name)
+    }
+
+    /// Whether link `name` exists in this namespace.
+    fn has_link(&self, name: &str) -> bool {
+        std::process::Command::new("ip")
+            .args(["-n", &self.0, "link", "show", name])
+            .output()
+            .expect("running ip")
+            .status
+            .success()
+    }
+
+    /// The bridge link `name` is enslaved to, from `ip -j`.
+    fn master_of(&self, name: &str) -> Option<String> {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &self.0, "-j", "link", "show", name])
+            .output()
+            .expect("running ip");
+        let links: Value = serde_json::from_slice(&out.stdout).ok()?;
+        links[0]["master"].as_str().map(str::to_string)
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// One of the real nodes: a `vman serve` in a namespace of its own.
+struct RealNode {
+    name: &'static str,
+    data: std::path::PathBuf,
+    vman: VmanProcess,
+}
+
+impl RealNode {
+    fn host_id(&self) -> String {
+        std::fs::read_to_string(self.data.join("host-id")).unwrap()
+    }
+}
+
+/// Three `vman serve` processes driving real QEMU and real netlink, each in
+/// a network namespace of its own (joined to the test's by a bridge) with a
+/// data directory of its own, on one PostgreSQL database: a VM made through
+/// A on host B runs on B, its NIC's bridge and tap are made on B only; it is
+/// stopped through C; a subscriber on A sees every node's events in one
+/// gapless sequence. A bridge deleted by hand on A is A's issue, which B's
+/// sweep leaves alone; a network deleted through C is taken down on A and
+/// B by their own sweeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_real_nodes_in_their_own_namespaces_share_one_api_and_one_journal() {
+    const TEST: &str = "three_real_nodes_in_their_own_namespaces_share_one_api_and_one_journal";
+    if !netns::enter(TEST) {
+        return;
+    }
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    ip(&["link", "add", "hub0", "type", "bridge"]);
+    ip(&["addr", "add", "10.209.0.1/24", "dev", "hub0"]);
+    ip(&["link", "set", "hub0", "up"]);
+    let mut spaces = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        let space = NamedNetns::add(format!("vt{}{name}", std::process::id()));
+        let ns = space.0.as_str();
+        let veth = format!("hub-{name}");
+        ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "up0", "netns", ns,
+        ]);
+        ip(&["link", "set", &veth, "master", "hub0", "up"]);
+        let address = format!("10.209.0.{}", 11 + i);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "up0",
+        ]);
+        ip(&["-n", ns, "link", "set", "up0", "up"]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        let data = dir.path().join(name);
+        let host_name = format!("node-{name}");
+        let vman = VmanProcess::start_in_netns(
+            ns,
+            &data,
+            format!("{address}:8080").parse().unwrap(),
+            &[
+                ("VMAN_DATABASE_URL", database.url.as_str()),
+                ("VMAN_CLUSTER_HOST_NAME", host_name.as_str()),
+                // Not on loopback: tokens, as a cluster must have.
+                ("VMAN_AUTH_MODE", "token"),
+            ],
+        );
+        spaces.push(space);
+        nodes.push(RealNode { name, data, vman });
+    }
+    for node in &nodes {
+        node.vman.ready(&reqwest::Client::new()).await;
+    }
+    // One admin token, in the shared database: every node takes it, and a
+    // forwarded request carries it.
+    let token = std::process::Command::new(env!("CARGO_BIN_EXE_vman"))
+        .args([
+            "token",
+            "create",
+            "--name",
+            "test",
+            "--role",
+            "admin",
+            "--data-dir",
+        ])
+        .arg(&nodes[0].data)
+        .env("VMAN_DATABASE_URL", &database.url)
+        .output()
+        .unwrap();
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let bearer = format!("Bearer {}", String::from_utf8(token.stdout).unwrap().trim());
+    let http = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                reqwest::header::HeaderValue::from_str(&bearer).unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
+    let [a, b, c] = [&nodes[0], &nodes[1], &nodes[2]];
+    let [ns_a, ns_b, ns_c] = [&spaces[0], &spaces[1], &spaces[2]];
+
+    let hosts = a
+        .vman
+        .gql(
+            &http,
+            "{ hosts { name state thisNode capabilities } }",
+            json!({}),
+        )
+        .await;
+    let hosts = hosts["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 3, "{hosts:#?}");
+    for host in hosts {
+        assert_eq!(host["state"], "ONLINE");
+        assert_eq!(host["thisNode"], host["name"] == "node-a", "{host}");
+        assert!(
+            host["capabilities"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("qemu")),
+            "{host}"
+        );
+    }
+
+    // A subscriber on A, from the head.
+    let head = a.vman.gql(&http, "{ journalHead }", json!({})).await["journalHead"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ws_url = a.vman.url.replace("http://", "ws://") + "/ws";
+    let mut ws = WsClient::connect_with(
+        &ws_url,
+        "graphql-transport-ws",
+        json!({"authorization": bearer}),
+    )
+    .await;
+    ws.subscribe("e", EVENTS, json!({"after": head})).await;
+
+    // A template through C, a network through A: its bridge is made on A.
+    c.vman
+        .gql(&http, "mutation { createTemplate(input: {name: \"bare\", vcpus: 1, memoryMib: 64}) { template { id } } }", json!({}))
+        .await;
+    let network = a
+        .vman
+        .gql(&http, "mutation { createNetwork(input: {name: \"lan\", vlanId: 10}) { network { id bridge } } }", json!({}))
+        .await;
+    let bridge = network["createNetwork"]["network"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ns_a.has_link(&bridge), "the bridge is made on A");
+    assert!(!ns_b.has_link(&bridge) && !ns_c.has_link(&bridge));
+
+    // A VM made through A on host B; its NIC attached through C: B's node
+    // does both, and makes the bridge on B.
+    let created = a
+        .vman
+        .gql(
+            &http,
+            "mutation($h: ID!) { createVm(input: {name: \"on-b\", templateName: \"bare\", hostId: $h}) { vm { id host { name } } } }",
+            json!({"h": b.host_id()}),
+        )
+        .await;
+    assert_eq!(created["createVm"]["vm"]["host"]["name"], "node-b");
+    let vm = created["createVm"]["vm"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let nic = c
+        .vman
+        .gql(
+            &http,
+            "mutation($id: ID!) { attachNic(vmId: $id, networkName: \"lan\") { nic { id tap } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    let tap = nic["attachNic"]["nic"]["tap"].as_str().unwrap().to_string();
+    let nic = nic["attachNic"]["nic"]["id"].as_str().unwrap().to_string();
+    assert!(
+        ns_b.has_link(&bridge),
+        "the bridge is made on B with the NIC"
+    );
+    assert!(!ns_c.has_link(&bridge), "C has no NIC on it");
+    let on = a
+        .vman
+        .gql(
+            &http,
+            "{ networks { edges { node { name hosts { name } } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        on["networks"]["edges"][0]["node"]["hosts"],
+        json!([{"name": "node-a"}, {"name": "node-b"}])
+    );
+
+    // Started through A: QEMU runs on B, its tap on B's bridge.
+    let started = a
+        .vman
+        .gql(
+            &http,
+            "mutation($id: ID!) { startVm(id: $id) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(started["startVm"]["vm"]["state"], "RUNNING");
+    let pid = qemu_pid(&b.data, &vm);
+    assert!(vman::host::qemu::process::is_alive(pid));
+    assert!(!a.data.join("run").join(&vm).exists() && !c.data.join("run").join(&vm).exists());
+    assert_eq!(
+        ns_b.master_of(&tap).as_deref(),
+        Some(bridge.as_str()),
+        "the tap is on B's bridge"
+    );
+    assert!(!ns_a.has_link(&tap) && !ns_c.has_link(&tap));
+
+    // Stopped through C.
+    let stopped = c
+        .vman
+        .gql(
+            &http,
+            "mutation($id: ID!) { stopVm(id: $id, force: true) { vm { state } } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(stopped["stopVm"]["vm"]["state"], "STOPPED");
+    assert!(!ns_b.has_link(&tap), "the stop removed the tap");
+
+    // The bridge deleted by hand on A: A's issue; B's sweep leaves it open.
+    ip(&["-n", &ns_a.0, "link", "del", &bridge]);
+    let sweep =
+        "mutation { runCoherenceSweep { opened { kind host { name } } findings { kind } } }";
+    let on_a = a.vman.gql(&http, sweep, json!({})).await;
+    assert_eq!(
+        on_a["runCoherenceSweep"]["opened"],
+        json!([{"kind": "BRIDGE_MISSING", "host": {"name": "node-a"}}]),
+        "{on_a}"
+    );
+    let on_b = b.vman.gql(&http, sweep, json!({})).await;
+    assert_eq!(on_b["runCoherenceSweep"]["findings"], json!([]), "{on_b}");
+    let open = "{ coherenceIssues(open: true) { totalCount } }";
+    let still = b.vman.gql(&http, open, json!({})).await;
+    assert_eq!(still["coherenceIssues"]["totalCount"], 1, "{still}");
+
+    // The NIC detached through A, the network deleted through C (whose host
+    // has no bridge of it): A's and B's sweeps take their bridges down.
+    a.vman
+        .gql(
+            &http,
+            "mutation($id: ID!) { detachNic(nicId: $id) { nic { id } } }",
+            json!({"id": nic}),
+        )
+        .await;
+    c.vman
+        .gql(
+            &http,
+            "mutation { deleteNetwork(name: \"lan\") { network { id } } }",
+            json!({}),
+        )
+        .await;
+    assert!(ns_b.has_link(&bridge), "B's bridge waits for B's sweep");
+    b.vman.gql(&http, sweep, json!({})).await;
+    assert!(!ns_b.has_link(&bridge), "B's sweep took its bridge down");
+    let on_a = a
+        .vman
+        .gql(
+            &http,
+            "mutation { runCoherenceSweep { resolved { kind } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        on_a["runCoherenceSweep"]["resolved"],
+        json!([{"kind": "BRIDGE_MISSING"}]),
+        "{on_a}"
+    );
+
+    // Every node's events, at A, in one sequence without gaps.
+    let end: i64 = a.vman.gql(&http, "{ journalHead }", json!({})).await["journalHead"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let head: i64 = head.parse().unwrap();
+    let events = gapless(&mut ws, "e", head, (end - head) as usize).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    for kind in [
+        "TEMPLATE_CREATED",
+        "NETWORK_CREATED",
+        "VM_CREATED",
+        "NIC_ATTACHED",
+        "VM_STATE_CHANGED",
+        "COHERENCE_ISSUE_OPENED",
+        "NIC_DETACHED",
+        "NETWORK_DELETED",
+        "COHERENCE_ISSUE_RESOLVED",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let running = events
+        .iter()
+        .filter(|e| e["kind"] == "VM_STATE_CHANGED" && e["subjectId"] == vm.as_str())
+        .map(|e| e["payload"]["to"].as_str().unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        running,
+        ["STARTING", "RUNNING", "STOPPING", "STOPPED"],
+        "{kinds:?}"
+    );
+    eprintln!(
+        "{} events from nodes {:?}, gapless at A",
+        events.len(),
+        nodes.iter().map(|n| n.name).collect::<Vec<_>>()
+    );
+    drop(nodes);
 }

@@ -239,8 +239,17 @@ pub async fn register(config: &Config, bus: &EventBus) -> ApiResult<String> {
         .filter(crate::operation::model::Column::HostId.is_null())
         .exec(w.txn())
         .await?;
+    crate::coherence::model::Entity::update_many()
+        .col_expr(
+            crate::coherence::model::Column::HostId,
+            Expr::value(id.clone()),
+        )
+        .filter(crate::coherence::model::Column::HostId.is_null())
+        .exec(w.txn())
+        .await?;
+    let networks = crate::network::claim_unplaced(w.txn(), &id).await?;
     w.commit().await?;
-    tracing::info!(host = %name, id = %id, claimed_vms = claimed.rows_affected, "registered this node's host");
+    tracing::info!(host = %name, id = %id, claimed_vms = claimed.rows_affected, claimed_networks = networks, "registered this node's host");
     Ok(id)
 }
 

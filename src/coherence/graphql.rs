@@ -44,6 +44,13 @@ impl CoherenceIssueObject {
         let vm = api::load::<crate::vm::model::Entity>(ctx, self.0.vm_id.as_deref()).await?;
         Ok(vm.map(VmObject))
     }
+    /// The host whose node's sweep found it (each node judges its own host).
+    async fn host(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<crate::cluster::graphql::HostObject>> {
+        crate::cluster::graphql::of_vm(ctx, self.0.host_id.as_deref()).await
+    }
     /// What the database says.
     async fn expected(&self) -> &str {
         &self.0.expected

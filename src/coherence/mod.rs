@@ -70,8 +70,12 @@ fn event(payload: fn(Box<CoherenceIssue>) -> Payload, issue: &CoherenceIssue) ->
     NewEvent::new(&issue.id, None, payload(Box::new(issue.clone())))
 }
 
-/// Opens an issue for a finding, journaling `COHERENCE_ISSUE_OPENED`.
-pub async fn open(w: &mut Writer<'_>, finding: &Finding) -> ApiResult<CoherenceIssue> {
+/// Opens an issue for a finding on host `host_id`, journaling `COHERENCE_ISSUE_OPENED`.
+pub async fn open(
+    w: &mut Writer<'_>,
+    finding: &Finding,
+    host_id: &str,
+) -> ApiResult<CoherenceIssue> {
     let issue = model::ActiveModel {
         id: Set(uuid::Uuid::now_v7().to_string()),
         kind: Set(finding.kind),
@@ -83,6 +87,7 @@ pub async fn open(w: &mut Writer<'_>, finding: &Finding) -> ApiResult<CoherenceI
         detected_at: Set(Utc::now()),
         resolved_at: Set(None),
         action: Set(None),
+        host_id: Set(Some(host_id.to_string())),
     }
     .insert(w.txn())
     .await?;

@@ -22,6 +22,8 @@ pub struct Model {
     pub resolved_at: Option<DateTimeUtc>,
     /// What vman did about it (under the `repair` policy), or why it resolved.
     pub action: Option<String>,
+    /// The host whose node's sweep found it (only that node resolves it).
+    pub host_id: Option<String>,
 }
 
 /// What kind of drift an issue is.

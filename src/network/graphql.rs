@@ -15,7 +15,9 @@ use crate::{
 #[derive(Clone)]
 pub struct NetworkObject(pub Network);
 
-/// A VLAN and the bridge that carries it on this host.
+/// A VLAN, the cluster's, and the bridge that carries it on each host it is
+/// made on (the host of the node it was created through, and each host a
+/// NIC on it was attached on).
 #[Object(name = "Network")]
 impl NetworkObject {
     /// A UUID, unique across all objects.
@@ -42,7 +44,35 @@ impl NetworkObject {
     async fn vlan_link(&self) -> Option<String> {
         super::vlan_link(&self.0).map(|l| l.name)
     }
-    /// What the host shows of this network now (one netlink dump).
+    /// The hosts its bridge is made on, by name.
+    async fn hosts(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<crate::cluster::graphql::HostObject>> {
+        let app = api::services(ctx);
+        let ids: Vec<String> = model::on_host::Entity::find()
+            .filter(model::on_host::Column::NetworkId.eq(&self.0.id))
+            .all(&app.db)
+            .await
+            .map_err(ApiError::from)
+            .gql()?
+            .into_iter()
+            .map(|row| row.host_id)
+            .collect();
+        let hosts = crate::cluster::model::Entity::find()
+            .filter(crate::cluster::model::Column::Id.is_in(ids))
+            .order_by_asc(crate::cluster::model::Column::Name)
+            .all(&app.db)
+            .await
+            .map_err(ApiError::from)
+            .gql()?;
+        Ok(hosts
+            .into_iter()
+            .map(crate::cluster::graphql::HostObject)
+            .collect())
+    }
+    /// What the answering node's host shows of this network now (one
+    /// netlink dump); a host it is not made on shows it missing.
     async fn status(&self, ctx: &Context<'_>) -> async_graphql::Result<NetworkStatus> {
         let app = api::services(ctx);
         let links = app.network.links().await.map_err(ApiError::from).gql()?;

@@ -1,6 +1,13 @@
-//! Networks: a VLAN id and the bridge that carries it on this host, joined by
+//! Networks: a VLAN id and the bridge that carries it on a host, joined by
 //! the uplink's `<uplink>.<vlan>` link when the network has an uplink; and
 //! NICs ([`nic`]): a tap per NIC on its network's bridge.
+//!
+//! A network is the cluster's (its name and VLAN id unique in it); its
+//! bridge is made on the host of the node it is created through, and on
+//! each host a NIC on it is attached on (`network_hosts` records where:
+//! [`model::on_host`]). Each node makes, judges and takes down the bridges
+//! of its own host only: a network deleted through another node leaves its
+//! bridge here until this node's next sweep ([`take_down_leftovers`]).
 //!
 //! Interface names are always generated (bridge from the VLAN, VLAN link from
 //! the uplink, tap from the VM and NIC position); the only name a user gives
@@ -24,7 +31,7 @@ use crate::{
     operation::{self, Change, HostAction, OperationKind, Request, SubjectType},
     validate,
 };
-pub use model::{Model as Network, nic::Model as Nic};
+pub use model::{Model as Network, nic::Model as Nic, on_host::Model as NetworkHost};
 pub use nic::{release_taps, tap_name};
 
 pub struct CreateNetwork {
@@ -51,7 +58,113 @@ pub fn ensure_action(network: &Network) -> NetworkAction {
     }
 }
 
-fn delete_action(network: &Network) -> NetworkAction {
+/// Whether `network`'s bridge is made on host `host_id`.
+pub async fn made_on(
+    db: &impl ConnectionTrait,
+    network_id: &str,
+    host_id: &str,
+) -> ApiResult<bool> {
+    Ok(
+        model::on_host::Entity::find_by_id((network_id.to_string(), host_id.to_string()))
+            .one(db)
+            .await?
+            .is_some(),
+    )
+}
+
+/// Records in `w` that `network`'s bridge is made on host `host_id`
+/// (nothing when it is already).
+pub(crate) async fn record_made_on(
+    db: &impl ConnectionTrait,
+    network: &Network,
+    host_id: &str,
+) -> ApiResult<()> {
+    if made_on(db, &network.id, host_id).await? {
+        return Ok(());
+    }
+    model::on_host::ActiveModel::from(NetworkHost {
+        network_id: network.id.clone(),
+        host_id: host_id.to_string(),
+        bridge: network.bridge.clone(),
+        vlan_link: vlan_link(network).map(|l| l.name),
+        created_at: Utc::now(),
+    })
+    .insert(db)
+    .await?;
+    Ok(())
+}
+
+/// The networks whose bridge is made on host `host_id` (the ones its sweep judges).
+pub async fn made_on_host(db: &impl ConnectionTrait, host_id: &str) -> ApiResult<Vec<Network>> {
+    let ids: Vec<String> = model::on_host::Entity::find()
+        .filter(model::on_host::Column::HostId.eq(host_id))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|row| row.network_id)
+        .collect();
+    Ok(model::Entity::find()
+        .filter(model::Column::Id.is_in(ids))
+        .all(db)
+        .await?)
+}
+
+/// Claims for host `host_id` the networks no host has (made before hosts
+/// were recorded): their bridges are this host's.
+pub(crate) async fn claim_unplaced(db: &impl ConnectionTrait, host_id: &str) -> ApiResult<u64> {
+    let placed: std::collections::HashSet<String> = model::on_host::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|row| row.network_id)
+        .collect();
+    let mut claimed = 0;
+    for network in model::Entity::find().all(db).await? {
+        if !placed.contains(&network.id) {
+            record_made_on(db, &network, host_id).await?;
+            claimed += 1;
+        }
+    }
+    Ok(claimed)
+}
+
+/// Takes down this host's links of the networks deleted through another
+/// node (their `network_hosts` row outlives them for this), and forgets
+/// them. A link that cannot be taken down stays recorded, for the next sweep.
+pub async fn take_down_leftovers(app: &Ctx) -> ApiResult<()> {
+    let rows = model::on_host::Entity::find()
+        .filter(model::on_host::Column::HostId.eq(&*app.host_id))
+        .all(&app.db)
+        .await?;
+    let existing: std::collections::HashSet<String> = model::Entity::find()
+        .filter(model::Column::Id.is_in(rows.iter().map(|r| r.network_id.clone())))
+        .all(&app.db)
+        .await?
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    for row in rows
+        .into_iter()
+        .filter(|r| !existing.contains(&r.network_id))
+    {
+        let action = NetworkAction::DeleteNetwork {
+            bridge: row.bridge.clone(),
+            vlan_link: row.vlan_link.clone(),
+        };
+        match app.network.execute(&action).await {
+            Ok(_) => {
+                tracing::info!(network = %row.network_id, bridge = %row.bridge, "took down the bridge of a network deleted through another node");
+                row.delete(&app.db).await?;
+            }
+            Err(e) => {
+                tracing::warn!(network = %row.network_id, bridge = %row.bridge, error = %e, "taking down the bridge of a deleted network")
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn delete_action(network: &Network) -> NetworkAction {
     NetworkAction::DeleteNetwork {
         bridge: network.bridge.clone(),
         vlan_link: vlan_link(network).map(|l| l.name),
@@ -158,6 +271,7 @@ pub async fn create(app: &Ctx, input: CreateNetwork, dry_run: bool) -> ApiResult
             let network = model::ActiveModel::from(network.clone())
                 .insert(w.txn())
                 .await?;
+            record_made_on(w.txn(), &network, &app.host_id).await?;
             w.record(NewEvent::new(
                 &network.id,
                 Some(op),
@@ -189,16 +303,23 @@ pub async fn delete(app: &Ctx, id: &str, dry_run: bool) -> ApiResult<Change<Netw
             network.name
         )));
     }
-    let action = delete_action(&network);
+    // This node takes down its own host's links; the other hosts' nodes
+    // take down theirs at their next sweep.
+    let here = made_on(&app.db, &id, &app.host_id)
+        .await?
+        .then(|| delete_action(&network));
     if dry_run {
-        return Ok(Change::planned(network, app.network.plan(&action)));
+        let plan = here.iter().flat_map(|a| app.network.plan(a)).collect();
+        return Ok(Change::planned(network, plan));
     }
     let request = Request::new(OperationKind::DeleteNetwork, SubjectType::Network, &id);
     operation::run(app, request, async |env| {
-        env.network(&action).await?;
-        // Checked again in the write: a NIC attached meanwhile keeps the
-        // network, and its links are made again.
-        env.undo_with(HostAction::Network(ensure_action(&network)));
+        if let Some(action) = &here {
+            env.network(action).await?;
+            // Checked again in the write: a NIC attached meanwhile keeps the
+            // network, and its links are made again.
+            env.undo_with(HostAction::Network(ensure_action(&network)));
+        }
         env.commit(async |w, op| {
             let nics = model::nic::Entity::find()
                 .filter(model::nic::Column::NetworkId.eq(&id))
@@ -211,6 +332,9 @@ pub async fn delete(app: &Ctx, id: &str, dry_run: bool) -> ApiResult<Change<Netw
                 )));
             }
             network.clone().delete(w.txn()).await?;
+            model::on_host::Entity::delete_by_id((network.id.clone(), app.host_id.to_string()))
+                .exec(w.txn())
+                .await?;
             w.record(NewEvent::new(
                 &network.id,
                 Some(op),

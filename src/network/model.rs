@@ -50,3 +50,28 @@ pub mod nic {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// A host a network's bridge is made on (`network_hosts`): the host of the
+/// node it was created through, and each host a NIC on it was attached on.
+/// The link names are kept so that the host's node can take them down after
+/// the network is deleted through another node.
+pub mod on_host {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "network_hosts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub network_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub host_id: String,
+        pub bridge: String,
+        pub vlan_link: Option<String>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

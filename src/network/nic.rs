@@ -283,6 +283,9 @@ pub async fn attach(app: &Ctx, input: AttachNic, dry_run: bool) -> ApiResult<Cha
         created_at: Utc::now(),
     };
     let nic_spec = spec(&nic, &network);
+    // The first NIC on this network on this host makes its bridge here.
+    let make_bridge = (!super::made_on(&app.db, &network.id, &app.host_id).await?)
+        .then(|| super::ensure_action(&network));
     let ensure_tap = NetworkAction::EnsureTap {
         tap: tap.clone(),
         bridge: network.bridge.clone(),
@@ -292,10 +295,14 @@ pub async fn attach(app: &Ctx, input: AttachNic, dry_run: bool) -> ApiResult<Cha
         nic: nic_spec,
     };
     if dry_run {
-        let plan = match hot {
-            true => [app.network.plan(&ensure_tap), app.hypervisor.plan(&plug)].concat(),
-            false => Vec::new(),
-        };
+        let mut plan: Vec<HostStep> = make_bridge
+            .iter()
+            .flat_map(|a| app.network.plan(a))
+            .collect();
+        if hot {
+            plan.extend(app.network.plan(&ensure_tap));
+            plan.extend(app.hypervisor.plan(&plug));
+        }
         return Ok(Change::planned(nic, plan));
     }
     if hot && !app.network.capabilities().taps.supported {
@@ -306,6 +313,10 @@ pub async fn attach(app: &Ctx, input: AttachNic, dry_run: bool) -> ApiResult<Cha
     }
     let request = Request::with_id(op_id, kind, SubjectType::Nic, &nic.id);
     operation::run(app, request, async |env| {
+        if let Some(action) = &make_bridge {
+            env.network(action).await?;
+            env.undo_with(HostAction::Network(super::delete_action(&network)));
+        }
         if hot {
             env.network(&ensure_tap).await?;
             env.undo_with(HostAction::Network(NetworkAction::DeleteTap {
@@ -315,6 +326,7 @@ pub async fn attach(app: &Ctx, input: AttachNic, dry_run: bool) -> ApiResult<Cha
         }
         env.commit(async |w, op| {
             find_in::<model::Entity, _>(w.txn(), "network", &network.id).await?;
+            super::record_made_on(w.txn(), &network, &app.host_id).await?;
             insert_attached(w, &nic, hot, op).await
         })
         .await

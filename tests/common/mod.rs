@@ -576,13 +576,33 @@ impl VmanProcess {
         port: u16,
         env: &[(&str, &str)],
     ) -> VmanProcess {
-        let child = std::process::Command::new(program)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        Self::serve(std::process::Command::new(program), data, listen, env)
+    }
+
+    /// Starts `vman serve` in the named network namespace `netns`, on
+    /// `listen` (an address of that namespace). `ip netns exec` execs vman:
+    /// the child is vman itself, so a SIGKILL reaches it.
+    pub fn start_in_netns(
+        netns: &str,
+        data: &std::path::Path,
+        listen: std::net::SocketAddr,
+        env: &[(&str, &str)],
+    ) -> VmanProcess {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_vman")]);
+        Self::serve(command, data, listen, env)
+    }
+
+    /// Runs `command serve --listen <listen> --data-dir <data>`.
+    fn serve(
+        mut command: std::process::Command,
+        data: &std::path::Path,
+        listen: std::net::SocketAddr,
+        env: &[(&str, &str)],
+    ) -> VmanProcess {
+        let child = command
+            .args(["serve", "--listen", &listen.to_string(), "--data-dir"])
             .arg(data)
             .env("VMAN_QEMU_ACCEL", if kvm_usable() { "kvm" } else { "tcg" })
             .env("VMAN_LOG_LEVEL", "warn")
@@ -591,7 +611,7 @@ impl VmanProcess {
             .unwrap();
         VmanProcess {
             child,
-            url: format!("http://127.0.0.1:{port}/graphql"),
+            url: format!("http://{listen}/graphql"),
             run_dir: data.join("run"),
         }
     }

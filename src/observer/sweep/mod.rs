@@ -62,6 +62,10 @@ pub(super) async fn sweep(app: &Ctx) -> ApiResult<SweepReport> {
 
 async fn run(app: &Ctx) -> ApiResult<SweepReport> {
     let started_at = chrono::Utc::now();
+    // Not a drift: work a deleteNetwork through another node left this one.
+    if let Err(e) = crate::network::take_down_leftovers(app).await {
+        tracing::warn!(error = %e, "taking down the bridges of networks deleted elsewhere");
+    }
     let snap = snapshot::take(app).await?;
     let judge::Judgement {
         drifts,

@@ -45,6 +45,7 @@ pub async fn record(
         && observations.is_empty()
         && coherence::model::Entity::find()
             .filter(coherence::model::Column::ResolvedAt.is_null())
+            .filter(coherence::model::Column::HostId.eq(&*app.host_id))
             .one(&app.db)
             .await?
             .is_none()
@@ -89,8 +90,10 @@ pub async fn record(
         .collect();
     let fresh = |vm_id: &Option<String>| vm_id.as_ref().is_none_or(|id| !stale.contains(id));
 
+    // This host's issues: the others' are their nodes' to resolve.
     let open: Vec<CoherenceIssue> = coherence::model::Entity::find()
         .filter(coherence::model::Column::ResolvedAt.is_null())
+        .filter(coherence::model::Column::HostId.eq(&*app.host_id))
         .all(w.txn())
         .await?;
     let mut open_by_key: HashMap<(CoherenceKind, String), CoherenceIssue> = open
@@ -118,7 +121,7 @@ pub async fn record(
         let issue = match open_by_key.remove(&key) {
             Some(issue) => issue,
             None => {
-                let issue = coherence::open(&mut w, &drift.finding).await?;
+                let issue = coherence::open(&mut w, &drift.finding, &app.host_id).await?;
                 report.opened.push(issue.clone());
                 issue
             }

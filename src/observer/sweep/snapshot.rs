@@ -110,7 +110,8 @@ pub async fn rows(app: &Ctx) -> ApiResult<Rows> {
         .into_iter()
         .filter(|d| d.vm_id.as_deref().is_none_or(|vm| local.contains(vm)))
         .collect();
-    let networks = network::model::Entity::find().all(&app.db).await?;
+    // The networks whose bridge is made on this host.
+    let networks = network::made_on_host(&app.db, &app.host_id).await?;
     let nics = network::model::nic::Entity::find().all(&app.db).await?;
     let images = image::model::Entity::find()
         .all(&app.db)
