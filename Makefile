@@ -11,20 +11,26 @@ run: deps
 	cargo build --profile quick
 	./target/quick/vman serve $$(command -v qemu-system-x86_64 >/dev/null || echo --dry-run)
 
-# The test files whose servers run on PostgreSQL too (VMANTEST_DATABASE=postgres:
-# each test on a fresh database of its own); tests/postgres.rs runs in the
-# first pass. The others need SQLite's file (backup, database_busy, full_disk,
-# query_plans), start vman processes of their own (on SQLite), or use no database.
+# The test files run a second time on PostgreSQL (VMANTEST_DATABASE=postgres:
+# each test server on a fresh database of its own, each `vman` process a test
+# starts on the database of its data directory). Left out: backup (`vman
+# backup`, `restore` and `doctor` are SQLite's file only; on PostgreSQL they
+# refuse, pg_dump's job), database_busy (SQLite's write lock and busy
+# timeout), full_disk (fills the filesystem under SQLite's file), query_plans
+# (SQLite's EXPLAIN QUERY PLAN); cluster and postgres (PostgreSQL already, in
+# the first pass); docs_drift, network_plan, playground_bundle, qemu_argv (no
+# database).
 POSTGRES_TESTS := api_scenario api_bad_input api_pages_and_readiness api_concurrency \
-	api_graph api_limits api_disk_lifecycle auth batched_loading cloud_init console_api \
-	console_guest graphql_http_audit host_failures image_download install_media \
-	js_clients metrics mutations_succeed network_guests network_host observer_sweep \
-	qemu_guest qemu_host qmp_reconnect snapshots stats tls vm_clone vm_update ws_protocol
+	api_graph api_limits api_disk_lifecycle auth auth_cli batched_loading cli_client \
+	cloud_init console_api console_guest dashboard_browser graphql_http_audit \
+	host_failures image_download install_media js_clients metrics mutations_succeed \
+	network_guests network_host observer_sweep playground_browser qemu_guest qemu_host \
+	qmp_reconnect readme_walkthrough schema_and_cli snapshots stats tls vm_clone \
+	vm_update ws_protocol ws_shared
 
 # The whole test suite: format, lints, and every test, real QEMU and real
 # guests included (CI runs exactly this), inside a throwaway PostgreSQL cluster
-# (scripts/pg-test-cluster.sh); then the database-heavy files again on
-# PostgreSQL. Slow real-guest tests run alone with `cargo test --test qemu_guest`.
+# (scripts/pg-test-cluster.sh); then POSTGRES_TESTS again on PostgreSQL. Slow real-guest tests run alone with `cargo test --test qemu_guest`.
 test: deps guest lint
 	./scripts/pg-test-cluster.sh run bash -c '\
 	  status=0; \

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{VmanProcess, free_port};
+use common::{VmanProcess, database_env, free_port, postgres};
 use serde_json::json;
 
 fn vman() -> Command {
@@ -47,13 +47,14 @@ fn serving_beyond_loopback_without_auth_is_refused_with_what_to_do() {
     );
 }
 
-/// `vman token <args> --data-dir <data>`.
+/// `vman token <args> --data-dir <data>` (on `data`'s database).
 fn token(data: &std::path::Path, args: &[&str]) -> std::process::Output {
     vman()
         .arg("token")
         .args(args)
         .arg("--data-dir")
         .arg(data)
+        .envs(database_env(data))
         .output()
         .unwrap()
 }
@@ -118,6 +119,7 @@ async fn a_token_made_on_the_command_line_works_and_its_secret_is_kept_nowhere()
         .arg(&data)
         .env("VMAN_AUTH_MODE", "token")
         .env("VMAN_LOG_LEVEL", "debug")
+        .envs(database_env(&data))
         .stdout(output("serve.out"))
         .stderr(output("serve.err"))
         .spawn()
@@ -158,6 +160,20 @@ async fn a_token_made_on_the_command_line_works_and_its_secret_is_kept_nowhere()
         "{listed}"
     );
     assert!(!listed.contains(&secret));
+    // On PostgreSQL, the rows while the token's is there (revoking removes
+    // it), searched for the secret below with the files.
+    let rows_with_the_token = match postgres::Backend::from_env() {
+        postgres::Backend::Sqlite => None,
+        postgres::Backend::Postgres => {
+            let rows = postgres::dump(&postgres::database_for(&data)).await;
+            assert!(
+                rows.lines()
+                    .any(|row| row.starts_with("api_tokens: ") && row.contains("ops")),
+                "no token row:\n{rows}"
+            );
+            Some(rows)
+        }
+    };
     succeeded(&token(&data, &["revoke", "ops"]));
     let after = http
         .post(&server.url)
@@ -171,10 +187,18 @@ async fn a_token_made_on_the_command_line_works_and_its_secret_is_kept_nowhere()
     server.child.wait().unwrap();
 
     // Not in the database, its journal or the logs: no file under the data
-    // dir (or the server's output) holds it.
+    // dir (or the server's output) holds it, nor, on PostgreSQL, any row,
+    // before or after the revoke.
     let mut files = Vec::new();
     files_under(dir.path(), &mut files);
-    assert!(files.iter().any(|(path, _)| path.ends_with("vman.db")));
+    match rows_with_the_token {
+        None => assert!(files.iter().any(|(path, _)| path.ends_with("vman.db"))),
+        Some(before) => {
+            let after = postgres::dump(&postgres::database_for(&data)).await;
+            files.push(("rows with the token".into(), before.into_bytes()));
+            files.push(("rows after the revoke".into(), after.into_bytes()));
+        }
+    }
     assert!(
         files
             .iter()

@@ -54,7 +54,13 @@ async fn the_dashboard_follows_vms_live_runs_their_console_and_survives_a_vman_r
         common::free_port().to_string(),
         common::guest_dir().display().to_string(),
     ];
-    common::run_browser_script("dashboard.mjs", args, Vec::new()).await;
+    // dashboard.mjs hands its environment to the vman it starts: on
+    // PostgreSQL, the data directory's database (the same after the restart).
+    let env = common::database_env(&data)
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value))
+        .collect();
+    common::run_browser_script("dashboard.mjs", args, env).await;
 }
 
 #[tokio::test]

@@ -646,6 +646,8 @@ fn config_on(data_dir: &std::path::Path, dry_run: bool) -> vman::config::Config 
         ..Default::default()
     };
     config.qemu.accel = accel();
+    // On PostgreSQL, `data_dir`'s own database: the same for each app on it.
+    config.database.url = common::database_url(data_dir);
     config
 }
 

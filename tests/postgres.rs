@@ -5,9 +5,9 @@
 //! no message shows.
 //!
 //! Each test has a database of its own on the test cluster
-//! (`tests/common/postgres.rs`). The database-heavy test files also run on
-//! PostgreSQL whole: `make test` runs them again with
-//! `VMANTEST_DATABASE=postgres`.
+//! (`tests/common/postgres.rs`). The other test files that use a database
+//! also run on PostgreSQL whole: `make test` runs them again with
+//! `VMANTEST_DATABASE=postgres` (the Makefile's `POSTGRES_TESTS`).
 
 mod common;
 

@@ -32,9 +32,11 @@ fn schema_graphql_matches_the_built_schema() {
     assert_eq!(String::from_utf8(printed.stdout).unwrap(), built);
 }
 
+/// SQLite's settings: on SQLite whichever backend the binary's other
+/// tests run on.
 #[tokio::test]
 async fn sqlite_is_set_up_for_a_server() {
-    let server = common::TestServer::start().await;
+    let server = common::TestServer::start_on(common::postgres::Backend::Sqlite, |_| {}).await;
     let db = &server.app.ctx.db;
     let pragma = |name: &str| {
         let sql = format!("PRAGMA {name}");
@@ -63,24 +65,37 @@ async fn sqlite_is_set_up_for_a_server() {
         .await;
     assert_eq!(health["health"]["ready"], true, "{health}");
     drop(w);
-    // Foreign keys are enforced by the database itself, not only by the services.
-    let orphan = db
+}
+
+#[tokio::test]
+async fn foreign_keys_are_enforced_by_the_database_itself_not_only_by_the_services() {
+    let server = common::TestServer::start().await;
+    let orphan = server
+        .app
+        .ctx
+        .db
         .execute_unprepared(
             "INSERT INTO disks (id, name, format, size_bytes, vm_id, attachment, created_at, updated_at) \
              VALUES ('x', 'x', 'RAW', 1, 'no-such-vm', 'ATTACHED', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
         )
         .await;
-    assert!(orphan.is_err(), "a disk pointing at no VM was accepted");
+    // Refused for that reason (SQLite's "FOREIGN KEY constraint failed",
+    // PostgreSQL's "violates foreign key constraint"), not another.
+    let error = orphan
+        .expect_err("a disk pointing at no VM was accepted")
+        .to_string();
+    assert!(error.to_lowercase().contains("foreign key"), "{error}");
 }
 
-#[test]
-fn migrate_creates_the_database_and_config_check_names_bad_values() {
+#[tokio::test]
+async fn migrate_creates_the_database_and_config_check_names_bad_values() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let out = vman()
         .current_dir(dir.path())
         .args(["migrate", "--data-dir"])
         .arg(&data)
+        .envs(common::database_env(&data))
         .output()
         .unwrap();
     assert!(
@@ -88,7 +103,18 @@ fn migrate_creates_the_database_and_config_check_names_bad_values() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(data.join("vman.db").exists());
+    match common::postgres::Backend::from_env() {
+        common::postgres::Backend::Sqlite => assert!(data.join("vman.db").exists()),
+        common::postgres::Backend::Postgres => {
+            assert!(!data.join("vman.db").exists());
+            let rows = common::postgres::dump(&common::postgres::database_for(&data)).await;
+            assert!(
+                rows.lines()
+                    .any(|row| row.starts_with("seaql_migrations: ")),
+                "no migration recorded:\n{rows}"
+            );
+        }
+    }
     for sub in ["storage", "run", "logs"] {
         assert!(data.join(sub).is_dir(), "{sub}");
     }

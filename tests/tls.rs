@@ -217,6 +217,7 @@ async fn vman_serve_with_tls_from_the_environment_logs_and_serves_https() {
             .env("VMAN_TLS_CERT", &ca.cert_file)
             .env("VMAN_TLS_KEY", &ca.key_file)
             .env("VMAN_LOG_LEVEL", "info")
+            .envs(common::database_env(&data))
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),

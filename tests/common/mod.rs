@@ -543,6 +543,31 @@ pub fn accel() -> vman::config::Accel {
     }
 }
 
+/// The environment a `vman` process on the data directory `data` needs
+/// to open the database this test binary runs on ([`postgres::Backend::from_env`]):
+/// none on SQLite (its file is under `data`); on PostgreSQL,
+/// `VMAN_DATABASE_URL` of `data`'s own database
+/// ([`postgres::database_for`]: the same one for every process on `data`).
+/// For `vman serve` ([`VmanProcess`] adds it itself) and the commands that
+/// open the database (`vman token`, `vman migrate`).
+pub fn database_env(data: &std::path::Path) -> Vec<(&'static str, String)> {
+    match postgres::Backend::from_env() {
+        postgres::Backend::Sqlite => Vec::new(),
+        postgres::Backend::Postgres => {
+            vec![("VMAN_DATABASE_URL", postgres::database_for(data))]
+        }
+    }
+}
+
+/// The `database.url` of an app a test starts itself on `data`: what
+/// [`database_env`] gives a `vman` process on it.
+pub fn database_url(data: &std::path::Path) -> Option<vman::config::DatabaseUrl> {
+    database_env(data)
+        .into_iter()
+        .next()
+        .map(|(_, url)| vman::config::DatabaseUrl::new(url))
+}
+
 /// A `vman serve` process of its own, so it can be SIGKILLed.
 pub struct VmanProcess {
     pub child: std::process::Child,
@@ -569,7 +594,10 @@ impl VmanProcess {
     }
 
     /// Starts `program serve` (another build of vman, for a benchmark's
-    /// before and after).
+    /// before and after). On the backend the test binary runs on
+    /// ([`database_env`]: on PostgreSQL the data directory's own database,
+    /// the same one when vman is started again on `data`), unless `env`
+    /// names a `VMAN_DATABASE_URL` itself.
     pub fn start_program(
         program: &std::path::Path,
         data: &std::path::Path,
@@ -601,11 +629,17 @@ impl VmanProcess {
         listen: std::net::SocketAddr,
         env: &[(&str, &str)],
     ) -> VmanProcess {
+        let database = if env.iter().any(|(key, _)| *key == "VMAN_DATABASE_URL") {
+            Vec::new()
+        } else {
+            database_env(data)
+        };
         let child = command
             .args(["serve", "--listen", &listen.to_string(), "--data-dir"])
             .arg(data)
             .env("VMAN_QEMU_ACCEL", if kvm_usable() { "kvm" } else { "tcg" })
             .env("VMAN_LOG_LEVEL", "warn")
+            .envs(database)
             .envs(env.iter().copied())
             .spawn()
             .unwrap();

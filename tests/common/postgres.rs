@@ -11,7 +11,11 @@
 //! variable as config, and the vman processes some tests start would refuse
 //! an unknown key.
 
-use std::sync::OnceLock;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Mutex, OnceLock},
+};
 
 use sea_orm::sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 
@@ -25,9 +29,9 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// `VMANTEST_DATABASE=postgres` runs a test binary's servers on
-    /// PostgreSQL (`make test` does it for the database-heavy ones);
-    /// SQLite otherwise.
+    /// `VMANTEST_DATABASE=postgres` runs a test binary's servers and the
+    /// `vman` processes it starts on PostgreSQL (`make test` does it for
+    /// the Makefile's `POSTGRES_TESTS`); SQLite otherwise.
     pub fn from_env() -> Backend {
         match std::env::var("VMANTEST_DATABASE").as_deref() {
             Ok("postgres") => Backend::Postgres,
@@ -112,4 +116,71 @@ impl Drop for TestDatabase {
             eprintln!("dropping test database {}: {dropped:?}", self.name);
         }
     }
+}
+
+/// The URL of the database of the data directory `data` (for the `vman`
+/// processes a test starts on it: `vman serve`, `vman token` and the
+/// like): a fresh one the first time `data` is named, the same one after,
+/// so a vman restarted on `data` finds its rows again, as it finds its
+/// SQLite file.
+///
+/// These databases are never dropped: the map is a static, and a static's
+/// values are never dropped. They live as long as the cluster, which is
+/// throwaway (`scripts/pg-test-cluster.sh run` removes it when its command
+/// ends; one a test process started stops once that process is gone).
+pub fn database_for(data: &Path) -> String {
+    static DATABASES: Mutex<BTreeMap<PathBuf, TestDatabase>> = Mutex::new(BTreeMap::new());
+    let key = std::path::absolute(data).expect("an absolute data directory");
+    let mut databases = DATABASES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(database) = databases.get(&key) {
+        return database.url.clone();
+    }
+    // On a thread with a runtime of its own: the caller may be a test's
+    // runtime (blocking on another runtime inside one panics) or none.
+    let database = std::thread::spawn(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(TestDatabase::create())
+    })
+    .join()
+    .expect("creating a test database");
+    let url = database.url.clone();
+    databases.insert(key, database);
+    url
+}
+
+/// Every row of every table of the database at `url`, as text (a row per
+/// line, PostgreSQL's text form of the row): what a test searches for
+/// something that must not be stored.
+pub async fn dump(url: &str) -> String {
+    let mut conn = PgConnection::connect(url)
+        .await
+        .expect("connecting to the test database");
+    let tables: Vec<String> = sea_orm::sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("listing the tables");
+    assert!(!tables.is_empty(), "no table in {url}");
+    let mut text = String::new();
+    for table in tables {
+        let rows: Vec<String> = sea_orm::sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT t::text FROM \"{table}\" t"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .expect("reading a table");
+        for row in rows {
+            text.push_str(&table);
+            text.push_str(": ");
+            text.push_str(&row);
+            text.push('\n');
+        }
+    }
+    let _ = conn.close().await;
+    text
 }
