@@ -127,6 +127,8 @@ impl api::ws::Gate for WsGate {
                 .admit_connection(principal)
                 .map_err(|refusal| refusal.to_string())?;
             let mut data = async_graphql::Data::default();
+            // A mutation of another host's is carried to its node as the caller.
+            data.insert(crate::cluster::route::Caller(authorization));
             data.insert(app.ctx.acting_as(&admission.principal.actor));
             data.insert(admission.principal.clone());
             // Shared subscriptions read the journal and the rows it names;

@@ -269,6 +269,50 @@ async fn two_nodes_racing_to_start_one_vm_start_it_once_each_time() {
     assert_eq!(starts, 50);
 }
 
+/// A mutation sent over node A's websocket for a VM on host B is carried
+/// out by B's node: its answer, and a refusal, are what B's own websocket
+/// gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_over_the_websocket_is_carried_to_its_hosts_node() {
+    let a = TestServer::start_on(Backend::Postgres, |_| {}).await;
+    let b = second_node(&a, |_| {}).await;
+    a.create_template("t").await;
+    let vm = create_on(&a, "by-socket", &b.app.ctx.host_id).await;
+    let start =
+        "mutation($id: ID!) { startVm(id: $id) { vm { state host { name } } operation { id } } }";
+    let mut ws = WsClient::connect(&a.ws_url).await;
+    ws.subscribe("1", start, json!({"id": vm})).await;
+    let data = ws.next_data("1").await;
+    assert_eq!(data["startVm"]["vm"]["state"], "RUNNING", "{data}");
+    assert_eq!(data["startVm"]["vm"]["host"]["name"], name_of(&b));
+    assert_eq!(
+        ws.next_message().await,
+        json!({"id": "1", "type": "complete"})
+    );
+    assert_eq!(b.vm_state(&vm).await, "RUNNING");
+    // B's node ran it: the operation is B's host's.
+    let operation = b
+        .ok(
+            "query($id: ID!) { operation(id: $id) { status host { name } } }",
+            json!({"id": data["startVm"]["operation"]["id"]}),
+        )
+        .await;
+    assert_eq!(operation["operation"]["status"], "SUCCEEDED", "{operation}");
+    assert_eq!(operation["operation"]["host"]["name"], name_of(&b));
+
+    // Again: refused, word for word as B's own websocket refuses it.
+    ws.subscribe("2", start, json!({"id": vm})).await;
+    let through_a = ws.next_message().await;
+    let mut own = WsClient::connect(&b.ws_url).await;
+    own.subscribe("2", start, json!({"id": vm})).await;
+    let from_b = own.next_message().await;
+    assert_eq!(through_a, from_b);
+    assert_eq!(
+        through_a["payload"]["errors"][0]["extensions"]["code"], "INVALID_STATE",
+        "{through_a}"
+    );
+}
+
 /// A host whose node cannot be reached (it heartbeats, but its URL goes
 /// nowhere): a mutation for its VM is HOST_UNAVAILABLE, and nothing changed.
 #[tokio::test]

@@ -126,12 +126,35 @@ impl Executor for Api {
         response
     }
 
+    /// The websocket's operations. A mutation of another host's (with
+    /// several hosts) is that host's node's to run: its one result is that
+    /// node's answer (`cluster::route::websocket_mutation`).
     fn execute_stream(
         &self,
         request: Request,
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, Response> {
-        Executor::execute_stream(&self.full, request, session_data)
+        use futures_util::StreamExt;
+        let caller = session_data
+            .as_deref()
+            .and_then(data::<crate::cluster::route::Caller>)
+            .cloned();
+        let Some(caller) = caller.filter(|_| {
+            self.app.ctx.db.get_database_backend() != sea_orm::DbBackend::Sqlite
+                && request.query.contains("mutation")
+        }) else {
+            return Executor::execute_stream(&self.full, request, session_data);
+        };
+        let full = self.full.clone();
+        let ctx = self.app.ctx.clone();
+        futures_util::stream::once(async move {
+            match crate::cluster::route::websocket_mutation(&ctx, &request, &caller).await {
+                Some(answer) => futures_util::stream::once(async { answer }).boxed(),
+                None => Executor::execute_stream(&full, request, session_data),
+            }
+        })
+        .flatten()
+        .boxed()
     }
 }
 

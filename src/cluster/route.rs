@@ -12,12 +12,17 @@
 //! database, so the other node authenticates the caller itself: no cluster
 //! credential, and each node checks roles as for its own callers.
 //!
+//! A mutation sent over the websocket is routed the same way
+//! ([`websocket_mutation`]): for another host it is POSTed to that host's
+//! node with the `Authorization` the connection was admitted with
+//! ([`Caller`]), and that node's answer is the operation's one result.
+//!
 //! Root fields for several hosts are refused whole (`HOST_UNAVAILABLE`,
 //! nothing done). Everything else runs here: queries; a mutation of this
 //! host, or of nothing that is a host's (templates, networks, images,
 //! tokens); one whose host is offline, unknown or without an URL (the
-//! resolvers refuse it with `HOST_UNAVAILABLE`); a request forwarded already
-//! (no loops); and mutations over the websocket (refused alike).
+//! resolvers refuse it with `HOST_UNAVAILABLE`); and a request forwarded
+//! already (no loops).
 
 use std::{collections::BTreeSet, sync::OnceLock, time::Duration};
 
@@ -66,13 +71,73 @@ pub async fn forward_if_remote(ctx: &Ctx, request: Request) -> Result<Request, R
     match route(ctx, &body).await {
         Route::Here => Ok(request),
         Route::To(host) => Err(forward(ctx, &host, request.headers(), body).await),
-        Route::Spans(hosts) => Err(unavailable(
-            request.headers(),
-            format!(
-                "this request's mutations are for several hosts ({}): send each host's in a request of its own; nothing was done",
-                hosts.join(", ")
-            ),
-        )),
+        Route::Spans(hosts) => Err(unavailable(request.headers(), spans(&hosts))),
+    }
+}
+
+fn spans(hosts: &[String]) -> String {
+    format!(
+        "this request's mutations are for several hosts ({}): send each host's in a request of its own; nothing was done",
+        hosts.join(", ")
+    )
+}
+
+/// The `Authorization` a websocket connection was admitted with (kept in
+/// its session data): what a mutation sent over it is carried to another
+/// host's node with, so that node authenticates the caller itself.
+#[derive(Clone)]
+pub struct Caller(pub Option<String>);
+
+/// Where a mutation sent over the websocket runs. `Some(answer)`: it was
+/// another host's, and `answer` is that host's node's (or
+/// `HOST_UNAVAILABLE`); None: it runs here.
+pub async fn websocket_mutation(
+    ctx: &Ctx,
+    request: &async_graphql::Request,
+    caller: &Caller,
+) -> Option<async_graphql::Response> {
+    if ctx.db.get_database_backend() == sea_orm::DbBackend::Sqlite {
+        return None;
+    }
+    let body = serde_json::to_vec(&serde_json::json!({
+        "query": request.query,
+        "variables": request.variables,
+        "operationName": request.operation_name,
+    }))
+    .ok()?;
+    let refused = |message| {
+        Some(async_graphql::Response::from_errors(vec![
+            async_graphql::ErrorExtensions::extend(&ApiError::HostUnavailable(message))
+                .into_server_error(async_graphql::Pos::default()),
+        ]))
+    };
+    let host = match route(ctx, &body).await {
+        Route::Here => return None,
+        Route::Spans(hosts) => return refused(spans(&hosts)),
+        Route::To(host) => host,
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    if let Some(value) = caller
+        .0
+        .as_deref()
+        .and_then(|a| HeaderValue::from_str(a).ok())
+    {
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    match send(ctx, &host, &headers, body.into()).await {
+        Ok((_, _, answer)) => match serde_json::from_slice(&answer) {
+            Ok(response) => Some(response),
+            Err(e) => refused(format!(
+                "the node of host {:?} answered with something other than a GraphQL response ({e}); it may have carried out the mutation (see its operations)",
+                host.name
+            )),
+        },
+        Err(message) => refused(message),
     }
 }
 
@@ -294,6 +359,38 @@ fn client() -> &'static reqwest::Client {
 /// that cannot be reached is `HOST_UNAVAILABLE`, having changed nothing
 /// here (and, if it never got the request, nothing there).
 async fn forward(ctx: &Ctx, host: &Host, headers: &HeaderMap, body: Bytes) -> Response {
+    match send(ctx, host, headers, body).await {
+        Ok((status, content_type, body)) => {
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() =
+                StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            if let Some(content_type) = content_type
+                && let Ok(value) = HeaderValue::from_bytes(content_type.as_bytes())
+            {
+                response.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
+            response
+        }
+        Err(message) => unavailable(headers, message),
+    }
+}
+
+/// POSTs `body` to `host`'s node with the caller's `Authorization`,
+/// `Content-Type` and `Accept` from `headers`: its status, content type and
+/// body; or why it did not answer.
+async fn send(
+    ctx: &Ctx,
+    host: &Host,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<
+    (
+        reqwest::StatusCode,
+        Option<reqwest::header::HeaderValue>,
+        Bytes,
+    ),
+    String,
+> {
     let url = host.api_url.clone().unwrap_or_default();
     // As long as the slowest mutation may take there: a graceful stop.
     let timeout = ctx.config.qemu.stop_timeout * 2 + Duration::from_secs(30);
@@ -317,27 +414,16 @@ async fn forward(ctx: &Ctx, host: &Host, headers: &HeaderMap, body: Bytes) -> Re
     }
     .await;
     match answered {
-        Ok((status, content_type, body)) => {
-            tracing::debug!(host = %host.name, %status, elapsed_ms = started.elapsed().as_millis() as u64, "carried a mutation to its host's node");
-            let mut response = Response::new(Body::from(body));
-            *response.status_mut() =
-                StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            if let Some(content_type) = content_type
-                && let Ok(value) = HeaderValue::from_bytes(content_type.as_bytes())
-            {
-                response.headers_mut().insert(header::CONTENT_TYPE, value);
-            }
-            response
+        Ok(answer) => {
+            tracing::debug!(host = %host.name, status = %answer.0, elapsed_ms = started.elapsed().as_millis() as u64, "carried a mutation to its host's node");
+            Ok(answer)
         }
         Err(e) => {
             tracing::warn!(host = %host.name, %url, error = %e, "the node of a mutation's host did not answer");
-            unavailable(
-                headers,
-                format!(
-                    "the node of host {:?} ({url}) did not answer: {e}; it may not have carried out the mutation (see its operations)",
-                    host.name
-                ),
-            )
+            Err(format!(
+                "the node of host {:?} ({url}) did not answer: {e}; it may not have carried out the mutation (see its operations)",
+                host.name
+            ))
         }
     }
 }

@@ -41,6 +41,13 @@ impl OperationObject {
     async fn status(&self) -> OperationStatus {
         self.0.status
     }
+    /// The host whose node runs it (null for what the command line did: `vman token create`).
+    async fn host(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<crate::cluster::graphql::HostObject>> {
+        crate::cluster::graphql::of_vm(ctx, self.0.host_id.as_deref()).await
+    }
     /// How far a long operation (a full `cloneVm`) has come: live while it
     /// runs, its last value once it ended; null for the others, and until
     /// it first reports.
