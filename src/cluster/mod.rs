@@ -4,9 +4,10 @@
 //! A node's host is identified by `<data_dir>/host-id` (a UUID written at its
 //! first start), so a node restarted on the same data directory is the same
 //! host and re-adopts its VMs. Every VM and operation row carries the host
-//! that runs it; a node adopts, sweeps and ends operations of its own host
-//! only. The rows from before hosts existed are claimed by the first node
-//! that starts.
+//! that runs it, and every image and disk the host whose storage holds its
+//! file; a node adopts, sweeps and ends operations of its own host only. The
+//! rows from before hosts existed are claimed by the first node that starts
+//! (images and disks only while it is the only host).
 //!
 //! A host whose heartbeat is older than `cluster.offline_after` is marked
 //! `OFFLINE` by whichever other node sees it first (the write re-reads the
@@ -239,6 +240,27 @@ pub async fn register(config: &Config, bus: &EventBus) -> ApiResult<String> {
         .filter(crate::operation::model::Column::HostId.is_null())
         .exec(w.txn())
         .await?;
+    // Images and disks from before hosts: their files are in the storage
+    // of the one host there was. Where several hosts registered before any
+    // claimed them, nobody knows whose they are: they stay null.
+    let alone = w.txn().get_database_backend() == sea_orm::DbBackend::Sqlite
+        || model::Entity::find()
+            .filter(model::Column::Id.ne(&id))
+            .one(w.txn())
+            .await?
+            .is_none();
+    if alone {
+        crate::image::model::Entity::update_many()
+            .col_expr(crate::image::model::Column::HostId, Expr::value(id.clone()))
+            .filter(crate::image::model::Column::HostId.is_null())
+            .exec(w.txn())
+            .await?;
+        crate::disk::model::Entity::update_many()
+            .col_expr(crate::disk::model::Column::HostId, Expr::value(id.clone()))
+            .filter(crate::disk::model::Column::HostId.is_null())
+            .exec(w.txn())
+            .await?;
+    }
     w.commit().await?;
     tracing::info!(host = %name, id = %id, claimed_vms = claimed.rows_affected, "registered this node's host");
     Ok(id)

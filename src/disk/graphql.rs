@@ -55,6 +55,15 @@ impl DiskObject {
                 .await?;
         Ok(template.map(TemplateObject))
     }
+    /// The host whose storage holds its file (the host of the node that
+    /// made it): it can be attached only to a VM of that host. Null for a
+    /// disk from before hosts whose host is not known.
+    async fn host(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<crate::cluster::graphql::HostObject>> {
+        crate::cluster::graphql::by_id(ctx, self.0.host_id.as_deref()).await
+    }
     /// When the disk was created.
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at

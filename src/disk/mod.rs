@@ -96,6 +96,7 @@ pub async fn create(app: &Ctx, input: CreateDisk, dry_run: bool) -> ApiResult<Ch
         attachment: Attachment::Detached,
         backing_template_id: None,
         base_id: None,
+        host_id: Some(app.host_id.to_string()),
         created_at: now,
         updated_at: now,
     };

@@ -49,6 +49,15 @@ impl ImageObject {
     async fn size_bytes(&self) -> api::Bytes {
         api::Bytes(self.0.size_bytes)
     }
+    /// The host whose storage holds its file (the host of the node that
+    /// imported it): VMs on other hosts cannot use it. Null for an image
+    /// from before hosts whose host is not known.
+    async fn host(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<crate::cluster::graphql::HostObject>> {
+        crate::cluster::graphql::by_id(ctx, self.0.host_id.as_deref()).await
+    }
     /// When the image was imported.
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at

@@ -37,7 +37,7 @@ impl VmObject {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<crate::cluster::graphql::HostObject>> {
-        crate::cluster::graphql::of_vm(ctx, self.0.host_id.as_deref()).await
+        crate::cluster::graphql::by_id(ctx, self.0.host_id.as_deref()).await
     }
     /// The template it was made from; null when made without one.
     async fn template(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<TemplateObject>> {

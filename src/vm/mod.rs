@@ -230,6 +230,7 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
             .as_ref()
             .and(template.as_ref().map(|t| t.id.clone())),
         base_id: None,
+        host_id: Some(app.host_id.to_string()),
         created_at: Utc::now(),
         updated_at: Utc::now(),
     });
