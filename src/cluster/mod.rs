@@ -21,6 +21,7 @@
 //! keep their clocks in step (NTP) to well within `offline_after`.
 
 pub mod graphql;
+pub mod place;
 pub mod route;
 
 use std::{path::Path, time::Duration};

@@ -121,6 +121,22 @@ pub async fn create(app: &Ctx, input: CreateDisk, dry_run: bool) -> ApiResult<Ch
     .await
 }
 
+/// A detached disk's file may be changed here: it is in this node's host's
+/// storage (or from before hosts). Otherwise `HOST_UNAVAILABLE`.
+async fn check_here(app: &Ctx, disk: &Disk) -> ApiResult<()> {
+    match disk.host_id.as_deref() {
+        Some(host_id) => crate::cluster::check_host(app, host_id)
+            .await
+            .map_err(|e| match e {
+                ApiError::HostUnavailable(why) => {
+                    ApiError::HostUnavailable(format!("disk {:?} is on {why}", disk.name))
+                }
+                other => other,
+            }),
+        None => Ok(()),
+    }
+}
+
 pub async fn find_disk(app: &Ctx, id: &str) -> ApiResult<Disk> {
     let id = validate::id("diskId", id)?;
     find_in::<model::Entity, _>(&app.db, "disk", &id).await
@@ -154,6 +170,14 @@ pub async fn attach(
     let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk_id).await?;
     let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &vm_id).await?;
     crate::cluster::check_local(app, &vm).await?;
+    crate::cluster::place::ensure_same_host(
+        app,
+        &format!("disk {:?}", disk.name),
+        disk.host_id.as_deref(),
+        vm.host_id.as_deref(),
+        &format!("attach disk {:?} to VM {:?}", disk.name, vm.name),
+    )
+    .await?;
     if disk.attachment != Attachment::Detached {
         return Err(ApiError::Conflict(format!(
             "disk {:?} is already attached",
@@ -343,6 +367,7 @@ pub async fn delete(app: &Ctx, disk_id: &str, dry_run: bool) -> ApiResult<Change
             disk.name
         )));
     }
+    check_here(app, &disk).await?;
     base::ensure_no_clones(&app.db, &disk, &format!("delete disk {:?}", disk.name)).await?;
     let action = VmAction::DeleteDisk(spec(app, &disk));
     if dry_run {
@@ -409,7 +434,10 @@ pub async fn resize(
                 Plug::Cold => None,
             }
         }
-        None => None,
+        None => {
+            check_here(app, &disk).await?;
+            None
+        }
     };
     let action = VmAction::ResizeDisk {
         running_vm,

@@ -311,7 +311,18 @@ async fn ensure_unused(db: &impl sea_orm::ConnectionTrait, id: &str) -> ApiResul
 pub async fn delete(app: &Ctx, id: &str) -> ApiResult<Change<Image>> {
     let id = validate::id("id", id)?;
     // Refused before any operation is recorded; checked again in the write.
-    ensure_unused(&app.db, &id).await?;
+    let image = ensure_unused(&app.db, &id).await?;
+    // Its file is in its host's storage: that host's node removes it.
+    if let Some(host_id) = &image.host_id {
+        crate::cluster::check_host(app, host_id)
+            .await
+            .map_err(|e| match e {
+                ApiError::HostUnavailable(why) => {
+                    ApiError::HostUnavailable(format!("image {:?} is on {why}", image.name))
+                }
+                other => other,
+            })?;
+    }
     let request = Request::new(OperationKind::DeleteImage, SubjectType::Image, &id);
     operation::run(app, request, async |env| {
         let image = env

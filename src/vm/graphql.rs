@@ -193,7 +193,11 @@ pub struct CreateVmInput {
     /// read-only, that the guest's cloud-init reads at boot.
     pub cloud_init: Option<CloudInitInput>,
     /// The host to make it on (`hosts`): the request goes to that host's
-    /// node. Without it, the online host with the most memory available.
+    /// node, which refuses it (CONFLICT) when an image the VM needs (its
+    /// template's base, kernel, initrd; its CD-ROM's ISO) is on another
+    /// host. Without it, the online host with the most memory available of
+    /// those holding every such image (none: CONFLICT, or HOST_UNAVAILABLE
+    /// when their one host is offline).
     pub host_id: Option<ID>,
 }
 
