@@ -478,3 +478,211 @@ async fn a_vm_for_a_host_that_is_not_there_is_refused_with_its_code() {
     let made = server.ok(create, json!({"h": own})).await;
     assert!(made["createVm"]["vm"]["id"].is_string());
 }
+
+/// Sets host `id`'s memory available to `bytes`, as its heartbeat would.
+async fn set_memory_available(server: &TestServer, id: &str, bytes: i64) {
+    use sea_orm::{ActiveModelTrait, Set};
+    vman::cluster::model::ActiveModel {
+        id: Set(id.to_string()),
+        memory_available_bytes: Set(bytes),
+        ..Default::default()
+    }
+    .update(&server.app.ctx.db)
+    .await
+    .unwrap();
+}
+
+/// Imports `name`, a DISK image, through `server` from a file in its import
+/// directory; returns its ID and its host's name.
+async fn import_on(server: &TestServer, name: &str) -> (String, String) {
+    let import = server.app.ctx.config.import_dir();
+    std::fs::create_dir_all(&import).unwrap();
+    std::fs::write(import.join(name), b"an image").unwrap();
+    let data = server
+        .ok(
+            "mutation($n: String!) { importImage(input: {name: $n, kind: DISK, path: $n}) { image { id host { name } } } }",
+            json!({"n": name}),
+        )
+        .await;
+    let image = &data["importImage"]["image"];
+    (
+        image["id"].as_str().unwrap().to_string(),
+        image["host"]["name"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Images and disks are their host's: an image imported through B is B's;
+/// a VM of a template built on it goes to B though A has more memory, and
+/// is refused on A; B's unattached disk is not A's sweep's to judge, cannot
+/// be attached to a VM on A, and deleteDisk or deleteImage sent to A are
+/// carried out by B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_and_disks_are_their_hosts_and_a_vm_goes_where_its_images_are() {
+    // No heartbeat overwrites the figures set below; A is a real node, whose
+    // sweep reads disk files.
+    let quiet = |c: &mut vman::config::Config| {
+        c.cluster.heartbeat_interval = Duration::from_secs(600);
+        c.cluster.offline_after = Duration::from_secs(1800);
+    };
+    let a = TestServer::start_on(Backend::Postgres, |c| {
+        quiet(c);
+        c.dry_run = false;
+        c.observer.interval = Duration::from_secs(3600);
+    })
+    .await;
+    let b = second_node(&a, quiet).await;
+    let [a_host, b_host] = [&a, &b].map(|n| n.app.ctx.host_id.to_string());
+    set_memory_available(&a, &a_host, 1 << 40).await;
+    set_memory_available(&a, &b_host, 1 << 20).await;
+
+    // A has more memory: a VM that needs no image goes there, through B.
+    a.create_template("bare").await;
+    let placed = b
+        .ok(
+            "mutation { createVm(input: {name: \"roomy\", templateName: \"bare\"}) { vm { host { name } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(placed["createVm"]["vm"]["host"]["name"], name_of(&a));
+
+    // An image imported through B is B's, whichever node is asked.
+    let (image, host) = import_on(&b, "base-b").await;
+    assert_eq!(host, name_of(&b));
+    for server in [&a, &b] {
+        let data = server
+            .ok(
+                "query($id: ID!) { image(id: $id) { host { name } } }",
+                json!({"id": image}),
+            )
+            .await;
+        assert_eq!(data["image"]["host"]["name"], name_of(&b), "{data}");
+    }
+    a.ok(
+        "mutation($i: ID!) { createTemplate(input: {name: \"on-b\", vcpus: 1, memoryMib: 64, baseImageId: $i, defaultDiskSizeBytes: 1048576}) { template { id } } }",
+        json!({"i": image}),
+    )
+    .await;
+
+    // Its VMs go to B, though A has more memory.
+    let made = a
+        .ok(
+            "mutation { createVm(input: {name: \"near-base\", templateName: \"on-b\"}) { vm { id host { name } disks { host { name } } } } }",
+            json!({}),
+        )
+        .await;
+    let vm = &made["createVm"]["vm"];
+    assert_eq!(vm["host"]["name"], name_of(&b), "{made}");
+    assert_eq!(vm["disks"][0]["host"]["name"], name_of(&b), "{made}");
+
+    // On A, by hostId: refused, nothing made.
+    let before = a.snapshot().await;
+    let refused = b
+        .post(
+            "mutation($h: ID!) { createVm(input: {name: \"far-from-base\", templateName: \"on-b\", hostId: $h}) { vm { id } } }",
+            json!({"h": a_host}),
+        )
+        .await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{refused}"
+    );
+    let message = refused["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("image \"base-b\" is on host") && message.contains(&name_of(&b)),
+        "{message}"
+    );
+    assert_eq!(a.snapshot().await, before, "nothing was made");
+
+    // A disk made through B is B's; A's sweep leaves it to B (A has no file
+    // of it), and judges its own disks.
+    let b_disk = b.create_disk("scratch-b", 1 << 20, "QCOW2").await;
+    let a_disk = a.create_disk("scratch-a", 1 << 20, "QCOW2").await;
+    let data = a
+        .ok(
+            "query($id: ID!) { disk(id: $id) { host { name } } }",
+            json!({"id": b_disk}),
+        )
+        .await;
+    assert_eq!(data["disk"]["host"]["name"], name_of(&b));
+    let a_file = a
+        .app
+        .ctx
+        .config
+        .storage_dir()
+        .join(format!("{a_disk}.qcow2"));
+    std::fs::remove_file(&a_file).unwrap();
+    let swept = a
+        .ok(
+            "mutation { runCoherenceSweep { findings { kind subjectId } } }",
+            json!({}),
+        )
+        .await;
+    let subjects: Vec<&str> = swept["runCoherenceSweep"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["subjectId"].as_str().unwrap())
+        .collect();
+    assert!(subjects.contains(&a_disk.as_str()), "{swept}");
+    assert!(!subjects.contains(&b_disk.as_str()), "{swept}");
+
+    // B's disk cannot go into a VM on A: nothing changed.
+    let roomy = placed_vm_id(&a, "roomy").await;
+    let refused = a
+        .post(
+            "mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }",
+            json!({"d": b_disk, "v": roomy}),
+        )
+        .await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{refused}"
+    );
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("scratch-b"),
+        "{refused}"
+    );
+
+    // Deleted through A: B's node does it (A's would refuse: not its host).
+    let deleted = a
+        .ok(
+            "mutation($id: ID!) { deleteDisk(id: $id) { operation { id } } }",
+            json!({"id": b_disk}),
+        )
+        .await;
+    let op = deleted["deleteDisk"]["operation"]["id"].as_str().unwrap();
+    use sea_orm::EntityTrait;
+    let op = vman::operation::model::Entity::find_by_id(op.to_string())
+        .one(&a.app.ctx.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(op.host_id.as_deref(), Some(b_host.as_str()));
+    let (unused, _) = import_on(&b, "unused-b").await;
+    a.ok(
+        "mutation($id: ID!) { deleteImage(id: $id) { image { id } } }",
+        json!({"id": unused}),
+    )
+    .await;
+    let gone = b
+        .post(
+            "query($id: ID!) { image(id: $id) { id } }",
+            json!({"id": unused}),
+        )
+        .await;
+    assert!(gone["data"]["image"].is_null(), "{gone}");
+}
+
+/// The ID of VM `name`.
+async fn placed_vm_id(server: &TestServer, name: &str) -> String {
+    let data = server
+        .ok(
+            "query($n: String) { vm(name: $n) { id } }",
+            json!({"n": name}),
+        )
+        .await;
+    data["vm"]["id"].as_str().unwrap().to_string()
+}
