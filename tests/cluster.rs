@@ -686,3 +686,106 @@ async fn placed_vm_id(server: &TestServer, name: &str) -> String {
         .await;
     data["vm"]["id"].as_str().unwrap().to_string()
 }
+
+/// A database migrated up to before images and disks had hosts (migration
+/// 13), holding `hosts` hosts, a VM on the last of them with an attached
+/// disk, a detached disk and an image; then migrated up. Returns each row's
+/// `host_id` afterwards (VM's host, attached, detached, image).
+async fn migrated_from_13(
+    location: vman::db::Location,
+    hosts: usize,
+) -> (String, [Option<String>; 3]) {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::ConnectionTrait;
+    let db = vman::db::connect(location, Duration::from_secs(5))
+        .await
+        .unwrap();
+    Migrator::up(&db, Some(13)).await.unwrap();
+    let at = "'2026-12-01 00:00:00+00'";
+    let mut last = String::new();
+    for n in 0..hosts {
+        last = format!("01940000-0000-7000-8000-00000000000{n}");
+        db.execute_unprepared(&format!(
+            "INSERT INTO hosts (id, name, state, version, capabilities, cpus, memory_total_bytes, memory_available_bytes, heartbeat_at, registered_at) \
+             VALUES ('{last}', 'h{n}', 'ONLINE', '0', '[]', 1, 1, 1, {at}, {at})"
+        ))
+        .await
+        .unwrap();
+    }
+    let vm_host = match hosts {
+        0 => "NULL".to_string(),
+        _ => format!("'{last}'"),
+    };
+    for sql in [
+        format!(
+            "INSERT INTO vms (id, name, vcpus, memory_mib, desired_state, state, description, host_id, created_at, updated_at) \
+             VALUES ('vm', 'vm', 1, 64, 'STOPPED', 'STOPPED', '', {vm_host}, {at}, {at})"
+        ),
+        format!(
+            "INSERT INTO disks (id, name, format, size_bytes, vm_id, attachment, created_at, updated_at) \
+             VALUES ('attached', 'attached', 'QCOW2', 512, 'vm', 'ATTACHED', {at}, {at})"
+        ),
+        format!(
+            "INSERT INTO disks (id, name, format, size_bytes, attachment, created_at, updated_at) \
+             VALUES ('detached', 'detached', 'QCOW2', 512, 'DETACHED', {at}, {at})"
+        ),
+        format!(
+            "INSERT INTO images (id, name, kind, size_bytes, created_at) VALUES ('image', 'image', 'DISK', 0, {at})"
+        ),
+    ] {
+        db.execute_unprepared(&sql).await.unwrap();
+    }
+    Migrator::up(&db, None).await.unwrap();
+    let found = host_ids(&db).await;
+    db.close().await.unwrap();
+    (last, found)
+}
+
+/// The `host_id` of the disks `attached` and `detached` and the image `image`.
+async fn host_ids(db: &sea_orm::DatabaseConnection) -> [Option<String>; 3] {
+    use sea_orm::{ConnectionTrait, Statement};
+    let mut found = Vec::new();
+    for (table, id) in [
+        ("disks", "attached"),
+        ("disks", "detached"),
+        ("images", "image"),
+    ] {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT host_id FROM {table} WHERE id = '{id}'"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        found.push(row.try_get_by_index::<Option<String>>(0).unwrap());
+    }
+    found.try_into().unwrap()
+}
+
+/// Migration 14 on rows from before it: with one host, they are its; with
+/// several, an attached disk is its VM's host's and the rest stay unknown
+/// (null); with none, null until a node registers alone.
+#[tokio::test]
+async fn images_and_disks_from_before_hosts_go_to_the_host_that_can_be_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = |name: &str| vman::db::Location::Sqlite(dir.path().join(name));
+    let (only, found) = migrated_from_13(sqlite("one.db"), 1).await;
+    assert_eq!(found, [Some(only.clone()), Some(only.clone()), Some(only)]);
+    // Without a host yet, the first node claims them as it claims the VMs.
+    let none = dir.path().join("none");
+    std::fs::create_dir_all(&none).unwrap();
+    let (_, found) = migrated_from_13(vman::db::Location::Sqlite(none.join("vman.db")), 0).await;
+    assert_eq!(found, [None, None, None]);
+    let node = TestServer::start_on(Backend::Sqlite, |c| c.data_dir = none.clone()).await;
+    let host = Some(node.app.ctx.host_id.to_string());
+    assert_eq!(
+        host_ids(&node.app.ctx.db).await,
+        [host.clone(), host.clone(), host]
+    );
+    let database = TestDatabase::create().await;
+    let postgres =
+        vman::db::Location::Postgres(vman::config::DatabaseUrl::new(database.url.clone()));
+    let (last, found) = migrated_from_13(postgres, 2).await;
+    assert_eq!(found, [Some(last), None, None]);
+}
