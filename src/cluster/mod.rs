@@ -401,10 +401,17 @@ pub fn spawn(ctx: Ctx) {
 /// offline host, or on another node's host (a request that reached this
 /// node without being routed, over the websocket), is `HOST_UNAVAILABLE`.
 pub async fn check_local(ctx: &Ctx, vm: &vm::Vm) -> ApiResult<()> {
-    match vm.host_id.as_deref() {
+    check_here(ctx, &format!("VM {:?}", vm.name), vm.host_id.as_deref()).await
+}
+
+/// `what` (`VM "a"`, `disk "d"`, `image "i"`), on host `host_id`, may be
+/// changed here: its host is this node's, or it is from before hosts (null).
+/// Otherwise `HOST_UNAVAILABLE`, saying where it is.
+pub async fn check_here(ctx: &Ctx, what: &str, host_id: Option<&str>) -> ApiResult<()> {
+    match host_id {
         Some(host_id) => check_host(ctx, host_id).await.map_err(|e| match e {
             ApiError::HostUnavailable(why) => {
-                ApiError::HostUnavailable(format!("VM {:?} is on {why}", vm.name))
+                ApiError::HostUnavailable(format!("{what} is on {why}"))
             }
             other => other,
         }),

@@ -124,17 +124,8 @@ pub async fn create(app: &Ctx, input: CreateDisk, dry_run: bool) -> ApiResult<Ch
 /// A detached disk's file may be changed here: it is in this node's host's
 /// storage (or from before hosts). Otherwise `HOST_UNAVAILABLE`.
 async fn check_here(app: &Ctx, disk: &Disk) -> ApiResult<()> {
-    match disk.host_id.as_deref() {
-        Some(host_id) => crate::cluster::check_host(app, host_id)
-            .await
-            .map_err(|e| match e {
-                ApiError::HostUnavailable(why) => {
-                    ApiError::HostUnavailable(format!("disk {:?} is on {why}", disk.name))
-                }
-                other => other,
-            }),
-        None => Ok(()),
-    }
+    let what = format!("disk {:?}", disk.name);
+    crate::cluster::check_here(app, &what, disk.host_id.as_deref()).await
 }
 
 pub async fn find_disk(app: &Ctx, id: &str) -> ApiResult<Disk> {

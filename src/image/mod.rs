@@ -313,16 +313,8 @@ pub async fn delete(app: &Ctx, id: &str) -> ApiResult<Change<Image>> {
     // Refused before any operation is recorded; checked again in the write.
     let image = ensure_unused(&app.db, &id).await?;
     // Its file is in its host's storage: that host's node removes it.
-    if let Some(host_id) = &image.host_id {
-        crate::cluster::check_host(app, host_id)
-            .await
-            .map_err(|e| match e {
-                ApiError::HostUnavailable(why) => {
-                    ApiError::HostUnavailable(format!("image {:?} is on {why}", image.name))
-                }
-                other => other,
-            })?;
-    }
+    let what = format!("image {:?}", image.name);
+    crate::cluster::check_here(app, &what, image.host_id.as_deref()).await?;
     let request = Request::new(OperationKind::DeleteImage, SubjectType::Image, &id);
     operation::run(app, request, async |env| {
         let image = env
