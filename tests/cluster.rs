@@ -479,6 +479,27 @@ async fn a_vm_for_a_host_that_is_not_there_is_refused_with_its_code() {
     assert!(made["createVm"]["vm"]["id"].is_string());
 }
 
+/// `query` sent to `server` is refused with `code`, its message holding
+/// each of `needles`.
+async fn refused_with(
+    server: &TestServer,
+    query: &str,
+    variables: Value,
+    code: &str,
+    needles: &[&str],
+) {
+    let refused = server.post(query, variables).await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], code,
+        "{refused}"
+    );
+    let message = refused["errors"][0]["message"].as_str().unwrap();
+    for needle in needles {
+        assert!(message.contains(needle), "{needle:?} in {message}");
+    }
+    assert!(refused["data"].is_null(), "{refused}");
+}
+
 /// Sets host `id`'s memory available to `bytes`, as its heartbeat would.
 async fn set_memory_available(server: &TestServer, id: &str, bytes: i64) {
     use sea_orm::{ActiveModelTrait, Set};
@@ -492,16 +513,16 @@ async fn set_memory_available(server: &TestServer, id: &str, bytes: i64) {
     .unwrap();
 }
 
-/// Imports `name`, a DISK image, through `server` from a file in its import
-/// directory; returns its ID and its host's name.
-async fn import_on(server: &TestServer, name: &str) -> (String, String) {
+/// Imports `name`, an image of `kind`, through `server` from a file in its
+/// import directory; returns its ID and its host's name.
+async fn import_on(server: &TestServer, name: &str, kind: &str) -> (String, String) {
     let import = server.app.ctx.config.import_dir();
     std::fs::create_dir_all(&import).unwrap();
     std::fs::write(import.join(name), b"an image").unwrap();
     let data = server
         .ok(
-            "mutation($n: String!) { importImage(input: {name: $n, kind: DISK, path: $n}) { image { id host { name } } } }",
-            json!({"n": name}),
+            "mutation($n: String!, $k: ImageKind!) { importImage(input: {name: $n, kind: $k, path: $n}) { image { id host { name } } } }",
+            json!({"n": name, "k": kind}),
         )
         .await;
     let image = &data["importImage"]["image"];
@@ -546,7 +567,7 @@ async fn images_and_disks_are_their_hosts_and_a_vm_goes_where_its_images_are() {
     assert_eq!(placed["createVm"]["vm"]["host"]["name"], name_of(&a));
 
     // An image imported through B is B's, whichever node is asked.
-    let (image, host) = import_on(&b, "base-b").await;
+    let (image, host) = import_on(&b, "base-b", "DISK").await;
     assert_eq!(host, name_of(&b));
     for server in [&a, &b] {
         let data = server
@@ -576,21 +597,14 @@ async fn images_and_disks_are_their_hosts_and_a_vm_goes_where_its_images_are() {
 
     // On A, by hostId: refused, nothing made.
     let before = a.snapshot().await;
-    let refused = b
-        .post(
-            "mutation($h: ID!) { createVm(input: {name: \"far-from-base\", templateName: \"on-b\", hostId: $h}) { vm { id } } }",
-            json!({"h": a_host}),
-        )
-        .await;
-    assert_eq!(
-        refused["errors"][0]["extensions"]["code"], "CONFLICT",
-        "{refused}"
-    );
-    let message = refused["errors"][0]["message"].as_str().unwrap();
-    assert!(
-        message.contains("image \"base-b\" is on host") && message.contains(&name_of(&b)),
-        "{message}"
-    );
+    refused_with(
+        &b,
+        "mutation($h: ID!) { createVm(input: {name: \"far-from-base\", templateName: \"on-b\", hostId: $h}) { vm { id } } }",
+        json!({"h": a_host}),
+        "CONFLICT",
+        &["image \"base-b\" is on host", &name_of(&b)],
+    )
+    .await;
     assert_eq!(a.snapshot().await, before, "nothing was made");
 
     // A disk made through B is B's; A's sweep leaves it to B (A has no file
@@ -628,23 +642,14 @@ async fn images_and_disks_are_their_hosts_and_a_vm_goes_where_its_images_are() {
 
     // B's disk cannot go into a VM on A: nothing changed.
     let roomy = placed_vm_id(&a, "roomy").await;
-    let refused = a
-        .post(
-            "mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }",
-            json!({"d": b_disk, "v": roomy}),
-        )
-        .await;
-    assert_eq!(
-        refused["errors"][0]["extensions"]["code"], "CONFLICT",
-        "{refused}"
-    );
-    assert!(
-        refused["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("scratch-b"),
-        "{refused}"
-    );
+    refused_with(
+        &a,
+        "mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }",
+        json!({"d": b_disk, "v": roomy}),
+        "CONFLICT",
+        &["disk \"scratch-b\" is on host"],
+    )
+    .await;
 
     // Deleted through A: B's node does it (A's would refuse: not its host).
     let deleted = a
@@ -661,7 +666,7 @@ async fn images_and_disks_are_their_hosts_and_a_vm_goes_where_its_images_are() {
         .unwrap()
         .unwrap();
     assert_eq!(op.host_id.as_deref(), Some(b_host.as_str()));
-    let (unused, _) = import_on(&b, "unused-b").await;
+    let (unused, _) = import_on(&b, "unused-b", "DISK").await;
     a.ok(
         "mutation($id: ID!) { deleteImage(id: $id) { image { id } } }",
         json!({"id": unused}),
@@ -674,6 +679,55 @@ async fn images_and_disks_are_their_hosts_and_a_vm_goes_where_its_images_are() {
         )
         .await;
     assert!(gone["data"]["image"].is_null(), "{gone}");
+
+    // B's ISO cannot go into the drive of a VM on A.
+    let (iso, _) = import_on(&b, "install-b", "ISO").await;
+    refused_with(
+        &a,
+        "mutation($v: ID!, $i: ID!) { attachCdrom(id: $v, imageId: $i) { vm { id } } }",
+        json!({"v": roomy, "i": iso}),
+        "CONFLICT",
+        &["image \"install-b\" is on host"],
+    )
+    .await;
+
+    // A template whose images are on A and on B fits no host.
+    let (kernel, _) = import_on(&a, "kernel-a", "KERNEL").await;
+    a.ok(
+        "mutation($b: ID!, $k: ID!) { createTemplate(input: {name: \"split\", vcpus: 1, memoryMib: 64, baseImageId: $b, kernelImageId: $k, cmdline: \"console=ttyS0\", defaultDiskSizeBytes: 1048576}) { template { id } } }",
+        json!({"b": image, "k": kernel}),
+    )
+    .await;
+    let split = "mutation($n: String!, $t: String!) { createVm(input: {name: $n, templateName: $t}) { vm { id } } }";
+    let before = a.snapshot().await;
+    refused_with(
+        &a,
+        split,
+        json!({"n": "split-vm", "t": "split"}),
+        "CONFLICT",
+        &["no host holds every image"],
+    )
+    .await;
+
+    // B offline: its images' template fits no online host.
+    use sea_orm::{ActiveModelTrait, Set};
+    vman::cluster::model::ActiveModel {
+        id: Set(b_host.clone()),
+        state: Set(vman::cluster::HostState::Offline),
+        ..Default::default()
+    }
+    .update(&a.app.ctx.db)
+    .await
+    .unwrap();
+    refused_with(
+        &a,
+        split,
+        json!({"n": "homeless", "t": "on-b"}),
+        "HOST_UNAVAILABLE",
+        &["no online host holds", "is offline"],
+    )
+    .await;
+    assert_eq!(a.snapshot().await, before, "nothing was made");
 }
 
 /// The ID of VM `name`.
