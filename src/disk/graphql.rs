@@ -156,7 +156,8 @@ pub struct DiskMutation;
 
 #[Object]
 impl DiskMutation {
-    /// Creates an empty, DETACHED disk file in storage.
+    /// Creates an empty, DETACHED disk file in storage, on the host of the
+    /// node that takes the request (`host`).
     async fn create_disk(
         &self,
         ctx: &Context<'_>,
@@ -178,7 +179,8 @@ impl DiskMutation {
             .into())
     }
 
-    /// Hot-plugs into a running VM; for a stopped VM, takes effect at its next start.
+    /// Hot-plugs into a running VM; for a stopped VM, takes effect at its next
+    /// start. A disk of another host than the VM's is CONFLICT.
     async fn attach_disk(
         &self,
         ctx: &Context<'_>,
@@ -257,7 +259,8 @@ impl DiskMutation {
         )
     }
 
-    /// Deletes a detached disk and its file; an attached disk is CONFLICT.
+    /// Deletes a detached disk and its file (on its host's node); an attached
+    /// disk is CONFLICT.
     async fn delete_disk(
         &self,
         ctx: &Context<'_>,

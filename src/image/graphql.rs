@@ -175,7 +175,8 @@ pub struct ImageMutation;
 impl ImageMutation {
     /// (Admin) Copies a file from the import directory into storage, or
     /// downloads one from a URL (a long operation). A DISK image must be a
-    /// standalone qcow2 or raw file: no backing file, no data file.
+    /// standalone qcow2 or raw file: no backing file, no data file. The
+    /// image is on the host of the node that takes the request (`host`).
     async fn import_image(
         &self,
         ctx: &Context<'_>,
@@ -210,7 +211,8 @@ impl ImageMutation {
             .into())
     }
 
-    /// Fails with CONFLICT while templates use it.
+    /// Fails with CONFLICT while templates use it. Carried out by the node of
+    /// its host, where its file is.
     async fn delete_image(
         &self,
         ctx: &Context<'_>,

@@ -508,7 +508,7 @@ impl VmMutation {
 
     /// Puts an ISO image into a VM's CD-ROM drive, read-only, replacing what
     /// is in it: at once on a RUNNING or PAUSED VM, and kept for its next
-    /// starts.
+    /// starts. An image of another host than the VM's is CONFLICT.
     async fn attach_cdrom(
         &self,
         ctx: &Context<'_>,
