@@ -885,3 +885,368 @@ async fn three_real_nodes_in_their_own_namespaces_share_one_api_and_one_journal(
     );
     drop(nodes);
 }
+
+/// `query` sent to `server` is refused with `code`, its message holding
+/// each of `needles`.
+async fn refused_with(
+    server: &TestServer,
+    query: &str,
+    variables: Value,
+    code: &str,
+    needles: &[&str],
+) {
+    let refused = server.post(query, variables).await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], code,
+        "{refused}"
+    );
+    let message = refused["errors"][0]["message"].as_str().unwrap();
+    for needle in needles {
+        assert!(message.contains(needle), "{needle:?} in {message}");
+    }
+    assert!(refused["data"].is_null(), "{refused}");
+}
+
+/// Sets host `id`'s memory available to `bytes`, as its heartbeat would.
+async fn set_memory_available(server: &TestServer, id: &str, bytes: i64) {
+    use sea_orm::{ActiveModelTrait, Set};
+    vman::cluster::model::ActiveModel {
+        id: Set(id.to_string()),
+        memory_available_bytes: Set(bytes),
+        ..Default::default()
+    }
+    .update(&server.app.ctx.db)
+    .await
+    .unwrap();
+}
+
+/// Imports `name`, an image of `kind`, through `server` from a file in its
+/// import directory; returns its ID and its host's name.
+async fn import_on(server: &TestServer, name: &str, kind: &str) -> (String, String) {
+    let import = server.app.ctx.config.import_dir();
+    std::fs::create_dir_all(&import).unwrap();
+    std::fs::write(import.join(name), b"an image").unwrap();
+    let data = server
+        .ok(
+            "mutation($n: String!, $k: ImageKind!) { importImage(input: {name: $n, kind: $k, path: $n}) { image { id host { name } } } }",
+            json!({"n": name, "k": kind}),
+        )
+        .await;
+    let image = &data["importImage"]["image"];
+    (
+        image["id"].as_str().unwrap().to_string(),
+        image["host"]["name"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Images and disks are their host's: an image imported through B is B's;
+/// a VM of a template built on it goes to B though A has more memory, and
+/// is refused on A; B's unattached disk is not A's sweep's to judge, cannot
+/// be attached to a VM on A, and deleteDisk or deleteImage sent to A are
+/// carried out by B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_and_disks_are_their_hosts_and_a_vm_goes_where_its_images_are() {
+    // No heartbeat overwrites the figures set below; A is a real node, whose
+    // sweep reads disk files.
+    let quiet = |c: &mut vman::config::Config| {
+        c.cluster.heartbeat_interval = Duration::from_secs(600);
+        c.cluster.offline_after = Duration::from_secs(1800);
+    };
+    let a = TestServer::start_on(Backend::Postgres, |c| {
+        quiet(c);
+        c.dry_run = false;
+        c.observer.interval = Duration::from_secs(3600);
+    })
+    .await;
+    let b = second_node(&a, quiet).await;
+    let [a_host, b_host] = [&a, &b].map(|n| n.app.ctx.host_id.to_string());
+    set_memory_available(&a, &a_host, 1 << 40).await;
+    set_memory_available(&a, &b_host, 1 << 20).await;
+
+    // A has more memory: a VM that needs no image goes there, through B.
+    a.create_template("bare").await;
+    let placed = b
+        .ok(
+            "mutation { createVm(input: {name: \"roomy\", templateName: \"bare\"}) { vm { host { name } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(placed["createVm"]["vm"]["host"]["name"], name_of(&a));
+
+    // An image imported through B is B's, whichever node is asked.
+    let (image, host) = import_on(&b, "base-b", "DISK").await;
+    assert_eq!(host, name_of(&b));
+    for server in [&a, &b] {
+        let data = server
+            .ok(
+                "query($id: ID!) { image(id: $id) { host { name } } }",
+                json!({"id": image}),
+            )
+            .await;
+        assert_eq!(data["image"]["host"]["name"], name_of(&b), "{data}");
+    }
+    a.ok(
+        "mutation($i: ID!) { createTemplate(input: {name: \"on-b\", vcpus: 1, memoryMib: 64, baseImageId: $i, defaultDiskSizeBytes: 1048576}) { template { id } } }",
+        json!({"i": image}),
+    )
+    .await;
+
+    // Its VMs go to B, though A has more memory.
+    let made = a
+        .ok(
+            "mutation { createVm(input: {name: \"near-base\", templateName: \"on-b\"}) { vm { id host { name } disks { host { name } } } } }",
+            json!({}),
+        )
+        .await;
+    let vm = &made["createVm"]["vm"];
+    assert_eq!(vm["host"]["name"], name_of(&b), "{made}");
+    assert_eq!(vm["disks"][0]["host"]["name"], name_of(&b), "{made}");
+
+    // On A, by hostId: refused, nothing made.
+    let before = a.snapshot().await;
+    refused_with(
+        &b,
+        "mutation($h: ID!) { createVm(input: {name: \"far-from-base\", templateName: \"on-b\", hostId: $h}) { vm { id } } }",
+        json!({"h": a_host}),
+        "CONFLICT",
+        &["image \"base-b\" is on host", &name_of(&b)],
+    )
+    .await;
+    assert_eq!(a.snapshot().await, before, "nothing was made");
+
+    // A disk made through B is B's; A's sweep leaves it to B (A has no file
+    // of it), and judges its own disks.
+    let b_disk = b.create_disk("scratch-b", 1 << 20, "QCOW2").await;
+    let a_disk = a.create_disk("scratch-a", 1 << 20, "QCOW2").await;
+    let data = a
+        .ok(
+            "query($id: ID!) { disk(id: $id) { host { name } } }",
+            json!({"id": b_disk}),
+        )
+        .await;
+    assert_eq!(data["disk"]["host"]["name"], name_of(&b));
+    let a_file = a
+        .app
+        .ctx
+        .config
+        .storage_dir()
+        .join(format!("{a_disk}.qcow2"));
+    std::fs::remove_file(&a_file).unwrap();
+    let swept = a
+        .ok(
+            "mutation { runCoherenceSweep { findings { kind subjectId } } }",
+            json!({}),
+        )
+        .await;
+    let subjects: Vec<&str> = swept["runCoherenceSweep"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["subjectId"].as_str().unwrap())
+        .collect();
+    assert!(subjects.contains(&a_disk.as_str()), "{swept}");
+    assert!(!subjects.contains(&b_disk.as_str()), "{swept}");
+
+    // B's disk cannot go into a VM on A: nothing changed.
+    let roomy = placed_vm_id(&a, "roomy").await;
+    refused_with(
+        &a,
+        "mutation($d: ID!, $v: ID!) { attachDisk(diskId: $d, vmId: $v) { disk { attachment } } }",
+        json!({"d": b_disk, "v": roomy}),
+        "CONFLICT",
+        &["disk \"scratch-b\" is on host"],
+    )
+    .await;
+
+    // Deleted through A: B's node does it (A's would refuse: not its host).
+    let deleted = a
+        .ok(
+            "mutation($id: ID!) { deleteDisk(id: $id) { operation { id } } }",
+            json!({"id": b_disk}),
+        )
+        .await;
+    let op = deleted["deleteDisk"]["operation"]["id"].as_str().unwrap();
+    use sea_orm::EntityTrait;
+    let op = vman::operation::model::Entity::find_by_id(op.to_string())
+        .one(&a.app.ctx.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(op.host_id.as_deref(), Some(b_host.as_str()));
+    let (unused, _) = import_on(&b, "unused-b", "DISK").await;
+    a.ok(
+        "mutation($id: ID!) { deleteImage(id: $id) { image { id } } }",
+        json!({"id": unused}),
+    )
+    .await;
+    let gone = b
+        .post(
+            "query($id: ID!) { image(id: $id) { id } }",
+            json!({"id": unused}),
+        )
+        .await;
+    assert!(gone["data"]["image"].is_null(), "{gone}");
+
+    // B's ISO cannot go into the drive of a VM on A.
+    let (iso, _) = import_on(&b, "install-b", "ISO").await;
+    refused_with(
+        &a,
+        "mutation($v: ID!, $i: ID!) { attachCdrom(id: $v, imageId: $i) { vm { id } } }",
+        json!({"v": roomy, "i": iso}),
+        "CONFLICT",
+        &["image \"install-b\" is on host"],
+    )
+    .await;
+
+    // A template whose images are on A and on B fits no host.
+    let (kernel, _) = import_on(&a, "kernel-a", "KERNEL").await;
+    a.ok(
+        "mutation($b: ID!, $k: ID!) { createTemplate(input: {name: \"split\", vcpus: 1, memoryMib: 64, baseImageId: $b, kernelImageId: $k, cmdline: \"console=ttyS0\", defaultDiskSizeBytes: 1048576}) { template { id } } }",
+        json!({"b": image, "k": kernel}),
+    )
+    .await;
+    let split = "mutation($n: String!, $t: String!) { createVm(input: {name: $n, templateName: $t}) { vm { id } } }";
+    let before = a.snapshot().await;
+    refused_with(
+        &a,
+        split,
+        json!({"n": "split-vm", "t": "split"}),
+        "CONFLICT",
+        &["no host holds every image"],
+    )
+    .await;
+
+    // B offline: its images' template fits no online host.
+    use sea_orm::{ActiveModelTrait, Set};
+    vman::cluster::model::ActiveModel {
+        id: Set(b_host.clone()),
+        state: Set(vman::cluster::HostState::Offline),
+        ..Default::default()
+    }
+    .update(&a.app.ctx.db)
+    .await
+    .unwrap();
+    refused_with(
+        &a,
+        split,
+        json!({"n": "homeless", "t": "on-b"}),
+        "HOST_UNAVAILABLE",
+        &["no online host holds", "is offline"],
+    )
+    .await;
+    assert_eq!(a.snapshot().await, before, "nothing was made");
+}
+
+/// The ID of VM `name`.
+async fn placed_vm_id(server: &TestServer, name: &str) -> String {
+    let data = server
+        .ok(
+            "query($n: String) { vm(name: $n) { id } }",
+            json!({"n": name}),
+        )
+        .await;
+    data["vm"]["id"].as_str().unwrap().to_string()
+}
+
+/// A database migrated up to before images and disks had hosts (migration
+/// 13), holding `hosts` hosts, a VM on the last of them with an attached
+/// disk, a detached disk and an image; then migrated up. Returns each row's
+/// `host_id` afterwards (VM's host, attached, detached, image).
+async fn migrated_from_13(
+    location: vman::db::Location,
+    hosts: usize,
+) -> (String, [Option<String>; 3]) {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::ConnectionTrait;
+    let db = vman::db::connect(location, Duration::from_secs(5))
+        .await
+        .unwrap();
+    Migrator::up(&db, Some(13)).await.unwrap();
+    let at = "'2026-12-01 00:00:00+00'";
+    let mut last = String::new();
+    for n in 0..hosts {
+        last = format!("01940000-0000-7000-8000-00000000000{n}");
+        db.execute_unprepared(&format!(
+            "INSERT INTO hosts (id, name, state, version, capabilities, cpus, memory_total_bytes, memory_available_bytes, heartbeat_at, registered_at) \
+             VALUES ('{last}', 'h{n}', 'ONLINE', '0', '[]', 1, 1, 1, {at}, {at})"
+        ))
+        .await
+        .unwrap();
+    }
+    let vm_host = match hosts {
+        0 => "NULL".to_string(),
+        _ => format!("'{last}'"),
+    };
+    for sql in [
+        format!(
+            "INSERT INTO vms (id, name, vcpus, memory_mib, desired_state, state, description, host_id, created_at, updated_at) \
+             VALUES ('vm', 'vm', 1, 64, 'STOPPED', 'STOPPED', '', {vm_host}, {at}, {at})"
+        ),
+        format!(
+            "INSERT INTO disks (id, name, format, size_bytes, vm_id, attachment, created_at, updated_at) \
+             VALUES ('attached', 'attached', 'QCOW2', 512, 'vm', 'ATTACHED', {at}, {at})"
+        ),
+        format!(
+            "INSERT INTO disks (id, name, format, size_bytes, attachment, created_at, updated_at) \
+             VALUES ('detached', 'detached', 'QCOW2', 512, 'DETACHED', {at}, {at})"
+        ),
+        format!(
+            "INSERT INTO images (id, name, kind, size_bytes, created_at) VALUES ('image', 'image', 'DISK', 0, {at})"
+        ),
+    ] {
+        db.execute_unprepared(&sql).await.unwrap();
+    }
+    Migrator::up(&db, None).await.unwrap();
+    let found = host_ids(&db).await;
+    db.close().await.unwrap();
+    (last, found)
+}
+
+/// The `host_id` of the disks `attached` and `detached` and the image `image`.
+async fn host_ids(db: &sea_orm::DatabaseConnection) -> [Option<String>; 3] {
+    use sea_orm::{ConnectionTrait, Statement};
+    let mut found = Vec::new();
+    for (table, id) in [
+        ("disks", "attached"),
+        ("disks", "detached"),
+        ("images", "image"),
+    ] {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT host_id FROM {table} WHERE id = '{id}'"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        found.push(row.try_get_by_index::<Option<String>>(0).unwrap());
+    }
+    found.try_into().unwrap()
+}
+
+/// Migration 14 on rows from before it: with one host, they are its; with
+/// several, an attached disk is its VM's host's and the rest stay unknown
+/// (null); with none, null until a node registers alone.
+#[tokio::test]
+async fn images_and_disks_from_before_hosts_go_to_the_host_that_can_be_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = |name: &str| vman::db::Location::Sqlite(dir.path().join(name));
+    let (only, found) = migrated_from_13(sqlite("one.db"), 1).await;
+    assert_eq!(found, [Some(only.clone()), Some(only.clone()), Some(only)]);
+    // Without a host yet, the first node claims them as it claims the VMs.
+    let none = dir.path().join("none");
+    std::fs::create_dir_all(&none).unwrap();
+    let (_, found) = migrated_from_13(vman::db::Location::Sqlite(none.join("vman.db")), 0).await;
+    assert_eq!(found, [None, None, None]);
+    let node = TestServer::start_on(Backend::Sqlite, |c| c.data_dir = none.clone()).await;
+    let host = Some(node.app.ctx.host_id.to_string());
+    assert_eq!(
+        host_ids(&node.app.ctx.db).await,
+        [host.clone(), host.clone(), host]
+    );
+    let database = TestDatabase::create().await;
+    let postgres =
+        vman::db::Location::Postgres(vman::config::DatabaseUrl::new(database.url.clone()));
+    let (last, found) = migrated_from_13(postgres, 2).await;
+    assert_eq!(found, [Some(last), None, None]);
+}

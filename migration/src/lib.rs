@@ -16,6 +16,7 @@ mod m20261205_000010_read_indexes;
 mod m20261205_000011_install_media;
 mod m20261205_000012_cloud_init;
 mod m20261206_000013_hosts;
+mod m20261207_000014_images_and_disks_on_hosts;
 mod m20261207_000015_network_hosts;
 
 pub struct Migrator;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000011_install_media::Migration),
             Box::new(m20261205_000012_cloud_init::Migration),
             Box::new(m20261206_000013_hosts::Migration),
+            Box::new(m20261207_000014_images_and_disks_on_hosts::Migration),
             Box::new(m20261207_000015_network_hosts::Migration),
         ]
     }

@@ -1,4 +1,4 @@
-//! `Host`, `hosts`, `host` and `Vm.host`.
+//! `Host`, `hosts`, `host`, and `Vm.host`, `Image.host`, `Disk.host`.
 
 use async_graphql::{Context, ID, Object};
 use sea_orm::{EntityTrait, QueryOrder, TryIntoModel};
@@ -113,8 +113,9 @@ impl ClusterQuery {
     }
 }
 
-/// `Vm.host`.
-pub async fn of_vm(
+/// The host `host_id` (`Vm.host`, `Image.host`, `Disk.host`), loaded in one
+/// batch with the others of the request.
+pub async fn by_id(
     ctx: &Context<'_>,
     host_id: Option<&str>,
 ) -> async_graphql::Result<Option<HostObject>> {

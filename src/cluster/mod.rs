@@ -4,9 +4,10 @@
 //! A node's host is identified by `<data_dir>/host-id` (a UUID written at its
 //! first start), so a node restarted on the same data directory is the same
 //! host and re-adopts its VMs. Every VM and operation row carries the host
-//! that runs it; a node adopts, sweeps and ends operations of its own host
-//! only. The rows from before hosts existed are claimed by the first node
-//! that starts.
+//! that runs it, and every image and disk the host whose storage holds its
+//! file; a node adopts, sweeps and ends operations of its own host only. The
+//! rows from before hosts existed are claimed by the first node that starts
+//! (images and disks only while it is the only host).
 //!
 //! A host whose heartbeat is older than `cluster.offline_after` is marked
 //! `OFFLINE` by whichever other node sees it first (the write re-reads the
@@ -20,6 +21,7 @@
 //! keep their clocks in step (NTP) to well within `offline_after`.
 
 pub mod graphql;
+pub mod place;
 pub mod route;
 
 use std::{path::Path, time::Duration};
@@ -239,15 +241,38 @@ pub async fn register(config: &Config, bus: &EventBus) -> ApiResult<String> {
         .filter(crate::operation::model::Column::HostId.is_null())
         .exec(w.txn())
         .await?;
-    crate::coherence::model::Entity::update_many()
-        .col_expr(
-            crate::coherence::model::Column::HostId,
-            Expr::value(id.clone()),
-        )
-        .filter(crate::coherence::model::Column::HostId.is_null())
-        .exec(w.txn())
-        .await?;
-    let networks = crate::network::claim_unplaced(w.txn(), &id).await?;
+    // Images, disks, networks' bridges and coherence issues from before
+    // hosts: they are the one host's there was. Where several hosts
+    // registered before any claimed them, nobody knows whose they are:
+    // they stay null.
+    let alone = w.txn().get_database_backend() == sea_orm::DbBackend::Sqlite
+        || model::Entity::find()
+            .filter(model::Column::Id.ne(&id))
+            .one(w.txn())
+            .await?
+            .is_none();
+    let mut networks = 0;
+    if alone {
+        crate::image::model::Entity::update_many()
+            .col_expr(crate::image::model::Column::HostId, Expr::value(id.clone()))
+            .filter(crate::image::model::Column::HostId.is_null())
+            .exec(w.txn())
+            .await?;
+        crate::disk::model::Entity::update_many()
+            .col_expr(crate::disk::model::Column::HostId, Expr::value(id.clone()))
+            .filter(crate::disk::model::Column::HostId.is_null())
+            .exec(w.txn())
+            .await?;
+        crate::coherence::model::Entity::update_many()
+            .col_expr(
+                crate::coherence::model::Column::HostId,
+                Expr::value(id.clone()),
+            )
+            .filter(crate::coherence::model::Column::HostId.is_null())
+            .exec(w.txn())
+            .await?;
+        networks = crate::network::claim_unplaced(w.txn(), &id).await?;
+    }
     w.commit().await?;
     tracing::info!(host = %name, id = %id, claimed_vms = claimed.rows_affected, claimed_networks = networks, "registered this node's host");
     Ok(id)
@@ -387,10 +412,17 @@ pub fn spawn(ctx: Ctx) {
 /// offline host, or on another node's host (a request that reached this
 /// node without being routed, over the websocket), is `HOST_UNAVAILABLE`.
 pub async fn check_local(ctx: &Ctx, vm: &vm::Vm) -> ApiResult<()> {
-    match vm.host_id.as_deref() {
+    check_here(ctx, &format!("VM {:?}", vm.name), vm.host_id.as_deref()).await
+}
+
+/// `what` (`VM "a"`, `disk "d"`, `image "i"`), on host `host_id`, may be
+/// changed here: its host is this node's, or it is from before hosts (null).
+/// Otherwise `HOST_UNAVAILABLE`, saying where it is.
+pub async fn check_here(ctx: &Ctx, what: &str, host_id: Option<&str>) -> ApiResult<()> {
+    match host_id {
         Some(host_id) => check_host(ctx, host_id).await.map_err(|e| match e {
             ApiError::HostUnavailable(why) => {
-                ApiError::HostUnavailable(format!("VM {:?} is on {why}", vm.name))
+                ApiError::HostUnavailable(format!("{what} is on {why}"))
             }
             other => other,
         }),

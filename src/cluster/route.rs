@@ -3,8 +3,10 @@
 //!
 //! A POST to `/graphql` whose document is a mutation is looked at before it
 //! runs: each root field names what it acts on (a VM by ID or name, a disk,
-//! a NIC, a snapshot, an operation; `createVm` a host, or is placed on the
-//! online host with the most memory available), and from that the host.
+//! an image, a NIC, a snapshot, an operation; `createVm` a host, or is
+//! placed by `cluster::place`), and from that the host. An attached disk is
+//! its VM's host's; a detached disk and an image are the host's whose
+//! storage holds their file.
 //! When every root field's host is one other online host, the request (its
 //! body and its `Authorization`, `Content-Type` and `Accept` headers) is
 //! sent to that host's node (`Host.apiUrl`) with `vman-forwarded-by`, and
@@ -19,10 +21,10 @@
 //!
 //! Root fields for several hosts are refused whole (`HOST_UNAVAILABLE`,
 //! nothing done). Everything else runs here: queries; a mutation of this
-//! host, or of nothing that is a host's (templates, networks, images,
-//! tokens); one whose host is offline, unknown or without an URL (the
-//! resolvers refuse it with `HOST_UNAVAILABLE`); and a request forwarded
-//! already (no loops).
+//! host, or of nothing that is a host's (templates, networks, tokens), or
+//! that makes an image or a disk (on this node's host); one whose host is
+//! offline, unknown or without an URL (the resolvers refuse it with
+//! `HOST_UNAVAILABLE`); and a request forwarded already (no loops).
 
 use std::{collections::BTreeSet, sync::OnceLock, time::Duration};
 
@@ -202,7 +204,8 @@ pub async fn route(ctx: &Ctx, body: &[u8]) -> Route {
         }
         match host_of(ctx, field.name.node.as_str(), &args).await {
             Ok(Some(host)) => hosts.insert(host),
-            // Templates, networks, images, tokens: the cluster's, done anywhere.
+            // Templates, networks, tokens: the cluster's, done anywhere; a
+            // new image or disk: this node's host's.
             Ok(None) => false,
             Err(e) => {
                 tracing::warn!(error = %e, "routing a mutation: finding its host");
@@ -283,10 +286,24 @@ async fn host_of(
     };
     let id = |key| arg(args, key);
     match field {
-        "createVm" => match args.get("input").and_then(|i| i.get("hostId")) {
-            Some(serde_json::Value::String(host)) => Ok(Some(host.clone())),
-            _ => Ok(place(ctx).await?),
-        },
+        "createVm" => {
+            let input = args.get("input");
+            let input_arg = |key| input.and_then(|i| i.get(key)).and_then(|v| v.as_str());
+            if let Some(host) = input_arg("hostId") {
+                return Ok(Some(host.to_string()));
+            }
+            // A template that cannot be found, or a VM that fits no host:
+            // the resolver here says so.
+            let template =
+                crate::template::find(ctx, input_arg("templateId"), input_arg("templateName"))
+                    .await
+                    .ok()
+                    .flatten();
+            let needed =
+                super::place::needed_images(ctx, template.as_ref(), input_arg("cdromImageId"))
+                    .await?;
+            Ok(super::place::place(ctx, &needed).await.ok())
+        }
         "updateVm"
         | "attachCdrom"
         | "ejectCdrom"
@@ -307,8 +324,19 @@ async fn host_of(
                 _ => (id("diskId"), id("diskName")),
             };
             let name = name.map(|name| (disks::Column::Name, name));
-            let disk = named::<disks::Entity>(ctx, disk_id, name).await?;
-            vm_host(disk.and_then(|d| d.vm_id).as_deref(), None).await
+            match named::<disks::Entity>(ctx, disk_id, name).await? {
+                // An attached disk is its VM's business; a detached one its
+                // host's, where its file is.
+                Some(disk) => match disk.vm_id {
+                    Some(vm_id) => vm_host(Some(&vm_id), None).await,
+                    None => Ok(disk.host_id),
+                },
+                None => Ok(None),
+            }
+        }
+        "deleteImage" => {
+            let image = named::<crate::image::model::Entity>(ctx, id("id"), None).await?;
+            Ok(image.and_then(|i| i.host_id))
         }
         "detachNic" => {
             let nic = named::<nic::Entity>(ctx, id("nicId"), None).await?;
@@ -324,24 +352,6 @@ async fn host_of(
         }
         _ => Ok(None),
     }
-}
-
-/// Where a new VM goes without a `hostId`: the online host with the most
-/// memory available (this node's when it has as much).
-async fn place(ctx: &Ctx) -> Result<Option<String>, ApiError> {
-    let hosts = model::Entity::find()
-        .filter(model::Column::State.eq(HostState::Online))
-        .filter(model::Column::ApiUrl.is_not_null())
-        .order_by_desc(model::Column::MemoryAvailableBytes)
-        .all(&ctx.db)
-        .await?;
-    let best = hosts.first().map(|h| h.memory_available_bytes);
-    Ok(hosts
-        .iter()
-        .filter(|h| Some(h.memory_available_bytes) == best)
-        .find(|h| h.id == *ctx.host_id)
-        .or(hosts.first())
-        .map(|h| h.id.clone()))
 }
 
 /// One client for every forward: its connections are kept.

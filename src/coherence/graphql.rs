@@ -49,7 +49,7 @@ impl CoherenceIssueObject {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<crate::cluster::graphql::HostObject>> {
-        crate::cluster::graphql::of_vm(ctx, self.0.host_id.as_deref()).await
+        crate::cluster::graphql::by_id(ctx, self.0.host_id.as_deref()).await
     }
     /// What the database says.
     async fn expected(&self) -> &str {

@@ -55,6 +55,15 @@ impl DiskObject {
                 .await?;
         Ok(template.map(TemplateObject))
     }
+    /// The host whose storage holds its file (the host of the node that
+    /// made it): it can be attached only to a VM of that host. Null for a
+    /// disk from before hosts whose host is not known.
+    async fn host(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<crate::cluster::graphql::HostObject>> {
+        crate::cluster::graphql::by_id(ctx, self.0.host_id.as_deref()).await
+    }
     /// When the disk was created.
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at
@@ -147,7 +156,8 @@ pub struct DiskMutation;
 
 #[Object]
 impl DiskMutation {
-    /// Creates an empty, DETACHED disk file in storage.
+    /// Creates an empty, DETACHED disk file in storage, on the host of the
+    /// node that takes the request (`host`).
     async fn create_disk(
         &self,
         ctx: &Context<'_>,
@@ -169,7 +179,8 @@ impl DiskMutation {
             .into())
     }
 
-    /// Hot-plugs into a running VM; for a stopped VM, takes effect at its next start.
+    /// Hot-plugs into a running VM; for a stopped VM, takes effect at its next
+    /// start. A disk of another host than the VM's is CONFLICT.
     async fn attach_disk(
         &self,
         ctx: &Context<'_>,
@@ -248,7 +259,8 @@ impl DiskMutation {
         )
     }
 
-    /// Deletes a detached disk and its file; an attached disk is CONFLICT.
+    /// Deletes a detached disk and its file (on its host's node); an attached
+    /// disk is CONFLICT.
     async fn delete_disk(
         &self,
         ctx: &Context<'_>,

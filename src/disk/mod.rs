@@ -96,6 +96,7 @@ pub async fn create(app: &Ctx, input: CreateDisk, dry_run: bool) -> ApiResult<Ch
         attachment: Attachment::Detached,
         backing_template_id: None,
         base_id: None,
+        host_id: Some(app.host_id.to_string()),
         created_at: now,
         updated_at: now,
     };
@@ -118,6 +119,13 @@ pub async fn create(app: &Ctx, input: CreateDisk, dry_run: bool) -> ApiResult<Ch
         .await
     })
     .await
+}
+
+/// A detached disk's file may be changed here: it is in this node's host's
+/// storage (or from before hosts). Otherwise `HOST_UNAVAILABLE`.
+async fn check_here(app: &Ctx, disk: &Disk) -> ApiResult<()> {
+    let what = format!("disk {:?}", disk.name);
+    crate::cluster::check_here(app, &what, disk.host_id.as_deref()).await
 }
 
 pub async fn find_disk(app: &Ctx, id: &str) -> ApiResult<Disk> {
@@ -153,6 +161,14 @@ pub async fn attach(
     let disk = find_in::<model::Entity, _>(&app.db, "disk", &disk_id).await?;
     let vm = find_in::<vm::model::Entity, _>(&app.db, "VM", &vm_id).await?;
     crate::cluster::check_local(app, &vm).await?;
+    crate::cluster::place::ensure_same_host(
+        app,
+        &format!("disk {:?}", disk.name),
+        disk.host_id.as_deref(),
+        vm.host_id.as_deref(),
+        &format!("attach disk {:?} to VM {:?}", disk.name, vm.name),
+    )
+    .await?;
     if disk.attachment != Attachment::Detached {
         return Err(ApiError::Conflict(format!(
             "disk {:?} is already attached",
@@ -342,6 +358,7 @@ pub async fn delete(app: &Ctx, disk_id: &str, dry_run: bool) -> ApiResult<Change
             disk.name
         )));
     }
+    check_here(app, &disk).await?;
     base::ensure_no_clones(&app.db, &disk, &format!("delete disk {:?}", disk.name)).await?;
     let action = VmAction::DeleteDisk(spec(app, &disk));
     if dry_run {
@@ -408,7 +425,10 @@ pub async fn resize(
                 Plug::Cold => None,
             }
         }
-        None => None,
+        None => {
+            check_here(app, &disk).await?;
+            None
+        }
     };
     let action = VmAction::ResizeDisk {
         running_vm,

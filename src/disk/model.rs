@@ -16,6 +16,10 @@ pub struct Model {
     /// The frozen base it is a qcow2 overlay on (a linked clone's, or its
     /// source's since the clone): a row of `disk_bases`.
     pub base_id: Option<String>,
+    /// The host whose storage holds its file: the host of the node that
+    /// made it (an attached disk's is its VM's). Null: made before hosts
+    /// (every node takes it for its own).
+    pub host_id: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -49,6 +49,15 @@ impl ImageObject {
     async fn size_bytes(&self) -> api::Bytes {
         api::Bytes(self.0.size_bytes)
     }
+    /// The host whose storage holds its file (the host of the node that
+    /// imported it): VMs on other hosts cannot use it. Null for an image
+    /// from before hosts whose host is not known.
+    async fn host(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<crate::cluster::graphql::HostObject>> {
+        crate::cluster::graphql::by_id(ctx, self.0.host_id.as_deref()).await
+    }
     /// When the image was imported.
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at
@@ -166,7 +175,8 @@ pub struct ImageMutation;
 impl ImageMutation {
     /// (Admin) Copies a file from the import directory into storage, or
     /// downloads one from a URL (a long operation). A DISK image must be a
-    /// standalone qcow2 or raw file: no backing file, no data file.
+    /// standalone qcow2 or raw file: no backing file, no data file. The
+    /// image is on the host of the node that takes the request (`host`).
     async fn import_image(
         &self,
         ctx: &Context<'_>,
@@ -201,7 +211,8 @@ impl ImageMutation {
             .into())
     }
 
-    /// Fails with CONFLICT while templates use it.
+    /// Fails with CONFLICT while templates use it. Carried out by the node of
+    /// its host, where its file is.
     async fn delete_image(
         &self,
         ctx: &Context<'_>,

@@ -125,13 +125,15 @@ pub async fn import(
     }
 }
 
-fn new_image(input: &ImportImage) -> Image {
+/// A new image, on this node's host (its file is made in this node's storage).
+fn new_image(app: &Ctx, input: &ImportImage) -> Image {
     Image {
         id: uuid::Uuid::now_v7().to_string(),
         name: input.name.clone(),
         kind: input.kind,
         format: None,
         size_bytes: 0,
+        host_id: Some(app.host_id.to_string()),
         created_at: Utc::now(),
     }
 }
@@ -176,7 +178,7 @@ async fn download(
     dry_run: bool,
 ) -> ApiResult<Change<Option<Image>>> {
     ensure_name_free(&app.db, &input.name).await?;
-    let mut image = new_image(input);
+    let mut image = new_image(app, input);
     let dest = path(app, &image);
     let action = VmAction::DownloadImage {
         url,
@@ -226,7 +228,7 @@ async fn import_file(
     dry_run: bool,
 ) -> ApiResult<Change<Image>> {
     ensure_name_free(&app.db, &input.name).await?;
-    let mut image = Image { ..new_image(input) };
+    let mut image = new_image(app, input);
     // Inspect before anything is recorded: a refused image changes nothing.
     let inspect = VmAction::InspectImage {
         source: source.clone(),
@@ -309,7 +311,10 @@ async fn ensure_unused(db: &impl sea_orm::ConnectionTrait, id: &str) -> ApiResul
 pub async fn delete(app: &Ctx, id: &str) -> ApiResult<Change<Image>> {
     let id = validate::id("id", id)?;
     // Refused before any operation is recorded; checked again in the write.
-    ensure_unused(&app.db, &id).await?;
+    let image = ensure_unused(&app.db, &id).await?;
+    // Its file is in its host's storage: that host's node removes it.
+    let what = format!("image {:?}", image.name);
+    crate::cluster::check_here(app, &what, image.host_id.as_deref()).await?;
     let request = Request::new(OperationKind::DeleteImage, SubjectType::Image, &id);
     operation::run(app, request, async |env| {
         let image = env

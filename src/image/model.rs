@@ -12,6 +12,9 @@ pub struct Model {
     pub kind: ImageKind,
     pub format: Option<crate::disk::model::DiskFormat>,
     pub size_bytes: i64,
+    /// The host whose storage holds its file: the host of the node that
+    /// made it. Null: made before hosts (every node takes it for its own).
+    pub host_id: Option<String>,
     pub created_at: DateTimeUtc,
 }
 

@@ -46,7 +46,7 @@ impl OperationObject {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<crate::cluster::graphql::HostObject>> {
-        crate::cluster::graphql::of_vm(ctx, self.0.host_id.as_deref()).await
+        crate::cluster::graphql::by_id(ctx, self.0.host_id.as_deref()).await
     }
     /// How far a long operation (a full `cloneVm`) has come: live while it
     /// runs, its last value once it ended; null for the others, and until

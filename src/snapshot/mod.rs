@@ -566,6 +566,7 @@ mod tests {
             attachment: Attachment::Attached,
             backing_template_id: None,
             base_id: None,
+            host_id: None,
             created_at: at,
             updated_at: at,
         };

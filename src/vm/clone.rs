@@ -140,6 +140,7 @@ pub async fn clone(
             vm_id: Some(clone_id.clone()),
             attachment: Attachment::Attached,
             base_id: base.as_ref().map(|b| b.id.clone()),
+            host_id: Some(app.host_id.to_string()),
             created_at: now,
             updated_at: now,
             ..source_disk.clone()

@@ -37,7 +37,7 @@ impl VmObject {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<crate::cluster::graphql::HostObject>> {
-        crate::cluster::graphql::of_vm(ctx, self.0.host_id.as_deref()).await
+        crate::cluster::graphql::by_id(ctx, self.0.host_id.as_deref()).await
     }
     /// The template it was made from; null when made without one.
     async fn template(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<TemplateObject>> {
@@ -193,7 +193,11 @@ pub struct CreateVmInput {
     /// read-only, that the guest's cloud-init reads at boot.
     pub cloud_init: Option<CloudInitInput>,
     /// The host to make it on (`hosts`): the request goes to that host's
-    /// node. Without it, the online host with the most memory available.
+    /// node, which refuses it (CONFLICT) when an image the VM needs (its
+    /// template's base, kernel, initrd; its CD-ROM's ISO) is on another
+    /// host. Without it, the online host with the most memory available of
+    /// those holding every such image (none: CONFLICT, or HOST_UNAVAILABLE
+    /// when their one host is offline).
     pub host_id: Option<ID>,
 }
 
@@ -504,7 +508,7 @@ impl VmMutation {
 
     /// Puts an ISO image into a VM's CD-ROM drive, read-only, replacing what
     /// is in it: at once on a RUNNING or PAUSED VM, and kept for its next
-    /// starts.
+    /// starts. An image of another host than the VM's is CONFLICT.
     async fn attach_cdrom(
         &self,
         ctx: &Context<'_>,

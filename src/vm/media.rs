@@ -79,6 +79,19 @@ pub async fn set_cdrom(ctx: &Ctx, vm_id: &str, image_id: Option<&str>) -> ApiRes
     let _guard = ctx.locks.lock(&vm_id, &op_id, kind).await?;
     let vm = find_in::<model::Entity, _>(&ctx.db, "VM", &vm_id).await?;
     crate::cluster::check_local(ctx, &vm).await?;
+    if let Some(medium) = &medium {
+        crate::cluster::place::ensure_same_host(
+            ctx,
+            &format!("image {:?}", medium.name),
+            medium.host_id.as_deref(),
+            vm.host_id.as_deref(),
+            &format!(
+                "put image {:?} in the drive of VM {:?}",
+                medium.name, vm.name
+            ),
+        )
+        .await?;
+    }
     let plug = super::plug(&vm, "change the CD-ROM of")?;
     let medium_id = medium.as_ref().map(|m| m.id.clone());
     // What undoing a live change puts back: the medium it had.

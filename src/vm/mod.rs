@@ -154,7 +154,9 @@ pub struct CreateVm {
     pub boot_order: Option<Vec<crate::host::BootDevice>>,
     /// An ISO image for its CD-ROM drive.
     pub cdrom_image_id: Option<String>,
-    /// The host to make it on: this node's (none means this node's).
+    /// The host to make it on: this node's (routing carries a request for
+    /// another host to its node). None: placed (`cluster::place`), and so
+    /// this node's when the request reached it.
     pub host_id: Option<String>,
 }
 
@@ -214,6 +216,15 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
         Some(id) => Some(find_in::<image::Entity, _>(&app.db, "image", &id).await?),
         None => None,
     };
+    // Its images' files must be in this host's storage.
+    let needed = crate::cluster::place::needed_images(
+        app,
+        template.as_ref(),
+        cdrom.as_ref().map(|i| i.id.as_str()),
+    )
+    .await?;
+    crate::cluster::place::ensure_images_on(app, &app.host_id, &needed, input.host_id.is_none())
+        .await?;
     let root_size = input
         .disk_size_bytes
         .or(template.as_ref().and_then(|t| t.default_disk_size_bytes))
@@ -230,6 +241,7 @@ pub async fn create(app: &Ctx, input: CreateVm, dry_run: bool) -> ApiResult<Chan
             .as_ref()
             .and(template.as_ref().map(|t| t.id.clone())),
         base_id: None,
+        host_id: Some(app.host_id.to_string()),
         created_at: Utc::now(),
         updated_at: Utc::now(),
     });

@@ -16,7 +16,7 @@ use std::{
 };
 
 use futures_util::{StreamExt, stream};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
 
 use super::judge::{self, Drift};
 use crate::{
@@ -96,15 +96,25 @@ pub struct Snapshot {
     pub probe_timeout: Duration,
 }
 
-/// Reads the rows the sweep compares: this host's VMs and their disks (the
-/// other hosts' are their nodes' to judge), and the disks no VM has.
+/// Reads the rows the sweep compares: this host's VMs and their disks, the
+/// disks no VM has and the images whose files are in this host's storage
+/// (theirs, and those from before hosts, whose `host_id` is null). The
+/// other hosts' are their nodes' to judge: their files are not here.
 pub async fn rows(app: &Ctx) -> ApiResult<Rows> {
     let vms = vm::model::Entity::find()
         .filter(vm::model::Column::HostId.eq(&*app.host_id))
         .all(&app.db)
         .await?;
     let local: HashSet<&str> = vms.iter().map(|vm| vm.id.as_str()).collect();
+    // Attached disks are judged with their VM (kept below when it is
+    // this host's); unattached ones by where their files are.
     let disks = disk::model::Entity::find()
+        .filter(
+            Condition::any()
+                .add(disk::model::Column::HostId.eq(&*app.host_id))
+                .add(disk::model::Column::HostId.is_null())
+                .add(disk::model::Column::VmId.is_not_null()),
+        )
         .all(&app.db)
         .await?
         .into_iter()
@@ -114,6 +124,11 @@ pub async fn rows(app: &Ctx) -> ApiResult<Rows> {
     let networks = network::made_on_host(&app.db, &app.host_id).await?;
     let nics = network::model::nic::Entity::find().all(&app.db).await?;
     let images = image::model::Entity::find()
+        .filter(
+            Condition::any()
+                .add(image::model::Column::HostId.eq(&*app.host_id))
+                .add(image::model::Column::HostId.is_null()),
+        )
         .all(&app.db)
         .await?
         .into_iter()

@@ -58,6 +58,7 @@ fn disk(id: &str, vm: Option<&str>, attachment: Attachment) -> Disk {
         attachment,
         backing_template_id: None,
         base_id: None,
+        host_id: None,
         created_at: at(),
         updated_at: at(),
     }
