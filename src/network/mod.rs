@@ -72,8 +72,8 @@ pub async fn made_on(
     )
 }
 
-/// Records in `w` that `network`'s bridge is made on host `host_id`
-/// (nothing when it is already).
+/// Records (in `db`, a write's transaction) that `network`'s bridge is
+/// made on host `host_id`; nothing when it is already.
 pub(crate) async fn record_made_on(
     db: &impl ConnectionTrait,
     network: &Network,
