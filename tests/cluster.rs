@@ -627,6 +627,11 @@ async fn three_real_nodes_in_their_own_namespaces_share_one_api_and_one_journal(
                 ("VMAN_CLUSTER_HOST_NAME", host_name.as_str()),
                 // Not on loopback: tokens, as a cluster must have.
                 ("VMAN_AUTH_MODE", "token"),
+                // B repairs what drifts, the others report it.
+                (
+                    "VMAN_OBSERVER_POLICY",
+                    if name == "b" { "repair" } else { "report" },
+                ),
             ],
         );
         spaces.push(space);
@@ -797,21 +802,38 @@ async fn three_real_nodes_in_their_own_namespaces_share_one_api_and_one_journal(
     assert_eq!(stopped["stopVm"]["vm"]["state"], "STOPPED");
     assert!(!ns_b.has_link(&tap), "the stop removed the tap");
 
-    // The bridge deleted by hand on A: A's issue; B's sweep leaves it open.
+    // The bridge deleted by hand on A and on B: each host's own issue, of
+    // the same network. A reports it; B (policy repair) makes its bridge
+    // again and resolves its issue, leaving A's open.
     ip(&["-n", &ns_a.0, "link", "del", &bridge]);
-    let sweep =
-        "mutation { runCoherenceSweep { opened { kind host { name } } findings { kind } } }";
+    ip(&["-n", &ns_b.0, "link", "del", &bridge]);
+    let sweep = "mutation { runCoherenceSweep { opened { kind host { name } } resolved { kind host { name } } } }";
     let on_a = a.vman.gql(&http, sweep, json!({})).await;
+    let missing_on = |host: &str| json!([{"kind": "BRIDGE_MISSING", "host": {"name": host}}]);
     assert_eq!(
         on_a["runCoherenceSweep"]["opened"],
-        json!([{"kind": "BRIDGE_MISSING", "host": {"name": "node-a"}}]),
+        missing_on("node-a"),
         "{on_a}"
     );
     let on_b = b.vman.gql(&http, sweep, json!({})).await;
-    assert_eq!(on_b["runCoherenceSweep"]["findings"], json!([]), "{on_b}");
-    let open = "{ coherenceIssues(open: true) { totalCount } }";
-    let still = b.vman.gql(&http, open, json!({})).await;
-    assert_eq!(still["coherenceIssues"]["totalCount"], 1, "{still}");
+    assert_eq!(
+        on_b["runCoherenceSweep"]["opened"],
+        missing_on("node-b"),
+        "{on_b}"
+    );
+    assert_eq!(
+        on_b["runCoherenceSweep"]["resolved"],
+        missing_on("node-b"),
+        "{on_b}"
+    );
+    assert!(ns_b.has_link(&bridge), "B's sweep made its bridge again");
+    let open = "{ coherenceIssues(open: true) { edges { node { kind host { name } } } } }";
+    let still = c.vman.gql(&http, open, json!({})).await;
+    assert_eq!(
+        still["coherenceIssues"]["edges"],
+        json!([{"node": {"kind": "BRIDGE_MISSING", "host": {"name": "node-a"}}}]),
+        "{still}"
+    );
 
     // The NIC detached through A, the network deleted through C (whose host
     // has no bridge of it): A's and B's sweeps take their bridges down.
@@ -832,17 +854,10 @@ async fn three_real_nodes_in_their_own_namespaces_share_one_api_and_one_journal(
     assert!(ns_b.has_link(&bridge), "B's bridge waits for B's sweep");
     b.vman.gql(&http, sweep, json!({})).await;
     assert!(!ns_b.has_link(&bridge), "B's sweep took its bridge down");
-    let on_a = a
-        .vman
-        .gql(
-            &http,
-            "mutation { runCoherenceSweep { resolved { kind } } }",
-            json!({}),
-        )
-        .await;
+    let on_a = a.vman.gql(&http, sweep, json!({})).await;
     assert_eq!(
         on_a["runCoherenceSweep"]["resolved"],
-        json!([{"kind": "BRIDGE_MISSING"}]),
+        missing_on("node-a"),
         "{on_a}"
     );
 

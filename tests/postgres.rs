@@ -63,6 +63,19 @@ async fn the_migrations_run_up_on_an_empty_database_down_and_up_again() {
     db.execute_unprepared(&issue("a", "now()")).await.unwrap();
     db.execute_unprepared(&issue("b", "NULL")).await.unwrap();
     assert!(db.execute_unprepared(&issue("c", "NULL")).await.is_err());
+    // One open per host: the same drift on two hosts is two issues.
+    let on_host = |id: &str, host: &str| {
+        format!(
+            "INSERT INTO coherence_issues (id, kind, subject_type, subject_id, expected, observed, detected_at, host_id) \
+             VALUES ('{id}', 'K', 'VM', 's', '', '', now(), '{host}')"
+        )
+    };
+    db.execute_unprepared(&on_host("d", "h1")).await.unwrap();
+    db.execute_unprepared(&on_host("e", "h2")).await.unwrap();
+    assert!(db.execute_unprepared(&on_host("f", "h2")).await.is_err());
+    db.execute_unprepared("DELETE FROM coherence_issues WHERE host_id IS NOT NULL")
+        .await
+        .unwrap();
 
     Migrator::down(&db, None).await.unwrap();
     assert_eq!(count(&db, "SELECT count(*) FROM seaql_migrations").await, 0);

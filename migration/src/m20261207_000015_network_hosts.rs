@@ -6,7 +6,8 @@
 //! claimed by the first node that starts (`cluster::register`).
 //!
 //! A coherence issue is one host's too: each node's sweep opens and
-//! resolves only its own host's issues.
+//! resolves only its own host's issues, and one is open per kind, subject
+//! and host (a network's bridge can be missing on two hosts at once).
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -50,10 +51,15 @@ impl MigrationTrait for Migration {
                 .add_column(string_null(Alias::new("host_id")))
                 .to_owned(),
         )
-        .await
+        .await?;
+        // One open issue per (kind, subject) *and host*: a network's bridge
+        // can be missing on two hosts at once. (A row from before hosts,
+        // host_id null, still has one: nulls would be distinct in the index.)
+        open_issue_index(m, "COALESCE(host_id, ''), kind, subject_id").await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        open_issue_index(m, "kind, subject_id").await?;
         m.alter_table(
             Table::alter()
                 .table(Alias::new("coherence_issues"))
@@ -64,6 +70,22 @@ impl MigrationTrait for Migration {
         m.drop_table(Table::drop().table(NetworkHosts::Table).to_owned())
             .await
     }
+}
+
+/// (Re)makes the partial unique index that keeps one open issue per `columns`
+/// (plain SQL, the same on SQLite and PostgreSQL, as migration 2 made it).
+async fn open_issue_index(m: &SchemaManager<'_>, columns: &str) -> Result<(), DbErr> {
+    // One script: as two calls, SQLite answered the CREATE with "index
+    // already exists" right after the DROP had succeeded (sqlx's statement
+    // log shows both), and the migration failed.
+    m.get_connection()
+        .execute_unprepared(&format!(
+            "DROP INDEX IF EXISTS idx_coherence_issues_open; \
+             CREATE UNIQUE INDEX idx_coherence_issues_open \
+             ON coherence_issues ({columns}) WHERE resolved_at IS NULL"
+        ))
+        .await?;
+    Ok(())
 }
 
 #[derive(DeriveIden)]
