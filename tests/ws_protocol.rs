@@ -695,16 +695,7 @@ async fn operations_per_connection_are_limited() {
 
 #[tokio::test]
 async fn a_client_that_does_not_read_loses_its_subscription_with_a_resume_point() {
-    let server = TestServer::start_with(|c| {
-        c.websocket.outgoing_buffer = 4;
-        c.websocket.lag_timeout = Duration::from_millis(100);
-        // The 700 aliases below make results large; allow them.
-        c.graphql.max_aliases = 1000;
-    })
-    .await;
-    // Large results (~40 KiB), so that the kernel's socket buffers (a few
-    // MiB at most) fill after a bounded number of them.
-    let fields: String = (0..700).map(|i| format!(" s{i}: subjectId")).collect();
+    let (server, fields) = common::server_for_slow_readers(Duration::from_millis(100)).await;
     let query = format!(
         "subscription($after: String) {{ events(after: $after) {{ sequence kind{fields} }} }}"
     );

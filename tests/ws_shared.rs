@@ -286,16 +286,7 @@ async fn stalled(
 
 #[tokio::test]
 async fn a_stalled_subscriber_is_dropped_with_its_resume_point_and_holds_nobody_up() {
-    let server = TestServer::start_with(|c| {
-        c.websocket.outgoing_buffer = 4;
-        c.websocket.lag_timeout = Duration::from_millis(300);
-        // The 700 aliases below make results large; allow them.
-        c.graphql.max_aliases = 1000;
-    })
-    .await;
-    // Large results (~40 KiB), so the kernel's socket buffers fill after a
-    // bounded number of them.
-    let fields: String = (0..700).map(|i| format!(" s{i}: subjectId")).collect();
+    let (server, fields) = common::server_for_slow_readers(Duration::from_millis(300)).await;
     let query = format!("subscription {{ events {{ sequence kind{fields} }} }}");
 
     let before = vman::api::ws::lagged_total();

@@ -709,6 +709,23 @@ where
     }
 }
 
+/// A server whose websocket gives a subscriber that does not read little
+/// room (`websocket.outgoing_buffer` 4, `lag_timeout` as given), and the
+/// fields that make each `events` result large (~40 KiB, 700 aliases), so
+/// that the kernel's socket buffers (a few MiB at most) fill after a bounded
+/// number of them.
+pub async fn server_for_slow_readers(lag_timeout: Duration) -> (TestServer, String) {
+    let server = TestServer::start_with(|c| {
+        c.websocket.outgoing_buffer = 4;
+        c.websocket.lag_timeout = lag_timeout;
+        // The 700 aliases make results large; allow them.
+        c.graphql.max_aliases = 1000;
+    })
+    .await;
+    let fields = (0..700).map(|i| format!(" s{i}: subjectId")).collect();
+    (server, fields)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
